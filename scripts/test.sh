@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs them: the unit tests (no servers) and the integration tests (the real
+# binary on real SQLite files; pyarrow and DuckDB cross-read every Parquet file it writes).
+#
+# The cargo target directory is cached outside the clone (~/.cache/engram-migrate/target) so later runs are warm;
+# a cold build of this dependency set takes ~10-15 min on 2 cores (dev profile).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/engram-migrate/target}"
+
+need_apt=()
+command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need_apt[*]}" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
+fi
+bash scripts/python-env.sh >/dev/null
+
+cargo test --no-fail-fast "$@"

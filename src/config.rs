@@ -1,0 +1,248 @@
+//! Options of every command, from flags and from a TOML config file (`--config FILE`, same names in kebab-case).
+//! Flags win over the file. The doc comment of each field is its user documentation (`--help`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Options {
+    /// What to migrate: a SQLite file (PATH or sqlite://PATH) or a snapshot directory written earlier.
+    #[arg(long, short = 's', env = "ENGRAM_MIGRATE_SOURCE")]
+    pub source: Option<String>,
+
+    /// Where to write: a directory that becomes the Engram bundle.
+    #[arg(long, short = 't')]
+    pub target: Option<String>,
+
+    /// Directory for the snapshot, generated SQL, staged output, checkpoints and the run report
+    /// [default: <target>.work].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+
+    /// TOML file with any of these options (kebab-case keys); flags override it.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Mapping SQL to run instead of the generated one (copy <work-dir>/mapping.sql or sql/codegraph.sql and edit it).
+    #[arg(long)]
+    pub sql: Option<PathBuf>,
+
+    /// Put every memory into this one space (3-64 chars of a-z, 0-9, _ and -) instead of one space per table.
+    #[arg(long)]
+    pub memory_space: Option<String>,
+
+    /// Table to space overrides, e.g. "users:user_space,orders:order_space".
+    #[arg(long)]
+    pub table_to_space: Option<String>,
+
+    /// Columns whose values make the text to embed, per table, e.g. "users:name,bio;orders:notes"
+    /// [default: every text column].
+    #[arg(long)]
+    pub text_columns: Option<String>,
+
+    /// Column that holds the creation time [default: created_at, else updated_at].
+    #[arg(long)]
+    pub timestamp_column: Option<String>,
+
+    /// How to stage a column whose declared type is unknown, e.g. "places.geom=text"
+    /// (integer, real, boolean, text, json, bytes, timestamp, date, time). Repeatable.
+    #[arg(long = "column-type", value_name = "TABLE.COLUMN=TYPE")]
+    pub column_type: Vec<String>,
+
+    /// Rows per record batch read from the source and per embedding batch [default: 8192].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+
+    /// Worker threads for SQL and embeddings [default: number of cores].
+    #[arg(long)]
+    pub parallel_workers: Option<usize>,
+
+    /// Embedding provider: "hashing" (feature hashing, no model) [default: hashing].
+    #[arg(long)]
+    pub embedding_provider: Option<String>,
+
+    /// Entries in the in-memory embedding cache (content hash -> vector) [default: 100000].
+    #[arg(long)]
+    pub cache_size: Option<usize>,
+
+    /// Confidence of every memory, 0..1 [default: 0.7].
+    #[arg(long)]
+    pub confidence: Option<f32>,
+
+    /// Do not make edges from foreign keys.
+    #[arg(long)]
+    pub skip_edges: bool,
+
+    /// Validate after loading (`run`) [default: true]; `--validate false` skips it.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub validate: Option<bool>,
+
+    /// Show what would happen (like `plan`) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Checkpoint file of the load stage [default: <work-dir>/checkpoint.json].
+    #[arg(long)]
+    pub checkpoint_file: Option<PathBuf>,
+
+    /// Replace an existing target bundle (the old one stays until the new one is complete).
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// Throw away the work directory's earlier state (snapshot, staged output, checkpoint) and start over.
+    #[arg(long)]
+    pub fresh: bool,
+
+    /// Rows sampled for the value-by-value comparison of validation [default: 1000].
+    #[arg(long)]
+    pub sample_size: Option<usize>,
+
+    /// Seed of the validation sample [default: 42].
+    #[arg(long)]
+    pub sample_seed: Option<u64>,
+
+    /// Directory of extra validation queries (*.sql, each returning offending rows) run after the built-in ones.
+    #[arg(long)]
+    pub checks: Option<PathBuf>,
+
+    /// Roll Parquet files over at this size in MiB [default: 128].
+    #[arg(long)]
+    pub max_file_mb: Option<u64>,
+
+    /// Roll Parquet files over at this many rows [default: no limit].
+    #[arg(long)]
+    pub max_file_rows: Option<u64>,
+
+    /// No progress bars.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+macro_rules! take {
+    ($cli:ident, $file:ident, $($f:ident),*) => { $( if $cli.$f.is_none() { $cli.$f = $file.$f.clone(); } )* };
+}
+
+impl Options {
+    /// Reads `--config` (if given) and fills in what the flags left unset.
+    pub fn with_config_file(mut self) -> Result<Options> {
+        let Some(path) = self.config.clone() else { return Ok(self) };
+        let file = Self::read_file(&path)?;
+        take!(self, file, source, target, work_dir, sql, memory_space, table_to_space, text_columns, timestamp_column,
+              batch_size, parallel_workers, embedding_provider, cache_size, confidence, validate, checkpoint_file,
+              sample_size, sample_seed, checks, max_file_mb, max_file_rows);
+        if self.column_type.is_empty() {
+            self.column_type = file.column_type.clone();
+        }
+        self.skip_edges |= file.skip_edges;
+        self.dry_run |= file.dry_run;
+        self.overwrite |= file.overwrite;
+        self.fresh |= file.fresh;
+        self.quiet |= file.quiet;
+        Ok(self)
+    }
+
+    fn read_file(path: &Path) -> Result<Options> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::usage(format!("config {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::usage(format!("config {}: {e}", path.display())))
+    }
+
+    pub fn require_source(&self) -> Result<&str> {
+        self.source.as_deref().ok_or_else(|| Error::usage("--source is required (a SQLite file or a snapshot directory)"))
+    }
+
+    pub fn require_target(&self) -> Result<&str> {
+        self.target.as_deref().ok_or_else(|| Error::usage("--target is required (a directory for the Engram bundle)"))
+    }
+
+    /// The work directory: `--work-dir`, else `<target>.work`.
+    pub fn work_dir(&self) -> Result<PathBuf> {
+        if let Some(w) = &self.work_dir {
+            return Ok(w.clone());
+        }
+        match &self.target {
+            Some(t) => Ok(PathBuf::from(format!("{}.work", t.trim_end_matches('/')))),
+            None => Err(Error::usage("--work-dir is required when there is no --target")),
+        }
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size.unwrap_or(8192).max(1)
+    }
+
+    pub fn workers(&self) -> usize {
+        self.parallel_workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1)
+    }
+}
+
+/// "a:b,c:d" -> {a: b, c: d}
+pub fn parse_pairs(flag: &str, s: Option<&str>) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in s.unwrap_or("").split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (k, v) = item
+            .split_once(':')
+            .ok_or_else(|| Error::usage(format!("--{flag}: {item:?} is not TABLE:VALUE (e.g. \"users:user_space,orders:order_space\")")))?;
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+/// "users:name,bio;orders:notes" -> {users: [name, bio], orders: [notes]}
+pub fn parse_table_lists(flag: &str, s: Option<&str>) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut out = BTreeMap::new();
+    for item in s.unwrap_or("").split(';').map(str::trim).filter(|i| !i.is_empty()) {
+        let (k, v) = item
+            .split_once(':')
+            .ok_or_else(|| Error::usage(format!("--{flag}: {item:?} is not TABLE:COL,COL (e.g. \"users:name,bio;orders:notes\")")))?;
+        out.insert(k.trim().to_string(), v.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect());
+    }
+    Ok(out)
+}
+
+/// "table.column=type" -> (table.column, type)
+pub fn parse_column_types(items: &[String]) -> Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|i| {
+            i.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .filter(|(k, _)| k.contains('.'))
+                .ok_or_else(|| Error::usage(format!("--column-type {i:?}: expected TABLE.COLUMN=TYPE")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_lists_parse_and_reject_garbage() {
+        let p = parse_pairs("table-to-space", Some("users:user_space, orders:order_space")).unwrap();
+        assert_eq!(p["orders"], "order_space");
+        assert!(parse_pairs("table-to-space", Some("users")).is_err());
+        let t = parse_table_lists("text-columns", Some("users:name,bio;orders:notes")).unwrap();
+        assert_eq!(t["users"], vec!["name", "bio"]);
+        assert!(parse_column_types(&["geo=text".into()]).is_err());
+        assert_eq!(parse_column_types(&["t.geo=text".into()]).unwrap()[0].1, "text");
+    }
+
+    #[test]
+    fn config_file_fills_unset_flags_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "source = \"a.db\"\nbatch-size = 100\nskip-edges = true\n").unwrap();
+        let o = Options { config: Some(f.clone()), batch_size: Some(5), ..Default::default() }.with_config_file().unwrap();
+        assert_eq!(o.source.as_deref(), Some("a.db"));
+        assert_eq!(o.batch_size, Some(5), "flags win");
+        assert!(o.skip_edges);
+        std::fs::write(&f, "sorce = \"a.db\"\n").unwrap();
+        let e = Options { config: Some(f), ..Default::default() }.with_config_file().unwrap_err();
+        assert!(e.to_string().contains("sorce"), "{e}");
+    }
+}

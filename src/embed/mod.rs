@@ -1,0 +1,24 @@
+//! The embedding stage: text column in, FixedSizeList<Float32, 768> column out, batch by batch.
+//!
+//! A provider turns texts into vectors; the stage around it deduplicates texts by content hash (a bounded cache
+//! shared across batches), runs the misses through the provider, and writes straight into one values buffer.
+//! Providers are synchronous and batch-oriented so that a model (model2vec) or an HTTP endpoint fits the same
+//! interface later: they get a slice of texts and fill a slice of floats.
+
+pub mod hashing;
+pub mod stage;
+
+pub use hashing::HashingProvider;
+pub use stage::{EmbedStats, Embedder};
+
+use crate::error::Result;
+
+/// Turns texts into vectors of `dimension()` floats.
+pub trait EmbeddingProvider: Send + Sync {
+    /// Stable name recorded in the bundle's provenance, e.g. `hashing-v1`.
+    fn name(&self) -> String;
+    /// Native dimension; vectors shorter than 768 are zero-padded by the stage (cosine is unchanged).
+    fn dimension(&self) -> usize;
+    /// Fill `out` (len = texts.len() * dimension()) with one L2-normalised vector per text, row-major.
+    fn embed(&self, texts: &[&str], out: &mut [f32]) -> Result<()>;
+}

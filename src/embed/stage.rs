@@ -1,0 +1,446 @@
+//! The embedding stage: a `StringArray` of texts in, a `FixedSizeList<Float32, 768>` column out.
+//!
+//! Around a provider it keeps a bounded cache keyed by content hash (XXH3-128 of the text's UTF-8 bytes), shared
+//! by all the batches one `Embedder` sees, and deduplicates texts within a batch, so each distinct text is embedded
+//! at most once while it stays in the cache. All misses of a batch go to the provider in one call (one slice), so
+//! a parallel or remote provider gets the whole batch at once.
+//!
+//! Cache: vectors live in one flat `Vec<f32>` slab (native dimension per entry) indexed by a
+//! `HashMap<u128, slot>`; when `capacity` entries are held, the oldest entry is overwritten (FIFO, a ring over the
+//! slots). Memory when full is about `capacity × native_dim × 4` bytes plus the index: ~300 MB for the default
+//! 100 000 entries of 768 floats. The slab grows only as entries are added. Capacity 0 disables the cache (texts
+//! are still deduplicated within a batch). A 128-bit content-hash collision would return another text's vector;
+//! at 2^-128 per pair this is ignored.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, FixedSizeListArray, Float32Array, StringArray};
+use arrow::buffer::ScalarBuffer;
+use arrow::datatypes::DataType;
+use xxhash_rust::xxh3::xxh3_128;
+
+use super::EmbeddingProvider;
+use crate::error::{Error, Result};
+use crate::schema::{embedding_type, EMBEDDING_DIM};
+
+/// Default number of cached vectors.
+pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
+
+/// Counters of an `Embedder` since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EmbedStats {
+    /// Rows seen (NULLs included).
+    pub texts: u64,
+    /// Rows served without calling the provider: found in the cache, or a duplicate of an earlier row of the same
+    /// batch.
+    pub cache_hits: u64,
+    /// Distinct texts sent to the provider.
+    pub embedded: u64,
+}
+
+impl EmbedStats {
+    /// `cache_hits / texts`, 0 when no text was seen.
+    pub fn hit_rate(&self) -> f64 {
+        if self.texts == 0 {
+            0.0
+        } else {
+            self.cache_hits as f64 / self.texts as f64
+        }
+    }
+}
+
+/// Bounded FIFO cache of vectors of `dim` floats.
+struct VectorCache {
+    capacity: usize,
+    dim: usize,
+    /// Content hash -> slot.
+    index: HashMap<u128, usize>,
+    /// Slot -> content hash (to unindex an evicted slot).
+    keys: Vec<u128>,
+    /// Slot `s` is `slab[s * dim..(s + 1) * dim]`.
+    slab: Vec<f32>,
+    /// Next slot to overwrite once full (the oldest).
+    oldest: usize,
+}
+
+impl VectorCache {
+    fn new(capacity: usize, dim: usize) -> Self {
+        VectorCache { capacity, dim, index: HashMap::new(), keys: Vec::new(), slab: Vec::new(), oldest: 0 }
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn get(&self, key: u128) -> Option<&[f32]> {
+        let slot = *self.index.get(&key)?;
+        Some(&self.slab[slot * self.dim..(slot + 1) * self.dim])
+    }
+
+    /// Insert a key that is not present, evicting the oldest entry if full.
+    fn insert(&mut self, key: u128, vector: &[f32]) {
+        debug_assert_eq!(vector.len(), self.dim);
+        debug_assert!(!self.index.contains_key(&key));
+        if self.capacity == 0 {
+            return;
+        }
+        let slot = if self.keys.len() < self.capacity {
+            self.keys.push(key);
+            self.slab.extend_from_slice(vector);
+            self.keys.len() - 1
+        } else {
+            let slot = self.oldest;
+            self.oldest = (slot + 1) % self.capacity;
+            self.index.remove(&self.keys[slot]);
+            self.keys[slot] = key;
+            self.slab[slot * self.dim..(slot + 1) * self.dim].copy_from_slice(vector);
+            slot
+        };
+        self.index.insert(key, slot);
+    }
+}
+
+/// Embeds text columns through a provider, with deduplication and a bounded cache. See the module docs.
+pub struct Embedder {
+    provider: Arc<dyn EmbeddingProvider>,
+    dim: usize,
+    cache: VectorCache,
+    stats: EmbedStats,
+}
+
+impl std::fmt::Debug for Embedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedder")
+            .field("provider", &self.provider.name())
+            .field("native_dimension", &self.dim)
+            .field("cache_capacity", &self.cache.capacity)
+            .field("cached", &self.cache.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Embedder {
+    /// `cache_capacity` is a number of vectors (see [`DEFAULT_CACHE_CAPACITY`]); 0 disables the cache.
+    /// Fails if the provider's dimension is 0 or more than 768.
+    pub fn new(provider: Arc<dyn EmbeddingProvider>, cache_capacity: usize) -> Result<Self> {
+        let dim = provider.dimension();
+        if dim == 0 || dim > EMBEDDING_DIM {
+            return Err(Error::usage(format!(
+                "embedding provider {} has dimension {dim}; Engram needs vectors of 1 to {EMBEDDING_DIM} floats \
+                 (shorter ones are zero-padded)",
+                provider.name()
+            )));
+        }
+        Ok(Embedder { provider, dim, cache: VectorCache::new(cache_capacity, dim), stats: EmbedStats::default() })
+    }
+
+    /// Embed every row of `texts`. The result has exactly `texts.len()` rows, none NULL, of type
+    /// [`embedding_type`]. A NULL text is embedded as the empty string: callers that want a fallback (e.g. the
+    /// record's JSON content) substitute it before calling. Vectors of a provider with fewer than 768 dimensions
+    /// are zero-padded at the end (cosine similarity is unchanged).
+    ///
+    /// On a provider error nothing is cached and the stats are unchanged.
+    pub fn embed_column(&mut self, texts: &StringArray) -> Result<FixedSizeListArray> {
+        let n = texts.len();
+        let dim = self.dim;
+        let mut values = vec![0.0f32; n * EMBEDDING_DIM];
+
+        // Distinct misses of this batch: hash -> index into miss_texts/miss_keys.
+        let mut batch: HashMap<u128, usize> = HashMap::new();
+        let mut miss_texts: Vec<&str> = Vec::new();
+        let mut miss_keys: Vec<u128> = Vec::new();
+        // (row, miss index) for every row served by a miss, duplicates included.
+        let mut miss_rows: Vec<(usize, usize)> = Vec::new();
+        let mut hits = 0u64;
+
+        for (row, text) in texts.iter().enumerate() {
+            let text = text.unwrap_or("");
+            let key = xxh3_128(text.as_bytes());
+            // Cache hits are copied right away: inserting this batch's misses later may evict their slots.
+            if let Some(v) = self.cache.get(key) {
+                values[row * EMBEDDING_DIM..row * EMBEDDING_DIM + dim].copy_from_slice(v);
+                hits += 1;
+                continue;
+            }
+            match batch.entry(key) {
+                Entry::Occupied(e) => {
+                    hits += 1;
+                    miss_rows.push((row, *e.get()));
+                }
+                Entry::Vacant(e) => {
+                    let j = miss_texts.len();
+                    e.insert(j);
+                    miss_rows.push((row, j));
+                    miss_texts.push(text);
+                    miss_keys.push(key);
+                }
+            }
+        }
+
+        if !miss_texts.is_empty() {
+            let mut vectors = vec![0.0f32; miss_texts.len() * dim];
+            self.provider.embed(&miss_texts, &mut vectors)?;
+            for &(row, j) in &miss_rows {
+                values[row * EMBEDDING_DIM..row * EMBEDDING_DIM + dim].copy_from_slice(&vectors[j * dim..(j + 1) * dim]);
+            }
+            // Entries that the same batch would evict again are not inserted at all.
+            let skip = miss_keys.len().saturating_sub(self.cache.capacity);
+            for (j, &key) in miss_keys.iter().enumerate().skip(skip) {
+                self.cache.insert(key, &vectors[j * dim..(j + 1) * dim]);
+            }
+        }
+
+        self.stats.texts += n as u64;
+        self.stats.cache_hits += hits;
+        self.stats.embedded += miss_texts.len() as u64;
+
+        let DataType::FixedSizeList(field, size) = embedding_type() else {
+            return Err(Error::Internal("schema::embedding_type() is not a FixedSizeList".into()));
+        };
+        let values = Float32Array::new(ScalarBuffer::from(values), None);
+        Ok(FixedSizeListArray::try_new(field, size, Arc::new(values), None)?)
+    }
+
+    pub fn stats(&self) -> EmbedStats {
+        self.stats
+    }
+
+    pub fn provider_name(&self) -> String {
+        self.provider.name()
+    }
+
+    /// The provider's own dimension, before zero-padding to 768.
+    pub fn native_dimension(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of vectors currently cached (at most `cache_capacity`).
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn cache_capacity(&self) -> usize {
+        self.cache.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Float32Type;
+
+    use super::*;
+    use crate::embed::HashingProvider;
+
+    /// Dimension-4 provider: vector = [len, 1, 2, 3] (not normalised, on purpose, to check values pass through).
+    /// Records every call's texts.
+    #[derive(Default)]
+    struct Tiny {
+        calls: Mutex<Vec<Vec<String>>>,
+        embedded: AtomicUsize,
+    }
+
+    impl EmbeddingProvider for Tiny {
+        fn name(&self) -> String {
+            "tiny".into()
+        }
+        fn dimension(&self) -> usize {
+            4
+        }
+        fn embed(&self, texts: &[&str], out: &mut [f32]) -> Result<()> {
+            assert_eq!(out.len(), texts.len() * 4);
+            self.calls.lock().unwrap().push(texts.iter().map(|s| s.to_string()).collect());
+            self.embedded.fetch_add(texts.len(), Ordering::SeqCst);
+            for (t, row) in texts.iter().zip(out.chunks_exact_mut(4)) {
+                row.copy_from_slice(&[t.len() as f32, 1.0, 2.0, 3.0]);
+            }
+            Ok(())
+        }
+    }
+
+    struct Failing;
+    impl EmbeddingProvider for Failing {
+        fn name(&self) -> String {
+            "failing".into()
+        }
+        fn dimension(&self) -> usize {
+            8
+        }
+        fn embed(&self, _: &[&str], _: &mut [f32]) -> Result<()> {
+            Err(Error::Internal("down".into()))
+        }
+    }
+
+    struct Dim(usize);
+    impl EmbeddingProvider for Dim {
+        fn name(&self) -> String {
+            format!("dim{}", self.0)
+        }
+        fn dimension(&self) -> usize {
+            self.0
+        }
+        fn embed(&self, _: &[&str], _: &mut [f32]) -> Result<()> {
+            unreachable!()
+        }
+    }
+
+    fn rows(a: &FixedSizeListArray) -> Vec<Vec<f32>> {
+        let values = a.values().as_primitive::<Float32Type>().values();
+        values.chunks_exact(EMBEDDING_DIM).map(|r| r.to_vec()).collect()
+    }
+
+    fn column(texts: &[Option<&str>]) -> StringArray {
+        StringArray::from(texts.to_vec())
+    }
+
+    fn hashing(capacity: usize) -> Embedder {
+        Embedder::new(Arc::new(HashingProvider::new()), capacity).unwrap()
+    }
+
+    #[test]
+    fn output_shape_and_type() {
+        let mut e = hashing(DEFAULT_CACHE_CAPACITY);
+        assert_eq!(e.provider_name(), "hashing-v1");
+        assert_eq!(e.native_dimension(), 768);
+        let out = e.embed_column(&column(&[Some("a b"), None, Some(""), Some("Ünïcödé 日本語")])).unwrap();
+        assert_eq!(out.len(), 4);
+        assert_eq!(out.null_count(), 0);
+        assert_eq!(out.data_type(), &embedding_type());
+        assert_eq!(out.value_length(), 768);
+        let r = rows(&out);
+        // NULL is embedded as "".
+        assert_eq!(r[1], r[2]);
+        for v in &r {
+            let n: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((n - 1.0).abs() < 1e-5);
+        }
+        let empty = e.embed_column(&column(&[])).unwrap();
+        assert_eq!(empty.len(), 0);
+        assert_eq!(empty.data_type(), &embedding_type());
+    }
+
+    #[test]
+    fn matches_provider_and_is_independent_of_batching() {
+        let texts: Vec<String> = (0..300).map(|i| format!("text number {} about {}", i % 120, i % 7)).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mut direct = vec![0.0; refs.len() * 768];
+        HashingProvider::new().embed(&refs, &mut direct).unwrap();
+
+        let whole = rows(&hashing(1000).embed_column(&StringArray::from(refs.clone())).unwrap());
+        let mut small = hashing(50);
+        let mut pieces = Vec::new();
+        for chunk in refs.chunks(37) {
+            pieces.extend(rows(&small.embed_column(&StringArray::from(chunk.to_vec())).unwrap()));
+        }
+        for (i, d) in direct.chunks_exact(768).enumerate() {
+            assert_eq!(whole[i], d, "row {i}");
+            assert_eq!(pieces[i], d, "row {i}");
+        }
+    }
+
+    #[test]
+    fn cache_hits_and_dedup() {
+        let tiny = Arc::new(Tiny::default());
+        let mut e = Embedder::new(tiny.clone(), 100).unwrap();
+        let batch = column(&[Some("a"), Some("b"), Some("a"), None, Some(""), Some("b"), Some("c")]);
+        e.embed_column(&batch).unwrap();
+        let s = e.stats();
+        assert_eq!(s, EmbedStats { texts: 7, cache_hits: 3, embedded: 4 });
+        // One provider call with the distinct texts, in first-seen order.
+        assert_eq!(*tiny.calls.lock().unwrap(), vec![vec!["a", "b", "", "c"]]);
+
+        let again = e.embed_column(&batch).unwrap();
+        let s = e.stats();
+        assert_eq!(s, EmbedStats { texts: 14, cache_hits: 10, embedded: 4 });
+        assert_eq!(tiny.calls.lock().unwrap().len(), 1, "all hits: no provider call");
+        assert_eq!(tiny.embedded.load(Ordering::SeqCst), 4);
+        assert!((s.hit_rate() - 10.0 / 14.0).abs() < 1e-12);
+        assert_eq!(rows(&again)[0][0], 1.0);
+        assert_eq!(rows(&again)[6][0], 1.0);
+        assert_eq!(EmbedStats::default().hit_rate(), 0.0);
+    }
+
+    #[test]
+    fn padding_small_dimension() {
+        let mut e = Embedder::new(Arc::new(Tiny::default()), 10).unwrap();
+        assert_eq!(e.native_dimension(), 4);
+        let out = e.embed_column(&column(&[Some("hello"), Some("hi"), Some("hello")])).unwrap();
+        assert_eq!(out.value_length(), 768);
+        let r = rows(&out);
+        assert_eq!(&r[0][..4], &[5.0, 1.0, 2.0, 3.0]);
+        assert_eq!(&r[1][..4], &[2.0, 1.0, 2.0, 3.0]);
+        assert_eq!(r[2], r[0]);
+        for v in &r {
+            assert!(v[4..].iter().all(|&x| x == 0.0));
+        }
+        // Cached values are padded too.
+        let r = rows(&e.embed_column(&column(&[Some("hi")])).unwrap());
+        assert_eq!(&r[0][..4], &[2.0, 1.0, 2.0, 3.0]);
+        assert!(r[0][4..].iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn eviction_keeps_cache_bounded_fifo() {
+        let tiny = Arc::new(Tiny::default());
+        let mut e = Embedder::new(tiny.clone(), 3).unwrap();
+        for t in ["t1", "t2", "t3", "t4", "t5"] {
+            e.embed_column(&column(&[Some(t)])).unwrap();
+            assert!(e.cache_len() <= 3);
+        }
+        assert_eq!(e.cache_len(), 3);
+        assert_eq!(e.stats().embedded, 5);
+        // t3..t5 are cached, t1 and t2 were evicted (oldest first).
+        e.embed_column(&column(&[Some("t3"), Some("t4"), Some("t5")])).unwrap();
+        assert_eq!(e.stats().embedded, 5);
+        e.embed_column(&column(&[Some("t1")])).unwrap();
+        assert_eq!(e.stats().embedded, 6);
+        assert_eq!(e.cache_len(), 3);
+
+        // A batch larger than the cache: still correct output, cache bounded.
+        let many: Vec<String> = (0..50).map(|i| "x".repeat(i + 1)).collect();
+        let out = e.embed_column(&StringArray::from_iter_values(&many)).unwrap();
+        assert_eq!(out.len(), 50);
+        for (i, r) in rows(&out).iter().enumerate() {
+            assert_eq!(r[0], (i + 1) as f32);
+        }
+        assert_eq!(e.cache_len(), 3);
+        let before = e.stats().embedded;
+        e.embed_column(&StringArray::from_iter_values(&many[47..])).unwrap();
+        assert_eq!(e.stats().embedded, before, "the last entries of the batch are the ones kept");
+
+        // Capacity 0: no cache, but dedup within a batch still applies.
+        let mut none = Embedder::new(Arc::new(Tiny::default()), 0).unwrap();
+        none.embed_column(&column(&[Some("a"), Some("a")])).unwrap();
+        none.embed_column(&column(&[Some("a")])).unwrap();
+        assert_eq!(none.stats(), EmbedStats { texts: 3, cache_hits: 1, embedded: 2 });
+        assert_eq!(none.cache_len(), 0);
+    }
+
+    #[test]
+    fn rejects_bad_dimensions_and_propagates_errors() {
+        assert!(Embedder::new(Arc::new(Dim(0)), 10).is_err());
+        assert!(Embedder::new(Arc::new(Dim(769)), 10).is_err());
+        assert!(Embedder::new(Arc::new(Dim(768)), 10).is_ok());
+
+        let mut e = Embedder::new(Arc::new(Failing), 10).unwrap();
+        assert!(e.embed_column(&column(&[Some("x")])).is_err());
+        assert_eq!(e.stats(), EmbedStats::default());
+        assert_eq!(e.cache_len(), 0);
+    }
+
+    #[test]
+    fn sliced_input() {
+        let mut e = hashing(10);
+        let full = column(&[Some("zero"), Some("one"), Some("two"), Some("three")]);
+        let sliced = full.slice(1, 2);
+        let a = rows(&e.embed_column(&sliced).unwrap());
+        let b = rows(&hashing(10).embed_column(&column(&[Some("one"), Some("two")])).unwrap());
+        assert_eq!(a, b);
+    }
+}

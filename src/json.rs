@@ -1,0 +1,208 @@
+//! Arrow values as JSON, one function for the whole tool: the content of a memory (`to_json` in SQL), the sampled
+//! source rows of validation and the run report all go through `value_at`, so a value compares equal to itself
+//! whichever path it took.
+//!
+//! Type table (Arrow -> JSON):
+//! | Arrow                           | JSON                                              |
+//! |---------------------------------|---------------------------------------------------|
+//! | Null, any null slot             | null                                              |
+//! | Boolean                         | true / false                                      |
+//! | Int*, UInt*                     | number                                            |
+//! | Float16/32/64 finite            | number (shortest round-trip form)                 |
+//! | Float NaN / +-inf               | string "NaN", "inf", "-inf"                       |
+//! | Decimal128/256                  | string (exact digits; JSON numbers lose them)     |
+//! | Utf8, LargeUtf8, Utf8View       | string                                            |
+//! | Binary, LargeBinary, FixedSize  | {"$base64": "..."} (an object, so never mistaken for text) |
+//! | Date32/64                       | "YYYY-MM-DD"                                      |
+//! | Time32/64                       | "HH:MM:SS[.ffffff]"                               |
+//! | Timestamp (with tz)             | RFC 3339 in UTC, "...Z"; without tz: no suffix    |
+//! | Duration, Interval              | string (Arrow's display form)                     |
+//! | List, LargeList, FixedSizeList  | array                                             |
+//! | Struct                          | object, fields in order                           |
+//! | Map                             | object (keys rendered as strings)                 |
+//! | Dictionary                      | the value it points to                            |
+
+use arrow::array::*;
+use arrow::datatypes::*;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use base64::Engine;
+use serde_json::{Map, Number, Value};
+
+use crate::error::{Error, Result};
+
+/// The JSON value of `array[row]`.
+pub fn value_at(array: &dyn Array, row: usize) -> Result<Value> {
+    if array.is_null(row) {
+        return Ok(Value::Null);
+    }
+    macro_rules! int {
+        ($t:ty) => {
+            Value::from(array.as_primitive::<$t>().value(row))
+        };
+    }
+    let v = match array.data_type() {
+        DataType::Null => Value::Null,
+        DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
+        DataType::Int8 => int!(Int8Type),
+        DataType::Int16 => int!(Int16Type),
+        DataType::Int32 => int!(Int32Type),
+        DataType::Int64 => int!(Int64Type),
+        DataType::UInt8 => int!(UInt8Type),
+        DataType::UInt16 => int!(UInt16Type),
+        DataType::UInt32 => int!(UInt32Type),
+        DataType::UInt64 => int!(UInt64Type),
+        DataType::Float16 => float(array.as_primitive::<Float16Type>().value(row).to_f64()),
+        DataType::Float32 => float(array.as_primitive::<Float32Type>().value(row) as f64),
+        DataType::Float64 => float(array.as_primitive::<Float64Type>().value(row)),
+        DataType::Utf8 => Value::String(array.as_string::<i32>().value(row).to_owned()),
+        DataType::LargeUtf8 => Value::String(array.as_string::<i64>().value(row).to_owned()),
+        DataType::Utf8View => Value::String(array.as_string_view().value(row).to_owned()),
+        DataType::Binary => bytes(array.as_binary::<i32>().value(row)),
+        DataType::LargeBinary => bytes(array.as_binary::<i64>().value(row)),
+        DataType::BinaryView => bytes(array.as_binary_view().value(row)),
+        DataType::FixedSizeBinary(_) => bytes(array.as_fixed_size_binary().value(row)),
+        DataType::Timestamp(unit, tz) => Value::String(timestamp(array, row, *unit, tz.is_some())?),
+        DataType::Date32 | DataType::Date64 | DataType::Time32(_) | DataType::Time64(_) => {
+            Value::String(display(array, row)?)
+        }
+        DataType::Decimal128(_, _) | DataType::Decimal256(_, _) => Value::String(display(array, row)?),
+        DataType::Duration(_) | DataType::Interval(_) => Value::String(display(array, row)?),
+        DataType::List(_) => list(array.as_list::<i32>().value(row).as_ref())?,
+        DataType::LargeList(_) => list(array.as_list::<i64>().value(row).as_ref())?,
+        DataType::FixedSizeList(_, _) => list(array.as_fixed_size_list().value(row).as_ref())?,
+        DataType::Struct(_) => {
+            let s = array.as_struct();
+            let mut m = Map::with_capacity(s.num_columns());
+            for (field, col) in s.fields().iter().zip(s.columns()) {
+                m.insert(field.name().clone(), value_at(col.as_ref(), row)?);
+            }
+            Value::Object(m)
+        }
+        DataType::Map(_, _) => {
+            let entries = array.as_map().value(row);
+            let (keys, values) = (entries.column(0), entries.column(1));
+            let mut m = Map::with_capacity(entries.len());
+            for i in 0..entries.len() {
+                let k = match value_at(keys.as_ref(), i)? {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                m.insert(k, value_at(values.as_ref(), i)?);
+            }
+            Value::Object(m)
+        }
+        DataType::Dictionary(_, _) => {
+            let dict = array.as_any_dictionary();
+            let key = dict.normalized_keys()[row];
+            value_at(dict.values().as_ref(), key)?
+        }
+        other => {
+            return Err(Error::Internal(format!(
+                "no JSON rendering for Arrow type {other}; cast the column to a supported type in the mapping SQL"
+            )))
+        }
+    };
+    Ok(v)
+}
+
+/// A whole row of a record batch as a JSON object, columns in schema order.
+pub fn row_object(batch: &RecordBatch, row: usize) -> Result<Map<String, Value>> {
+    let mut m = Map::with_capacity(batch.num_columns());
+    for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
+        m.insert(field.name().clone(), value_at(col.as_ref(), row)?);
+    }
+    Ok(m)
+}
+
+fn float(f: f64) -> Value {
+    match Number::from_f64(f) {
+        Some(n) => Value::Number(n),
+        None if f.is_nan() => Value::String("NaN".into()),
+        None if f > 0.0 => Value::String("inf".into()),
+        None => Value::String("-inf".into()),
+    }
+}
+
+fn bytes(b: &[u8]) -> Value {
+    let mut m = Map::with_capacity(1);
+    m.insert("$base64".into(), Value::String(base64::engine::general_purpose::STANDARD.encode(b)));
+    Value::Object(m)
+}
+
+fn list(values: &dyn Array) -> Result<Value> {
+    (0..values.len()).map(|i| value_at(values, i)).collect::<Result<Vec<_>>>().map(Value::Array)
+}
+
+fn display(array: &dyn Array, row: usize) -> Result<String> {
+    let f = ArrayFormatter::try_new(array, &FormatOptions::default())?;
+    Ok(f.value(row).to_string())
+}
+
+fn timestamp(array: &dyn Array, row: usize, unit: TimeUnit, has_tz: bool) -> Result<String> {
+    let v = match unit {
+        TimeUnit::Second => array.as_primitive::<TimestampSecondType>().value(row) as i128 * 1_000_000_000,
+        TimeUnit::Millisecond => array.as_primitive::<TimestampMillisecondType>().value(row) as i128 * 1_000_000,
+        TimeUnit::Microsecond => array.as_primitive::<TimestampMicrosecondType>().value(row) as i128 * 1_000,
+        TimeUnit::Nanosecond => array.as_primitive::<TimestampNanosecondType>().value(row) as i128,
+    };
+    let secs = v.div_euclid(1_000_000_000) as i64;
+    let nanos = v.rem_euclid(1_000_000_000) as u32;
+    let dt = chrono::DateTime::from_timestamp(secs, nanos)
+        .ok_or_else(|| Error::Internal(format!("timestamp {v} ns out of range")))?;
+    // Instants with a zone are rendered in UTC with a Z; naive ones without a suffix, as they were.
+    let s = if has_tz {
+        dt.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    } else {
+        dt.naive_utc().format("%Y-%m-%dT%H:%M:%S%.f").to_string()
+    };
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn scalars_render_per_type_table() {
+        let cases: Vec<(ArrayRef, Value)> = vec![
+            (Arc::new(Int64Array::from(vec![-5])), Value::from(-5)),
+            (Arc::new(Float64Array::from(vec![1.5])), Value::from(1.5)),
+            (Arc::new(Float64Array::from(vec![f64::NAN])), Value::from("NaN")),
+            (Arc::new(Float64Array::from(vec![f64::NEG_INFINITY])), Value::from("-inf")),
+            (Arc::new(BooleanArray::from(vec![true])), Value::Bool(true)),
+            (Arc::new(StringArray::from(vec!["Größe 日本"])), Value::from("Größe 日本")),
+            (Arc::new(BinaryArray::from(vec![&b"\x00\xff"[..]])), serde_json::json!({"$base64": "AP8="})),
+            (Arc::new(Date32Array::from(vec![19723])), Value::from("2024-01-01")),
+            (Arc::new(Time64MicrosecondArray::from(vec![3_723_000_001])), Value::from("01:02:03.000001")),
+            (
+                Arc::new(TimestampMicrosecondArray::from(vec![1_704_067_200_123_456]).with_timezone("UTC")),
+                Value::from("2024-01-01T00:00:00.123456Z"),
+            ),
+            (
+                Arc::new(TimestampMicrosecondArray::from(vec![1_704_067_200_000_000])),
+                Value::from("2024-01-01T00:00:00"),
+            ),
+            (
+                Arc::new(Decimal128Array::from(vec![12345]).with_precision_and_scale(10, 2).unwrap()),
+                Value::from("123.45"),
+            ),
+            (Arc::new(Int64Array::from(vec![None])), Value::Null),
+        ];
+        for (array, want) in cases {
+            assert_eq!(value_at(array.as_ref(), 0).unwrap(), want, "type {}", array.data_type());
+        }
+    }
+
+    #[test]
+    fn nested_render_as_arrays_and_objects() {
+        let list = ListArray::from_iter_primitive::<Int32Type, _, _>(vec![Some(vec![Some(1), None])]);
+        assert_eq!(value_at(&list, 0).unwrap(), serde_json::json!([1, null]));
+        let s = StructArray::from(vec![
+            (Arc::new(Field::new("b", DataType::Utf8, true)), Arc::new(StringArray::from(vec!["x"])) as ArrayRef),
+            (Arc::new(Field::new("a", DataType::Int64, true)), Arc::new(Int64Array::from(vec![None])) as ArrayRef),
+        ]);
+        // Field order is kept (not sorted): content JSON reads like the source row.
+        assert_eq!(value_at(&s, 0).unwrap().to_string(), r#"{"b":"x","a":null}"#);
+    }
+}

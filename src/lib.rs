@@ -1,0 +1,22 @@
+//! engram-migrate: snapshot-then-load migrations into Engram.
+//!
+//! source -> Parquet snapshot -> DataFusion SQL mapping -> embeddings -> sink (Engram bundle) -> SQL validation.
+//! Each stage exchanges Arrow record batches; `pipeline` wires them and owns order, checkpoints and progress.
+
+pub mod checksum;
+pub mod config;
+pub mod embed;
+pub mod error;
+pub mod json;
+pub mod parquet_io;
+pub mod pipeline;
+pub mod progress;
+pub mod report;
+pub mod schema;
+pub mod sink;
+pub mod snapshot;
+pub mod source;
+pub mod transform;
+pub mod validate;
+
+pub use error::{Error, Result};

@@ -1,0 +1,79 @@
+//! The `engram-migrate` binary: the command line over the library. `anyhow` lives only here; every library
+//! error carries its exit code.
+
+use clap::{Parser, Subcommand};
+use engram_migrate::config::Options;
+use engram_migrate::error::exit;
+use engram_migrate::pipeline;
+
+#[derive(Parser)]
+#[command(
+    name = "engram-migrate",
+    version,
+    about = "Migrate SQLite (and later PostgreSQL, Neo4j, Redis) into Engram: snapshot -> SQL mapping -> embeddings -> bundle -> validation",
+    after_help = "Exit codes: 0 ok, 1 internal error, 2 usage or mapping SQL error, 3 source error, 4 target error, 5 validation failed.\n\
+                  Logs: RUST_LOG=info (or debug). Every option can also come from --config FILE (TOML, kebab-case keys)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show tables, dependency order, row counts, type mapping and where output goes; writes nothing.
+    Plan(Options),
+    /// Stage the source into a Parquet snapshot (<work-dir>/snapshot), resumable.
+    Snapshot(Options),
+    /// Run the mapping SQL over the snapshot and stage memories and edges.
+    Transform(Options),
+    /// Embed the staged memories and write the Engram bundle, resumable.
+    Load(Options),
+    /// Re-check a finished run: counts, sampled values, checksums, orphan edges, duplicate ids, embeddings.
+    Validate(Options),
+    /// All stages: snapshot, transform, load, validate. Started again after a crash, it resumes.
+    Run(Options),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match run(cli) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            let code = e.downcast_ref::<engram_migrate::Error>().map(|e| e.exit_code()).unwrap_or(exit::INTERNAL);
+            eprintln!("error: {e:#}");
+            code
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let (name, opts) = match cli.command {
+        Command::Plan(o) => ("plan", o),
+        Command::Snapshot(o) => ("snapshot", o),
+        Command::Transform(o) => ("transform", o),
+        Command::Load(o) => ("load", o),
+        Command::Validate(o) => ("validate", o),
+        Command::Run(o) => ("run", o),
+    };
+    let opts = opts.with_config_file()?;
+    engram_migrate::progress::set_quiet(opts.quiet);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(opts.workers()).enable_all().build()?;
+    let name = if opts.dry_run { "plan" } else { name };
+    runtime.block_on(async move {
+        match name {
+            "plan" => pipeline::plan_cmd(opts).await,
+            "snapshot" => pipeline::snapshot_cmd(opts).await,
+            "transform" => pipeline::transform_cmd(opts).await,
+            "load" => pipeline::load_cmd(opts).await,
+            "validate" => pipeline::validate_cmd(opts).await,
+            _ => pipeline::run_cmd(opts).await,
+        }
+    })?;
+    Ok(())
+}

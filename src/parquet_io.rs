@@ -1,0 +1,290 @@
+//! Parquet part files: written by size-bounded roll-over, each committed by an atomic rename, read back as batches.
+//! Snapshot tables, transform output and bundle spaces are all folders of such parts.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::checksum::{Checksum, Hasher};
+use crate::error::{Error, Result};
+
+/// When a part file is closed and a new one started.
+#[derive(Debug, Clone, Copy)]
+pub struct PartLimits {
+    /// Roll over once a file holds this many bytes (encoded, approximate).
+    pub max_file_bytes: u64,
+    /// Roll over once a file holds this many rows.
+    pub max_file_rows: u64,
+    /// Rows per Parquet row group; the writer buffers one row group in memory.
+    pub row_group_rows: usize,
+}
+
+impl Default for PartLimits {
+    fn default() -> Self {
+        PartLimits { max_file_bytes: 128 << 20, max_file_rows: u64::MAX, row_group_rows: 65_536 }
+    }
+}
+
+/// A committed part file, as recorded in manifests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PartFile {
+    /// File name relative to its folder.
+    pub file: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Order-independent content checksum of the file's rows (see `checksum`).
+    pub checksum: String,
+}
+
+impl PartFile {
+    pub fn checksum(&self) -> Result<Checksum> {
+        Checksum::from_hex(self.rows, &self.checksum)
+            .ok_or_else(|| Error::Internal(format!("bad checksum {:?} in manifest for {}", self.checksum, self.file)))
+    }
+}
+
+pub fn part_name(index: usize) -> String {
+    format!("part-{index:05}.parquet")
+}
+
+struct OpenPart {
+    index: usize,
+    tmp: PathBuf,
+    writer: ArrowWriter<File>,
+    hasher: Hasher,
+    rows: u64,
+}
+
+/// Writes batches into `dir/part-NNNNN.parquet`, rolling over by size or rows. A part is written to a hidden
+/// temporary name, fsynced and renamed, so a part file that exists is complete.
+pub struct RollingWriter {
+    dir: PathBuf,
+    schema: SchemaRef,
+    limits: PartLimits,
+    next_index: usize,
+    open: Option<OpenPart>,
+    wrote_any: bool,
+}
+
+impl RollingWriter {
+    pub fn new(dir: &Path, schema: SchemaRef, limits: PartLimits, first_index: usize) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
+        Ok(RollingWriter { dir: dir.to_path_buf(), schema, limits, next_index: first_index, open: None, wrote_any: false })
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn open_part(&mut self) -> Result<&mut OpenPart> {
+        if self.open.is_none() {
+            let index = self.next_index;
+            self.next_index += 1;
+            let tmp = self.dir.join(format!(".{}.tmp", part_name(index)));
+            let file = File::create(&tmp).map_err(Error::io("create", &tmp))?;
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+                .set_max_row_group_size(self.limits.row_group_rows)
+                .build();
+            let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(props))?;
+            let hasher = Hasher::new(&self.schema)?;
+            self.open = Some(OpenPart { index, tmp, writer, hasher, rows: 0 });
+        }
+        Ok(self.open.as_mut().expect("just opened"))
+    }
+
+    /// Writes one batch; returns the part that was committed if this batch completed one.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<Option<PartFile>> {
+        if batch.num_rows() == 0 {
+            return Ok(None);
+        }
+        let limits = self.limits;
+        let part = self.open_part()?;
+        part.writer.write(batch)?;
+        part.hasher.update(batch)?;
+        part.rows += batch.num_rows() as u64;
+        let size = part.writer.bytes_written() as u64 + part.writer.in_progress_size() as u64;
+        if part.rows >= limits.max_file_rows || size >= limits.max_file_bytes {
+            return self.commit().map(Some);
+        }
+        Ok(None)
+    }
+
+    fn commit(&mut self) -> Result<PartFile> {
+        let part = self.open.take().ok_or_else(|| Error::Internal("commit without an open part".into()))?;
+        let file = part.writer.into_inner()?;
+        file.sync_all().map_err(Error::io("sync", &part.tmp))?;
+        let bytes = file.metadata().map_err(Error::io("stat", &part.tmp))?.len();
+        drop(file);
+        let name = part_name(part.index);
+        let path = self.dir.join(&name);
+        fs::rename(&part.tmp, &path).map_err(Error::io("rename into place", &path))?;
+        sync_dir(&self.dir)?;
+        self.wrote_any = true;
+        let checksum = part.hasher.finish();
+        Ok(PartFile { file: name, rows: part.rows, bytes, checksum: checksum.to_hex() })
+    }
+
+    /// Commits the open part, if any. With `ensure_one`, a folder that got no rows at all still gets one empty
+    /// part, so the schema of an empty table survives (readers need it).
+    pub fn finish(mut self, ensure_one: bool) -> Result<Option<PartFile>> {
+        if self.open.is_none() && ensure_one && !self.wrote_any {
+            self.open_part()?;
+        }
+        if self.open.is_some() {
+            return self.commit().map(Some);
+        }
+        Ok(None)
+    }
+}
+
+impl Drop for RollingWriter {
+    fn drop(&mut self) {
+        // An abandoned part (error or interrupt) is never renamed into place; remove its temporary file.
+        if let Some(part) = self.open.take() {
+            let _ = fs::remove_file(&part.tmp);
+        }
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("sync directory", dir))
+}
+
+/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    {
+        use std::io::Write;
+        let mut f = File::create(&tmp).map_err(Error::io("create", &tmp))?;
+        f.write_all(bytes).map_err(Error::io("write", &tmp))?;
+        f.sync_all().map_err(Error::io("sync", &tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(Error::io("rename into place", path))?;
+    sync_dir(dir)
+}
+
+/// The committed part files of a folder, in name order.
+pub fn list_parts(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.exists() {
+        return Ok(vec![]);
+    }
+    let mut parts: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(Error::io("list", dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "parquet")
+                && !p.file_name().and_then(|n| n.to_str()).unwrap_or(".").starts_with('.')
+        })
+        .collect();
+    parts.sort();
+    Ok(parts)
+}
+
+/// Opens a Parquet file as a batch reader.
+pub fn open_reader(
+    path: &Path,
+    batch_size: usize,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
+    let file = File::open(path).map_err(Error::io("open", path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::Internal(format!("reading {}: {e}", path.display())))?
+        .with_batch_size(batch_size)
+        .build()
+        .map_err(|e| Error::Internal(format!("reading {}: {e}", path.display())))?;
+    Ok(reader)
+}
+
+/// Reads every batch of a Parquet file (for small files and tests).
+pub fn read_all(path: &Path) -> Result<Vec<RecordBatch>> {
+    open_reader(path, 8192)?
+        .map(|b| b.map_err(|e| Error::Internal(format!("reading {}: {e}", path.display()))))
+        .collect()
+}
+
+/// Schema of a Parquet file without reading its data.
+pub fn read_schema(path: &Path) -> Result<SchemaRef> {
+    let file = File::open(path).map_err(Error::io("open", path))?;
+    let b = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::Internal(format!("reading {}: {e}", path.display())))?;
+    Ok(b.schema().clone())
+}
+
+/// Recomputes the checksum and row count of a folder's parts.
+pub fn checksum_parts(paths: &[PathBuf]) -> Result<Checksum> {
+    let mut total = Checksum::default();
+    for p in paths {
+        let mut hasher: Option<Hasher> = None;
+        for b in open_reader(p, 8192)? {
+            let b = b.map_err(|e| Error::Internal(format!("reading {}: {e}", p.display())))?;
+            let h = match &mut hasher {
+                Some(h) => h,
+                None => hasher.insert(Hasher::new(&b.schema())?),
+            };
+            h.update(&b)?;
+        }
+        if let Some(h) = hasher {
+            total.combine(h.finish());
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    #[test]
+    fn rolls_over_and_commits_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let limits = PartLimits { max_file_rows: 250, ..Default::default() };
+        let mut w = RollingWriter::new(dir.path(), schema.clone(), limits, 0).unwrap();
+        let mut parts = vec![];
+        for i in 0..10 {
+            let b = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(i * 100..(i + 1) * 100))])
+                .unwrap();
+            parts.extend(w.write(&b).unwrap());
+        }
+        parts.extend(w.finish(true).unwrap());
+        assert_eq!(parts.iter().map(|p| p.rows).sum::<u64>(), 1000);
+        assert_eq!(parts.len(), 4, "300+300+300+100 rows");
+        let files = list_parts(dir.path()).unwrap();
+        assert_eq!(files.len(), 4);
+        let total = checksum_parts(&files).unwrap();
+        let mut recorded = Checksum::default();
+        for p in &parts {
+            recorded.combine(p.checksum().unwrap());
+        }
+        assert_eq!(total, recorded);
+    }
+
+    #[test]
+    fn empty_folder_gets_one_schema_part_and_abandoned_parts_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let w = RollingWriter::new(dir.path(), schema.clone(), PartLimits::default(), 0).unwrap();
+        let p = w.finish(true).unwrap().unwrap();
+        assert_eq!(p.rows, 0);
+        assert_eq!(read_schema(&dir.path().join(&p.file)).unwrap().fields().len(), 1);
+
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut w = RollingWriter::new(dir2.path(), schema.clone(), PartLimits::default(), 0).unwrap();
+        let b = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1]))]).unwrap();
+        w.write(&b).unwrap();
+        drop(w);
+        assert_eq!(fs::read_dir(dir2.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,130 @@
+//! The run report: `<work-dir>/report.json` for machines, a closing summary table on stdout for people.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::embed::EmbedStats;
+use crate::error::Result;
+use crate::validate::CheckResult;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTiming {
+    pub stage: String,
+    pub seconds: f64,
+    pub rows: u64,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableLine {
+    pub table: String,
+    pub rows: u64,
+    pub files: usize,
+    pub checksum: String,
+    /// Per column: `name: source type -> arrow type (fidelity)`.
+    pub columns: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SpaceLine {
+    pub space: String,
+    pub memories: u64,
+    pub edges: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RunReport {
+    pub command: String,
+    pub run_id: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub seconds: f64,
+    pub source: Value,
+    pub target: String,
+    pub work_dir: String,
+    pub mapping: String,
+    pub stages: Vec<StageTiming>,
+    pub tables: Vec<TableLine>,
+    pub spaces: Vec<SpaceLine>,
+    pub orphans: u64,
+    pub embedding: Option<EmbeddingLine>,
+    pub validation: Vec<CheckResult>,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbeddingLine {
+    pub provider: String,
+    pub texts: u64,
+    pub cache_hits: u64,
+    pub embedded: u64,
+    pub hit_rate: f64,
+}
+
+impl EmbeddingLine {
+    pub fn new(provider: String, s: EmbedStats) -> Self {
+        EmbeddingLine { provider, texts: s.texts, cache_hits: s.cache_hits, embedded: s.embedded, hit_rate: s.hit_rate() }
+    }
+}
+
+/// Times a stage.
+pub struct Timer(Instant);
+impl Timer {
+    pub fn start() -> Self {
+        Timer(Instant::now())
+    }
+    pub fn stage(&self, stage: &str, rows: u64, note: impl Into<String>) -> StageTiming {
+        StageTiming { stage: stage.into(), seconds: self.0.elapsed().as_secs_f64(), rows, note: note.into() }
+    }
+}
+
+impl RunReport {
+    pub fn save(&self, work_dir: &Path) -> Result<()> {
+        crate::parquet_io::write_atomic(&work_dir.join("report.json"), &serde_json::to_vec_pretty(self)?)
+    }
+
+    /// The closing summary printed to stdout.
+    pub fn print_summary(&self) {
+        println!();
+        println!("{:<16} {:>12} {:>10} {:>12}  note", "stage", "rows", "seconds", "rows/s");
+        for s in &self.stages {
+            let rate = if s.seconds > 0.0 { s.rows as f64 / s.seconds } else { 0.0 };
+            println!("{:<16} {:>12} {:>10.2} {:>12.0}  {}", s.stage, s.rows, s.seconds, rate, s.note);
+        }
+        if !self.tables.is_empty() {
+            println!();
+            println!("{:<32} {:>12} {:>6}  checksum", "source table", "rows", "files");
+            for t in &self.tables {
+                println!("{:<32} {:>12} {:>6}  {}", t.table, t.rows, t.files, t.checksum);
+                for c in t.columns.iter().filter(|c| !c.ends_with("(exact)")) {
+                    println!("{:<4}{c}", "");
+                }
+            }
+        }
+        if !self.spaces.is_empty() {
+            println!();
+            println!("{:<32} {:>12} {:>12}", "space", "memories", "edges");
+            for s in &self.spaces {
+                println!("{:<32} {:>12} {:>12}", s.space, s.memories, s.edges);
+            }
+            if self.orphans > 0 {
+                println!("{:<32} {:>12} (references to missing rows; kept in orphans/, see the report)", "orphans", self.orphans);
+            }
+        }
+        if let Some(e) = &self.embedding {
+            println!();
+            println!(
+                "embedding: {} texts with {}, {} embedded, cache hit rate {:.1}%",
+                e.texts,
+                e.provider,
+                e.embedded,
+                e.hit_rate * 100.0
+            );
+        }
+        println!();
+        println!("{}: {} in {:.1} s (report: {}/report.json)", self.command, self.outcome, self.seconds, self.work_dir);
+    }
+}

@@ -1,0 +1,286 @@
+//! The Parquet snapshot: a reproducible, checksummed copy of the source, table by table.
+//!
+//! Layout: `DIR/manifest.json` and `DIR/tables/NNN-name/part-NNNNN.parquet`. Each part file is committed by an
+//! atomic rename and then recorded in the manifest (itself replaced atomically), together with the source position
+//! after its last row, so an interrupted snapshot resumes after the last recorded part. A part file on disk that
+//! the manifest does not list is a leftover of a crash and is deleted. The snapshot is complete when the manifest
+//! says `"complete": true`; only then can it be transformed or used as a source.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::checksum::Checksum;
+use crate::error::{Error, Result};
+use crate::parquet_io::{self, PartFile, PartLimits, RollingWriter};
+use crate::source::{ReadEnd, Source, TableInfo};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const FORMAT: &str = "engram-migrate-snapshot/1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FieldEntry {
+    pub name: String,
+    pub data_type: String,
+    pub nullable: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableEntry {
+    #[serde(flatten)]
+    pub info: TableInfo,
+    /// Folder under `tables/`.
+    pub folder: String,
+    /// The Arrow schema of the staged files.
+    pub schema: Vec<FieldEntry>,
+    pub files: Vec<PartFile>,
+    /// Source position after the last recorded file (e.g. a rowid), where a resumed read continues.
+    pub resume_after: Option<i64>,
+    pub rows: u64,
+    /// Order-independent checksum of all rows (sum of the files' checksums).
+    pub checksum: String,
+    /// Where the source was read up to, as the source reports it.
+    pub read_up_to: Value,
+    pub complete: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    /// The source, secrets removed.
+    pub source: Value,
+    /// Changes when the source's data may have changed; a resume requires it unchanged.
+    pub source_fingerprint: String,
+    pub started_at: String,
+    pub completed_at: Option<String>,
+    pub complete: bool,
+    pub cycles: Vec<Vec<String>>,
+    pub skipped: Vec<(String, String)>,
+    pub tables: Vec<TableEntry>,
+}
+
+impl Manifest {
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST);
+        let bytes = fs::read(&path).map_err(Error::io("read", &path))?;
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::source_err(path.display().to_string(), format!("not a snapshot manifest: {e}")))?;
+        if m.format != FORMAT {
+            return Err(Error::source_err(
+                path.display().to_string(),
+                format!("snapshot format {:?}, this tool reads {FORMAT:?}", m.format),
+            ));
+        }
+        Ok(m)
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        parquet_io::write_atomic(&dir.join(MANIFEST), &serde_json::to_vec_pretty(self)?)
+    }
+
+    pub fn table(&self, name: &str) -> Option<&TableEntry> {
+        self.tables.iter().find(|t| t.info.name == name)
+    }
+
+    pub fn table_dir(dir: &Path, entry: &TableEntry) -> PathBuf {
+        dir.join("tables").join(&entry.folder)
+    }
+
+    pub fn total_rows(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows).sum()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    pub batch_size: usize,
+    pub limits: PartLimits,
+}
+
+/// A folder name for a table: its index (names may collide once cleaned) and its name cleaned for file systems.
+fn folder_name(index: usize, table: &str) -> String {
+    let clean: String = table
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .take(60)
+        .collect();
+    format!("{index:03}-{clean}")
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn schema_entries(schema: &arrow::datatypes::Schema) -> Vec<FieldEntry> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| FieldEntry { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
+        .collect()
+}
+
+/// Takes (or resumes) a snapshot of `source` into `dir`. Returns the complete manifest.
+pub fn take(source: &mut dyn Source, dir: &Path, opts: &SnapshotOptions) -> Result<Manifest> {
+    let fingerprint = source.fingerprint()?;
+    let mut manifest = if dir.join(MANIFEST).is_file() {
+        let m = Manifest::load(dir)?;
+        if m.source_fingerprint != fingerprint || m.source.get("path") != source.describe().get("path") {
+            return Err(Error::usage(format!(
+                "the snapshot in {} was started from a source that has changed since (or from another source); \
+                 a resumed snapshot would mix two states. Start over with --fresh or use another --work-dir",
+                dir.display()
+            )));
+        }
+        if m.complete {
+            tracing::info!(dir = %dir.display(), "snapshot already complete; reusing it");
+            return Ok(m);
+        }
+        tracing::info!(dir = %dir.display(), "resuming an interrupted snapshot");
+        m
+    } else {
+        fs::create_dir_all(dir.join("tables")).map_err(Error::io("create directory", dir))?;
+        let catalog = source.catalog()?;
+        let mut tables = vec![];
+        for (i, info) in catalog.tables.into_iter().enumerate() {
+            let schema = source.schema(&info)?;
+            tables.push(TableEntry {
+                folder: folder_name(i, &info.name),
+                schema: schema_entries(&schema),
+                info,
+                files: vec![],
+                resume_after: None,
+                rows: 0,
+                checksum: Checksum::default().to_hex(),
+                read_up_to: Value::Null,
+                complete: false,
+            });
+        }
+        let m = Manifest {
+            format: FORMAT.into(),
+            source: source.describe(),
+            source_fingerprint: fingerprint,
+            started_at: now(),
+            completed_at: None,
+            complete: false,
+            cycles: catalog.cycles,
+            skipped: catalog.skipped,
+            tables,
+        };
+        m.save(dir)?;
+        m
+    };
+    if !manifest.complete {
+        // The catalog must be read in this process too (it sets up the source's per-table state).
+        source.catalog()?;
+    }
+
+    for i in 0..manifest.tables.len() {
+        if manifest.tables[i].complete {
+            continue;
+        }
+        snapshot_table(source, dir, &mut manifest, i, opts)?;
+    }
+    manifest.complete = true;
+    manifest.completed_at = Some(now());
+    manifest.save(dir)?;
+    Ok(manifest)
+}
+
+fn snapshot_table(source: &mut dyn Source, dir: &Path, manifest: &mut Manifest, i: usize, opts: &SnapshotOptions) -> Result<()> {
+    loop {
+        let entry = &mut manifest.tables[i];
+        source.set_table(&entry.info);
+        let tdir = Manifest::table_dir(dir, entry);
+        fs::create_dir_all(&tdir).map_err(Error::io("create directory", &tdir))?;
+        // Without a resume position the table restarts from its first row: forget its earlier files.
+        if entry.resume_after.is_none() {
+            entry.files.clear();
+        }
+        remove_unlisted(&tdir, &entry.files)?;
+        let schema = source.schema(&entry.info)?;
+        entry.schema = schema_entries(&schema);
+        let info = entry.info.clone();
+        let after = entry.resume_after;
+        let first_index = entry.files.len();
+        let done_rows: u64 = entry.files.iter().map(|f| f.rows).sum();
+
+        let pb = crate::progress::bar(info.row_estimate.unwrap_or(0), format!("snapshot {}", info.name), "rows");
+        pb.set_position(done_rows);
+        let mut writer = RollingWriter::new(&tdir, schema, opts.limits, first_index)?;
+        let mut last_pos: Option<i64> = None;
+        let mut emit = |batch: arrow::array::RecordBatch, pos: Option<i64>| -> Result<()> {
+            last_pos = pos;
+            pb.inc(batch.num_rows() as u64);
+            if let Some(part) = writer.write(&batch)? {
+                let entry = &mut manifest.tables[i];
+                entry.files.push(part);
+                entry.resume_after = last_pos;
+                manifest.save(dir)?;
+            }
+            Ok(())
+        };
+        let end = source.read_table(&info, after, opts.batch_size, &mut emit)?;
+        match end {
+            ReadEnd::Widen { column, reason } => {
+                drop(writer);
+                pb.finish_and_clear();
+                let entry = &mut manifest.tables[i];
+                tracing::warn!(table = %entry.info.name, column = %column, "{reason}; widening the column and staging the table again");
+                if !source.widen(&mut entry.info, &column, &reason) {
+                    return Err(Error::source_err(
+                        manifest.source.to_string(),
+                        format!("table {}, column {column}: {reason}, and the column cannot be widened further", entry.info.name),
+                    ));
+                }
+                entry.files.clear();
+                entry.resume_after = None;
+                remove_unlisted(&tdir, &[])?;
+                manifest.save(dir)?;
+                continue;
+            }
+            ReadEnd::Done { read_up_to, .. } => {
+                let last = writer.finish(true)?;
+                pb.finish_and_clear();
+                let entry = &mut manifest.tables[i];
+                if let Some(part) = last {
+                    // An empty schema-only part is kept only when the table has no other file.
+                    if part.rows > 0 || entry.files.is_empty() {
+                        entry.files.push(part);
+                    } else {
+                        let _ = fs::remove_file(tdir.join(&part.file));
+                    }
+                }
+                let mut sum = Checksum::default();
+                for f in &entry.files {
+                    sum.combine(f.checksum()?);
+                }
+                entry.rows = sum.rows;
+                entry.checksum = sum.to_hex();
+                entry.read_up_to = read_up_to;
+                entry.complete = true;
+                tracing::info!(table = %entry.info.name, rows = entry.rows, files = entry.files.len(), "table staged");
+                manifest.save(dir)?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Deletes part files (and temporaries) in `tdir` that the manifest does not list: leftovers of a crash.
+fn remove_unlisted(tdir: &Path, listed: &[PartFile]) -> Result<()> {
+    for e in fs::read_dir(tdir).map_err(Error::io("list", tdir))?.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !listed.iter().any(|f| f.file == name) {
+            fs::remove_file(e.path()).map_err(Error::io("remove", e.path()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Part file paths of a table, in order.
+pub fn table_files(dir: &Path, entry: &TableEntry) -> Vec<PathBuf> {
+    let tdir = Manifest::table_dir(dir, entry);
+    entry.files.iter().map(|f| tdir.join(&f.file)).collect()
+}

@@ -1,0 +1,235 @@
+//! Sources read a database and hand the pipeline Arrow record batches, table by table. A source knows nothing of
+//! snapshots or sinks; the snapshot stage decides batching, files and checkpoints.
+//!
+//! The list of sources is explicit: `open` below. Today: SQLite files and snapshot directories (a snapshot is a
+//! source too, so any run can be reproduced from one). PostgreSQL, Neo4j and Redis plug in here.
+
+pub mod snapshot_dir;
+pub mod sqlite;
+
+use std::path::Path;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// One column as the source declares it and as it is staged.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// The type as the source declares it (e.g. `VARCHAR(80)`, `DATETIME`, empty when undeclared).
+    pub source_type: String,
+    /// The Arrow type it is staged as, in Arrow's display form.
+    pub arrow_type: String,
+    /// The source's own name for the rule used (e.g. `timestamp`, `text`), so a later read stages it the same way.
+    pub mapped_as: String,
+    /// `exact`, `widened: ...` or `text fallback: ...`; see the type mapping docs of each source.
+    pub fidelity: String,
+    /// True for a column the tool added (a SQLite rowid for a table without primary key).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub synthetic: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ForeignKey {
+    pub columns: Vec<String>,
+    pub parent_table: String,
+    /// Referenced columns; the parent's primary key when the source leaves them implicit.
+    pub parent_columns: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TableInfo {
+    pub name: String,
+    pub columns: Vec<ColumnInfo>,
+    /// Key columns (may name the synthetic rowid column). Never empty.
+    pub primary_key: Vec<String>,
+    pub foreign_keys: Vec<ForeignKey>,
+    /// Row count known before reading (exact for SQLite), for `plan` and progress.
+    pub row_estimate: Option<u64>,
+}
+
+impl TableInfo {
+    pub fn column(&self, name: &str) -> Option<&ColumnInfo> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// Tables in dependency order (parents before children) plus the foreign-key cycles found.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Catalog {
+    pub tables: Vec<TableInfo>,
+    /// Each cycle as the list of tables on it; their edges are still made.
+    pub cycles: Vec<Vec<String>>,
+    /// Objects that exist in the source but are not read, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+impl Catalog {
+    pub fn table(&self, name: &str) -> Option<&TableInfo> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+}
+
+/// How a table read ended.
+pub enum ReadEnd {
+    /// All rows were emitted; `read_up_to` says where (e.g. the last rowid), recorded in the manifest.
+    Done { rows: u64, read_up_to: Value },
+    /// A value did not fit the column's current type: stage the table again with the column widened.
+    Widen { column: String, reason: String },
+}
+
+/// Receives batches; `position` is the source's resume position after the batch's last row, if it has one.
+pub type Emit<'a> = dyn FnMut(RecordBatch, Option<i64>) -> Result<()> + 'a;
+
+pub trait Source: Send {
+    /// `sqlite`, `snapshot`, ...
+    fn kind(&self) -> &'static str;
+    /// The source's description for manifests and reports, secrets removed.
+    fn describe(&self) -> Value;
+    /// A fingerprint that changes when the source's data may have changed; a resumed snapshot requires it unchanged.
+    fn fingerprint(&self) -> Result<String>;
+    fn catalog(&mut self) -> Result<Catalog>;
+    /// The Arrow schema a table is staged with.
+    fn schema(&self, table: &TableInfo) -> Result<SchemaRef>;
+    /// Exact row count now.
+    fn count(&mut self, table: &TableInfo) -> Result<u64>;
+    /// Streams a table (from `after`, a position the source gave earlier) in batches of `batch_size` rows.
+    fn read_table(&mut self, table: &TableInfo, after: Option<i64>, batch_size: usize, emit: &mut Emit) -> Result<ReadEnd>;
+    /// Re-reads rows by key (a JSON object of key column -> value) for validation; None where the row is gone.
+    fn fetch_rows(&mut self, table: &TableInfo, keys: &[Map<String, Value>]) -> Result<Vec<Option<Map<String, Value>>>>;
+    /// The table's staging schema changed (a column was widened); the source must stage it that way from now on.
+    fn set_table(&mut self, _table: &TableInfo) {}
+    /// Widens a column after `ReadEnd::Widen`, updating `table`'s column info; false if it cannot widen further.
+    fn widen(&mut self, _table: &mut TableInfo, _column: &str, _reason: &str) -> bool {
+        false
+    }
+}
+
+/// Opens the source a `--source` value names.
+/// `column_types` are `--column-type` overrides (`table.column`, type name).
+pub fn open(spec: &str, column_types: &[(String, String)]) -> Result<Box<dyn Source>> {
+    let sqlite = |p: &Path| -> Result<Box<dyn Source>> {
+        let mut s = sqlite::SqliteSource::open(p)?;
+        s.set_overrides(column_types)?;
+        Ok(Box::new(s))
+    };
+    if let Some(rest) = spec.strip_prefix("sqlite://") {
+        return sqlite(Path::new(rest));
+    }
+    for scheme in ["postgres://", "postgresql://", "bolt://", "neo4j://", "redis://", "rediss://"] {
+        if spec.starts_with(scheme) {
+            return Err(Error::usage(format!(
+                "source {scheme}...: this source is not built yet; today --source takes a SQLite file (path or sqlite://PATH) or a snapshot directory"
+            )));
+        }
+    }
+    let path = Path::new(spec);
+    if path.is_dir() {
+        if path.join(snapshot_dir::MANIFEST).is_file() {
+            return Ok(Box::new(snapshot_dir::SnapshotSource::open(path)?));
+        }
+        return Err(Error::source_err(
+            spec,
+            "is a directory without manifest.json; --source takes a SQLite file or a snapshot directory written by `engram-migrate snapshot`",
+        ));
+    }
+    if !path.exists() {
+        return Err(Error::source_err(spec, "no such file; check the path (--source takes a SQLite file or a snapshot directory)"));
+    }
+    sqlite(path)
+}
+
+/// Orders tables so that parents come before children (Kahn's algorithm); tables left over sit on or behind a
+/// foreign-key cycle: they are appended in name order and the cycles are reported.
+pub fn topological_order(mut tables: Vec<TableInfo>) -> (Vec<TableInfo>, Vec<Vec<String>>) {
+    use std::collections::{BTreeMap, BTreeSet};
+    tables.sort_by(|a, b| a.name.cmp(&b.name));
+    let names: BTreeSet<String> = tables.iter().map(|t| t.name.clone()).collect();
+    let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for t in &tables {
+        let d = t
+            .foreign_keys
+            .iter()
+            .map(|fk| fk.parent_table.clone())
+            .filter(|p| p != &t.name && names.contains(p))
+            .collect();
+        deps.insert(t.name.clone(), d);
+    }
+    let mut order: Vec<String> = vec![];
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let ready: Vec<String> = deps
+            .iter()
+            .filter(|(n, d)| !done.contains(*n) && d.iter().all(|p| done.contains(p)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        for n in ready {
+            done.insert(n.clone());
+            order.push(n);
+        }
+    }
+    // Find the cycles among the rest: follow parent links from each remaining table until a table repeats.
+    let rest: Vec<String> = deps.keys().filter(|n| !done.contains(*n)).cloned().collect();
+    let mut cycles: Vec<Vec<String>> = vec![];
+    let mut seen_in_cycle: BTreeSet<String> = BTreeSet::new();
+    for start in &rest {
+        let mut path = vec![start.clone()];
+        let mut cur = start.clone();
+        while let Some(next) = deps[&cur].iter().find(|p| !done.contains(*p)) {
+            if let Some(pos) = path.iter().position(|p| p == next) {
+                let cycle: Vec<String> = path[pos..].to_vec();
+                if cycle.iter().all(|c| !seen_in_cycle.contains(c)) {
+                    seen_in_cycle.extend(cycle.iter().cloned());
+                    cycles.push(cycle);
+                }
+                break;
+            }
+            path.push(next.clone());
+            cur = next.clone();
+        }
+    }
+    order.extend(rest);
+    let mut by_name: BTreeMap<String, TableInfo> = tables.into_iter().map(|t| (t.name.clone(), t)).collect();
+    let ordered = order.into_iter().filter_map(|n| by_name.remove(&n)).collect();
+    (ordered, cycles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, parents: &[&str]) -> TableInfo {
+        TableInfo {
+            name: name.into(),
+            columns: vec![],
+            primary_key: vec!["id".into()],
+            foreign_keys: parents
+                .iter()
+                .map(|p| ForeignKey { columns: vec!["x".into()], parent_table: p.to_string(), parent_columns: vec!["id".into()] })
+                .collect(),
+            row_estimate: None,
+        }
+    }
+
+    #[test]
+    fn parents_first_cycles_reported_self_reference_ignored() {
+        let (order, cycles) = topological_order(vec![
+            t("orders", &["customers"]),
+            t("customers", &[]),
+            t("employees", &["employees"]),
+            t("a", &["b"]),
+            t("b", &["a"]),
+            t("c", &["a"]),
+        ]);
+        let names: Vec<_> = order.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, vec!["customers", "employees", "orders", "a", "b", "c"]);
+        assert_eq!(cycles, vec![vec!["a".to_string(), "b".to_string()]]);
+    }
+}

@@ -1,0 +1,305 @@
+//! The generic default mapping, generated from the snapshot's catalog (the Engram team's plan, shared/ENGRAM.md):
+//! table -> space, row -> memory `<table>_<pk>`, the whole row -> JSON content, text columns -> "col: value | ..."
+//! (NULLs skipped), created_at/updated_at -> created_at, foreign key -> edge child -> parent (weight 0.8), child
+//! rows whose parent is missing -> orphans. The SQL is written into the run directory so a user can copy it, edit
+//! it and run the copy with `--sql FILE`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use crate::schema::space_id;
+use crate::snapshot::{Manifest, TableEntry};
+use crate::source::ForeignKey;
+
+/// Knobs of the generated mapping (the Engram team's flags).
+#[derive(Debug, Clone)]
+pub struct MappingOptions {
+    /// Put every memory in this space instead of one space per table.
+    pub memory_space: Option<String>,
+    /// Table -> space, overriding the per-table default.
+    pub table_to_space: BTreeMap<String, String>,
+    /// Table -> columns whose values make the text to embed (default: every text column).
+    pub text_columns: BTreeMap<String, Vec<String>>,
+    /// Column to read created_at from (default: created_at, else updated_at, where present).
+    pub timestamp_column: Option<String>,
+    pub confidence: f32,
+    pub activation: f32,
+    pub decay_rate: f32,
+    pub edge_weight: f32,
+    pub skip_edges: bool,
+}
+
+impl Default for MappingOptions {
+    fn default() -> Self {
+        MappingOptions {
+            memory_space: None,
+            table_to_space: BTreeMap::new(),
+            text_columns: BTreeMap::new(),
+            timestamp_column: None,
+            confidence: 0.7,
+            activation: 0.5,
+            decay_rate: 0.01,
+            edge_weight: 0.8,
+            skip_edges: false,
+        }
+    }
+}
+
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+pub fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn table_ref(name: &str) -> String {
+    format!("source.{}", ident(name))
+}
+
+fn col(alias: &str, name: &str) -> String {
+    format!("{alias}.{}", ident(name))
+}
+
+fn is_binary(t: &TableEntry, c: &str) -> bool {
+    t.schema.iter().any(|f| f.name == c && f.data_type.contains("Binary"))
+}
+
+/// A column value as text for ids: bytes as hex, everything else cast.
+fn as_text(t: &TableEntry, alias: &str, c: &str) -> String {
+    if is_binary(t, c) {
+        format!("encode({}, 'hex')", col(alias, c))
+    } else {
+        format!("CAST({} AS VARCHAR)", col(alias, c))
+    }
+}
+
+/// The memory id of a row of `t`: `<table>_<pk>` (composite keys joined with `_`).
+pub fn id_expr(t: &TableEntry, alias: &str) -> String {
+    let parts: Vec<String> =
+        t.info.primary_key.iter().map(|k| format!("coalesce({}, '')", as_text(t, alias, k))).collect();
+    format!("{} || {}", lit(&format!("{}_", t.info.name)), parts.join(" || '_' || "))
+}
+
+fn key_json(t: &TableEntry, alias: &str) -> String {
+    let fields: Vec<String> = t.info.primary_key.iter().map(|k| format!("{}, {}", lit(k), col(alias, k))).collect();
+    format!("to_json(named_struct({}))", fields.join(", "))
+}
+
+pub fn space_of(t: &TableEntry, opts: &MappingOptions) -> String {
+    if let Some(s) = &opts.memory_space {
+        return s.clone();
+    }
+    opts.table_to_space.get(&t.info.name).cloned().unwrap_or_else(|| space_id(&t.info.name))
+}
+
+fn text_expr(t: &TableEntry, opts: &MappingOptions, alias: &str) -> String {
+    let real: Vec<&crate::source::ColumnInfo> = t.info.columns.iter().filter(|c| !c.synthetic).collect();
+    let chosen: Vec<String> = match opts.text_columns.get(&t.info.name) {
+        Some(cols) => cols.clone(),
+        None => {
+            let text: Vec<String> = real.iter().filter(|c| c.mapped_as == "text").map(|c| c.name.clone()).collect();
+            if text.is_empty() {
+                // No text column: describe the row by all its non-binary values, so memories still differ
+                // (Engram collapses memories with near-identical embeddings).
+                real.iter().filter(|c| !is_binary(t, &c.name)).map(|c| c.name.clone()).collect()
+            } else {
+                text
+            }
+        }
+    };
+    if chosen.is_empty() {
+        return "CAST(NULL AS VARCHAR)".into();
+    }
+    let parts: Vec<String> = chosen
+        .iter()
+        .map(|c| format!("{} || {}", lit(&format!("{c}: ")), as_text(t, alias, c)))
+        .collect();
+    format!("nullif(concat_ws(' | ', {}), '')", parts.join(", "))
+}
+
+fn created_at_expr(t: &TableEntry, opts: &MappingOptions, alias: &str) -> String {
+    let wanted: Vec<String> = match &opts.timestamp_column {
+        Some(c) => vec![c.clone()],
+        None => vec!["created_at".into(), "updated_at".into()],
+    };
+    for w in wanted {
+        if let Some(f) = t.schema.iter().find(|f| f.name.eq_ignore_ascii_case(&w)) {
+            let c = col(alias, &f.name);
+            return if f.data_type.starts_with("Timestamp") {
+                format!("CAST({c} AS TIMESTAMP)")
+            } else if f.data_type.starts_with("Int") {
+                format!("CAST(to_timestamp_seconds({c}) AS TIMESTAMP)")
+            } else if f.data_type.contains("Utf8") {
+                format!("TRY_CAST({c} AS TIMESTAMP)")
+            } else if f.data_type.starts_with("Date") {
+                format!("CAST({c} AS TIMESTAMP)")
+            } else {
+                "CAST(NULL AS TIMESTAMP)".into()
+            };
+        }
+    }
+    "CAST(NULL AS TIMESTAMP)".into()
+}
+
+fn float(v: f32) -> String {
+    format!("CAST({v} AS FLOAT)")
+}
+
+fn fk_name(fk: &ForeignKey) -> String {
+    format!("fk:{}->{}", fk.columns.join(","), fk.parent_table)
+}
+
+fn fk_not_null(fk: &ForeignKey, alias: &str) -> String {
+    fk.columns.iter().map(|c| format!("{} IS NOT NULL", col(alias, c))).collect::<Vec<_>>().join(" AND ")
+}
+
+fn join_cond(child: &TableEntry, parent: &TableEntry, fk: &ForeignKey) -> String {
+    fk.columns
+        .iter()
+        .zip(&fk.parent_columns)
+        .map(|(c, p)| {
+            let ct = child.schema.iter().find(|f| &f.name == c).map(|f| f.data_type.as_str());
+            let pt = parent.schema.iter().find(|f| &f.name == p).map(|f| f.data_type.as_str());
+            if ct == pt {
+                format!("{} = {}", col("c", c), col("p", p))
+            } else {
+                // SQLite compares across declared types; compare as text so both sides meet.
+                format!("{} = {}", as_text(child, "c", c), as_text(parent, "p", p))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+const EMPTY_EDGES: &str = "SELECT CAST(NULL AS VARCHAR) AS space, CAST(NULL AS VARCHAR) AS source_id, \
+CAST(NULL AS VARCHAR) AS target_id, CAST(NULL AS VARCHAR) AS edge_type, CAST(NULL AS FLOAT) AS weight, \
+CAST(NULL AS VARCHAR) AS properties, CAST(NULL AS VARCHAR) AS source_name, CAST(NULL AS VARCHAR) AS source_key WHERE false";
+
+/// Generates the mapping SQL for a snapshot.
+pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
+    let kind = manifest.source.get("kind").and_then(|k| k.as_str()).unwrap_or("unknown");
+    let kind = if kind == "snapshot" {
+        manifest.source.pointer("/of/kind").and_then(|k| k.as_str()).unwrap_or("unknown")
+    } else {
+        kind
+    };
+    let by_name: BTreeMap<&str, &TableEntry> = manifest.tables.iter().map(|t| (t.info.name.as_str(), t)).collect();
+    let mut memories = vec![];
+    let mut edges = vec![];
+    let mut orphans = vec![];
+    let mut expected = vec![];
+    for t in &manifest.tables {
+        let name = &t.info.name;
+        let content: Vec<String> = t
+            .info
+            .columns
+            .iter()
+            .filter(|c| !c.synthetic)
+            .map(|c| format!("{}, {}", lit(&c.name), col("c", &c.name)))
+            .collect();
+        memories.push(format!(
+            "-- table {name}\nSELECT {space} AS space,\n       {id} AS id,\n       to_json(named_struct({content})) AS content,\n       \
+             {text} AS text,\n       {conf} AS confidence, {act} AS activation, {decay} AS decay_rate,\n       \
+             {created} AS created_at,\n       'semantic' AS memory_type, {kind} AS source_kind, {sname} AS source_name,\n       \
+             {key} AS source_key\nFROM {table} c",
+            space = lit(&space_of(t, opts)),
+            id = id_expr(t, "c"),
+            content = content.join(", "),
+            text = text_expr(t, opts, "c"),
+            conf = float(opts.confidence),
+            act = float(opts.activation),
+            decay = float(opts.decay_rate),
+            created = created_at_expr(t, opts, "c"),
+            kind = lit(kind),
+            sname = lit(name),
+            key = key_json(t, "c"),
+            table = table_ref(name),
+        ));
+        expected.push(format!(
+            "SELECT {} AS source_name, 'memories' AS kind, '' AS name, count(*) AS expected FROM {}",
+            lit(name),
+            table_ref(name)
+        ));
+        if opts.skip_edges {
+            continue;
+        }
+        for fk in &t.info.foreign_keys {
+            let etype = fk_name(fk);
+            let props = serde_json::json!({
+                "foreign_key": fk.columns, "parent_table": fk.parent_table, "parent_columns": fk.parent_columns
+            })
+            .to_string();
+            let head = |target: &str| {
+                format!(
+                    "SELECT {space} AS space, {src} AS source_id, {target} AS target_id, {etype} AS edge_type, \
+                     {w} AS weight, {props} AS properties, {sname} AS source_name, {key} AS source_key",
+                    space = lit(&space_of(t, opts)),
+                    src = id_expr(t, "c"),
+                    etype = lit(&etype),
+                    w = float(opts.edge_weight),
+                    props = lit(&props),
+                    sname = lit(name),
+                    key = key_json(t, "c"),
+                )
+            };
+            expected.push(format!(
+                "SELECT {} AS source_name, 'edges' AS kind, {} AS name, count(*) AS expected FROM {} c WHERE {}",
+                lit(name),
+                lit(&etype),
+                table_ref(name),
+                fk_not_null(fk, "c")
+            ));
+            match by_name.get(fk.parent_table.as_str()) {
+                Some(parent) if fk.parent_columns.len() == fk.columns.len() => {
+                    let cond = join_cond(t, parent, fk);
+                    edges.push(format!(
+                        "-- foreign key {name}({}) -> {}({})\n{}\nFROM {} c JOIN {} p ON {cond}",
+                        fk.columns.join(", "),
+                        fk.parent_table,
+                        fk.parent_columns.join(", "),
+                        head(&id_expr(parent, "p")),
+                        table_ref(name),
+                        table_ref(&fk.parent_table),
+                    ));
+                    let missing = col("p", &fk.parent_columns[0]);
+                    let would_be: Vec<String> = fk.columns.iter().map(|c| as_text(t, "c", c)).collect();
+                    let target = format!("{} || {}", lit(&format!("{}_", fk.parent_table)), would_be.join(" || '_' || "));
+                    orphans.push(format!(
+                        "{}\nFROM {} c LEFT JOIN {} p ON {cond}\nWHERE {} AND {missing} IS NULL",
+                        head(&target),
+                        table_ref(name),
+                        table_ref(&fk.parent_table),
+                        fk_not_null(fk, "c"),
+                    ));
+                }
+                _ => {
+                    // The parent table is not in the snapshot: every reference is an orphan.
+                    let would_be: Vec<String> = fk.columns.iter().map(|c| as_text(t, "c", c)).collect();
+                    let target = format!("{} || {}", lit(&format!("{}_", fk.parent_table)), would_be.join(" || '_' || "));
+                    orphans.push(format!("{}\nFROM {} c WHERE {}", head(&target), table_ref(name), fk_not_null(fk, "c")));
+                }
+            }
+        }
+    }
+    let union = |parts: &[String], empty: &str| if parts.is_empty() { empty.to_string() } else { parts.join("\nUNION ALL\n") };
+    let mut sql = String::new();
+    let _ = writeln!(
+        sql,
+        "-- Generated by engram-migrate from the snapshot's catalog. Copy this file, edit it, and run the copy with\n\
+         -- `--sql FILE`. Source tables are `source.\"<table>\"`. Four views make the contract:\n\
+         --   memories        one row per memory (see docs/architecture.md for the columns)\n\
+         --   edges           one row per edge between memories\n\
+         --   orphans         would-be edges whose parent row is missing (reported, kept in the bundle, not loaded)\n\
+         --   expected_counts what the bundle must hold per source table; validation compares it with the bundle\n"
+    );
+    let _ = writeln!(sql, "CREATE VIEW memories AS\n{};\n", union(&memories, ""));
+    let _ = writeln!(sql, "CREATE VIEW edges AS\n{};\n", union(&edges, EMPTY_EDGES));
+    let _ = writeln!(sql, "CREATE VIEW orphans AS\n{};\n", union(&orphans, EMPTY_EDGES));
+    let _ = writeln!(
+        sql,
+        "CREATE VIEW expected_counts AS\n{};",
+        union(&expected, "SELECT CAST(NULL AS VARCHAR) AS source_name, CAST(NULL AS VARCHAR) AS kind, CAST(NULL AS VARCHAR) AS name, CAST(NULL AS BIGINT) AS expected WHERE false")
+    );
+    sql
+}

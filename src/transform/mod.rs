@@ -1,0 +1,293 @@
+//! The transformation: DataFusion SQL over the snapshot. The snapshot's tables are registered as `source."<table>"`,
+//! the mapping SQL (generated, or the user's `--sql FILE`) creates the views `memories`, `edges`, `orphans` and
+//! `expected_counts`, and their rows are conformed to the one memory/edge schema and staged per space as Parquet
+//! parts in the work directory. Staging (rather than streaming straight into the sink) makes `transform` a
+//! stage of its own and gives the load stage fixed parts to checkpoint against.
+
+pub mod generic;
+pub mod udf;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::{cast_with_options, CastOptions};
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::sql::TableReference;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::parquet_io::{self, PartFile, PartLimits, RollingWriter};
+use crate::schema::{self, EDGE_SCHEMA, MEMORY_SCHEMA};
+use crate::snapshot::{self, Manifest};
+
+/// A DataFusion session with the tool's functions registered.
+pub fn session(target_partitions: usize, batch_size: usize) -> SessionContext {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(target_partitions.max(1))
+        .with_batch_size(batch_size.max(1))
+        .with_information_schema(true);
+    // Plain Utf8/Binary rather than the view types: the memory and edge schemas use them, and user mappings
+    // should not need casts to get there.
+    config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+    config.options_mut().execution.parquet.schema_force_view_types = false;
+    let ctx = SessionContext::new_with_config(config);
+    udf::register_all(&ctx);
+    ctx
+}
+
+/// Registers every snapshot table as `source."<table>"`.
+pub async fn register_snapshot(ctx: &SessionContext, dir: &Path, manifest: &Manifest) -> Result<()> {
+    let catalog = ctx
+        .catalog("datafusion")
+        .ok_or_else(|| Error::Internal("DataFusion session without its default catalog".into()))?;
+    catalog
+        .register_schema("source", Arc::new(MemorySchemaProvider::new()))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    for t in &manifest.tables {
+        let path = snapshot::Manifest::table_dir(dir, t);
+        let url = format!("{}/", path.display());
+        ctx.register_parquet(TableReference::partial("source", t.info.name.as_str()), &url, ParquetReadOptions::default())
+            .await
+            .map_err(|e| Error::source_err(path.display().to_string(), format!("cannot register table {}: {e}", t.info.name)))?;
+    }
+    Ok(())
+}
+
+/// Runs every statement of a SQL file (CREATE VIEW ... mostly). `origin` names the file in errors.
+pub async fn run_statements(ctx: &SessionContext, sql: &str, origin: &str) -> Result<()> {
+    let statements = DFParser::parse_sql(sql).map_err(|e| Error::sql(origin, e))?;
+    for st in statements {
+        let text = match &st {
+            Statement::Statement(s) => s.to_string(),
+            other => other.to_string(),
+        };
+        let plan = ctx.state().statement_to_plan(st).await.map_err(|e| Error::sql(origin, format!("{e}\n  in: {}", shorten(&text))))?;
+        let df = ctx.execute_logical_plan(plan).await.map_err(|e| Error::sql(origin, e))?;
+        df.collect().await.map_err(|e| Error::sql(origin, e))?;
+    }
+    Ok(())
+}
+
+fn shorten(s: &str) -> String {
+    if s.chars().count() > 300 {
+        format!("{}...", s.chars().take(300).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+pub async fn stream(ctx: &SessionContext, sql: &str, origin: &str) -> Result<SendableRecordBatchStream> {
+    let df = ctx.sql(sql).await.map_err(|e| Error::sql(origin, e))?;
+    df.execute_stream().await.map_err(|e| Error::sql(origin, e))
+}
+
+pub async fn collect(ctx: &SessionContext, sql: &str, origin: &str) -> Result<Vec<RecordBatch>> {
+    let df = ctx.sql(sql).await.map_err(|e| Error::sql(origin, e))?;
+    df.collect().await.map_err(|e| Error::sql(origin, e))
+}
+
+/// Checks a mapping's output against the schema it must have: names, types (cast where Arrow can do so
+/// without loss of validity, erroring otherwise), nulls in required columns and Engram's space id rules.
+pub fn conform(batch: &RecordBatch, target: &SchemaRef, view: &str) -> Result<RecordBatch> {
+    let src = batch.schema();
+    let expected = || target.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ");
+    for f in src.fields() {
+        if target.field_with_name(f.name()).is_err() {
+            return Err(Error::usage(format!(
+                "mapping view {view} has a column {:?} that the {view} schema does not have; its columns are: {}",
+                f.name(),
+                expected()
+            )));
+        }
+    }
+    let opts = CastOptions { safe: false, ..Default::default() };
+    let mut cols = Vec::with_capacity(target.fields().len());
+    for f in target.fields() {
+        let arr = match src.index_of(f.name()) {
+            Ok(i) => batch.column(i).clone(),
+            Err(_) if f.name() == schema::memory::EMBEDDING => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
+            Err(_) => {
+                return Err(Error::usage(format!(
+                    "mapping view {view} lacks column {:?}; its columns must be: {}",
+                    f.name(),
+                    expected()
+                )))
+            }
+        };
+        let arr = if arr.data_type() != f.data_type() {
+            cast_with_options(&arr, f.data_type(), &opts).map_err(|e| {
+                Error::usage(format!("mapping view {view}, column {}: cannot convert {} to {}: {e}", f.name(), arr.data_type(), f.data_type()))
+            })?
+        } else {
+            arr
+        };
+        if !f.is_nullable() && arr.null_count() > 0 {
+            let row = (0..arr.len()).find(|i| arr.is_null(*i)).unwrap_or(0);
+            let key = src
+                .index_of("source_key")
+                .ok()
+                .and_then(|i| cast_with_options(batch.column(i), &arrow::datatypes::DataType::Utf8, &opts).ok())
+                .map(|a| a.as_string::<i32>().value(row).to_string())
+                .unwrap_or_default();
+            return Err(Error::usage(format!(
+                "mapping view {view}, column {}: NULL in a required column (row with source_key {key}); fix the mapping SQL",
+                f.name()
+            )));
+        }
+        cols.push(arr);
+    }
+    let out = RecordBatch::try_new(target.clone(), cols)?;
+    let space = out.column(0).as_string::<i32>();
+    for i in 0..space.len() {
+        if !schema::is_valid_space_id(space.value(i)) {
+            return Err(Error::usage(format!(
+                "mapping view {view}: space {:?} is not a valid Engram space id (3 to 64 characters of a-z, 0-9, _ and -)",
+                space.value(i)
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// What the transform stage staged.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TransformSummary {
+    /// Identity of the input (mapping SQL + snapshot checksums): staged output is reused only for the same key.
+    pub key: String,
+    pub memories: BTreeMap<String, Vec<PartFile>>,
+    pub edges: BTreeMap<String, Vec<PartFile>>,
+    pub orphans: Vec<PartFile>,
+}
+
+impl TransformSummary {
+    pub const FILE: &'static str = "transform.json";
+
+    pub fn load(dir: &Path) -> Result<TransformSummary> {
+        let p = dir.join(Self::FILE);
+        let bytes = fs::read(&p).map_err(Error::io("read", &p))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    pub fn memory_rows(&self) -> u64 {
+        self.memories.values().flatten().map(|p| p.rows).sum()
+    }
+    pub fn edge_rows(&self) -> u64 {
+        self.edges.values().flatten().map(|p| p.rows).sum()
+    }
+    pub fn orphan_rows(&self) -> u64 {
+        self.orphans.iter().map(|p| p.rows).sum()
+    }
+}
+
+/// The key of a transform: the mapping text and the snapshot's table checksums.
+pub fn transform_key(sql: &str, manifest: &Manifest) -> String {
+    let mut text = sql.to_string();
+    for t in &manifest.tables {
+        text.push_str(&format!("\n{}:{}:{}", t.info.name, t.rows, t.checksum));
+    }
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
+}
+
+/// Runs `sql` over the snapshot in `snapshot_dir` and stages its output into `out` (replaced atomically).
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    key: &str,
+    snapshot_dir: &Path,
+    manifest: &Manifest,
+    sql: &str,
+    origin: &str,
+    out: &Path,
+    workers: usize,
+    batch_size: usize,
+    limits: PartLimits,
+) -> Result<TransformSummary> {
+    let ctx = session(workers, batch_size);
+    register_snapshot(&ctx, snapshot_dir, manifest).await?;
+    run_statements(&ctx, sql, origin).await?;
+    for view in ["memories", "edges", "orphans", "expected_counts"] {
+        if ctx.table_exist(view).map_err(|e| Error::sql(origin, e))? {
+            continue;
+        }
+        return Err(Error::usage(format!(
+            "mapping {origin} does not define the view {view}; a mapping defines memories, edges, orphans and expected_counts \
+             (see sql/codegraph.sql)"
+        )));
+    }
+
+    let partial = out.with_extension("partial");
+    if partial.exists() {
+        fs::remove_dir_all(&partial).map_err(Error::io("remove", &partial))?;
+    }
+    fs::create_dir_all(&partial).map_err(Error::io("create directory", &partial))?;
+    let mut summary = TransformSummary { key: key.to_string(), ..Default::default() };
+
+    let pb = crate::progress::bar(manifest.total_rows(), "transform", "rows");
+    for (view, target) in [("memories", MEMORY_SCHEMA.clone()), ("edges", EDGE_SCHEMA.clone())] {
+        for space in distinct_spaces(&ctx, view, origin).await? {
+            let dir = partial.join(view).join(&space);
+            let q = format!("SELECT * FROM {view} WHERE space = {}", generic::lit(&space));
+            let parts = stage(&ctx, &q, origin, view, &target, &dir, limits, |n| if view == "memories" { pb.inc(n) }).await?;
+            let slot = if view == "memories" { &mut summary.memories } else { &mut summary.edges };
+            slot.insert(space, parts);
+        }
+    }
+    summary.orphans = stage(&ctx, "SELECT * FROM orphans", origin, "orphans", &EDGE_SCHEMA, &partial.join("orphans"), limits, |_| {}).await?;
+    pb.finish_and_clear();
+
+    parquet_io::write_atomic(&partial.join(TransformSummary::FILE), &serde_json::to_vec_pretty(&summary)?)?;
+    if out.exists() {
+        fs::remove_dir_all(out).map_err(Error::io("remove", out))?;
+    }
+    fs::rename(&partial, out).map_err(Error::io("rename into place", out))?;
+    if let Some(parent) = out.parent() {
+        parquet_io::sync_dir(parent)?;
+    }
+    Ok(summary)
+}
+
+async fn distinct_spaces(ctx: &SessionContext, view: &str, origin: &str) -> Result<Vec<String>> {
+    let batches = collect(ctx, &format!("SELECT DISTINCT CAST(space AS VARCHAR) AS space FROM {view} ORDER BY 1"), origin).await?;
+    let mut out = vec![];
+    for b in batches {
+        let col = b.column(0).as_string::<i32>();
+        for i in 0..col.len() {
+            if col.is_null(i) {
+                return Err(Error::usage(format!("mapping view {view}: a row has a NULL space; every memory and edge needs one")));
+            }
+            out.push(col.value(i).to_string());
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stage(
+    ctx: &SessionContext,
+    query: &str,
+    origin: &str,
+    view: &str,
+    target: &SchemaRef,
+    dir: &Path,
+    limits: PartLimits,
+    progress: impl Fn(u64),
+) -> Result<Vec<PartFile>> {
+    let mut s = stream(ctx, query, origin).await?;
+    let mut w = RollingWriter::new(dir, target.clone(), limits, 0)?;
+    let mut parts = vec![];
+    while let Some(b) = s.next().await {
+        let b = b.map_err(|e| Error::sql(origin, format!("view {view}: {e}")))?;
+        let b = conform(&b, target, view)?;
+        progress(b.num_rows() as u64);
+        parts.extend(w.write(&b)?);
+    }
+    parts.extend(w.finish(true)?);
+    Ok(parts)
+}

@@ -1,0 +1,342 @@
+//! Validation, in SQL. The tool prepares tables (the bundle, the snapshot, counts re-read from the source,
+//! recomputed checksums, sampled source rows); each check is a query in `sql/validate/` that returns the
+//! offending rows, so empty means pass. Users add their own checks with `--checks DIR`.
+//!
+//! Tables a check can use: `bundle_memories`, `bundle_edges`, `bundle_orphans`, `source."<table>"` (snapshot),
+//! the mapping's views (`memories`, `edges`, `orphans`, `expected_counts`), `source_counts`, `integrity`,
+//! `sample_values`; functions `vector_dim`, `vector_norm`, `to_json`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::parquet_io;
+use crate::schema::{EDGE_SCHEMA, MEMORY_SCHEMA};
+use crate::sink::bundle::BundleManifest;
+use crate::snapshot::{self, Manifest};
+use crate::source::Source;
+use crate::transform;
+
+/// The built-in checks, in the order they run. The files in sql/validate/ are these same files.
+pub const BUILTIN_CHECKS: &[(&str, &str)] = &[
+    ("counts_source", include_str!("../sql/validate/counts_source.sql")),
+    ("counts_bundle", include_str!("../sql/validate/counts_bundle.sql")),
+    ("sample_values", include_str!("../sql/validate/sample_values.sql")),
+    ("orphan_edges", include_str!("../sql/validate/orphan_edges.sql")),
+    ("duplicate_ids", include_str!("../sql/validate/duplicate_ids.sql")),
+    ("embedding_quality", include_str!("../sql/validate/embedding_quality.sql")),
+    ("checksums", include_str!("../sql/validate/checksums.sql")),
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    pub name: String,
+    /// The first comment line of the check's SQL.
+    pub description: String,
+    pub passed: bool,
+    pub offending_rows: u64,
+    /// Up to 10 offending rows, as JSON objects.
+    pub examples: Vec<Map<String, Value>>,
+}
+
+pub struct ValidateOptions {
+    pub sample_size: usize,
+    pub sample_seed: u64,
+    pub extra_checks: Option<PathBuf>,
+    pub workers: usize,
+    pub batch_size: usize,
+}
+
+/// Runs every check. `source` is the live source to re-count and re-read (None when the run's source is the
+/// snapshot itself; the snapshot then stands in for it).
+pub async fn run(
+    source: Option<&mut dyn Source>,
+    snapshot_dir: &Path,
+    manifest: &Manifest,
+    mapping_sql: &str,
+    mapping_origin: &str,
+    bundle_dir: &Path,
+    opts: &ValidateOptions,
+) -> Result<Vec<CheckResult>> {
+    let bundle = BundleManifest::load(bundle_dir)?;
+    let ctx = transform::session(opts.workers, opts.batch_size);
+    transform::register_snapshot(&ctx, snapshot_dir, manifest).await?;
+    transform::run_statements(&ctx, mapping_sql, mapping_origin).await?;
+
+    register_files(&ctx, "bundle_memories", &bundle.memory_files(bundle_dir), MEMORY_SCHEMA.clone()).await?;
+    register_files(&ctx, "bundle_edges", &bundle.edge_files(bundle_dir), EDGE_SCHEMA.clone()).await?;
+    register_files(&ctx, "bundle_orphans", &bundle.orphan_files(bundle_dir), EDGE_SCHEMA.clone()).await?;
+
+    let pb = crate::progress::spinner("validate");
+    pb.set_message("counting");
+    let mut snapshot_src;
+    let source: &mut dyn Source = match source {
+        Some(s) => s,
+        None => {
+            snapshot_src = crate::source::snapshot_dir::SnapshotSource::open(snapshot_dir)?;
+            &mut snapshot_src
+        }
+    };
+    let live = source.kind() != "snapshot";
+    if live {
+        // The live source must stage values exactly as the snapshot did (widened columns included).
+        source.catalog()?;
+        for t in &manifest.tables {
+            source.set_table(&t.info);
+        }
+    }
+    register_source_counts(&ctx, if live { Some(&mut *source) } else { None }, snapshot_dir, manifest)?;
+    pb.set_message("checksums");
+    register_integrity(&ctx, snapshot_dir, manifest, bundle_dir, &bundle)?;
+    pb.set_message("sampling");
+    register_sample(&ctx, source, manifest, &bundle, bundle_dir, opts)?;
+
+    let mut checks: Vec<(String, String)> = BUILTIN_CHECKS.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect();
+    if let Some(dir) = &opts.extra_checks {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(Error::io("list", dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+            .collect();
+        files.sort();
+        for f in files {
+            let sql = std::fs::read_to_string(&f).map_err(Error::io("read", &f))?;
+            checks.push((f.file_stem().unwrap_or_default().to_string_lossy().to_string(), sql));
+        }
+    }
+    let mut results = vec![];
+    for (name, sql) in checks {
+        pb.set_message(name.clone());
+        let query = sql.trim().trim_end_matches(';');
+        let batches = transform::collect(&ctx, query, &format!("validation check {name}")).await?;
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let mut examples = vec![];
+        'outer: for b in &batches {
+            for r in 0..b.num_rows() {
+                if examples.len() >= 10 {
+                    break 'outer;
+                }
+                examples.push(crate::json::row_object(b, r)?);
+            }
+        }
+        let description = sql.lines().find_map(|l| l.trim().strip_prefix("--")).unwrap_or("").trim().to_string();
+        results.push(CheckResult { name, description, passed: rows == 0, offending_rows: rows, examples });
+    }
+    pb.finish_and_clear();
+    Ok(results)
+}
+
+async fn register_files(ctx: &SessionContext, name: &str, files: &[PathBuf], schema: SchemaRef) -> Result<()> {
+    if files.is_empty() {
+        let t = MemTable::try_new(schema, vec![vec![]]).map_err(|e| Error::Internal(e.to_string()))?;
+        ctx.register_table(name, Arc::new(t)).map_err(|e| Error::Internal(e.to_string()))?;
+        return Ok(());
+    }
+    let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    let df = ctx
+        .read_parquet(paths, ParquetReadOptions::default())
+        .await
+        .map_err(|e| Error::target_err(name, format!("cannot read the bundle's files: {e}")))?;
+    ctx.register_table(name, df.into_view()).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(())
+}
+
+fn mem_table(ctx: &SessionContext, name: &str, batch: RecordBatch) -> Result<()> {
+    let t = MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(|e| Error::Internal(e.to_string()))?;
+    ctx.register_table(name, Arc::new(t)).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(())
+}
+
+fn utf8(v: Vec<Option<String>>) -> ArrayRef {
+    Arc::new(StringArray::from(v))
+}
+
+fn u64s(v: Vec<Option<u64>>) -> ArrayRef {
+    Arc::new(UInt64Array::from(v))
+}
+
+fn register_source_counts(ctx: &SessionContext, mut source: Option<&mut dyn Source>, dir: &Path, manifest: &Manifest) -> Result<()> {
+    let (mut names, mut live, mut recorded, mut actual) = (vec![], vec![], vec![], vec![]);
+    for t in &manifest.tables {
+        names.push(Some(t.info.name.clone()));
+        live.push(match source.as_deref_mut() {
+            Some(s) => Some(s.count(&t.info)?),
+            None => None,
+        });
+        recorded.push(Some(t.rows));
+        let mut rows = 0u64;
+        for f in snapshot::table_files(dir, t) {
+            rows += parquet_row_count(&f)?;
+        }
+        actual.push(Some(rows));
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("source_name", DataType::Utf8, true),
+        Field::new("source_rows", DataType::UInt64, true),
+        Field::new("snapshot_recorded_rows", DataType::UInt64, true),
+        Field::new("snapshot_actual_rows", DataType::UInt64, true),
+    ]));
+    let batch = RecordBatch::try_new(schema, vec![utf8(names), u64s(live), u64s(recorded), u64s(actual)])?;
+    mem_table(ctx, "source_counts", batch)
+}
+
+fn parquet_row_count(path: &Path) -> Result<u64> {
+    let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
+    let meta = parquet::arrow::arrow_reader::ArrowReaderMetadata::load(&file, Default::default())
+        .map_err(|e| Error::Internal(format!("reading {}: {e}", path.display())))?;
+    Ok(meta.metadata().file_metadata().num_rows() as u64)
+}
+
+fn register_integrity(ctx: &SessionContext, snap_dir: &Path, manifest: &Manifest, bundle_dir: &Path, bundle: &BundleManifest) -> Result<()> {
+    let mut rows: Vec<(String, u64, String, u64, String)> = vec![];
+    let mut check = |object: String, recorded_rows: u64, recorded: &str, files: Vec<PathBuf>| -> Result<()> {
+        let existing: Vec<PathBuf> = files.iter().filter(|f| f.is_file()).cloned().collect();
+        let actual = parquet_io::checksum_parts(&existing)?;
+        let actual_sum = if existing.len() == files.len() { actual.to_hex() } else { format!("{} file(s) missing", files.len() - existing.len()) };
+        rows.push((object, recorded_rows, recorded.to_string(), actual.rows, actual_sum));
+        Ok(())
+    };
+    for t in &manifest.tables {
+        check(format!("snapshot table {}", t.info.name), t.rows, &t.checksum, snapshot::table_files(snap_dir, t))?;
+    }
+    for s in &bundle.spaces {
+        let mem = s.memories.files.iter().map(|f| bundle_dir.join("spaces").join(&s.space).join("memories").join(&f.file)).collect();
+        check(format!("bundle {} memories", s.space), s.memories.rows, &s.memories.checksum, mem)?;
+        let edges = s.edges.files.iter().map(|f| bundle_dir.join("spaces").join(&s.space).join("edges").join(&f.file)).collect();
+        check(format!("bundle {} edges", s.space), s.edges.rows, &s.edges.checksum, edges)?;
+    }
+    check("bundle orphans".into(), bundle.orphans.rows, &bundle.orphans.checksum, bundle.orphan_files(bundle_dir))?;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("object", DataType::Utf8, false),
+        Field::new("recorded_rows", DataType::UInt64, false),
+        Field::new("recorded_checksum", DataType::Utf8, false),
+        Field::new("actual_rows", DataType::UInt64, false),
+        Field::new("actual_checksum", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            utf8(rows.iter().map(|r| Some(r.0.clone())).collect()),
+            u64s(rows.iter().map(|r| Some(r.1)).collect()),
+            utf8(rows.iter().map(|r| Some(r.2.clone())).collect()),
+            u64s(rows.iter().map(|r| Some(r.3)).collect()),
+            utf8(rows.iter().map(|r| Some(r.4.clone())).collect()),
+        ],
+    )?;
+    mem_table(ctx, "integrity", batch)
+}
+
+/// A small deterministic PRNG (splitmix64) so the sample is reproducible from its seed.
+struct SplitMix(u64);
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+fn register_sample(
+    ctx: &SessionContext,
+    source: &mut dyn Source,
+    manifest: &Manifest,
+    bundle: &BundleManifest,
+    bundle_dir: &Path,
+    opts: &ValidateOptions,
+) -> Result<()> {
+    // Reservoir sample of (source_name, source_key, content) over every memory of the bundle.
+    let mut rng = SplitMix(opts.sample_seed);
+    let mut reservoir: Vec<(String, String, String)> = vec![];
+    let mut seen = 0u64;
+    for f in bundle.memory_files(bundle_dir) {
+        let file = std::fs::File::open(&f).map_err(Error::io("open", &f))?;
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| Error::Internal(format!("reading {}: {e}", f.display())))?;
+        let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["content", "source_name", "source_key"]);
+        for b in builder.with_projection(mask).build().map_err(|e| Error::Internal(e.to_string()))? {
+            let b = b.map_err(|e| Error::Internal(format!("reading {}: {e}", f.display())))?;
+            let col = |n: &str| b.column_by_name(n).map(|c| c.as_string::<i32>().clone());
+            let (Some(content), Some(name), Some(key)) = (col("content"), col("source_name"), col("source_key")) else {
+                return Err(Error::Internal(format!("{} lacks memory columns", f.display())));
+            };
+            for i in 0..b.num_rows() {
+                seen += 1;
+                let item = || (name.value(i).to_string(), key.value(i).to_string(), content.value(i).to_string());
+                if reservoir.len() < opts.sample_size {
+                    reservoir.push(item());
+                } else {
+                    let j = rng.next() % seen;
+                    if (j as usize) < opts.sample_size {
+                        reservoir[j as usize] = item();
+                    }
+                }
+            }
+        }
+    }
+    let mut by_table: BTreeMap<String, Vec<(Map<String, Value>, String, Map<String, Value>)>> = BTreeMap::new();
+    for (name, key, content) in reservoir {
+        // Memories that do not come from one row of a snapshot table (custom mappings may derive them) are not sampled.
+        if manifest.table(&name).is_none() {
+            continue;
+        }
+        let (Ok(Value::Object(k)), Ok(Value::Object(c))) = (serde_json::from_str(&key), serde_json::from_str(&content)) else {
+            continue;
+        };
+        by_table.entry(name).or_default().push((k, key, c));
+    }
+    let (mut t_col, mut k_col, mut c_col, mut s_col, mut b_col) = (vec![], vec![], vec![], vec![], vec![]);
+    for (table, items) in by_table {
+        let entry = manifest.table(&table).expect("filtered above");
+        let keys: Vec<Map<String, Value>> = items.iter().map(|i| i.0.clone()).collect();
+        let rows = source.fetch_rows(&entry.info, &keys)?;
+        for ((_, key_text, content), row) in items.iter().zip(rows) {
+            for c in entry.info.columns.iter().filter(|c| !c.synthetic) {
+                let src = row.as_ref().map(|r| r.get(&c.name).cloned().unwrap_or(Value::Null).to_string());
+                let bun = content.get(&c.name).map(|v| v.to_string());
+                t_col.push(Some(table.clone()));
+                k_col.push(Some(key_text.clone()));
+                c_col.push(Some(c.name.clone()));
+                s_col.push(src);
+                b_col.push(bun);
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("source_name", DataType::Utf8, true),
+        Field::new("source_key", DataType::Utf8, true),
+        Field::new("column_name", DataType::Utf8, true),
+        Field::new("source_value", DataType::Utf8, true),
+        Field::new("bundle_value", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(schema, vec![utf8(t_col), utf8(k_col), utf8(c_col), utf8(s_col), utf8(b_col)])?;
+    mem_table(ctx, "sample_values", batch)
+}
+
+/// Prints one line per check and up to 3 offending rows of each failed one.
+pub fn print_results(results: &[CheckResult]) {
+    println!("validation:");
+    for r in results {
+        let status = if r.passed { "pass".to_string() } else { format!("FAIL ({} rows)", r.offending_rows) };
+        println!("  {:<20} {:<14} {}", r.name, status, r.description);
+        for e in r.examples.iter().take(3) {
+            println!("      {}", Value::Object(e.clone()));
+        }
+    }
+}
+
+pub fn count_failed(results: &[CheckResult]) -> usize {
+    results.iter().filter(|r| !r.passed).count()
+}
+
+#[allow(dead_code)]
+fn _assert_array(_: &dyn Array) {}

@@ -1,0 +1,96 @@
+//! Wrong inputs end in a clear message naming the file/table, a non-zero documented exit code, and no bundle.
+
+use crate::common::*;
+
+fn assert_no_bundle(target: &std::path::Path) {
+    assert!(!target.exists(), "a bundle was written at {}", target.display());
+}
+
+#[test]
+fn missing_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("b");
+    let out = run(&["run", "--source", "/nonexistent/db.sqlite", "--target", p(&t)]);
+    assert_eq!(code(&out), 3);
+    assert!(stderr(&out).contains("/nonexistent/db.sqlite"), "{}", stderr(&out));
+    assert_no_bundle(&t);
+}
+
+#[test]
+fn not_a_sqlite_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("notes.db");
+    std::fs::write(&f, "just some text, definitely not a database file; padding padding padding padding").unwrap();
+    let t = tmp.path().join("b");
+    let out = run(&["run", "--source", p(&f), "--target", p(&t)]);
+    assert_eq!(code(&out), 3);
+    let e = stderr(&out);
+    assert!(e.contains("notes.db") && e.contains("not a SQLite database"), "{e}");
+    assert_no_bundle(&t);
+}
+
+#[test]
+fn corrupt_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("corrupt.sqlite");
+    let mut bytes = std::fs::read(fixture()).unwrap();
+    let page = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+    // Keep page 1 (header and schema), garble every other page: reading any table hits garbage.
+    for (i, b) in bytes.iter_mut().enumerate().skip(page) {
+        *b = (i as u8).wrapping_mul(31).wrapping_add(7);
+    }
+    std::fs::write(&f, bytes).unwrap();
+    let t = tmp.path().join("b");
+    let out = run(&["run", "--source", p(&f), "--target", p(&t)]);
+    assert_eq!(code(&out), 3);
+    let e = stderr(&out);
+    assert!(e.contains("corrupt.sqlite") && (e.contains("malformed") || e.contains("corrupt")), "{e}");
+    assert_no_bundle(&t);
+}
+
+#[test]
+fn unknown_declared_type_names_table_and_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("geo.sqlite");
+    let c = rusqlite::Connection::open(&f).unwrap();
+    c.execute_batch("CREATE TABLE places (id INTEGER PRIMARY KEY, shape GEOMETRY); INSERT INTO places VALUES (1, 'POINT(0 0)');").unwrap();
+    drop(c);
+    let t = tmp.path().join("b");
+    let out = run(&["run", "--source", p(&f), "--target", p(&t)]);
+    assert_eq!(code(&out), 3);
+    let e = stderr(&out);
+    assert!(e.contains("geo.sqlite") && e.contains("table places, column shape") && e.contains("--column-type"), "{e}");
+    assert_no_bundle(&t);
+    // The hint works.
+    let out = run(&["run", "--source", p(&f), "--target", p(&t), "--column-type", "places.shape=text"]);
+    assert_eq!(code(&out), 0);
+}
+
+#[test]
+fn unwritable_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let t = file.join("bundle");
+    let out = run(&["run", "--source", p(&fixture()), "--target", p(&t), "--work-dir", p(&tmp.path().join("w"))]);
+    assert_eq!(code(&out), 4);
+    assert!(stderr(&out).contains("a-file/bundle"), "{}", stderr(&out));
+    assert_no_bundle(&t);
+}
+
+#[test]
+fn existing_target_needs_overwrite_and_bad_flags_are_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("b");
+    std::fs::create_dir(&t).unwrap();
+    let out = run(&["run", "--source", p(&fixture()), "--target", p(&t)]);
+    assert_eq!(code(&out), 4);
+    assert!(stderr(&out).contains("--overwrite"));
+    let out = run(&["run", "--source", p(&fixture()), "--target", p(&tmp.path().join("c")), "--memory-space", "NO"]);
+    assert_eq!(code(&out), 2);
+    let out = run(&["run", "--source", p(&fixture()), "--target", p(&tmp.path().join("c")), "--text-columns", "nodes:nope"]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("nope"));
+    let out = run(&["run", "--source", "postgres://x", "--target", p(&tmp.path().join("c"))]);
+    assert_eq!(code(&out), 2);
+}
