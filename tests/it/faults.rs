@@ -148,6 +148,7 @@ fn changed_file_is_caught_by_checksums_and_source_change_by_counts() {
     let src = g.work.parent().unwrap().join("changed.sqlite");
     std::fs::copy(fixture(), &src).unwrap();
     let conn = rusqlite::Connection::open(&src).unwrap();
+    conn.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
     conn.execute("INSERT INTO edges (source, target, type) VALUES ('a', 'b', 'CALLS')", []).unwrap();
     drop(conn);
     let out = run(&["validate", "--source", p(&src), "--target", p(&g.target), "--work-dir", p(&g.work)]);
