@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: generates synthetic SQLite inputs (scripts/gen-large-sqlite.sh), runs `engram-migrate run`
+# on each under /usr/bin/time -v, and prints rows/s and peak RSS. In the same run, a peer stages the same database
+# into Parquet: Python's sqlite3 + pyarrow (the usual hand-rolled snapshot), for a side-by-side snapshot ratio.
+#
+#   scripts/bench-e2e.sh [ROWS ...]        default: 1000000 3000000
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/engram-migrate/target}"
+command -v /usr/bin/time >/dev/null 2>&1 || [ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time; }
+cargo build --release --bins >&2
+BIN="$CARGO_TARGET_DIR/release/engram-migrate"
+PY=$(bash scripts/python-env.sh | tail -1)
+WORK="${BENCH_DIR:-/tmp/engram-migrate-bench}"
+mkdir -p "$WORK"
+SIZES=("$@"); [ ${#SIZES[@]} -gt 0 ] || SIZES=(1000000 3000000)
+
+peak() { grep "Maximum resident" "$1" | awk '{print $NF}'; }
+wall() { grep "Elapsed (wall" "$1" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }'; }
+
+printf "%-10s %-28s %10s %12s %12s\n" rows what seconds rows/s peak_RSS_MB
+for N in "${SIZES[@]}"; do
+  DB="$WORK/in-$N.sqlite"
+  [ -f "$DB" ] || bash scripts/gen-large-sqlite.sh "$N" "$DB" >&2
+  TOTAL=$(sqlite3 "$DB" "SELECT (SELECT count(*) FROM customers) + (SELECT count(*) FROM orders)")
+  rm -rf "$WORK/out-$N" "$WORK/out-$N.work"
+  /usr/bin/time -v "$BIN" run --quiet --source "$DB" --target "$WORK/out-$N" > "$WORK/run-$N.log" 2> "$WORK/time-$N.log" \
+    || { cat "$WORK/time-$N.log" >&2; exit 1; }
+  s=$(wall "$WORK/time-$N.log"); rss=$(( $(peak "$WORK/time-$N.log") / 1024 ))
+  printf "%-10s %-28s %10.1f %12.0f %12s\n" "$N" "engram-migrate run (all)" "$s" "$(echo "$TOTAL / $s" | bc -l)" "$rss"
+  for stage in snapshot transform "embed + load" validate; do
+    line=$(grep -E "^$stage " "$WORK/run-$N.log" | head -1 || true)
+    [ -n "$line" ] && printf "%-10s   %-26s %10.1f\n" "" "stage: $stage" "$(echo "$line" | awk '{print $(NF-2)}' 2>/dev/null || echo 0)"
+  done
+  rm -rf "$WORK/snap-$N"
+  /usr/bin/time -v "$BIN" snapshot --quiet --source "$DB" --work-dir "$WORK/snap-$N" > /dev/null 2> "$WORK/time-snap-$N.log"
+  s1=$(wall "$WORK/time-snap-$N.log"); r1=$(( $(peak "$WORK/time-snap-$N.log") / 1024 ))
+  printf "%-10s %-28s %10.1f %12.0f %12s\n" "$N" "engram-migrate snapshot" "$s1" "$(echo "$TOTAL / $s1" | bc -l)" "$r1"
+  rm -rf "$WORK/peer-$N"
+  /usr/bin/time -v "$PY" scripts/peer_snapshot.py "$DB" "$WORK/peer-$N" > /dev/null 2> "$WORK/time-peer-$N.log"
+  s2=$(wall "$WORK/time-peer-$N.log"); r2=$(( $(peak "$WORK/time-peer-$N.log") / 1024 ))
+  printf "%-10s %-28s %10.1f %12.0f %12s\n" "$N" "peer: sqlite3+pyarrow" "$s2" "$(echo "$TOTAL / $s2" | bc -l)" "$r2"
+  printf "%-10s %-28s %10.2fx\n" "$N" "snapshot speed vs peer" "$(echo "$s2 / $s1" | bc -l)"
+done
