@@ -67,7 +67,7 @@ pub struct Options {
     #[arg(long)]
     pub embedding_provider: Option<String>,
 
-    /// Entries in the in-memory embedding cache (content hash -> vector) [default: 100000].
+    /// Entries in the in-memory embedding cache (content hash -> vector) [default: 32768, ~100 MB].
     #[arg(long)]
     pub cache_size: Option<usize>,
 
@@ -119,6 +119,11 @@ pub struct Options {
     #[arg(long)]
     pub max_file_rows: Option<u64>,
 
+    /// Memory for SQL joins, aggregations and sorts in MiB; aggregations and sorts spill to <work-dir>/spill
+    /// beyond it [default: 2048].
+    #[arg(long)]
+    pub memory_limit_mb: Option<u64>,
+
     /// No progress bars.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -135,7 +140,7 @@ impl Options {
         let file = Self::read_file(&path)?;
         take!(self, file, source, target, work_dir, sql, memory_space, table_to_space, text_columns, timestamp_column,
               batch_size, parallel_workers, embedding_provider, cache_size, confidence, validate, checkpoint_file,
-              sample_size, sample_seed, checks, max_file_mb, max_file_rows);
+              sample_size, sample_seed, checks, max_file_mb, max_file_rows, memory_limit_mb);
         if self.column_type.is_empty() {
             self.column_type = file.column_type.clone();
         }

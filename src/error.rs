@@ -67,7 +67,11 @@ impl Error {
         move |source| Error::Io { action, path, source }
     }
     pub fn sql(origin: impl Into<String>, err: impl std::fmt::Display) -> Self {
-        Error::Sql { origin: origin.into(), message: err.to_string() }
+        let mut message = err.to_string();
+        if message.contains("Resources exhausted") {
+            message.push_str(" (the query needs more memory than --memory-limit-mb allows; raise it)");
+        }
+        Error::Sql { origin: origin.into(), message }
     }
 
     /// The process exit code for this error; see `exit`.

@@ -63,6 +63,10 @@ fn limits(opts: &Options) -> PartLimits {
     }
 }
 
+fn sql_memory(opts: &Options, work: &Path) -> transform::SqlMemory {
+    transform::SqlMemory { limit_bytes: (opts.memory_limit_mb.unwrap_or(2048).max(64) as usize) << 20, spill_dir: work.join("spill") }
+}
+
 pub fn open_source(opts: &Options) -> Result<Box<dyn Source>> {
     let types = config::parse_column_types(&opts.column_type)?;
     source::open(opts.require_source()?, &types)
@@ -142,7 +146,7 @@ fn provider(opts: &Options) -> Result<std::sync::Arc<dyn EmbeddingProvider>> {
 }
 
 fn fresh(opts: &Options, work: &Path) -> Result<()> {
-    for name in ["snapshot", "transform", "transform.partial", "mapping.sql", "checkpoint.json", "report.json"] {
+    for name in ["spill", "snapshot", "transform", "transform.partial", "mapping.sql", "checkpoint.json", "report.json"] {
         let p = work.join(name);
         if p.is_dir() {
             fs::remove_dir_all(&p).map_err(Error::io("remove", &p))?;
@@ -216,7 +220,7 @@ impl Ctx {
         let (summary, note) = match reuse {
             Some(s) => (s, "reused staged output".to_string()),
             None => {
-                let s = transform::run(&key, dir, manifest, &sql, &origin, &out, self.opts.workers(), self.opts.batch_size(), limits(&self.opts)).await?;
+                let s = transform::run(&key, dir, manifest, &sql, &origin, &out, self.opts.workers(), self.opts.batch_size(), limits(&self.opts), &sql_memory(&self.opts, &self.work)).await?;
                 (s, format!("mapping {origin}"))
             }
         };
@@ -229,7 +233,20 @@ impl Ctx {
         let t = Timer::start();
         let Target::Bundle(target) = Target::parse(self.opts.require_target()?)?;
         let provider = provider(&self.opts)?;
-        let mut embedder = Embedder::new(provider, self.opts.cache_size.unwrap_or(100_000))?;
+        let mut embedder = Embedder::new(provider, self.opts.cache_size.unwrap_or(crate::embed::stage::DEFAULT_CACHE_CAPACITY))?;
+        // A run killed after its bundle was renamed into place (but before it finished) left a complete bundle
+        // of this very input: keep it instead of asking for --overwrite.
+        if target.join(bundle::BUNDLE_FILE).is_file() && !self.opts.overwrite {
+            if let Ok(done) = bundle::BundleManifest::load(&target) {
+                if done.transform_key == summary.key && done.embedding.provider == embedder.provider_name() {
+                    for s in &done.spaces {
+                        self.report.spaces.push(SpaceLine { space: s.space.clone(), memories: s.memories.rows, edges: s.edges.rows });
+                    }
+                    self.report.stages.push(t.stage("embed + load", 0, "bundle of this input already complete"));
+                    return Ok(());
+                }
+            }
+        }
         let checkpoint_file = self.opts.checkpoint_file.clone().unwrap_or_else(|| self.work.join("checkpoint.json"));
         let lopts = LoadOptions {
             batch_size: self.opts.batch_size(),
@@ -266,6 +283,7 @@ impl Ctx {
             extra_checks: self.opts.checks.clone(),
             workers: self.opts.workers(),
             batch_size: self.opts.batch_size(),
+            memory: sql_memory(&self.opts, &self.work),
         };
         let src: Option<&mut dyn Source> = match self.source.as_mut() {
             Some(s) => Some(s.as_mut()),
@@ -375,7 +393,9 @@ pub async fn run_cmd(opts: Options) -> Result<()> {
     let started = Timer::start();
     let target = Target::parse(opts.require_target()?)?;
     let Target::Bundle(target_dir) = &target;
-    if target_dir.exists() && !opts.overwrite {
+    // Fail before the long stages when the target is in the way; an existing bundle may be this run's own,
+    // finished just before a kill, which the load stage recognises.
+    if target_dir.exists() && !opts.overwrite && !target_dir.join(bundle::BUNDLE_FILE).is_file() {
         return Err(Error::target_err(target.describe(), "already exists; pass --overwrite to replace it, or choose another --target"));
     }
     let mut ctx = Ctx::new("run", opts)?;

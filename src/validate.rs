@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt64Array};
+use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
@@ -53,6 +53,7 @@ pub struct ValidateOptions {
     pub extra_checks: Option<PathBuf>,
     pub workers: usize,
     pub batch_size: usize,
+    pub memory: transform::SqlMemory,
 }
 
 /// Runs every check. `source` is the live source to re-count and re-read (None when the run's source is the
@@ -67,7 +68,7 @@ pub async fn run(
     opts: &ValidateOptions,
 ) -> Result<Vec<CheckResult>> {
     let bundle = BundleManifest::load(bundle_dir)?;
-    let ctx = transform::session(opts.workers, opts.batch_size);
+    let ctx = transform::session(opts.workers, opts.batch_size, &opts.memory)?;
     transform::register_snapshot(&ctx, snapshot_dir, manifest).await?;
     transform::run_statements(&ctx, mapping_sql, mapping_origin).await?;
 
@@ -337,6 +338,3 @@ pub fn print_results(results: &[CheckResult]) {
 pub fn count_failed(results: &[CheckResult]) -> usize {
     results.iter().filter(|r| !r.passed).count()
 }
-
-#[allow(dead_code)]
-fn _assert_array(_: &dyn Array) {}

@@ -1,8 +1,12 @@
--- Edges in the bundle whose source or target memory is not in the bundle.
-SELECT e.space, e.source_id, e.target_id, e.edge_type,
-       CASE WHEN s.id IS NULL THEN 'source memory missing' ELSE 'target memory missing' END AS problem
-FROM bundle_edges e
-LEFT JOIN (SELECT DISTINCT id FROM bundle_memories) s ON e.source_id = s.id
-LEFT JOIN (SELECT DISTINCT id FROM bundle_memories) t ON e.target_id = t.id
-WHERE s.id IS NULL OR t.id IS NULL
-ORDER BY 1, 2, 3;
+-- Memory ids that edges in the bundle point to (as source or target) but that no memory in the bundle has.
+-- Written as one aggregation rather than a join so that it spills to disk instead of holding every id in memory.
+WITH refs AS (
+  SELECT id, 1 AS is_memory, 0 AS as_source, 0 AS as_target FROM bundle_memories
+  UNION ALL SELECT source_id AS id, 0 AS is_memory, 1 AS as_source, 0 AS as_target FROM bundle_edges
+  UNION ALL SELECT target_id AS id, 0 AS is_memory, 0 AS as_source, 1 AS as_target FROM bundle_edges
+)
+SELECT id AS missing_memory_id, sum(as_source) AS edges_from_it, sum(as_target) AS edges_to_it
+FROM refs
+GROUP BY id
+HAVING sum(is_memory) = 0
+ORDER BY id;

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::schema::{embedding_type, EMBEDDING_DIM};
 
 /// Default number of cached vectors.
-pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
+pub const DEFAULT_CACHE_CAPACITY: usize = 32_768;
 
 /// Counters of an `Embedder` since it was created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

@@ -9,7 +9,7 @@ pub mod udf;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -28,8 +28,17 @@ use crate::parquet_io::{self, PartFile, PartLimits, RollingWriter};
 use crate::schema::{self, EDGE_SCHEMA, MEMORY_SCHEMA};
 use crate::snapshot::{self, Manifest};
 
-/// A DataFusion session with the tool's functions registered.
-pub fn session(target_partitions: usize, batch_size: usize) -> SessionContext {
+/// Memory DataFusion may use for joins, aggregations and sorts, and where it spills beyond that.
+#[derive(Debug, Clone)]
+pub struct SqlMemory {
+    pub limit_bytes: usize,
+    pub spill_dir: PathBuf,
+}
+
+/// A DataFusion session with the tool's functions registered and its memory bounded: aggregations and sorts
+/// spill to `spill_dir` past the limit (a hash join's build side cannot spill; past the limit it fails with a
+/// message naming the limit flag).
+pub fn session(target_partitions: usize, batch_size: usize, memory: &SqlMemory) -> Result<SessionContext> {
     let mut config = SessionConfig::new()
         .with_target_partitions(target_partitions.max(1))
         .with_batch_size(batch_size.max(1))
@@ -38,9 +47,15 @@ pub fn session(target_partitions: usize, batch_size: usize) -> SessionContext {
     // should not need casts to get there.
     config.options_mut().sql_parser.map_string_types_to_utf8view = false;
     config.options_mut().execution.parquet.schema_force_view_types = false;
-    let ctx = SessionContext::new_with_config(config);
+    fs::create_dir_all(&memory.spill_dir).map_err(Error::io("create directory", &memory.spill_dir))?;
+    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_memory_limit(memory.limit_bytes, 1.0)
+        .with_temp_file_path(&memory.spill_dir)
+        .build_arc()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     udf::register_all(&ctx);
-    ctx
+    Ok(ctx)
 }
 
 /// Registers every snapshot table as `source."<table>"`.
@@ -208,8 +223,9 @@ pub async fn run(
     workers: usize,
     batch_size: usize,
     limits: PartLimits,
+    memory: &SqlMemory,
 ) -> Result<TransformSummary> {
-    let ctx = session(workers, batch_size);
+    let ctx = session(workers, batch_size, memory)?;
     register_snapshot(&ctx, snapshot_dir, manifest).await?;
     run_statements(&ctx, sql, origin).await?;
     for view in ["memories", "edges", "orphans", "expected_counts"] {
