@@ -7,8 +7,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
-
 use crate::config::{self, Options};
 use crate::embed::{Embedder, EmbeddingProvider, HashingProvider};
 use crate::error::{Error, Result};
@@ -429,7 +427,7 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
             println!("      {:<28} {:<20} -> {:<28} {}", c.name, if c.source_type.is_empty() { "(none)" } else { &c.source_type }, c.arrow_type, c.fidelity);
         }
         for fk in &t.foreign_keys {
-            println!("      foreign key ({}) -> {}({})  => edge {}", fk.columns.join(", "), fk.parent_table, fk.parent_columns.join(", "), "weight 0.8");
+            println!("      foreign key ({}) -> {}({})  => edge child -> parent, weight 0.8", fk.columns.join(", "), fk.parent_table, fk.parent_columns.join(", "));
         }
     }
     for c in &catalog.cycles {
@@ -456,6 +454,5 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
         Some(t) => println!("target: {} (Engram bundle{})", t, if Path::new(t).exists() { ", exists: needs --overwrite" } else { "" }),
         None => println!("target: (none given)"),
     }
-    let _ = json!({});
     Ok(())
 }

@@ -284,7 +284,9 @@ fn register_sample(
             }
         }
     }
-    let mut by_table: BTreeMap<String, Vec<(Map<String, Value>, String, Map<String, Value>)>> = BTreeMap::new();
+    // table -> (key object, key text, content object) of each sampled memory
+    type Sampled = (Map<String, Value>, String, Map<String, Value>);
+    let mut by_table: BTreeMap<String, Vec<Sampled>> = BTreeMap::new();
     for (name, key, content) in reservoir {
         // Memories that do not come from one row of a snapshot table (custom mappings may derive them) are not sampled.
         if manifest.table(&name).is_none() {

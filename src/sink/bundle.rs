@@ -161,7 +161,7 @@ fn texts_to_embed(batch: &RecordBatch) -> Result<StringArray> {
 pub fn embed_batch(embedder: &mut Embedder, batch: &RecordBatch) -> Result<RecordBatch> {
     let idx = MEMORY_SCHEMA.index_of(memory::EMBEDDING)?;
     let existing = batch.column(idx);
-    if existing.null_count() == 0 && existing.len() > 0 {
+    if existing.null_count() == 0 && !existing.is_empty() {
         return Ok(batch.clone());
     }
     let texts = texts_to_embed(batch)?;

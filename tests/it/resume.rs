@@ -57,7 +57,8 @@ fn killed_runs_resume_to_identical_checksums() {
     let (t, w) = (p(&target).to_string(), p(&work).to_string());
     let snap_tables = work.join("snapshot/tables");
     let partial = tmp.path().join("killed.partial");
-    let markers: Vec<(&str, Box<dyn Fn() -> bool>)> = vec![
+    type Marker<'a> = Box<dyn Fn() -> bool + 'a>;
+    let markers: Vec<(&str, Marker)> = vec![
         ("mid-snapshot", Box::new(|| any_file(&snap_tables, &|p| p.ends_with("part-00002.parquet")))),
         ("mid-transform", Box::new(|| work.join("transform.partial/memories").exists())),
         ("mid-load", Box::new(|| any_file(&partial, &|p| p.ends_with("part-00003.parquet")))),
