@@ -121,39 +121,11 @@ SELECT
 FROM source.nodes AS n;
 
 
--- Edges whose two endpoints exist: inner joins to the nodes table.
-CREATE VIEW edges AS
-SELECT
-  CASE s."type"
-    WHEN 'File'     THEN 'code_files'
-    WHEN 'Class'    THEN 'code_classes'
-    WHEN 'Function' THEN 'code_functions'
-    ELSE 'code_other'
-  END                                         AS space,
-  'code_' || e."source"                       AS source_id,
-  'code_' || e."target"                       AS target_id,
-  e."type"                                    AS edge_type,
-  CAST(COALESCE(e.weight,
-    CASE e."type"
-      WHEN 'CONTAINS'   THEN 1.0
-      WHEN 'HAS_METHOD' THEN 1.0
-      WHEN 'EXTENDS'    THEN 0.9
-      WHEN 'IMPORTS'    THEN 0.8
-      WHEN 'CALLS'      THEN 0.7
-      ELSE 0.5
-    END) AS FLOAT)                            AS weight,
-  to_json(named_struct('line', e.line, 'id', e.id)) AS properties,
-  'edges'                                     AS source_name,
-  to_json(named_struct('id', e.id))           AS source_key
-FROM source.edges AS e
-JOIN source.nodes AS s ON s.id = e."source"
-JOIN source.nodes AS t ON t.id = e."target";
-
-
--- Edge rows with a missing source or target node (anti-join). Same columns
--- as `edges`. When the source node itself is missing the space is
--- 'code_orphans'.
-CREATE VIEW orphans AS
+-- Every edge row with its endpoints looked up once (LEFT JOINs on the nodes'
+-- primary key), shared by `edges` and `orphans` so the two can never
+-- disagree on space or weight. An edge lives in the space of its source
+-- node, or 'code_orphans' when that node is missing.
+CREATE VIEW edge_rows AS
 SELECT
   CASE
     WHEN s.id IS NULL          THEN 'code_orphans'
@@ -176,11 +148,24 @@ SELECT
     END) AS FLOAT)                            AS weight,
   to_json(named_struct('line', e.line, 'id', e.id)) AS properties,
   'edges'                                     AS source_name,
-  to_json(named_struct('id', e.id))           AS source_key
+  to_json(named_struct('id', e.id))           AS source_key,
+  s.id IS NOT NULL AND t.id IS NOT NULL       AS both_exist
 FROM source.edges AS e
 LEFT JOIN source.nodes AS s ON s.id = e."source"
-LEFT JOIN source.nodes AS t ON t.id = e."target"
-WHERE s.id IS NULL OR t.id IS NULL;
+LEFT JOIN source.nodes AS t ON t.id = e."target";
+
+
+-- Edges whose two endpoints exist.
+CREATE VIEW edges AS
+SELECT space, source_id, target_id, edge_type, weight, properties, source_name, source_key
+FROM edge_rows WHERE both_exist;
+
+
+-- Edge rows with a missing source or target node: reported and kept in the
+-- bundle, not loaded as edges.
+CREATE VIEW orphans AS
+SELECT space, source_id, target_id, edge_type, weight, properties, source_name, source_key
+FROM edge_rows WHERE NOT both_exist;
 
 
 -- What the bundle must hold: every node as a memory, and per edge type all
