@@ -94,3 +94,21 @@ fn existing_target_needs_overwrite_and_bad_flags_are_usage_errors() {
     let out = run(&["run", "--source", "postgres://x", "--target", p(&tmp.path().join("c"))]);
     assert_eq!(code(&out), 2);
 }
+
+#[test]
+fn broken_mapping_sql_is_a_usage_error_naming_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A view missing from the contract.
+    let sql = tmp.path().join("m.sql");
+    std::fs::write(&sql, "CREATE VIEW memories AS SELECT 1 AS x;\n").unwrap();
+    let out = run(&["run", "--source", p(&fixture()), "--target", p(&tmp.path().join("b")), "--sql", p(&sql)]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("does not define the view edges"), "{}", stderr(&out));
+    // A memories view with a column the schema does not have.
+    let good = std::fs::read_to_string(repo().join("sql/codegraph.sql")).unwrap();
+    std::fs::write(&sql, good.replace("'semantic'                                  AS memory_type", "'semantic' AS memory_kind")).unwrap();
+    let out = run(&["run", "--source", p(&fixture()), "--target", p(&tmp.path().join("b")), "--sql", p(&sql)]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("memory_kind"), "{}", stderr(&out));
+    assert!(!tmp.path().join("b").exists());
+}
