@@ -71,19 +71,33 @@ impl VectorFn {
     }
 }
 
-/// Values of one list slot as f64s, whatever the list and float type.
-fn slot_values(list: &dyn Array, row: usize) -> DfResult<Vec<f64>> {
-    let values: ArrayRef = match list.data_type() {
-        DataType::FixedSizeList(_, _) => list.as_fixed_size_list().value(row),
-        DataType::List(_) => list.as_list::<i32>().value(row),
-        DataType::LargeList(_) => list.as_list::<i64>().value(row),
+/// (number of elements, sum of squares) of one list slot, whatever the list and float type, without copying.
+fn slot_stats(list: &dyn Array, row: usize) -> DfResult<(usize, f64)> {
+    let (values, start, len): (&ArrayRef, usize, usize) = match list.data_type() {
+        DataType::FixedSizeList(_, n) => {
+            let l = list.as_fixed_size_list();
+            (l.values(), row * *n as usize, *n as usize)
+        }
+        DataType::List(_) => {
+            let l = list.as_list::<i32>();
+            let o = l.value_offsets();
+            (l.values(), o[row] as usize, (o[row + 1] - o[row]) as usize)
+        }
+        DataType::LargeList(_) => {
+            let l = list.as_list::<i64>();
+            let o = l.value_offsets();
+            (l.values(), o[row] as usize, (o[row + 1] - o[row]) as usize)
+        }
         other => return exec_err!("expected a list of floats, got {other}"),
     };
-    Ok(match values.data_type() {
-        DataType::Float32 => values.as_primitive::<Float32Type>().iter().map(|v| v.map_or(f64::NAN, |x| x as f64)).collect(),
-        DataType::Float64 => values.as_primitive::<Float64Type>().iter().map(|v| v.unwrap_or(f64::NAN)).collect(),
+    // A NULL element makes the norm NaN, which fails every comparison in a check, as it should.
+    let has_nulls = values.nulls().is_some_and(|n| (start..start + len).any(|i| n.is_null(i)));
+    let sum = match values.data_type() {
+        DataType::Float32 => values.as_primitive::<Float32Type>().values()[start..start + len].iter().map(|x| (*x as f64) * (*x as f64)).sum(),
+        DataType::Float64 => values.as_primitive::<Float64Type>().values()[start..start + len].iter().map(|x| x * x).sum(),
         other => return exec_err!("expected a list of floats, got a list of {other}"),
-    })
+    };
+    Ok((len, if has_nulls { f64::NAN } else { sum }))
 }
 
 impl ScalarUDFImpl for VectorFn {
@@ -107,7 +121,7 @@ impl ScalarUDFImpl for VectorFn {
                 if array.is_null(row) {
                     b.append_null()
                 } else {
-                    b.append_value(slot_values(array.as_ref(), row)?.len() as i64)
+                    b.append_value(slot_stats(array.as_ref(), row)?.0 as i64)
                 }
             }
             Arc::new(b.finish())
@@ -117,11 +131,36 @@ impl ScalarUDFImpl for VectorFn {
                 if array.is_null(row) {
                     b.append_null()
                 } else {
-                    b.append_value(slot_values(array.as_ref(), row)?.iter().map(|x| x * x).sum::<f64>().sqrt())
+                    b.append_value(slot_stats(array.as_ref(), row)?.1.sqrt())
                 }
             }
             Arc::new(b.finish())
         };
         Ok(ColumnarValue::Array(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transform::{collect, session, SqlMemory};
+
+    #[tokio::test]
+    async fn functions_work_in_sql() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = session(1, 1024, &SqlMemory { limit_bytes: 64 << 20, spill_dir: dir.path().into() }).unwrap();
+        let b = collect(
+            &ctx,
+            "SELECT to_json(named_struct('a', 1, 'b', 'x', 'c', CAST(NULL AS INT))) AS j, \
+                    vector_dim(make_array(CAST(3.0 AS FLOAT), CAST(4.0 AS FLOAT))) AS d, \
+                    vector_norm(make_array(CAST(3.0 AS FLOAT), CAST(4.0 AS FLOAT))) AS n",
+            "test",
+        )
+        .await
+        .unwrap();
+        let row = crate::json::row_object(&b[0], 0).unwrap();
+        assert_eq!(row["j"], serde_json::json!(r#"{"a":1,"b":"x","c":null}"#));
+        assert_eq!(row["d"], serde_json::json!(2));
+        assert_eq!(row["n"], serde_json::json!(5.0));
     }
 }
