@@ -43,6 +43,7 @@ pub struct CheckResult {
     pub description: String,
     pub passed: bool,
     pub offending_rows: u64,
+    pub seconds: f64,
     /// Up to 10 offending rows, as JSON objects.
     pub examples: Vec<Map<String, Value>>,
 }
@@ -77,6 +78,7 @@ pub async fn run(
     register_files(&ctx, "bundle_orphans", &bundle.orphan_files(bundle_dir), EDGE_SCHEMA.clone()).await?;
 
     let pb = crate::progress::spinner("validate");
+    let prep = std::time::Instant::now();
     pb.set_message("counting");
     let mut snapshot_src;
     let source: &mut dyn Source = match source {
@@ -99,6 +101,7 @@ pub async fn run(
     register_integrity(&ctx, snapshot_dir, manifest, bundle_dir, &bundle)?;
     pb.set_message("sampling");
     register_sample(&ctx, source, manifest, &bundle, bundle_dir, opts)?;
+    tracing::info!(seconds = prep.elapsed().as_secs_f64(), "validation tables prepared (counts, checksums, sample)");
 
     let mut checks: Vec<(String, String)> = BUILTIN_CHECKS.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect();
     if let Some(dir) = &opts.extra_checks {
@@ -116,6 +119,7 @@ pub async fn run(
     let mut results = vec![];
     for (name, sql) in checks {
         pb.set_message(name.clone());
+        let started = std::time::Instant::now();
         let query = sql.trim().trim_end_matches(';');
         let batches = transform::collect(&ctx, query, &format!("validation check {name}")).await?;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -129,7 +133,7 @@ pub async fn run(
             }
         }
         let description = sql.lines().find_map(|l| l.trim().strip_prefix("--")).unwrap_or("").trim().to_string();
-        results.push(CheckResult { name, description, passed: rows == 0, offending_rows: rows, examples });
+        results.push(CheckResult { name, description, passed: rows == 0, offending_rows: rows, seconds: started.elapsed().as_secs_f64(), examples });
     }
     pb.finish_and_clear();
     Ok(results)
@@ -330,7 +334,7 @@ pub fn print_results(results: &[CheckResult]) {
     println!("validation:");
     for r in results {
         let status = if r.passed { "pass".to_string() } else { format!("FAIL ({} rows)", r.offending_rows) };
-        println!("  {:<20} {:<14} {}", r.name, status, r.description);
+        println!("  {:<20} {:<14} {:>6.1}s  {}", r.name, status, r.seconds, r.description);
         for e in r.examples.iter().take(3) {
             println!("      {}", Value::Object(e.clone()));
         }
