@@ -7,13 +7,14 @@
 //!
 //! Cache: vectors live in one flat `Vec<f32>` slab (native dimension per entry) indexed by a
 //! `HashMap<u128, slot>`; when `capacity` entries are held, the oldest entry is overwritten (FIFO, a ring over the
-//! slots). Memory when full is about `capacity × native_dim × 4` bytes plus the index: ~300 MB for the default
-//! 100 000 entries of 768 floats. The slab grows only as entries are added. Capacity 0 disables the cache (texts
-//! are still deduplicated within a batch). A 128-bit content-hash collision would return another text's vector;
-//! at 2^-128 per pair this is ignored.
+//! slots). Memory when full is about `capacity × native_dim × 4` bytes plus the index: ~100 MB for the default
+//! [`DEFAULT_CACHE_CAPACITY`] (32 768) entries of 768 floats. The slab grows only as entries are added.
+//! Capacity 0 disables the cache (texts are still deduplicated within a batch). A 128-bit content-hash collision
+//! would return another text's vector; at 2^-128 per pair this is ignored.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{Array, FixedSizeListArray, Float32Array, StringArray};
@@ -51,12 +52,44 @@ impl EmbedStats {
     }
 }
 
+/// Where a row's vector comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// A cache slot.
+    Cached(usize),
+    /// An index into this batch's distinct misses.
+    Miss(usize),
+}
+
+/// Map keyed by content hash. The keys are already XXH3-128 outputs, so the table hash just folds them to 64 bits
+/// instead of running SipHash over them again (which was ~8% of the stage's time). No HashDoS keying: the texts
+/// are the user's own source data, and a flood of bucket collisions would need chosen XXH3 preimages anyway.
+type KeyMap<V> = HashMap<u128, V, BuildHasherDefault<FoldHasher>>;
+
+#[derive(Default)]
+struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write_u128(&mut self, k: u128) {
+        self.0 = (k as u64) ^ ((k >> 64) as u64);
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used for u128 keys; a correct (if slow) fallback.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+}
+
 /// Bounded FIFO cache of vectors of `dim` floats.
 struct VectorCache {
     capacity: usize,
     dim: usize,
     /// Content hash -> slot.
-    index: HashMap<u128, usize>,
+    index: KeyMap<usize>,
     /// Slot -> content hash (to unindex an evicted slot).
     keys: Vec<u128>,
     /// Slot `s` is `slab[s * dim..(s + 1) * dim]`.
@@ -67,16 +100,19 @@ struct VectorCache {
 
 impl VectorCache {
     fn new(capacity: usize, dim: usize) -> Self {
-        VectorCache { capacity, dim, index: HashMap::new(), keys: Vec::new(), slab: Vec::new(), oldest: 0 }
+        VectorCache { capacity, dim, index: KeyMap::default(), keys: Vec::new(), slab: Vec::new(), oldest: 0 }
     }
 
     fn len(&self) -> usize {
         self.index.len()
     }
 
-    fn get(&self, key: u128) -> Option<&[f32]> {
-        let slot = *self.index.get(&key)?;
-        Some(&self.slab[slot * self.dim..(slot + 1) * self.dim])
+    fn slot(&self, key: u128) -> Option<usize> {
+        self.index.get(&key).copied()
+    }
+
+    fn vector(&self, slot: usize) -> &[f32] {
+        &self.slab[slot * self.dim..(slot + 1) * self.dim]
     }
 
     /// Insert a key that is not present, evicting the oldest entry if full.
@@ -108,6 +144,8 @@ pub struct Embedder {
     dim: usize,
     cache: VectorCache,
     stats: EmbedStats,
+    /// Provider output of the misses, kept across calls so steady-state batches do not fault in fresh pages.
+    scratch: Vec<f32>,
 }
 
 impl std::fmt::Debug for Embedder {
@@ -134,7 +172,13 @@ impl Embedder {
                 provider.name()
             )));
         }
-        Ok(Embedder { provider, dim, cache: VectorCache::new(cache_capacity, dim), stats: EmbedStats::default() })
+        Ok(Embedder {
+            provider,
+            dim,
+            cache: VectorCache::new(cache_capacity, dim),
+            stats: EmbedStats::default(),
+            scratch: Vec::new(),
+        })
     }
 
     /// Embed every row of `texts`. The result has exactly `texts.len()` rows, none NULL, of type
@@ -146,51 +190,60 @@ impl Embedder {
     pub fn embed_column(&mut self, texts: &StringArray) -> Result<FixedSizeListArray> {
         let n = texts.len();
         let dim = self.dim;
-        let mut values = vec![0.0f32; n * EMBEDDING_DIM];
 
-        // Distinct misses of this batch: hash -> index into miss_texts/miss_keys.
-        let mut batch: HashMap<u128, usize> = HashMap::new();
+        // 1. Resolve every row to a cache slot or a distinct miss. Nothing is copied yet and the cache is not
+        //    modified before step 3, so the slots stay valid.
+        let mut sources: Vec<Source> = Vec::with_capacity(n);
+        let mut batch: KeyMap<usize> = KeyMap::default();
         let mut miss_texts: Vec<&str> = Vec::new();
         let mut miss_keys: Vec<u128> = Vec::new();
-        // (row, miss index) for every row served by a miss, duplicates included.
-        let mut miss_rows: Vec<(usize, usize)> = Vec::new();
         let mut hits = 0u64;
-
-        for (row, text) in texts.iter().enumerate() {
+        for text in texts.iter() {
             let text = text.unwrap_or("");
             let key = xxh3_128(text.as_bytes());
-            // Cache hits are copied right away: inserting this batch's misses later may evict their slots.
-            if let Some(v) = self.cache.get(key) {
-                values[row * EMBEDDING_DIM..row * EMBEDDING_DIM + dim].copy_from_slice(v);
+            if let Some(slot) = self.cache.slot(key) {
                 hits += 1;
+                sources.push(Source::Cached(slot));
                 continue;
             }
             match batch.entry(key) {
                 Entry::Occupied(e) => {
                     hits += 1;
-                    miss_rows.push((row, *e.get()));
+                    sources.push(Source::Miss(*e.get()));
                 }
                 Entry::Vacant(e) => {
                     let j = miss_texts.len();
                     e.insert(j);
-                    miss_rows.push((row, j));
+                    sources.push(Source::Miss(j));
                     miss_texts.push(text);
                     miss_keys.push(key);
                 }
             }
         }
 
+        // 2. One provider call for all distinct misses.
+        let vectors = &mut self.scratch;
+        vectors.clear();
         if !miss_texts.is_empty() {
-            let mut vectors = vec![0.0f32; miss_texts.len() * dim];
-            self.provider.embed(&miss_texts, &mut vectors)?;
-            for &(row, j) in &miss_rows {
-                values[row * EMBEDDING_DIM..row * EMBEDDING_DIM + dim].copy_from_slice(&vectors[j * dim..(j + 1) * dim]);
-            }
-            // Entries that the same batch would evict again are not inserted at all.
-            let skip = miss_keys.len().saturating_sub(self.cache.capacity);
-            for (j, &key) in miss_keys.iter().enumerate().skip(skip) {
-                self.cache.insert(key, &vectors[j * dim..(j + 1) * dim]);
-            }
+            vectors.resize(miss_texts.len() * dim, 0.0);
+            self.provider.embed(&miss_texts, vectors)?;
+        }
+
+        // 3. Assemble the output sequentially (no zero-fill of the whole buffer first), then cache the misses.
+        let mut values: Vec<f32> = Vec::with_capacity(n * EMBEDDING_DIM);
+        for source in &sources {
+            let v = match *source {
+                Source::Cached(slot) => self.cache.vector(slot),
+                Source::Miss(j) => &vectors[j * dim..(j + 1) * dim],
+            };
+            values.extend_from_slice(v);
+            values.resize(values.len() + (EMBEDDING_DIM - dim), 0.0);
+        }
+        debug_assert_eq!(values.len(), n * EMBEDDING_DIM);
+        // Entries that the same batch would evict again are not inserted at all.
+        let skip = miss_keys.len().saturating_sub(self.cache.capacity);
+        for (j, &key) in miss_keys.iter().enumerate().skip(skip) {
+            self.cache.insert(key, &vectors[j * dim..(j + 1) * dim]);
         }
 
         self.stats.texts += n as u64;
