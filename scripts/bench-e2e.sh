@@ -8,8 +8,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/engram-migrate/target}"
-command -v /usr/bin/time >/dev/null 2>&1 || [ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time; }
-cargo build --release --bins >&2
+missing=(); [ -x /usr/bin/time ] || missing+=(time); command -v bc >/dev/null || missing+=(bc); command -v sqlite3 >/dev/null || missing+=(sqlite3)
+[ ${#missing[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq "${missing[@]}"; }
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --bins >&2
 BIN="$CARGO_TARGET_DIR/release/engram-migrate"
 PY=$(bash scripts/python-env.sh | tail -1)
 WORK="${BENCH_DIR:-/tmp/engram-migrate-bench}"
@@ -29,10 +30,15 @@ for N in "${SIZES[@]}"; do
     || { cat "$WORK/time-$N.log" >&2; exit 1; }
   s=$(wall "$WORK/time-$N.log"); rss=$(( $(peak "$WORK/time-$N.log") / 1024 ))
   printf "%-10s %-28s %10.1f %12.0f %12s\n" "$N" "engram-migrate run (all)" "$s" "$(echo "$TOTAL / $s" | bc -l)" "$rss"
-  for stage in snapshot transform "embed + load" validate; do
-    line=$(grep -E "^$stage " "$WORK/run-$N.log" | head -1 || true)
-    [ -n "$line" ] && printf "%-10s   %-26s %10.1f\n" "" "stage: $stage" "$(echo "$line" | awk '{print $(NF-2)}' 2>/dev/null || echo 0)"
-  done
+  "$PY" - "$WORK/out-$N.work/report.json" <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for s in r["stages"]:
+    rate = s["rows"] / s["seconds"] if s["seconds"] else 0
+    print(f"{'':<10}   {'stage: ' + s['stage']:<26} {s['seconds']:>10.1f} {rate:>12.0f}")
+e = r.get("embedding") or {}
+print(f"{'':<10}   embedding cache hit rate {100 * e.get('hit_rate', 0):.1f}%")
+PYEOF
   rm -rf "$WORK/snap-$N"
   /usr/bin/time -v "$BIN" snapshot --quiet --source "$DB" --work-dir "$WORK/snap-$N" > /dev/null 2> "$WORK/time-snap-$N.log"
   s1=$(wall "$WORK/time-snap-$N.log"); r1=$(( $(peak "$WORK/time-snap-$N.log") / 1024 ))

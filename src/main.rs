@@ -6,6 +6,9 @@ use engram_migrate::config::Options;
 use engram_migrate::error::exit;
 use engram_migrate::pipeline;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "engram-migrate",
