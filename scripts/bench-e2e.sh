@@ -4,6 +4,8 @@
 # into Parquet: Python's sqlite3 + pyarrow (the usual hand-rolled snapshot), for a side-by-side snapshot ratio.
 #
 #   scripts/bench-e2e.sh [ROWS ...]        default: 1000000 3000000
+#   RUN_ARGS="--memory-limit-mb 128" scripts/bench-e2e.sh ...   extra flags for `run` (a lower SQL memory limit makes
+#                                                              validation spill, so peak RSS stops growing with rows)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -26,7 +28,7 @@ for N in "${SIZES[@]}"; do
   [ -f "$DB" ] || bash scripts/gen-large-sqlite.sh "$N" "$DB" >&2
   TOTAL=$(sqlite3 "$DB" "SELECT (SELECT count(*) FROM customers) + (SELECT count(*) FROM orders)")
   rm -rf "$WORK/out-$N" "$WORK/out-$N.work"
-  /usr/bin/time -v "$BIN" run --quiet --source "$DB" --target "$WORK/out-$N" > "$WORK/run-$N.log" 2> "$WORK/time-$N.log" \
+  /usr/bin/time -v "$BIN" run --quiet ${RUN_ARGS:-} --source "$DB" --target "$WORK/out-$N" > "$WORK/run-$N.log" 2> "$WORK/time-$N.log" \
     || { cat "$WORK/time-$N.log" >&2; exit 1; }
   s=$(wall "$WORK/time-$N.log"); rss=$(( $(peak "$WORK/time-$N.log") / 1024 ))
   printf "%-10s %-28s %10.1f %12.0f %12s\n" "$N" "engram-migrate run (all)" "$s" "$(echo "$TOTAL / $s" | bc -l)" "$rss"
