@@ -89,10 +89,19 @@ impl RollingWriter {
             self.next_index += 1;
             let tmp = self.dir.join(format!(".{}.tmp", part_name(index)));
             let file = File::create(&tmp).map_err(Error::io("create", &tmp))?;
-            let props = WriterProperties::builder()
+            let mut props = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-                .set_max_row_group_size(self.limits.row_group_rows)
-                .build();
+                .set_max_row_group_size(self.limits.row_group_rows);
+            // Floats inside lists (embeddings, vectors) almost never repeat: a dictionary only costs time (it was
+            // a fifth of the load stage's profile), so they are written plain.
+            let descr = parquet::arrow::ArrowSchemaConverter::new().convert(&self.schema)?;
+            for col in descr.columns() {
+                let float = matches!(col.physical_type(), parquet::basic::Type::FLOAT | parquet::basic::Type::DOUBLE);
+                if float && col.max_rep_level() > 0 {
+                    props = props.set_column_dictionary_enabled(col.path().clone(), false);
+                }
+            }
+            let props = props.build();
             let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(props))?;
             let hasher = Hasher::new(&self.schema)?;
             self.open = Some(OpenPart { index, tmp, writer, hasher, rows: 0 });
