@@ -87,3 +87,49 @@ fn plan_writes_nothing_and_lists_tables_and_types() {
     assert_eq!(code(&out), 0);
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "--dry-run wrote something");
 }
+
+/// The generic mapping follows the Engram team's plan: `<table>_<pk>` ids, "col: value | col: value" text with
+/// NULLs skipped, created_at from created_at, foreign key -> edge child -> parent with weight 0.8, orphans reported.
+#[test]
+fn generic_mapping_follows_the_plan() {
+    use arrow::array::{Array, AsArray};
+    use engram_migrate::parquet_io::read_all;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("shop.sqlite");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, bio TEXT, created_at DATETIME);
+         CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users(id), note TEXT);
+         INSERT INTO users VALUES (1, 'Ann', NULL, '2024-05-01 10:00:00'), (2, 'Bo', 'likes tea', NULL);
+         INSERT INTO orders VALUES (10, 1, 'first'), (11, 99, 'ghost'), (12, NULL, NULL);",
+    )
+    .unwrap();
+    drop(c);
+    let t = tmp.path().join("b");
+    assert_eq!(code(&run(&["run", "--source", p(&db), "--target", p(&t)])), 0);
+
+    let users = read_all(&t.join("spaces/users/memories/part-00000.parquet")).unwrap();
+    let b = &users[0];
+    let col = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
+    let (ids, texts) = (col("id"), col("text"));
+    let row = (0..b.num_rows()).find(|i| ids.value(*i) == "users_1").expect("memory users_1");
+    assert_eq!(texts.value(row), "name: Ann", "NULL bio skipped");
+    let other = (0..b.num_rows()).find(|i| ids.value(*i) == "users_2").unwrap();
+    assert_eq!(texts.value(other), "name: Bo | bio: likes tea");
+    let created = b.column_by_name("created_at").unwrap();
+    assert!(created.is_valid(row) && created.is_null(other));
+    assert_eq!(col("source_key").value(row), r#"{"id":1}"#);
+    let content: serde_json::Value = serde_json::from_str(col("content").value(row)).unwrap();
+    assert_eq!(content, serde_json::json!({"id": 1, "name": "Ann", "bio": null, "created_at": "2024-05-01T10:00:00Z"}));
+
+    let edges = read_all(&t.join("spaces/orders/edges/part-00000.parquet")).unwrap();
+    let e = &edges[0];
+    assert_eq!(e.num_rows(), 1, "one order has an existing user; the NULL reference makes no edge");
+    let s = |n: &str| e.column_by_name(n).unwrap().as_string::<i32>().value(0).to_string();
+    assert_eq!((s("source_id"), s("target_id"), s("edge_type")), ("orders_10".into(), "users_1".into(), "fk:user_id->users".into()));
+    let w = e.column_by_name("weight").unwrap().as_primitive::<arrow::datatypes::Float32Type>().value(0);
+    assert!((w - 0.8).abs() < 1e-6);
+    let bundle = json(&t.join("bundle.json"));
+    assert_eq!(bundle["totals"]["orphans"], 1, "order 11 references missing user 99");
+}
