@@ -142,7 +142,6 @@ impl ScalarUDFImpl for VectorFn {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::transform::{collect, session, SqlMemory};
 
     #[tokio::test]
