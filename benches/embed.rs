@@ -24,7 +24,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn below(&mut self, n: usize) -> usize {
@@ -50,7 +53,11 @@ fn sentence(words: &[&str], id: u64) -> String {
 /// `n` distinct sentences.
 fn distinct_sentences(words: &[&str], n: usize) -> Vec<String> {
     let mut seen = HashSet::with_capacity(n);
-    (0u64..).map(|id| sentence(words, id)).filter(|s| seen.insert(s.clone())).take(n).collect()
+    (0u64..)
+        .map(|id| sentence(words, id))
+        .filter(|s| seen.insert(s.clone()))
+        .take(n)
+        .collect()
 }
 
 fn bench_hashing(c: &mut Criterion) {
@@ -83,7 +90,9 @@ fn bench_embedder(c: &mut Criterion) {
     let half = BATCH / 2;
     let mut next_id = 0u64;
     let mut previous: Vec<String> = (0..half).map(|_| fresh(&words, &mut next_id)).collect();
-    embedder.embed_column(&StringArray::from_iter_values(&previous)).unwrap();
+    embedder
+        .embed_column(&StringArray::from_iter_values(&previous))
+        .unwrap();
     let mut shuffle = Lcg(99);
 
     let mut group = c.benchmark_group("embedder");
@@ -92,7 +101,11 @@ fn bench_embedder(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let new: Vec<String> = (0..half).map(|_| fresh(&words, &mut next_id)).collect();
-                let mut rows: Vec<&str> = previous.iter().chain(new.iter()).map(String::as_str).collect();
+                let mut rows: Vec<&str> = previous
+                    .iter()
+                    .chain(new.iter())
+                    .map(String::as_str)
+                    .collect();
                 for i in (1..rows.len()).rev() {
                     rows.swap(i, shuffle.below(i + 1));
                 }

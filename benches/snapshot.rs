@@ -35,7 +35,15 @@ fn bench(c: &mut Criterion) {
             let out = dir.path().join("snap");
             let _ = std::fs::remove_dir_all(&out);
             let mut src = SqliteSource::open(&db).unwrap();
-            let m = snapshot::take(&mut src, &out, &SnapshotOptions { batch_size: 8192, limits: PartLimits::default() }).unwrap();
+            let m = snapshot::take(
+                &mut src,
+                &out,
+                &SnapshotOptions {
+                    batch_size: 8192,
+                    limits: PartLimits::default(),
+                },
+            )
+            .unwrap();
             black_box(m.total_rows())
         })
     });

@@ -30,7 +30,9 @@ impl Checksum {
     }
 
     pub fn from_hex(rows: u64, hex: &str) -> Option<Checksum> {
-        u128::from_str_radix(hex, 16).ok().map(|sum| Checksum { rows, sum })
+        u128::from_str_radix(hex, 16)
+            .ok()
+            .map(|sum| Checksum { rows, sum })
     }
 }
 
@@ -42,8 +44,15 @@ pub struct Hasher {
 
 impl Hasher {
     pub fn new(schema: &SchemaRef) -> Result<Self> {
-        let fields = schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
-        Ok(Hasher { converter: RowConverter::new(fields)?, acc: Checksum::default() })
+        let fields = schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect();
+        Ok(Hasher {
+            converter: RowConverter::new(fields)?,
+            acc: Checksum::default(),
+        })
     }
 
     pub fn update(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -52,7 +61,10 @@ impl Hasher {
         for row in rows.iter() {
             sum = sum.wrapping_add(xxh3_128(row.as_ref()));
         }
-        self.acc.combine(Checksum { rows: batch.num_rows() as u64, sum });
+        self.acc.combine(Checksum {
+            rows: batch.num_rows() as u64,
+            sum,
+        });
         Ok(())
     }
 
@@ -61,7 +73,10 @@ impl Hasher {
     }
 }
 
-pub fn of_batches<'a>(schema: &SchemaRef, batches: impl IntoIterator<Item = &'a RecordBatch>) -> Result<Checksum> {
+pub fn of_batches<'a>(
+    schema: &SchemaRef,
+    batches: impl IntoIterator<Item = &'a RecordBatch>,
+) -> Result<Checksum> {
     let mut h = Hasher::new(schema)?;
     for b in batches {
         h.update(b)?;
@@ -83,7 +98,10 @@ mod tests {
         ]));
         RecordBatch::try_new(
             schema,
-            vec![Arc::new(Int64Array::from(ids.to_vec())), Arc::new(StringArray::from(names.to_vec()))],
+            vec![
+                Arc::new(Int64Array::from(ids.to_vec())),
+                Arc::new(StringArray::from(names.to_vec())),
+            ],
         )
         .unwrap()
     }
@@ -100,7 +118,10 @@ mod tests {
         let dup = of_batches(&s, [&batch(&[1, 1, 2, 3], &["a", "a", "b", "c"])]).unwrap();
         assert_ne!(whole.sum, dup.sum);
         let swapped = of_batches(&s, [&batch(&[1, 2, 3], &["b", "a", "c"])]).unwrap();
-        assert_ne!(whole, swapped, "values moved between rows must change the checksum");
+        assert_ne!(
+            whole, swapped,
+            "values moved between rows must change the checksum"
+        );
         assert_eq!(Checksum::from_hex(3, &whole.to_hex()), Some(whole));
     }
 }

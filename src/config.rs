@@ -136,11 +136,35 @@ macro_rules! take {
 impl Options {
     /// Reads `--config` (if given) and fills in what the flags left unset.
     pub fn with_config_file(mut self) -> Result<Options> {
-        let Some(path) = self.config.clone() else { return Ok(self) };
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
         let file = Self::read_file(&path)?;
-        take!(self, file, source, target, work_dir, sql, memory_space, table_to_space, text_columns, timestamp_column,
-              batch_size, parallel_workers, embedding_provider, cache_size, confidence, validate, checkpoint_file,
-              sample_size, sample_seed, checks, max_file_mb, max_file_rows, memory_limit_mb);
+        take!(
+            self,
+            file,
+            source,
+            target,
+            work_dir,
+            sql,
+            memory_space,
+            table_to_space,
+            text_columns,
+            timestamp_column,
+            batch_size,
+            parallel_workers,
+            embedding_provider,
+            cache_size,
+            confidence,
+            validate,
+            checkpoint_file,
+            sample_size,
+            sample_seed,
+            checks,
+            max_file_mb,
+            max_file_rows,
+            memory_limit_mb
+        );
         if self.column_type.is_empty() {
             self.column_type = file.column_type.clone();
         }
@@ -153,16 +177,21 @@ impl Options {
     }
 
     fn read_file(path: &Path) -> Result<Options> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::usage(format!("config {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::usage(format!("config {}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| Error::usage(format!("config {}: {e}", path.display())))
     }
 
     pub fn require_source(&self) -> Result<&str> {
-        self.source.as_deref().ok_or_else(|| Error::usage("--source is required (a SQLite file or a snapshot directory)"))
+        self.source.as_deref().ok_or_else(|| {
+            Error::usage("--source is required (a SQLite file or a snapshot directory)")
+        })
     }
 
     pub fn require_target(&self) -> Result<&str> {
-        self.target.as_deref().ok_or_else(|| Error::usage("--target is required (a directory for the Engram bundle)"))
+        self.target
+            .as_deref()
+            .ok_or_else(|| Error::usage("--target is required (a directory for the Engram bundle)"))
     }
 
     /// The work directory: `--work-dir`, else `<target>.work`.
@@ -172,7 +201,9 @@ impl Options {
         }
         match &self.target {
             Some(t) => Ok(PathBuf::from(format!("{}.work", t.trim_end_matches('/')))),
-            None => Err(Error::usage("--work-dir is required when there is no --target")),
+            None => Err(Error::usage(
+                "--work-dir is required when there is no --target",
+            )),
         }
     }
 
@@ -181,14 +212,25 @@ impl Options {
     }
 
     pub fn workers(&self) -> usize {
-        self.parallel_workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1)
+        self.parallel_workers
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            })
+            .max(1)
     }
 }
 
 /// "a:b,c:d" -> {a: b, c: d}
 pub fn parse_pairs(flag: &str, s: Option<&str>) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
-    for item in s.unwrap_or("").split(',').map(str::trim).filter(|i| !i.is_empty()) {
+    for item in s
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+    {
         let (k, v) = item
             .split_once(':')
             .ok_or_else(|| Error::usage(format!("--{flag}: {item:?} is not TABLE:VALUE (e.g. \"users:user_space,orders:order_space\")")))?;
@@ -200,11 +242,24 @@ pub fn parse_pairs(flag: &str, s: Option<&str>) -> Result<BTreeMap<String, Strin
 /// "users:name,bio;orders:notes" -> {users: [name, bio], orders: [notes]}
 pub fn parse_table_lists(flag: &str, s: Option<&str>) -> Result<BTreeMap<String, Vec<String>>> {
     let mut out = BTreeMap::new();
-    for item in s.unwrap_or("").split(';').map(str::trim).filter(|i| !i.is_empty()) {
-        let (k, v) = item
-            .split_once(':')
-            .ok_or_else(|| Error::usage(format!("--{flag}: {item:?} is not TABLE:COL,COL (e.g. \"users:name,bio;orders:notes\")")))?;
-        out.insert(k.trim().to_string(), v.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect());
+    for item in s
+        .unwrap_or("")
+        .split(';')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+    {
+        let (k, v) = item.split_once(':').ok_or_else(|| {
+            Error::usage(format!(
+                "--{flag}: {item:?} is not TABLE:COL,COL (e.g. \"users:name,bio;orders:notes\")"
+            ))
+        })?;
+        out.insert(
+            k.trim().to_string(),
+            v.split(',')
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect(),
+        );
     }
     Ok(out)
 }
@@ -217,7 +272,9 @@ pub fn parse_column_types(items: &[String]) -> Result<Vec<(String, String)>> {
             i.split_once('=')
                 .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
                 .filter(|(k, _)| k.contains('.'))
-                .ok_or_else(|| Error::usage(format!("--column-type {i:?}: expected TABLE.COLUMN=TYPE")))
+                .ok_or_else(|| {
+                    Error::usage(format!("--column-type {i:?}: expected TABLE.COLUMN=TYPE"))
+                })
         })
         .collect()
 }
@@ -228,26 +285,48 @@ mod tests {
 
     #[test]
     fn flag_lists_parse_and_reject_garbage() {
-        let p = parse_pairs("table-to-space", Some("users:user_space, orders:order_space")).unwrap();
+        let p = parse_pairs(
+            "table-to-space",
+            Some("users:user_space, orders:order_space"),
+        )
+        .unwrap();
         assert_eq!(p["orders"], "order_space");
         assert!(parse_pairs("table-to-space", Some("users")).is_err());
         let t = parse_table_lists("text-columns", Some("users:name,bio;orders:notes")).unwrap();
         assert_eq!(t["users"], vec!["name", "bio"]);
         assert!(parse_column_types(&["geo=text".into()]).is_err());
-        assert_eq!(parse_column_types(&["t.geo=text".into()]).unwrap()[0].1, "text");
+        assert_eq!(
+            parse_column_types(&["t.geo=text".into()]).unwrap()[0].1,
+            "text"
+        );
     }
 
     #[test]
     fn config_file_fills_unset_flags_and_rejects_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
-        std::fs::write(&f, "source = \"a.db\"\nbatch-size = 100\nskip-edges = true\n").unwrap();
-        let o = Options { config: Some(f.clone()), batch_size: Some(5), ..Default::default() }.with_config_file().unwrap();
+        std::fs::write(
+            &f,
+            "source = \"a.db\"\nbatch-size = 100\nskip-edges = true\n",
+        )
+        .unwrap();
+        let o = Options {
+            config: Some(f.clone()),
+            batch_size: Some(5),
+            ..Default::default()
+        }
+        .with_config_file()
+        .unwrap();
         assert_eq!(o.source.as_deref(), Some("a.db"));
         assert_eq!(o.batch_size, Some(5), "flags win");
         assert!(o.skip_edges);
         std::fs::write(&f, "sorce = \"a.db\"\n").unwrap();
-        let e = Options { config: Some(f), ..Default::default() }.with_config_file().unwrap_err();
+        let e = Options {
+            config: Some(f),
+            ..Default::default()
+        }
+        .with_config_file()
+        .unwrap_err();
         assert!(e.to_string().contains("sorce"), "{e}");
     }
 }

@@ -45,7 +45,11 @@ pub enum Error {
 
     /// One or more validation checks returned offending rows.
     #[error("validation failed: {failed} of {total} checks found problems (see the report above and {report})")]
-    ValidationFailed { failed: usize, total: usize, report: String },
+    ValidationFailed {
+        failed: usize,
+        total: usize,
+        report: String,
+    },
 
     /// A bug or an impossible state; please report it.
     #[error("internal error: {0}")]
@@ -54,24 +58,41 @@ pub enum Error {
 
 impl Error {
     pub fn source_err(location: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Source { location: location.into(), message: message.into() }
+        Error::Source {
+            location: location.into(),
+            message: message.into(),
+        }
     }
     pub fn target_err(location: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Target { location: location.into(), message: message.into() }
+        Error::Target {
+            location: location.into(),
+            message: message.into(),
+        }
     }
     pub fn usage(message: impl Into<String>) -> Self {
         Error::Usage(message.into())
     }
-    pub fn io(action: &'static str, path: impl AsRef<Path>) -> impl FnOnce(std::io::Error) -> Error {
+    pub fn io(
+        action: &'static str,
+        path: impl AsRef<Path>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.as_ref().to_path_buf();
-        move |source| Error::Io { action, path, source }
+        move |source| Error::Io {
+            action,
+            path,
+            source,
+        }
     }
     pub fn sql(origin: impl Into<String>, err: impl std::fmt::Display) -> Self {
         let mut message = err.to_string();
         if message.contains("Resources exhausted") {
-            message.push_str(" (the query needs more memory than --memory-limit-mb allows; raise it)");
+            message
+                .push_str(" (the query needs more memory than --memory-limit-mb allows; raise it)");
         }
-        Error::Sql { origin: origin.into(), message }
+        Error::Sql {
+            origin: origin.into(),
+            message,
+        }
     }
 
     /// The process exit code for this error; see `exit`.

@@ -125,12 +125,18 @@ fn float(f: f64) -> Value {
 
 fn bytes(b: &[u8]) -> Value {
     let mut m = Map::with_capacity(1);
-    m.insert("$base64".into(), Value::String(base64::engine::general_purpose::STANDARD.encode(b)));
+    m.insert(
+        "$base64".into(),
+        Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
+    );
     Value::Object(m)
 }
 
 fn list(values: &dyn Array) -> Result<Value> {
-    (0..values.len()).map(|i| value_at(values, i)).collect::<Result<Vec<_>>>().map(Value::Array)
+    (0..values.len())
+        .map(|i| value_at(values, i))
+        .collect::<Result<Vec<_>>>()
+        .map(Value::Array)
 }
 
 fn display(array: &dyn Array, row: usize) -> Result<String> {
@@ -140,9 +146,15 @@ fn display(array: &dyn Array, row: usize) -> Result<String> {
 
 fn timestamp(array: &dyn Array, row: usize, unit: TimeUnit, has_tz: bool) -> Result<String> {
     let v = match unit {
-        TimeUnit::Second => array.as_primitive::<TimestampSecondType>().value(row) as i128 * 1_000_000_000,
-        TimeUnit::Millisecond => array.as_primitive::<TimestampMillisecondType>().value(row) as i128 * 1_000_000,
-        TimeUnit::Microsecond => array.as_primitive::<TimestampMicrosecondType>().value(row) as i128 * 1_000,
+        TimeUnit::Second => {
+            array.as_primitive::<TimestampSecondType>().value(row) as i128 * 1_000_000_000
+        }
+        TimeUnit::Millisecond => {
+            array.as_primitive::<TimestampMillisecondType>().value(row) as i128 * 1_000_000
+        }
+        TimeUnit::Microsecond => {
+            array.as_primitive::<TimestampMicrosecondType>().value(row) as i128 * 1_000
+        }
         TimeUnit::Nanosecond => array.as_primitive::<TimestampNanosecondType>().value(row) as i128,
     };
     let secs = v.div_euclid(1_000_000_000) as i64;
@@ -168,15 +180,36 @@ mod tests {
         let cases: Vec<(ArrayRef, Value)> = vec![
             (Arc::new(Int64Array::from(vec![-5])), Value::from(-5)),
             (Arc::new(Float64Array::from(vec![1.5])), Value::from(1.5)),
-            (Arc::new(Float64Array::from(vec![f64::NAN])), Value::from("NaN")),
-            (Arc::new(Float64Array::from(vec![f64::NEG_INFINITY])), Value::from("-inf")),
-            (Arc::new(BooleanArray::from(vec![true])), Value::Bool(true)),
-            (Arc::new(StringArray::from(vec!["Größe 日本"])), Value::from("Größe 日本")),
-            (Arc::new(BinaryArray::from(vec![&b"\x00\xff"[..]])), serde_json::json!({"$base64": "AP8="})),
-            (Arc::new(Date32Array::from(vec![19723])), Value::from("2024-01-01")),
-            (Arc::new(Time64MicrosecondArray::from(vec![3_723_000_001])), Value::from("01:02:03.000001")),
             (
-                Arc::new(TimestampMicrosecondArray::from(vec![1_704_067_200_123_456]).with_timezone("UTC")),
+                Arc::new(Float64Array::from(vec![f64::NAN])),
+                Value::from("NaN"),
+            ),
+            (
+                Arc::new(Float64Array::from(vec![f64::NEG_INFINITY])),
+                Value::from("-inf"),
+            ),
+            (Arc::new(BooleanArray::from(vec![true])), Value::Bool(true)),
+            (
+                Arc::new(StringArray::from(vec!["Größe 日本"])),
+                Value::from("Größe 日本"),
+            ),
+            (
+                Arc::new(BinaryArray::from(vec![&b"\x00\xff"[..]])),
+                serde_json::json!({"$base64": "AP8="}),
+            ),
+            (
+                Arc::new(Date32Array::from(vec![19723])),
+                Value::from("2024-01-01"),
+            ),
+            (
+                Arc::new(Time64MicrosecondArray::from(vec![3_723_000_001])),
+                Value::from("01:02:03.000001"),
+            ),
+            (
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![1_704_067_200_123_456])
+                        .with_timezone("UTC"),
+                ),
                 Value::from("2024-01-01T00:00:00.123456Z"),
             ),
             (
@@ -184,25 +217,44 @@ mod tests {
                 Value::from("2024-01-01T00:00:00"),
             ),
             (
-                Arc::new(Decimal128Array::from(vec![12345]).with_precision_and_scale(10, 2).unwrap()),
+                Arc::new(
+                    Decimal128Array::from(vec![12345])
+                        .with_precision_and_scale(10, 2)
+                        .unwrap(),
+                ),
                 Value::from("123.45"),
             ),
             (Arc::new(Int64Array::from(vec![None])), Value::Null),
         ];
         for (array, want) in cases {
-            assert_eq!(value_at(array.as_ref(), 0).unwrap(), want, "type {}", array.data_type());
+            assert_eq!(
+                value_at(array.as_ref(), 0).unwrap(),
+                want,
+                "type {}",
+                array.data_type()
+            );
         }
     }
 
     #[test]
     fn nested_render_as_arrays_and_objects() {
-        let list = ListArray::from_iter_primitive::<Int32Type, _, _>(vec![Some(vec![Some(1), None])]);
+        let list =
+            ListArray::from_iter_primitive::<Int32Type, _, _>(vec![Some(vec![Some(1), None])]);
         assert_eq!(value_at(&list, 0).unwrap(), serde_json::json!([1, null]));
         let s = StructArray::from(vec![
-            (Arc::new(Field::new("b", DataType::Utf8, true)), Arc::new(StringArray::from(vec!["x"])) as ArrayRef),
-            (Arc::new(Field::new("a", DataType::Int64, true)), Arc::new(Int64Array::from(vec![None])) as ArrayRef),
+            (
+                Arc::new(Field::new("b", DataType::Utf8, true)),
+                Arc::new(StringArray::from(vec!["x"])) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("a", DataType::Int64, true)),
+                Arc::new(Int64Array::from(vec![None])) as ArrayRef,
+            ),
         ]);
         // Field order is kept (not sorted): content JSON reads like the source row.
-        assert_eq!(value_at(&s, 0).unwrap().to_string(), r#"{"b":"x","a":null}"#);
+        assert_eq!(
+            value_at(&s, 0).unwrap().to_string(),
+            r#"{"b":"x","a":null}"#
+        );
     }
 }

@@ -41,13 +41,18 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let code = match run(cli) {
         Ok(()) => exit::OK,
         Err(e) => {
-            let code = e.downcast_ref::<engram_migrate::Error>().map(|e| e.exit_code()).unwrap_or(exit::INTERNAL);
+            let code = e
+                .downcast_ref::<engram_migrate::Error>()
+                .map(|e| e.exit_code())
+                .unwrap_or(exit::INTERNAL);
             eprintln!("error: {e:#}");
             code
         }
@@ -66,7 +71,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let opts = opts.with_config_file()?;
     engram_migrate::progress::set_quiet(opts.quiet);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(opts.workers()).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.workers())
+        .enable_all()
+        .build()?;
     let name = if opts.dry_run { "plan" } else { name };
     runtime.block_on(async move {
         match name {

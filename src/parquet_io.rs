@@ -28,7 +28,11 @@ pub struct PartLimits {
 
 impl Default for PartLimits {
     fn default() -> Self {
-        PartLimits { max_file_bytes: 128 << 20, max_file_rows: u64::MAX, row_group_rows: 65_536 }
+        PartLimits {
+            max_file_bytes: 128 << 20,
+            max_file_rows: u64::MAX,
+            row_group_rows: 65_536,
+        }
     }
 }
 
@@ -45,8 +49,12 @@ pub struct PartFile {
 
 impl PartFile {
     pub fn checksum(&self) -> Result<Checksum> {
-        Checksum::from_hex(self.rows, &self.checksum)
-            .ok_or_else(|| Error::Internal(format!("bad checksum {:?} in manifest for {}", self.checksum, self.file)))
+        Checksum::from_hex(self.rows, &self.checksum).ok_or_else(|| {
+            Error::Internal(format!(
+                "bad checksum {:?} in manifest for {}",
+                self.checksum, self.file
+            ))
+        })
     }
 }
 
@@ -74,9 +82,21 @@ pub struct RollingWriter {
 }
 
 impl RollingWriter {
-    pub fn new(dir: &Path, schema: SchemaRef, limits: PartLimits, first_index: usize) -> Result<Self> {
+    pub fn new(
+        dir: &Path,
+        schema: SchemaRef,
+        limits: PartLimits,
+        first_index: usize,
+    ) -> Result<Self> {
         fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
-        Ok(RollingWriter { dir: dir.to_path_buf(), schema, limits, next_index: first_index, open: None, wrote_any: false })
+        Ok(RollingWriter {
+            dir: dir.to_path_buf(),
+            schema,
+            limits,
+            next_index: first_index,
+            open: None,
+            wrote_any: false,
+        })
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -96,7 +116,10 @@ impl RollingWriter {
             // a fifth of the load stage's profile), so they are written plain.
             let descr = parquet::arrow::ArrowSchemaConverter::new().convert(&self.schema)?;
             for col in descr.columns() {
-                let float = matches!(col.physical_type(), parquet::basic::Type::FLOAT | parquet::basic::Type::DOUBLE);
+                let float = matches!(
+                    col.physical_type(),
+                    parquet::basic::Type::FLOAT | parquet::basic::Type::DOUBLE
+                );
                 if float && col.max_rep_level() > 0 {
                     props = props.set_column_dictionary_enabled(col.path().clone(), false);
                 }
@@ -104,7 +127,13 @@ impl RollingWriter {
             let props = props.build();
             let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(props))?;
             let hasher = Hasher::new(&self.schema)?;
-            self.open = Some(OpenPart { index, tmp, writer, hasher, rows: 0 });
+            self.open = Some(OpenPart {
+                index,
+                tmp,
+                writer,
+                hasher,
+                rows: 0,
+            });
         }
         Ok(self.open.as_mut().expect("just opened"))
     }
@@ -127,7 +156,10 @@ impl RollingWriter {
     }
 
     fn commit(&mut self) -> Result<PartFile> {
-        let part = self.open.take().ok_or_else(|| Error::Internal("commit without an open part".into()))?;
+        let part = self
+            .open
+            .take()
+            .ok_or_else(|| Error::Internal("commit without an open part".into()))?;
         let file = part.writer.into_inner()?;
         file.sync_all().map_err(Error::io("sync", &part.tmp))?;
         let bytes = file.metadata().map_err(Error::io("stat", &part.tmp))?.len();
@@ -138,7 +170,12 @@ impl RollingWriter {
         sync_dir(&self.dir)?;
         self.wrote_any = true;
         let checksum = part.hasher.finish();
-        Ok(PartFile { file: name, rows: part.rows, bytes, checksum: checksum.to_hex() })
+        Ok(PartFile {
+            file: name,
+            rows: part.rows,
+            bytes,
+            checksum: checksum.to_hex(),
+        })
     }
 
     /// Commits the open part, if any. With `ensure_one`, a folder that got no rows at all still gets one empty
@@ -164,14 +201,19 @@ impl Drop for RollingWriter {
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("sync directory", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("sync directory", dir))
 }
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
     {
         use std::io::Write;
         let mut f = File::create(&tmp).map_err(Error::io("create", &tmp))?;
@@ -192,7 +234,11 @@ pub fn list_parts(dir: &Path) -> Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.extension().is_some_and(|e| e == "parquet")
-                && !p.file_name().and_then(|n| n.to_str()).unwrap_or(".").starts_with('.')
+                && !p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or(".")
+                    .starts_with('.')
         })
         .collect();
     parts.sort();
@@ -231,7 +277,10 @@ pub fn read_schema(path: &Path) -> Result<SchemaRef> {
 /// Recomputes the checksum and row count of part files (in parallel across files: validation reads everything).
 pub fn checksum_parts(paths: &[PathBuf]) -> Result<Checksum> {
     use rayon::prelude::*;
-    let sums: Vec<Checksum> = paths.par_iter().map(|p| checksum_file(p)).collect::<Result<_>>()?;
+    let sums: Vec<Checksum> = paths
+        .par_iter()
+        .map(|p| checksum_file(p))
+        .collect::<Result<_>>()?;
     let mut total = Checksum::default();
     for s in sums {
         total.combine(s);
@@ -263,12 +312,20 @@ mod tests {
     fn rolls_over_and_commits_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
-        let limits = PartLimits { max_file_rows: 250, ..Default::default() };
+        let limits = PartLimits {
+            max_file_rows: 250,
+            ..Default::default()
+        };
         let mut w = RollingWriter::new(dir.path(), schema.clone(), limits, 0).unwrap();
         let mut parts = vec![];
         for i in 0..10 {
-            let b = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(i * 100..(i + 1) * 100))])
-                .unwrap();
+            let b = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from_iter_values(
+                    i * 100..(i + 1) * 100,
+                ))],
+            )
+            .unwrap();
             parts.extend(w.write(&b).unwrap());
         }
         parts.extend(w.finish(true).unwrap());
@@ -291,10 +348,17 @@ mod tests {
         let w = RollingWriter::new(dir.path(), schema.clone(), PartLimits::default(), 0).unwrap();
         let p = w.finish(true).unwrap().unwrap();
         assert_eq!(p.rows, 0);
-        assert_eq!(read_schema(&dir.path().join(&p.file)).unwrap().fields().len(), 1);
+        assert_eq!(
+            read_schema(&dir.path().join(&p.file))
+                .unwrap()
+                .fields()
+                .len(),
+            1
+        );
 
         let dir2 = tempfile::tempdir().unwrap();
-        let mut w = RollingWriter::new(dir2.path(), schema.clone(), PartLimits::default(), 0).unwrap();
+        let mut w =
+            RollingWriter::new(dir2.path(), schema.clone(), PartLimits::default(), 0).unwrap();
         let b = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1]))]).unwrap();
         w.write(&b).unwrap();
         drop(w);

@@ -25,13 +25,19 @@ pub struct WorkLock(PathBuf);
 impl WorkLock {
     pub fn acquire(work: &Path) -> Result<WorkLock> {
         fs::create_dir_all(work).map_err(|e| {
-            Error::target_err(work.display().to_string(), format!("cannot create the work directory: {e}; check --work-dir"))
+            Error::target_err(
+                work.display().to_string(),
+                format!("cannot create the work directory: {e}; check --work-dir"),
+            )
         })?;
         let path = work.join(".lock");
         if let Ok(pid) = fs::read_to_string(&path) {
             let pid = pid.trim();
             // A lock left by a killed run (its process is gone) is taken over.
-            if !pid.is_empty() && Path::new(&format!("/proc/{pid}")).exists() && pid != std::process::id().to_string() {
+            if !pid.is_empty()
+                && Path::new(&format!("/proc/{pid}")).exists()
+                && pid != std::process::id().to_string()
+            {
                 return Err(Error::usage(format!(
                     "work directory {} is in use by process {pid}; wait for it or use another --work-dir",
                     work.display()
@@ -50,7 +56,11 @@ impl Drop for WorkLock {
 }
 
 fn run_id() -> String {
-    format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), std::process::id())
+    format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        std::process::id()
+    )
 }
 
 fn limits(opts: &Options) -> PartLimits {
@@ -62,7 +72,10 @@ fn limits(opts: &Options) -> PartLimits {
 }
 
 fn sql_memory(opts: &Options, work: &Path) -> transform::SqlMemory {
-    transform::SqlMemory { limit_bytes: (opts.memory_limit_mb.unwrap_or(2048).max(64) as usize) << 20, spill_dir: work.join("spill") }
+    transform::SqlMemory {
+        limit_bytes: (opts.memory_limit_mb.unwrap_or(2048).max(64) as usize) << 20,
+        spill_dir: work.join("spill"),
+    }
 }
 
 pub fn open_source(opts: &Options) -> Result<Box<dyn Source>> {
@@ -98,7 +111,9 @@ fn mapping_options(opts: &Options) -> Result<MappingOptions> {
     m.timestamp_column = opts.timestamp_column.clone();
     if let Some(c) = opts.confidence {
         if !(0.0..=1.0).contains(&c) {
-            return Err(Error::usage(format!("--confidence {c}: must be between 0 and 1")));
+            return Err(Error::usage(format!(
+                "--confidence {c}: must be between 0 and 1"
+            )));
         }
         m.confidence = c;
     }
@@ -109,23 +124,36 @@ fn mapping_options(opts: &Options) -> Result<MappingOptions> {
 /// The mapping SQL to run and where it came from.
 pub fn mapping_sql(opts: &Options, manifest: &Manifest, work: &Path) -> Result<(String, String)> {
     if let Some(path) = &opts.sql {
-        let sql = fs::read_to_string(path).map_err(|e| Error::usage(format!("--sql {}: {e}", path.display())))?;
+        let sql = fs::read_to_string(path)
+            .map_err(|e| Error::usage(format!("--sql {}: {e}", path.display())))?;
         return Ok((sql, path.display().to_string()));
     }
     if manifest.tables.is_empty() {
-        return Err(Error::source_err(manifest.source.to_string(), "has no tables to migrate"));
+        return Err(Error::source_err(
+            manifest.source.to_string(),
+            "has no tables to migrate",
+        ));
     }
     let mopts = mapping_options(opts)?;
     for t in mopts.text_columns.keys().chain(mopts.table_to_space.keys()) {
         if manifest.table(t).is_none() {
-            return Err(Error::usage(format!("table {t:?} named in a flag is not in the source; tables: {}",
-                manifest.tables.iter().map(|t| t.info.name.as_str()).collect::<Vec<_>>().join(", "))));
+            return Err(Error::usage(format!(
+                "table {t:?} named in a flag is not in the source; tables: {}",
+                manifest
+                    .tables
+                    .iter()
+                    .map(|t| t.info.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         }
     }
     for (t, cols) in &mopts.text_columns {
         let entry = manifest.table(t).expect("checked");
         if let Some(c) = cols.iter().find(|c| entry.info.column(c).is_none()) {
-            return Err(Error::usage(format!("--text-columns: table {t} has no column {c:?}")));
+            return Err(Error::usage(format!(
+                "--text-columns: table {t} has no column {c:?}"
+            )));
         }
     }
     let sql = transform::generic::generate(manifest, &mopts);
@@ -144,7 +172,15 @@ fn provider(opts: &Options) -> Result<std::sync::Arc<dyn EmbeddingProvider>> {
 }
 
 fn fresh(opts: &Options, work: &Path) -> Result<()> {
-    for name in ["spill", "snapshot", "transform", "transform.partial", "mapping.sql", "checkpoint.json", "report.json"] {
+    for name in [
+        "spill",
+        "snapshot",
+        "transform",
+        "transform.partial",
+        "mapping.sql",
+        "checkpoint.json",
+        "report.json",
+    ] {
         let p = work.join(name);
         if p.is_dir() {
             fs::remove_dir_all(&p).map_err(Error::io("remove", &p))?;
@@ -180,7 +216,12 @@ impl Ctx {
             work_dir: work.display().to_string(),
             ..Default::default()
         };
-        Ok(Ctx { opts, work, report, source: None })
+        Ok(Ctx {
+            opts,
+            work,
+            report,
+            source: None,
+        })
     }
 
     fn snapshot(&mut self) -> Result<(PathBuf, Manifest)> {
@@ -191,7 +232,14 @@ impl Ctx {
         let manifest = if src.kind() == "snapshot" {
             Manifest::load(&dir)?
         } else {
-            let m = snapshot::take(src.as_mut(), &dir, &SnapshotOptions { batch_size: self.opts.batch_size(), limits: limits(&self.opts) })?;
+            let m = snapshot::take(
+                src.as_mut(),
+                &dir,
+                &SnapshotOptions {
+                    batch_size: self.opts.batch_size(),
+                    limits: limits(&self.opts),
+                },
+            )?;
             self.source = Some(src);
             m
         };
@@ -201,14 +249,32 @@ impl Ctx {
                 rows: e.rows,
                 files: e.files.len(),
                 checksum: e.checksum.clone(),
-                columns: e.info.columns.iter().map(|c| format!("{}: {} -> {} ({})", c.name, c.source_type, c.arrow_type, c.fidelity)).collect(),
+                columns: e
+                    .info
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}: {} -> {} ({})",
+                            c.name, c.source_type, c.arrow_type, c.fidelity
+                        )
+                    })
+                    .collect(),
             });
         }
-        self.report.stages.push(t.stage("snapshot", manifest.total_rows(), format!("{} tables in {}", manifest.tables.len(), dir.display())));
+        self.report.stages.push(t.stage(
+            "snapshot",
+            manifest.total_rows(),
+            format!("{} tables in {}", manifest.tables.len(), dir.display()),
+        ));
         Ok((dir, manifest))
     }
 
-    async fn transform(&mut self, dir: &Path, manifest: &Manifest) -> Result<(TransformSummary, String, String)> {
+    async fn transform(
+        &mut self,
+        dir: &Path,
+        manifest: &Manifest,
+    ) -> Result<(TransformSummary, String, String)> {
         let t = Timer::start();
         let (sql, origin) = mapping_sql(&self.opts, manifest, &self.work)?;
         self.report.mapping = origin.clone();
@@ -218,12 +284,28 @@ impl Ctx {
         let (summary, note) = match reuse {
             Some(s) => (s, "reused staged output".to_string()),
             None => {
-                let s = transform::run(&key, dir, manifest, &sql, &origin, &out, self.opts.workers(), self.opts.batch_size(), limits(&self.opts), &sql_memory(&self.opts, &self.work)).await?;
+                let s = transform::run(
+                    &key,
+                    dir,
+                    manifest,
+                    &sql,
+                    &origin,
+                    &out,
+                    self.opts.workers(),
+                    self.opts.batch_size(),
+                    limits(&self.opts),
+                    &sql_memory(&self.opts, &self.work),
+                )
+                .await?;
                 (s, format!("mapping {origin}"))
             }
         };
         self.report.orphans = summary.orphan_rows();
-        self.report.stages.push(t.stage("transform", summary.memory_rows() + summary.edge_rows(), note));
+        self.report.stages.push(t.stage(
+            "transform",
+            summary.memory_rows() + summary.edge_rows(),
+            note,
+        ));
         Ok((summary, sql, origin))
     }
 
@@ -231,21 +313,40 @@ impl Ctx {
         let t = Timer::start();
         let Target::Bundle(target) = Target::parse(self.opts.require_target()?)?;
         let provider = provider(&self.opts)?;
-        let mut embedder = Embedder::new(provider, self.opts.cache_size.unwrap_or(crate::embed::stage::DEFAULT_CACHE_CAPACITY))?;
+        let mut embedder = Embedder::new(
+            provider,
+            self.opts
+                .cache_size
+                .unwrap_or(crate::embed::stage::DEFAULT_CACHE_CAPACITY),
+        )?;
         // A run killed after its bundle was renamed into place (but before it finished) left a complete bundle
         // of this very input: keep it instead of asking for --overwrite.
         if target.join(bundle::BUNDLE_FILE).is_file() && !self.opts.overwrite {
             if let Ok(done) = bundle::BundleManifest::load(&target) {
-                if done.transform_key == summary.key && done.embedding.provider == embedder.provider_name() {
+                if done.transform_key == summary.key
+                    && done.embedding.provider == embedder.provider_name()
+                {
                     for s in &done.spaces {
-                        self.report.spaces.push(SpaceLine { space: s.space.clone(), memories: s.memories.rows, edges: s.edges.rows });
+                        self.report.spaces.push(SpaceLine {
+                            space: s.space.clone(),
+                            memories: s.memories.rows,
+                            edges: s.edges.rows,
+                        });
                     }
-                    self.report.stages.push(t.stage("embed + load", 0, "bundle of this input already complete"));
+                    self.report.stages.push(t.stage(
+                        "embed + load",
+                        0,
+                        "bundle of this input already complete",
+                    ));
                     return Ok(());
                 }
             }
         }
-        let checkpoint_file = self.opts.checkpoint_file.clone().unwrap_or_else(|| self.work.join("checkpoint.json"));
+        let checkpoint_file = self
+            .opts
+            .checkpoint_file
+            .clone()
+            .unwrap_or_else(|| self.work.join("checkpoint.json"));
         let lopts = LoadOptions {
             batch_size: self.opts.batch_size(),
             run_id: self.report.run_id.clone(),
@@ -253,20 +354,52 @@ impl Ctx {
             mapping: origin.to_string(),
             overwrite: self.opts.overwrite,
             checkpoint_file,
-            run_key: format!("{}:{}:{}", summary.key, embedder.provider_name(), target.display()),
+            run_key: format!(
+                "{}:{}:{}",
+                summary.key,
+                embedder.provider_name(),
+                target.display()
+            ),
         };
-        rayon::ThreadPoolBuilder::new().num_threads(self.opts.workers()).build_global().ok();
-        let res = bundle::load(&self.work.join("transform"), summary, &target, &mut embedder, &lopts)?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(self.opts.workers())
+            .build_global()
+            .ok();
+        let res = bundle::load(
+            &self.work.join("transform"),
+            summary,
+            &target,
+            &mut embedder,
+            &lopts,
+        )?;
         for s in &res.manifest.spaces {
-            self.report.spaces.push(SpaceLine { space: s.space.clone(), memories: s.memories.rows, edges: s.edges.rows });
+            self.report.spaces.push(SpaceLine {
+                space: s.space.clone(),
+                memories: s.memories.rows,
+                edges: s.edges.rows,
+            });
         }
         self.report.embedding = Some(EmbeddingLine::new(embedder.provider_name(), res.embed));
-        let note = if res.resumed_parts > 0 { format!("resumed after {} committed parts", res.resumed_parts) } else { String::new() };
-        self.report.stages.push(t.stage("embed + load", res.manifest.totals.get("memories").copied().unwrap_or(0), note));
+        let note = if res.resumed_parts > 0 {
+            format!("resumed after {} committed parts", res.resumed_parts)
+        } else {
+            String::new()
+        };
+        self.report.stages.push(t.stage(
+            "embed + load",
+            res.manifest.totals.get("memories").copied().unwrap_or(0),
+            note,
+        ));
         Ok(())
     }
 
-    async fn validate(&mut self, dir: &Path, manifest: &Manifest, sql: &str, origin: &str) -> Result<usize> {
+    async fn validate(
+        &mut self,
+        dir: &Path,
+        manifest: &Manifest,
+        sql: &str,
+        origin: &str,
+    ) -> Result<usize> {
         let t = Timer::start();
         let Target::Bundle(target) = Target::parse(self.opts.require_target()?)?;
         if self.source.is_none() {
@@ -290,14 +423,19 @@ impl Ctx {
         let results = validate::run(src, dir, manifest, sql, origin, &target, &vopts).await?;
         let failed = validate::count_failed(&results);
         validate::print_results(&results);
-        self.report.stages.push(t.stage("validate", results.len() as u64, format!("{failed} of {} checks failed", results.len())));
+        self.report.stages.push(t.stage(
+            "validate",
+            results.len() as u64,
+            format!("{failed} of {} checks failed", results.len()),
+        ));
         self.report.validation = results;
         Ok(failed)
     }
 
     fn finish(mut self, started: Timer, outcome: Result<()>) -> Result<()> {
         self.report.seconds = started.stage("", 0, "").seconds;
-        self.report.finished_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.report.finished_at =
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         self.report.outcome = match &outcome {
             Ok(()) => "ok".into(),
             Err(e) => format!("failed: {e}"),
@@ -313,7 +451,11 @@ impl Ctx {
 
 fn failed_checks(failed: usize, total: usize, work: &Path) -> Result<()> {
     if failed > 0 {
-        return Err(Error::ValidationFailed { failed, total, report: work.join("report.json").display().to_string() });
+        return Err(Error::ValidationFailed {
+            failed,
+            total,
+            report: work.join("report.json").display().to_string(),
+        });
     }
     Ok(())
 }
@@ -346,11 +488,17 @@ pub async fn transform_cmd(opts: Options) -> Result<()> {
 
 fn require_complete(dir: &Path) -> Result<Manifest> {
     if !dir.join(snapshot::MANIFEST).is_file() {
-        return Err(Error::usage(format!("no snapshot in {}; run `engram-migrate snapshot` first (same --source and --work-dir)", dir.display())));
+        return Err(Error::usage(format!(
+            "no snapshot in {}; run `engram-migrate snapshot` first (same --source and --work-dir)",
+            dir.display()
+        )));
     }
     let m = Manifest::load(dir)?;
     if !m.complete {
-        return Err(Error::usage(format!("the snapshot in {} is incomplete; run `engram-migrate snapshot` again to finish it", dir.display())));
+        return Err(Error::usage(format!(
+            "the snapshot in {} is incomplete; run `engram-migrate snapshot` again to finish it",
+            dir.display()
+        )));
     }
     Ok(m)
 }
@@ -362,9 +510,18 @@ pub async fn load_cmd(opts: Options) -> Result<()> {
     let _lock = WorkLock::acquire(&ctx.work)?;
     let r = (|| {
         let out = ctx.work.join("transform");
-        let summary = TransformSummary::load(&out)
-            .map_err(|_| Error::usage(format!("no staged transform output in {}; run `engram-migrate transform` first", out.display())))?;
-        let origin = ctx.opts.sql.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| ctx.work.join("mapping.sql").display().to_string());
+        let summary = TransformSummary::load(&out).map_err(|_| {
+            Error::usage(format!(
+                "no staged transform output in {}; run `engram-migrate transform` first",
+                out.display()
+            ))
+        })?;
+        let origin = ctx
+            .opts
+            .sql
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| ctx.work.join("mapping.sql").display().to_string());
         ctx.load(&summary, &origin)
     })();
     ctx.finish(started, r)
@@ -394,7 +551,10 @@ pub async fn run_cmd(opts: Options) -> Result<()> {
     // Fail before the long stages when the target is in the way; an existing bundle may be this run's own,
     // finished just before a kill, which the load stage recognises.
     if target_dir.exists() && !opts.overwrite && !target_dir.join(bundle::BUNDLE_FILE).is_file() {
-        return Err(Error::target_err(target.describe(), "already exists; pass --overwrite to replace it, or choose another --target"));
+        return Err(Error::target_err(
+            target.describe(),
+            "already exists; pass --overwrite to replace it, or choose another --target",
+        ));
     }
     let mut ctx = Ctx::new("run", opts)?;
     let _lock = WorkLock::acquire(&ctx.work)?;
@@ -422,16 +582,40 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
     println!("source: {}", src.describe());
     println!("tables, in dependency order (parents first):");
     for t in &catalog.tables {
-        println!("  {}  ({} rows, key: {})", t.name, t.row_estimate.map(|n| n.to_string()).unwrap_or("?".into()), t.primary_key.join(", "));
+        println!(
+            "  {}  ({} rows, key: {})",
+            t.name,
+            t.row_estimate.map(|n| n.to_string()).unwrap_or("?".into()),
+            t.primary_key.join(", ")
+        );
         for c in &t.columns {
-            println!("      {:<28} {:<20} -> {:<28} {}", c.name, if c.source_type.is_empty() { "(none)" } else { &c.source_type }, c.arrow_type, c.fidelity);
+            println!(
+                "      {:<28} {:<20} -> {:<28} {}",
+                c.name,
+                if c.source_type.is_empty() {
+                    "(none)"
+                } else {
+                    &c.source_type
+                },
+                c.arrow_type,
+                c.fidelity
+            );
         }
         for fk in &t.foreign_keys {
-            println!("      foreign key ({}) -> {}({})  => edge child -> parent, weight 0.8", fk.columns.join(", "), fk.parent_table, fk.parent_columns.join(", "));
+            println!(
+                "      foreign key ({}) -> {}({})  => edge child -> parent, weight 0.8",
+                fk.columns.join(", "),
+                fk.parent_table,
+                fk.parent_columns.join(", ")
+            );
         }
     }
     for c in &catalog.cycles {
-        println!("foreign-key cycle: {} -> {} (edges are still made)", c.join(" -> "), c[0]);
+        println!(
+            "foreign-key cycle: {} -> {} (edges are still made)",
+            c.join(" -> "),
+            c[0]
+        );
     }
     for (name, why) in &catalog.skipped {
         println!("skipped: {name}: {why}");
@@ -439,7 +623,12 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
     let total: u64 = catalog.tables.iter().filter_map(|t| t.row_estimate).sum();
     println!("total rows: {total}");
     let work = opts.work_dir().ok();
-    println!("work directory: {}", work.as_ref().map(|w| w.display().to_string()).unwrap_or("(none: give --work-dir or --target)".into()));
+    println!(
+        "work directory: {}",
+        work.as_ref()
+            .map(|w| w.display().to_string())
+            .unwrap_or("(none: give --work-dir or --target)".into())
+    );
     if src.kind() == "snapshot" {
         println!("snapshot: the source itself (nothing to stage)");
     } else if let Some(w) = &work {
@@ -447,11 +636,25 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
     }
     println!(
         "mapping: {}",
-        opts.sql.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "generated from the catalog (table -> space, row -> memory, foreign key -> edge)".into())
+        opts.sql
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| {
+                "generated from the catalog (table -> space, row -> memory, foreign key -> edge)"
+                    .into()
+            })
     );
     println!("embedding provider: {}", provider(&opts)?.name());
     match &opts.target {
-        Some(t) => println!("target: {} (Engram bundle{})", t, if Path::new(t).exists() { ", exists: needs --overwrite" } else { "" }),
+        Some(t) => println!(
+            "target: {} (Engram bundle{})",
+            t,
+            if Path::new(t).exists() {
+                ", exists: needs --overwrite"
+            } else {
+                ""
+            }
+        ),
         None => println!("target: (none given)"),
     }
     Ok(())

@@ -14,12 +14,17 @@ pub fn set_quiet(q: bool) {
 /// A bar over `len` units (rows, parts) with rate and ETA.
 pub fn bar(len: u64, prefix: impl Into<String>, unit: &str) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(Some(len), target());
-    let template = format!("{{prefix:>24}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit} {{rate}} ETA {{eta}}");
+    let template = format!(
+        "{{prefix:>24}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit} {{rate}} ETA {{eta}}"
+    );
     let style = ProgressStyle::with_template(&template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .with_key("rate", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-            let _ = write!(w, "{:.0}/s", s.per_sec());
-        })
+        .with_key(
+            "rate",
+            |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", s.per_sec());
+            },
+        )
         .progress_chars("=> ");
     pb.set_style(style);
     pb.set_prefix(prefix.into());
@@ -30,7 +35,10 @@ pub fn bar(len: u64, prefix: impl Into<String>, unit: &str) -> ProgressBar {
 /// A spinner for work of unknown length.
 pub fn spinner(prefix: impl Into<String>) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(None, target());
-    pb.set_style(ProgressStyle::with_template("{prefix:>24} {spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>24} {spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     pb.set_prefix(prefix.into());
     pb.enable_steady_tick(Duration::from_millis(200));
     pb

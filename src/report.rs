@@ -66,7 +66,13 @@ pub struct EmbeddingLine {
 
 impl EmbeddingLine {
     pub fn new(provider: String, s: EmbedStats) -> Self {
-        EmbeddingLine { provider, texts: s.texts, cache_hits: s.cache_hits, embedded: s.embedded, hit_rate: s.hit_rate() }
+        EmbeddingLine {
+            provider,
+            texts: s.texts,
+            cache_hits: s.cache_hits,
+            embedded: s.embedded,
+            hit_rate: s.hit_rate(),
+        }
     }
 }
 
@@ -77,28 +83,52 @@ impl Timer {
         Timer(Instant::now())
     }
     pub fn stage(&self, stage: &str, rows: u64, note: impl Into<String>) -> StageTiming {
-        StageTiming { stage: stage.into(), seconds: self.0.elapsed().as_secs_f64(), rows, note: note.into() }
+        StageTiming {
+            stage: stage.into(),
+            seconds: self.0.elapsed().as_secs_f64(),
+            rows,
+            note: note.into(),
+        }
     }
 }
 
 impl RunReport {
     pub fn save(&self, work_dir: &Path) -> Result<()> {
-        crate::parquet_io::write_atomic(&work_dir.join("report.json"), &serde_json::to_vec_pretty(self)?)
+        crate::parquet_io::write_atomic(
+            &work_dir.join("report.json"),
+            &serde_json::to_vec_pretty(self)?,
+        )
     }
 
     /// The closing summary printed to stdout.
     pub fn print_summary(&self) {
         println!();
-        println!("{:<16} {:>12} {:>10} {:>12}  note", "stage", "rows", "seconds", "rows/s");
+        println!(
+            "{:<16} {:>12} {:>10} {:>12}  note",
+            "stage", "rows", "seconds", "rows/s"
+        );
         for s in &self.stages {
-            let rate = if s.seconds > 0.0 { s.rows as f64 / s.seconds } else { 0.0 };
-            println!("{:<16} {:>12} {:>10.2} {:>12.0}  {}", s.stage, s.rows, s.seconds, rate, s.note);
+            let rate = if s.seconds > 0.0 {
+                s.rows as f64 / s.seconds
+            } else {
+                0.0
+            };
+            println!(
+                "{:<16} {:>12} {:>10.2} {:>12.0}  {}",
+                s.stage, s.rows, s.seconds, rate, s.note
+            );
         }
         if !self.tables.is_empty() {
             println!();
-            println!("{:<32} {:>12} {:>6}  checksum", "source table", "rows", "files");
+            println!(
+                "{:<32} {:>12} {:>6}  checksum",
+                "source table", "rows", "files"
+            );
             for t in &self.tables {
-                println!("{:<32} {:>12} {:>6}  {}", t.table, t.rows, t.files, t.checksum);
+                println!(
+                    "{:<32} {:>12} {:>6}  {}",
+                    t.table, t.rows, t.files, t.checksum
+                );
                 for c in t.columns.iter().filter(|c| !c.ends_with("(exact)")) {
                     println!("{:<4}{c}", "");
                 }
@@ -111,7 +141,10 @@ impl RunReport {
                 println!("{:<32} {:>12} {:>12}", s.space, s.memories, s.edges);
             }
             if self.orphans > 0 {
-                println!("{:<32} {:>12} (references to missing rows; kept in orphans/, see the report)", "orphans", self.orphans);
+                println!(
+                    "{:<32} {:>12} (references to missing rows; kept in orphans/, see the report)",
+                    "orphans", self.orphans
+                );
             }
         }
         if let Some(e) = &self.embedding {
@@ -125,6 +158,9 @@ impl RunReport {
             );
         }
         println!();
-        println!("{}: {} in {:.1} s (report: {}/report.json)", self.command, self.outcome, self.seconds, self.work_dir);
+        println!(
+            "{}: {} in {:.1} s (report: {}/report.json)",
+            self.command, self.outcome, self.seconds, self.work_dir
+        );
     }
 }

@@ -38,7 +38,10 @@ pub mod edge {
 }
 
 pub fn embedding_type() -> DataType {
-    DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), EMBEDDING_DIM as i32)
+    DataType::FixedSizeList(
+        Arc::new(Field::new("item", DataType::Float32, false)),
+        EMBEDDING_DIM as i32,
+    )
 }
 
 pub fn timestamp_type() -> DataType {
@@ -105,7 +108,11 @@ pub fn space_id(name: &str) -> String {
         .chars()
         .map(|c| {
             let c = c.to_ascii_lowercase();
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' { c } else { '_' }
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
         })
         .collect();
     while s.len() < 3 {
@@ -117,7 +124,8 @@ pub fn space_id(name: &str) -> String {
 
 pub fn is_valid_space_id(s: &str) -> bool {
     (3..=64).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -139,7 +147,12 @@ mod tests {
     fn embedding_is_fixed_768() {
         let f = MEMORY_SCHEMA.field_with_name(memory::EMBEDDING).unwrap();
         assert_eq!(f.data_type(), &embedding_type());
-        assert!(MAPPED_MEMORY_SCHEMA.field_with_name(memory::EMBEDDING).is_err());
-        assert_eq!(MAPPED_MEMORY_SCHEMA.fields().len() + 1, MEMORY_SCHEMA.fields().len());
+        assert!(MAPPED_MEMORY_SCHEMA
+            .field_with_name(memory::EMBEDDING)
+            .is_err());
+        assert_eq!(
+            MAPPED_MEMORY_SCHEMA.fields().len() + 1,
+            MEMORY_SCHEMA.fields().len()
+        );
     }
 }

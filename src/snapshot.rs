@@ -65,8 +65,12 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST);
         let bytes = fs::read(&path).map_err(Error::io("read", &path))?;
-        let m: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::source_err(path.display().to_string(), format!("not a snapshot manifest: {e}")))?;
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::source_err(
+                path.display().to_string(),
+                format!("not a snapshot manifest: {e}"),
+            )
+        })?;
         if m.format != FORMAT {
             return Err(Error::source_err(
                 path.display().to_string(),
@@ -103,7 +107,13 @@ pub struct SnapshotOptions {
 fn folder_name(index: usize, table: &str) -> String {
     let clean: String = table
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(60)
         .collect();
     format!("{index:03}-{clean}")
@@ -117,7 +127,11 @@ fn schema_entries(schema: &arrow::datatypes::Schema) -> Vec<FieldEntry> {
     schema
         .fields()
         .iter()
-        .map(|f| FieldEntry { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
+        .map(|f| FieldEntry {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+            nullable: f.is_nullable(),
+        })
         .collect()
 }
 
@@ -126,7 +140,9 @@ pub fn take(source: &mut dyn Source, dir: &Path, opts: &SnapshotOptions) -> Resu
     let fingerprint = source.fingerprint()?;
     let mut manifest = if dir.join(MANIFEST).is_file() {
         let m = Manifest::load(dir)?;
-        if m.source_fingerprint != fingerprint || m.source.get("path") != source.describe().get("path") {
+        if m.source_fingerprint != fingerprint
+            || m.source.get("path") != source.describe().get("path")
+        {
             return Err(Error::usage(format!(
                 "the snapshot in {} was started from a source that has changed since (or from another source); \
                  a resumed snapshot would mix two states. Start over with --fresh or use another --work-dir",
@@ -188,7 +204,13 @@ pub fn take(source: &mut dyn Source, dir: &Path, opts: &SnapshotOptions) -> Resu
     Ok(manifest)
 }
 
-fn snapshot_table(source: &mut dyn Source, dir: &Path, manifest: &mut Manifest, i: usize, opts: &SnapshotOptions) -> Result<()> {
+fn snapshot_table(
+    source: &mut dyn Source,
+    dir: &Path,
+    manifest: &mut Manifest,
+    i: usize,
+    opts: &SnapshotOptions,
+) -> Result<()> {
     loop {
         let entry = &mut manifest.tables[i];
         source.set_table(&entry.info);
@@ -206,7 +228,11 @@ fn snapshot_table(source: &mut dyn Source, dir: &Path, manifest: &mut Manifest, 
         let first_index = entry.files.len();
         let done_rows: u64 = entry.files.iter().map(|f| f.rows).sum();
 
-        let pb = crate::progress::bar(info.row_estimate.unwrap_or(0), format!("snapshot {}", info.name), "rows");
+        let pb = crate::progress::bar(
+            info.row_estimate.unwrap_or(0),
+            format!("snapshot {}", info.name),
+            "rows",
+        );
         pb.set_position(done_rows);
         let mut writer = RollingWriter::new(&tdir, schema, opts.limits, first_index)?;
         let mut last_pos: Option<i64> = None;
@@ -270,7 +296,10 @@ fn snapshot_table(source: &mut dyn Source, dir: &Path, manifest: &mut Manifest, 
 
 /// Deletes part files (and temporaries) in `tdir` that the manifest does not list: leftovers of a crash.
 fn remove_unlisted(tdir: &Path, listed: &[PartFile]) -> Result<()> {
-    for e in fs::read_dir(tdir).map_err(Error::io("list", tdir))?.flatten() {
+    for e in fs::read_dir(tdir)
+        .map_err(Error::io("list", tdir))?
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().to_string();
         if !listed.iter().any(|f| f.file == name) {
             fs::remove_file(e.path()).map_err(Error::io("remove", e.path()))?;

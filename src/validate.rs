@@ -27,12 +27,30 @@ use crate::transform;
 
 /// The built-in checks, in the order they run. The files in sql/validate/ are these same files.
 pub const BUILTIN_CHECKS: &[(&str, &str)] = &[
-    ("counts_source", include_str!("../sql/validate/counts_source.sql")),
-    ("counts_bundle", include_str!("../sql/validate/counts_bundle.sql")),
-    ("sample_values", include_str!("../sql/validate/sample_values.sql")),
-    ("orphan_edges", include_str!("../sql/validate/orphan_edges.sql")),
-    ("duplicate_ids", include_str!("../sql/validate/duplicate_ids.sql")),
-    ("embedding_quality", include_str!("../sql/validate/embedding_quality.sql")),
+    (
+        "counts_source",
+        include_str!("../sql/validate/counts_source.sql"),
+    ),
+    (
+        "counts_bundle",
+        include_str!("../sql/validate/counts_bundle.sql"),
+    ),
+    (
+        "sample_values",
+        include_str!("../sql/validate/sample_values.sql"),
+    ),
+    (
+        "orphan_edges",
+        include_str!("../sql/validate/orphan_edges.sql"),
+    ),
+    (
+        "duplicate_ids",
+        include_str!("../sql/validate/duplicate_ids.sql"),
+    ),
+    (
+        "embedding_quality",
+        include_str!("../sql/validate/embedding_quality.sql"),
+    ),
     ("checksums", include_str!("../sql/validate/checksums.sql")),
 ];
 
@@ -73,9 +91,27 @@ pub async fn run(
     transform::register_snapshot(&ctx, snapshot_dir, manifest).await?;
     transform::run_statements(&ctx, mapping_sql, mapping_origin).await?;
 
-    register_files(&ctx, "bundle_memories", &bundle.memory_files(bundle_dir), MEMORY_SCHEMA.clone()).await?;
-    register_files(&ctx, "bundle_edges", &bundle.edge_files(bundle_dir), EDGE_SCHEMA.clone()).await?;
-    register_files(&ctx, "bundle_orphans", &bundle.orphan_files(bundle_dir), EDGE_SCHEMA.clone()).await?;
+    register_files(
+        &ctx,
+        "bundle_memories",
+        &bundle.memory_files(bundle_dir),
+        MEMORY_SCHEMA.clone(),
+    )
+    .await?;
+    register_files(
+        &ctx,
+        "bundle_edges",
+        &bundle.edge_files(bundle_dir),
+        EDGE_SCHEMA.clone(),
+    )
+    .await?;
+    register_files(
+        &ctx,
+        "bundle_orphans",
+        &bundle.orphan_files(bundle_dir),
+        EDGE_SCHEMA.clone(),
+    )
+    .await?;
 
     let pb = crate::progress::spinner("validate");
     let prep = std::time::Instant::now();
@@ -96,14 +132,25 @@ pub async fn run(
             source.set_table(&t.info);
         }
     }
-    register_source_counts(&ctx, if live { Some(&mut *source) } else { None }, snapshot_dir, manifest)?;
+    register_source_counts(
+        &ctx,
+        if live { Some(&mut *source) } else { None },
+        snapshot_dir,
+        manifest,
+    )?;
     pb.set_message("checksums");
     register_integrity(&ctx, snapshot_dir, manifest, bundle_dir, &bundle)?;
     pb.set_message("sampling");
     register_sample(&ctx, source, manifest, &bundle, bundle_dir, opts)?;
-    tracing::info!(seconds = prep.elapsed().as_secs_f64(), "validation tables prepared (counts, checksums, sample)");
+    tracing::info!(
+        seconds = prep.elapsed().as_secs_f64(),
+        "validation tables prepared (counts, checksums, sample)"
+    );
 
-    let mut checks: Vec<(String, String)> = BUILTIN_CHECKS.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect();
+    let mut checks: Vec<(String, String)> = BUILTIN_CHECKS
+        .iter()
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect();
     if let Some(dir) = &opts.extra_checks {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(Error::io("list", dir))?
@@ -113,7 +160,13 @@ pub async fn run(
         files.sort();
         for f in files {
             let sql = std::fs::read_to_string(&f).map_err(Error::io("read", &f))?;
-            checks.push((f.file_stem().unwrap_or_default().to_string_lossy().to_string(), sql));
+            checks.push((
+                f.file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string(),
+                sql,
+            ));
         }
     }
     let mut results = vec![];
@@ -132,17 +185,36 @@ pub async fn run(
                 examples.push(crate::json::row_object(b, r)?);
             }
         }
-        let description = sql.lines().find_map(|l| l.trim().strip_prefix("--")).unwrap_or("").trim().to_string();
-        results.push(CheckResult { name, description, passed: rows == 0, offending_rows: rows, seconds: started.elapsed().as_secs_f64(), examples });
+        let description = sql
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("--"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        results.push(CheckResult {
+            name,
+            description,
+            passed: rows == 0,
+            offending_rows: rows,
+            seconds: started.elapsed().as_secs_f64(),
+            examples,
+        });
     }
     pb.finish_and_clear();
     Ok(results)
 }
 
-async fn register_files(ctx: &SessionContext, name: &str, files: &[PathBuf], schema: SchemaRef) -> Result<()> {
+async fn register_files(
+    ctx: &SessionContext,
+    name: &str,
+    files: &[PathBuf],
+    schema: SchemaRef,
+) -> Result<()> {
     if files.is_empty() {
-        let t = MemTable::try_new(schema, vec![vec![]]).map_err(|e| Error::Internal(e.to_string()))?;
-        ctx.register_table(name, Arc::new(t)).map_err(|e| Error::Internal(e.to_string()))?;
+        let t =
+            MemTable::try_new(schema, vec![vec![]]).map_err(|e| Error::Internal(e.to_string()))?;
+        ctx.register_table(name, Arc::new(t))
+            .map_err(|e| Error::Internal(e.to_string()))?;
         return Ok(());
     }
     let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
@@ -150,13 +222,16 @@ async fn register_files(ctx: &SessionContext, name: &str, files: &[PathBuf], sch
         .read_parquet(paths, ParquetReadOptions::default())
         .await
         .map_err(|e| Error::target_err(name, format!("cannot read the bundle's files: {e}")))?;
-    ctx.register_table(name, df.into_view()).map_err(|e| Error::Internal(e.to_string()))?;
+    ctx.register_table(name, df.into_view())
+        .map_err(|e| Error::Internal(e.to_string()))?;
     Ok(())
 }
 
 fn mem_table(ctx: &SessionContext, name: &str, batch: RecordBatch) -> Result<()> {
-    let t = MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(|e| Error::Internal(e.to_string()))?;
-    ctx.register_table(name, Arc::new(t)).map_err(|e| Error::Internal(e.to_string()))?;
+    let t = MemTable::try_new(batch.schema(), vec![vec![batch]])
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    ctx.register_table(name, Arc::new(t))
+        .map_err(|e| Error::Internal(e.to_string()))?;
     Ok(())
 }
 
@@ -168,7 +243,12 @@ fn u64s(v: Vec<Option<u64>>) -> ArrayRef {
     Arc::new(UInt64Array::from(v))
 }
 
-fn register_source_counts(ctx: &SessionContext, mut source: Option<&mut dyn Source>, dir: &Path, manifest: &Manifest) -> Result<()> {
+fn register_source_counts(
+    ctx: &SessionContext,
+    mut source: Option<&mut dyn Source>,
+    dir: &Path,
+    manifest: &Manifest,
+) -> Result<()> {
     let (mut names, mut live, mut recorded, mut actual) = (vec![], vec![], vec![], vec![]);
     for t in &manifest.tables {
         names.push(Some(t.info.name.clone()));
@@ -189,7 +269,10 @@ fn register_source_counts(ctx: &SessionContext, mut source: Option<&mut dyn Sour
         Field::new("snapshot_recorded_rows", DataType::UInt64, true),
         Field::new("snapshot_actual_rows", DataType::UInt64, true),
     ]));
-    let batch = RecordBatch::try_new(schema, vec![utf8(names), u64s(live), u64s(recorded), u64s(actual)])?;
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![utf8(names), u64s(live), u64s(recorded), u64s(actual)],
+    )?;
     mem_table(ctx, "source_counts", batch)
 }
 
@@ -200,25 +283,84 @@ fn parquet_row_count(path: &Path) -> Result<u64> {
     Ok(meta.metadata().file_metadata().num_rows() as u64)
 }
 
-fn register_integrity(ctx: &SessionContext, snap_dir: &Path, manifest: &Manifest, bundle_dir: &Path, bundle: &BundleManifest) -> Result<()> {
+fn register_integrity(
+    ctx: &SessionContext,
+    snap_dir: &Path,
+    manifest: &Manifest,
+    bundle_dir: &Path,
+    bundle: &BundleManifest,
+) -> Result<()> {
     let mut rows: Vec<(String, u64, String, u64, String)> = vec![];
-    let mut check = |object: String, recorded_rows: u64, recorded: &str, files: Vec<PathBuf>| -> Result<()> {
-        let existing: Vec<PathBuf> = files.iter().filter(|f| f.is_file()).cloned().collect();
-        let actual = parquet_io::checksum_parts(&existing)?;
-        let actual_sum = if existing.len() == files.len() { actual.to_hex() } else { format!("{} file(s) missing", files.len() - existing.len()) };
-        rows.push((object, recorded_rows, recorded.to_string(), actual.rows, actual_sum));
-        Ok(())
-    };
+    let mut check =
+        |object: String, recorded_rows: u64, recorded: &str, files: Vec<PathBuf>| -> Result<()> {
+            let existing: Vec<PathBuf> = files.iter().filter(|f| f.is_file()).cloned().collect();
+            let actual = parquet_io::checksum_parts(&existing)?;
+            let actual_sum = if existing.len() == files.len() {
+                actual.to_hex()
+            } else {
+                format!("{} file(s) missing", files.len() - existing.len())
+            };
+            rows.push((
+                object,
+                recorded_rows,
+                recorded.to_string(),
+                actual.rows,
+                actual_sum,
+            ));
+            Ok(())
+        };
     for t in &manifest.tables {
-        check(format!("snapshot table {}", t.info.name), t.rows, &t.checksum, snapshot::table_files(snap_dir, t))?;
+        check(
+            format!("snapshot table {}", t.info.name),
+            t.rows,
+            &t.checksum,
+            snapshot::table_files(snap_dir, t),
+        )?;
     }
     for s in &bundle.spaces {
-        let mem = s.memories.files.iter().map(|f| bundle_dir.join("spaces").join(&s.space).join("memories").join(&f.file)).collect();
-        check(format!("bundle {} memories", s.space), s.memories.rows, &s.memories.checksum, mem)?;
-        let edges = s.edges.files.iter().map(|f| bundle_dir.join("spaces").join(&s.space).join("edges").join(&f.file)).collect();
-        check(format!("bundle {} edges", s.space), s.edges.rows, &s.edges.checksum, edges)?;
+        let mem = s
+            .memories
+            .files
+            .iter()
+            .map(|f| {
+                bundle_dir
+                    .join("spaces")
+                    .join(&s.space)
+                    .join("memories")
+                    .join(&f.file)
+            })
+            .collect();
+        check(
+            format!("bundle {} memories", s.space),
+            s.memories.rows,
+            &s.memories.checksum,
+            mem,
+        )?;
+        let edges = s
+            .edges
+            .files
+            .iter()
+            .map(|f| {
+                bundle_dir
+                    .join("spaces")
+                    .join(&s.space)
+                    .join("edges")
+                    .join(&f.file)
+            })
+            .collect();
+        check(
+            format!("bundle {} edges", s.space),
+            s.edges.rows,
+            &s.edges.checksum,
+            edges,
+        )?;
     }
-    check("bundle orphans".into(), bundle.orphans.rows, &bundle.orphans.checksum, bundle.orphan_files(bundle_dir))?;
+    check(
+        "bundle orphans".into(),
+        bundle.orphans.rows,
+        &bundle.orphans.checksum,
+        bundle.orphan_files(bundle_dir),
+    )?;
     let schema = Arc::new(Schema::new(vec![
         Field::new("object", DataType::Utf8, false),
         Field::new("recorded_rows", DataType::UInt64, false),
@@ -267,16 +409,34 @@ fn register_sample(
         let file = std::fs::File::open(&f).map_err(Error::io("open", &f))?;
         let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| Error::Internal(format!("reading {}: {e}", f.display())))?;
-        let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["content", "source_name", "source_key"]);
-        for b in builder.with_projection(mask).build().map_err(|e| Error::Internal(e.to_string()))? {
+        let mask = parquet::arrow::ProjectionMask::columns(
+            builder.parquet_schema(),
+            ["content", "source_name", "source_key"],
+        );
+        for b in builder
+            .with_projection(mask)
+            .build()
+            .map_err(|e| Error::Internal(e.to_string()))?
+        {
             let b = b.map_err(|e| Error::Internal(format!("reading {}: {e}", f.display())))?;
             let col = |n: &str| b.column_by_name(n).map(|c| c.as_string::<i32>().clone());
-            let (Some(content), Some(name), Some(key)) = (col("content"), col("source_name"), col("source_key")) else {
-                return Err(Error::Internal(format!("{} lacks memory columns", f.display())));
+            let (Some(content), Some(name), Some(key)) =
+                (col("content"), col("source_name"), col("source_key"))
+            else {
+                return Err(Error::Internal(format!(
+                    "{} lacks memory columns",
+                    f.display()
+                )));
             };
             for i in 0..b.num_rows() {
                 seen += 1;
-                let item = || (name.value(i).to_string(), key.value(i).to_string(), content.value(i).to_string());
+                let item = || {
+                    (
+                        name.value(i).to_string(),
+                        key.value(i).to_string(),
+                        content.value(i).to_string(),
+                    )
+                };
                 if reservoir.len() < opts.sample_size {
                     reservoir.push(item());
                 } else {
@@ -296,19 +456,24 @@ fn register_sample(
         if manifest.table(&name).is_none() {
             continue;
         }
-        let (Ok(Value::Object(k)), Ok(Value::Object(c))) = (serde_json::from_str(&key), serde_json::from_str(&content)) else {
+        let (Ok(Value::Object(k)), Ok(Value::Object(c))) =
+            (serde_json::from_str(&key), serde_json::from_str(&content))
+        else {
             continue;
         };
         by_table.entry(name).or_default().push((k, key, c));
     }
-    let (mut t_col, mut k_col, mut c_col, mut s_col, mut b_col) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut t_col, mut k_col, mut c_col, mut s_col, mut b_col) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for (table, items) in by_table {
         let entry = manifest.table(&table).expect("filtered above");
         let keys: Vec<Map<String, Value>> = items.iter().map(|i| i.0.clone()).collect();
         let rows = source.fetch_rows(&entry.info, &keys)?;
         for ((_, key_text, content), row) in items.iter().zip(rows) {
             for c in entry.info.columns.iter().filter(|c| !c.synthetic) {
-                let src = row.as_ref().map(|r| r.get(&c.name).cloned().unwrap_or(Value::Null).to_string());
+                let src = row
+                    .as_ref()
+                    .map(|r| r.get(&c.name).cloned().unwrap_or(Value::Null).to_string());
                 let bun = content.get(&c.name).map(|v| v.to_string());
                 t_col.push(Some(table.clone()));
                 k_col.push(Some(key_text.clone()));
@@ -325,7 +490,16 @@ fn register_sample(
         Field::new("source_value", DataType::Utf8, true),
         Field::new("bundle_value", DataType::Utf8, true),
     ]));
-    let batch = RecordBatch::try_new(schema, vec![utf8(t_col), utf8(k_col), utf8(c_col), utf8(s_col), utf8(b_col)])?;
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            utf8(t_col),
+            utf8(k_col),
+            utf8(c_col),
+            utf8(s_col),
+            utf8(b_col),
+        ],
+    )?;
     mem_table(ctx, "sample_values", batch)
 }
 
@@ -333,8 +507,15 @@ fn register_sample(
 pub fn print_results(results: &[CheckResult]) {
     println!("validation:");
     for r in results {
-        let status = if r.passed { "pass".to_string() } else { format!("FAIL ({} rows)", r.offending_rows) };
-        println!("  {:<20} {:<14} {:>6.1}s  {}", r.name, status, r.seconds, r.description);
+        let status = if r.passed {
+            "pass".to_string()
+        } else {
+            format!("FAIL ({} rows)", r.offending_rows)
+        };
+        println!(
+            "  {:<20} {:<14} {:>6.1}s  {}",
+            r.name, status, r.seconds, r.description
+        );
         for e in r.examples.iter().take(3) {
             println!("      {}", Value::Object(e.clone()));
         }

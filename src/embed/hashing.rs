@@ -90,13 +90,15 @@ impl EmbeddingProvider for HashingProvider {
                 texts.len()
             )));
         }
-        out.par_chunks_mut(DIM).zip(texts.par_iter()).with_min_len(MIN_TEXTS_PER_TASK).for_each_init(
-            Scratch::default,
-            |scratch, (row, text)| {
-                let row: &mut [f32; DIM] = row.try_into().expect("par_chunks_mut(DIM) yields full rows");
+        out.par_chunks_mut(DIM)
+            .zip(texts.par_iter())
+            .with_min_len(MIN_TEXTS_PER_TASK)
+            .for_each_init(Scratch::default, |scratch, (row, text)| {
+                let row: &mut [f32; DIM] = row
+                    .try_into()
+                    .expect("par_chunks_mut(DIM) yields full rows");
                 embed_one(text, row, scratch);
-            },
-        );
+            });
         Ok(())
     }
 }
@@ -117,7 +119,12 @@ struct Scratch {
 /// Embed one text into `row` (overwritten) and L2-normalise it.
 fn embed_one(text: &str, row: &mut [f32; DIM], scratch: &mut Scratch) {
     row.fill(0.0);
-    let Scratch { lower, words, feature, bounds } = scratch;
+    let Scratch {
+        lower,
+        words,
+        feature,
+        bounds,
+    } = scratch;
 
     // Lowercase and tokenise in one pass; the alphanumeric test is on the source char. ASCII takes a fast path
     // with the same result (`to_lowercase` goes through the Unicode tables and was ~30% of the time otherwise).
@@ -125,7 +132,11 @@ fn embed_one(text: &str, row: &mut [f32; DIM], scratch: &mut Scratch) {
     words.clear();
     let mut start: Option<usize> = None;
     for c in text.chars() {
-        let alnum = if c.is_ascii() { c.is_ascii_alphanumeric() } else { c.is_alphanumeric() };
+        let alnum = if c.is_ascii() {
+            c.is_ascii_alphanumeric()
+        } else {
+            c.is_alphanumeric()
+        };
         if alnum {
             if start.is_none() {
                 start = Some(lower.len());
@@ -260,7 +271,9 @@ mod tests {
 
     #[test]
     fn deterministic_across_calls_and_batches() {
-        let texts: Vec<String> = (0..500).map(|i| format!("record {i} of the parse config file {}", i * 7)).collect();
+        let texts: Vec<String> = (0..500)
+            .map(|i| format!("record {i} of the parse config file {}", i * 7))
+            .collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let all = embed_all(&refs);
         // Same text twice in one call and across calls.
@@ -272,13 +285,20 @@ mod tests {
             let mut row = 0;
             for group in refs.chunks(size) {
                 for v in embed_all(group) {
-                    assert_eq!(bits(&v), bits(&all[row]), "row {row} with group size {size}");
+                    assert_eq!(
+                        bits(&v),
+                        bits(&all[row]),
+                        "row {row} with group size {size}"
+                    );
                     row += 1;
                 }
             }
         }
         // Different thread counts.
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
         let single = pool.install(|| embed_all(&refs));
         for (a, b) in single.iter().zip(&all) {
             assert_eq!(bits(a), bits(b));
@@ -288,7 +308,18 @@ mod tests {
     #[test]
     fn unit_norm_and_never_zero() {
         let long = "word ".repeat(10_000);
-        let texts = ["", "!!!", "   ", "Ünïcödé 日本語", "a", "hello world", "ÄÖÜ äöü", "🦀🦀", "İstanbul", &long];
+        let texts = [
+            "",
+            "!!!",
+            "   ",
+            "Ünïcödé 日本語",
+            "a",
+            "hello world",
+            "ÄÖÜ äöü",
+            "🦀🦀",
+            "İstanbul",
+            &long,
+        ];
         for (t, v) in texts.iter().zip(embed_all(&texts)) {
             assert!(v.iter().all(|x| x.is_finite()), "{t:?}");
             assert!(v.iter().any(|&x| x != 0.0), "{t:?} gave a zero vector");
@@ -302,10 +333,16 @@ mod tests {
     #[test]
     fn unicode_lowercase_and_tokenisation() {
         // Case-insensitive (Unicode), punctuation and whitespace are separators.
-        assert_eq!(bits(&embed1("Ünïcödé 日本語")), bits(&embed1("ünïcödé, 日本語!")));
+        assert_eq!(
+            bits(&embed1("Ünïcödé 日本語")),
+            bits(&embed1("ünïcödé, 日本語!"))
+        );
         assert_eq!(bits(&embed1("HELLO   World")), bits(&embed1("hello world")));
         // Word order matters through bigrams.
-        assert_ne!(bits(&embed1("dog bites man")), bits(&embed1("man bites dog")));
+        assert_ne!(
+            bits(&embed1("dog bites man")),
+            bits(&embed1("man bites dog"))
+        );
     }
 
     #[test]

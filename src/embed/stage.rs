@@ -100,7 +100,14 @@ struct VectorCache {
 
 impl VectorCache {
     fn new(capacity: usize, dim: usize) -> Self {
-        VectorCache { capacity, dim, index: KeyMap::default(), keys: Vec::new(), slab: Vec::new(), oldest: 0 }
+        VectorCache {
+            capacity,
+            dim,
+            index: KeyMap::default(),
+            keys: Vec::new(),
+            slab: Vec::new(),
+            oldest: 0,
+        }
     }
 
     fn len(&self) -> usize {
@@ -251,10 +258,17 @@ impl Embedder {
         self.stats.embedded += miss_texts.len() as u64;
 
         let DataType::FixedSizeList(field, size) = embedding_type() else {
-            return Err(Error::Internal("schema::embedding_type() is not a FixedSizeList".into()));
+            return Err(Error::Internal(
+                "schema::embedding_type() is not a FixedSizeList".into(),
+            ));
         };
         let values = Float32Array::new(ScalarBuffer::from(values), None);
-        Ok(FixedSizeListArray::try_new(field, size, Arc::new(values), None)?)
+        Ok(FixedSizeListArray::try_new(
+            field,
+            size,
+            Arc::new(values),
+            None,
+        )?)
     }
 
     pub fn stats(&self) -> EmbedStats {
@@ -308,7 +322,10 @@ mod tests {
         }
         fn embed(&self, texts: &[&str], out: &mut [f32]) -> Result<()> {
             assert_eq!(out.len(), texts.len() * 4);
-            self.calls.lock().unwrap().push(texts.iter().map(|s| s.to_string()).collect());
+            self.calls
+                .lock()
+                .unwrap()
+                .push(texts.iter().map(|s| s.to_string()).collect());
             self.embedded.fetch_add(texts.len(), Ordering::SeqCst);
             for (t, row) in texts.iter().zip(out.chunks_exact_mut(4)) {
                 row.copy_from_slice(&[t.len() as f32, 1.0, 2.0, 3.0]);
@@ -345,7 +362,10 @@ mod tests {
 
     fn rows(a: &FixedSizeListArray) -> Vec<Vec<f32>> {
         let values = a.values().as_primitive::<Float32Type>().values();
-        values.chunks_exact(EMBEDDING_DIM).map(|r| r.to_vec()).collect()
+        values
+            .chunks_exact(EMBEDDING_DIM)
+            .map(|r| r.to_vec())
+            .collect()
     }
 
     fn column(texts: &[Option<&str>]) -> StringArray {
@@ -361,7 +381,14 @@ mod tests {
         let mut e = hashing(DEFAULT_CACHE_CAPACITY);
         assert_eq!(e.provider_name(), "hashing-v1");
         assert_eq!(e.native_dimension(), 768);
-        let out = e.embed_column(&column(&[Some("a b"), None, Some(""), Some("Ünïcödé 日本語")])).unwrap();
+        let out = e
+            .embed_column(&column(&[
+                Some("a b"),
+                None,
+                Some(""),
+                Some("Ünïcödé 日本語"),
+            ]))
+            .unwrap();
         assert_eq!(out.len(), 4);
         assert_eq!(out.null_count(), 0);
         assert_eq!(out.data_type(), &embedding_type());
@@ -380,16 +407,26 @@ mod tests {
 
     #[test]
     fn matches_provider_and_is_independent_of_batching() {
-        let texts: Vec<String> = (0..300).map(|i| format!("text number {} about {}", i % 120, i % 7)).collect();
+        let texts: Vec<String> = (0..300)
+            .map(|i| format!("text number {} about {}", i % 120, i % 7))
+            .collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let mut direct = vec![0.0; refs.len() * 768];
         HashingProvider::new().embed(&refs, &mut direct).unwrap();
 
-        let whole = rows(&hashing(1000).embed_column(&StringArray::from(refs.clone())).unwrap());
+        let whole = rows(
+            &hashing(1000)
+                .embed_column(&StringArray::from(refs.clone()))
+                .unwrap(),
+        );
         let mut small = hashing(50);
         let mut pieces = Vec::new();
         for chunk in refs.chunks(37) {
-            pieces.extend(rows(&small.embed_column(&StringArray::from(chunk.to_vec())).unwrap()));
+            pieces.extend(rows(
+                &small
+                    .embed_column(&StringArray::from(chunk.to_vec()))
+                    .unwrap(),
+            ));
         }
         for (i, d) in direct.chunks_exact(768).enumerate() {
             assert_eq!(whole[i], d, "row {i}");
@@ -401,17 +438,43 @@ mod tests {
     fn cache_hits_and_dedup() {
         let tiny = Arc::new(Tiny::default());
         let mut e = Embedder::new(tiny.clone(), 100).unwrap();
-        let batch = column(&[Some("a"), Some("b"), Some("a"), None, Some(""), Some("b"), Some("c")]);
+        let batch = column(&[
+            Some("a"),
+            Some("b"),
+            Some("a"),
+            None,
+            Some(""),
+            Some("b"),
+            Some("c"),
+        ]);
         e.embed_column(&batch).unwrap();
         let s = e.stats();
-        assert_eq!(s, EmbedStats { texts: 7, cache_hits: 3, embedded: 4 });
+        assert_eq!(
+            s,
+            EmbedStats {
+                texts: 7,
+                cache_hits: 3,
+                embedded: 4
+            }
+        );
         // One provider call with the distinct texts, in first-seen order.
         assert_eq!(*tiny.calls.lock().unwrap(), vec![vec!["a", "b", "", "c"]]);
 
         let again = e.embed_column(&batch).unwrap();
         let s = e.stats();
-        assert_eq!(s, EmbedStats { texts: 14, cache_hits: 10, embedded: 4 });
-        assert_eq!(tiny.calls.lock().unwrap().len(), 1, "all hits: no provider call");
+        assert_eq!(
+            s,
+            EmbedStats {
+                texts: 14,
+                cache_hits: 10,
+                embedded: 4
+            }
+        );
+        assert_eq!(
+            tiny.calls.lock().unwrap().len(),
+            1,
+            "all hits: no provider call"
+        );
         assert_eq!(tiny.embedded.load(Ordering::SeqCst), 4);
         assert!((s.hit_rate() - 10.0 / 14.0).abs() < 1e-12);
         assert_eq!(rows(&again)[0][0], 1.0);
@@ -423,7 +486,9 @@ mod tests {
     fn padding_small_dimension() {
         let mut e = Embedder::new(Arc::new(Tiny::default()), 10).unwrap();
         assert_eq!(e.native_dimension(), 4);
-        let out = e.embed_column(&column(&[Some("hello"), Some("hi"), Some("hello")])).unwrap();
+        let out = e
+            .embed_column(&column(&[Some("hello"), Some("hi"), Some("hello")]))
+            .unwrap();
         assert_eq!(out.value_length(), 768);
         let r = rows(&out);
         assert_eq!(&r[0][..4], &[5.0, 1.0, 2.0, 3.0]);
@@ -449,7 +514,8 @@ mod tests {
         assert_eq!(e.cache_len(), 3);
         assert_eq!(e.stats().embedded, 5);
         // t3..t5 are cached, t1 and t2 were evicted (oldest first).
-        e.embed_column(&column(&[Some("t3"), Some("t4"), Some("t5")])).unwrap();
+        e.embed_column(&column(&[Some("t3"), Some("t4"), Some("t5")]))
+            .unwrap();
         assert_eq!(e.stats().embedded, 5);
         e.embed_column(&column(&[Some("t1")])).unwrap();
         assert_eq!(e.stats().embedded, 6);
@@ -457,21 +523,35 @@ mod tests {
 
         // A batch larger than the cache: still correct output, cache bounded.
         let many: Vec<String> = (0..50).map(|i| "x".repeat(i + 1)).collect();
-        let out = e.embed_column(&StringArray::from_iter_values(&many)).unwrap();
+        let out = e
+            .embed_column(&StringArray::from_iter_values(&many))
+            .unwrap();
         assert_eq!(out.len(), 50);
         for (i, r) in rows(&out).iter().enumerate() {
             assert_eq!(r[0], (i + 1) as f32);
         }
         assert_eq!(e.cache_len(), 3);
         let before = e.stats().embedded;
-        e.embed_column(&StringArray::from_iter_values(&many[47..])).unwrap();
-        assert_eq!(e.stats().embedded, before, "the last entries of the batch are the ones kept");
+        e.embed_column(&StringArray::from_iter_values(&many[47..]))
+            .unwrap();
+        assert_eq!(
+            e.stats().embedded,
+            before,
+            "the last entries of the batch are the ones kept"
+        );
 
         // Capacity 0: no cache, but dedup within a batch still applies.
         let mut none = Embedder::new(Arc::new(Tiny::default()), 0).unwrap();
         none.embed_column(&column(&[Some("a"), Some("a")])).unwrap();
         none.embed_column(&column(&[Some("a")])).unwrap();
-        assert_eq!(none.stats(), EmbedStats { texts: 3, cache_hits: 1, embedded: 2 });
+        assert_eq!(
+            none.stats(),
+            EmbedStats {
+                texts: 3,
+                cache_hits: 1,
+                embedded: 2
+            }
+        );
         assert_eq!(none.cache_len(), 0);
     }
 
@@ -493,7 +573,11 @@ mod tests {
         let full = column(&[Some("zero"), Some("one"), Some("two"), Some("three")]);
         let sliced = full.slice(1, 2);
         let a = rows(&e.embed_column(&sliced).unwrap());
-        let b = rows(&hashing(10).embed_column(&column(&[Some("one"), Some("two")])).unwrap());
+        let b = rows(
+            &hashing(10)
+                .embed_column(&column(&[Some("one"), Some("two")]))
+                .unwrap(),
+        );
         assert_eq!(a, b);
     }
 }

@@ -38,7 +38,11 @@ impl PartSet {
         for f in &files {
             sum.combine(f.checksum()?);
         }
-        Ok(PartSet { rows: sum.rows, checksum: sum.to_hex(), files })
+        Ok(PartSet {
+            rows: sum.rows,
+            checksum: sum.to_hex(),
+            files,
+        })
     }
 }
 
@@ -75,28 +79,53 @@ impl BundleManifest {
     pub fn load(dir: &Path) -> Result<BundleManifest> {
         let p = dir.join(BUNDLE_FILE);
         let bytes = fs::read(&p).map_err(|e| {
-            Error::target_err(dir.display().to_string(), format!("no readable {BUNDLE_FILE} ({e}); is this an Engram bundle?"))
+            Error::target_err(
+                dir.display().to_string(),
+                format!("no readable {BUNDLE_FILE} ({e}); is this an Engram bundle?"),
+            )
         })?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::target_err(p.display().to_string(), format!("not a bundle manifest: {e}")))
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::target_err(
+                p.display().to_string(),
+                format!("not a bundle manifest: {e}"),
+            )
+        })
     }
 
     pub fn memory_files(&self, dir: &Path) -> Vec<PathBuf> {
         self.spaces
             .iter()
-            .flat_map(|s| s.memories.files.iter().map(move |f| dir.join("spaces").join(&s.space).join("memories").join(&f.file)))
+            .flat_map(|s| {
+                s.memories.files.iter().map(move |f| {
+                    dir.join("spaces")
+                        .join(&s.space)
+                        .join("memories")
+                        .join(&f.file)
+                })
+            })
             .collect()
     }
 
     pub fn edge_files(&self, dir: &Path) -> Vec<PathBuf> {
         self.spaces
             .iter()
-            .flat_map(|s| s.edges.files.iter().map(move |f| dir.join("spaces").join(&s.space).join("edges").join(&f.file)))
+            .flat_map(|s| {
+                s.edges.files.iter().map(move |f| {
+                    dir.join("spaces")
+                        .join(&s.space)
+                        .join("edges")
+                        .join(&f.file)
+                })
+            })
             .collect()
     }
 
     pub fn orphan_files(&self, dir: &Path) -> Vec<PathBuf> {
-        self.orphans.files.iter().map(|f| dir.join("orphans").join(&f.file)).collect()
+        self.orphans
+            .files
+            .iter()
+            .map(|f| dir.join("orphans").join(&f.file))
+            .collect()
     }
 }
 
@@ -111,14 +140,21 @@ pub struct Checkpoint {
 impl Checkpoint {
     pub fn load_or_new(path: &Path, run_key: &str) -> Result<Checkpoint> {
         if let Ok(bytes) = fs::read(path) {
-            let c: Checkpoint = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::usage(format!("checkpoint {} is unreadable ({e}); delete it to start the load over", path.display())))?;
+            let c: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::usage(format!(
+                    "checkpoint {} is unreadable ({e}); delete it to start the load over",
+                    path.display()
+                ))
+            })?;
             if c.run_key == run_key {
                 return Ok(c);
             }
             tracing::info!(checkpoint = %path.display(), "checkpoint belongs to other input or settings; starting the load over");
         }
-        Ok(Checkpoint { run_key: run_key.to_string(), parts: BTreeMap::new() })
+        Ok(Checkpoint {
+            run_key: run_key.to_string(),
+            parts: BTreeMap::new(),
+        })
     }
 
     fn save(&self, path: &Path) -> Result<()> {
@@ -144,7 +180,9 @@ pub struct LoadResult {
 
 /// The text to embed for each row: `text` where present and non-empty, else the JSON content (never empty).
 fn texts_to_embed(batch: &RecordBatch) -> Result<StringArray> {
-    let text = batch.column_by_name(memory::TEXT).map(|c| c.as_string::<i32>().clone());
+    let text = batch
+        .column_by_name(memory::TEXT)
+        .map(|c| c.as_string::<i32>().clone());
     let content = batch
         .column_by_name(memory::CONTENT)
         .ok_or_else(|| Error::Internal("memories without content".into()))?
@@ -169,7 +207,9 @@ pub fn embed_batch(embedder: &mut Embedder, batch: &RecordBatch) -> Result<Recor
     let merged = if existing.null_count() == existing.len() {
         fresh
     } else {
-        let keep: BooleanArray = (0..existing.len()).map(|i| Some(existing.is_valid(i))).collect();
+        let keep: BooleanArray = (0..existing.len())
+            .map(|i| Some(existing.is_valid(i)))
+            .collect();
         zip(&keep, existing, &fresh)?
     };
     let mut cols = batch.columns().to_vec();
@@ -178,7 +218,13 @@ pub fn embed_batch(embedder: &mut Embedder, batch: &RecordBatch) -> Result<Recor
 }
 
 /// Builds the bundle from staged transform output. Resumes from `opts.checkpoint_file`.
-pub fn load(transform_dir: &Path, summary: &TransformSummary, target: &Path, embedder: &mut Embedder, opts: &LoadOptions) -> Result<LoadResult> {
+pub fn load(
+    transform_dir: &Path,
+    summary: &TransformSummary,
+    target: &Path,
+    embedder: &mut Embedder,
+    opts: &LoadOptions,
+) -> Result<LoadResult> {
     if target.exists() && !opts.overwrite {
         return Err(Error::target_err(
             target.display().to_string(),
@@ -191,14 +237,21 @@ pub fn load(transform_dir: &Path, summary: &TransformSummary, target: &Path, emb
         fs::remove_dir_all(&partial).map_err(Error::io("remove", &partial))?;
     }
     fs::create_dir_all(&partial).map_err(|e| {
-        Error::target_err(partial.display().to_string(), format!("cannot create the bundle directory: {e}; check the path and permissions"))
+        Error::target_err(
+            partial.display().to_string(),
+            format!("cannot create the bundle directory: {e}; check the path and permissions"),
+        )
     })?;
     let resumed_parts = checkpoint.parts.len();
 
     let total = summary.memory_rows();
     let pb = crate::progress::bar(total, "embed + write", "memories");
     let mut spaces = vec![];
-    let all_spaces: std::collections::BTreeSet<&String> = summary.memories.keys().chain(summary.edges.keys()).collect();
+    let all_spaces: std::collections::BTreeSet<&String> = summary
+        .memories
+        .keys()
+        .chain(summary.edges.keys())
+        .collect();
     for space in all_spaces {
         // Memories: one bundle part per staged part, embedded batch by batch.
         let mut mem_files = vec![];
@@ -211,18 +264,30 @@ pub fn load(transform_dir: &Path, summary: &TransformSummary, target: &Path, emb
                     continue;
                 }
             }
-            let index: usize = part.file.trim_start_matches("part-").trim_end_matches(".parquet").parse().unwrap_or(0);
+            let index: usize = part
+                .file
+                .trim_start_matches("part-")
+                .trim_end_matches(".parquet")
+                .parse()
+                .unwrap_or(0);
             let dir = partial.join("spaces").join(space).join("memories");
-            let limits = PartLimits { max_file_bytes: u64::MAX, max_file_rows: u64::MAX, row_group_rows: 8192 };
+            let limits = PartLimits {
+                max_file_bytes: u64::MAX,
+                max_file_rows: u64::MAX,
+                row_group_rows: 8192,
+            };
             let mut w = RollingWriter::new(&dir, MEMORY_SCHEMA.clone(), limits, index)?;
             let src = transform_dir.join("memories").join(space).join(&part.file);
             for b in parquet_io::open_reader(&src, opts.batch_size)? {
-                let b = b.map_err(|e| Error::Internal(format!("reading {}: {e}", src.display())))?;
+                let b =
+                    b.map_err(|e| Error::Internal(format!("reading {}: {e}", src.display())))?;
                 let b = embed_batch(embedder, &b)?;
                 pb.inc(b.num_rows() as u64);
                 w.write(&b)?;
             }
-            let written = w.finish(true)?.ok_or_else(|| Error::Internal("bundle part not written".into()))?;
+            let written = w
+                .finish(true)?
+                .ok_or_else(|| Error::Internal("bundle part not written".into()))?;
             debug_assert_eq!(written.file, part_name(index));
             checkpoint.parts.insert(rel, written.clone());
             checkpoint.save(&opts.checkpoint_file)?;
@@ -232,22 +297,38 @@ pub fn load(transform_dir: &Path, summary: &TransformSummary, target: &Path, emb
         let mut edge_files = vec![];
         for part in summary.edges.get(space).into_iter().flatten() {
             let rel = format!("spaces/{space}/edges/{}", part.file);
-            copy_part(&transform_dir.join("edges").join(space).join(&part.file), &partial.join(&rel))?;
+            copy_part(
+                &transform_dir.join("edges").join(space).join(&part.file),
+                &partial.join(&rel),
+            )?;
             edge_files.push(part.clone());
         }
-        spaces.push(SpaceEntry { space: space.clone(), memories: PartSet::from_files(mem_files)?, edges: PartSet::from_files(edge_files)? });
+        spaces.push(SpaceEntry {
+            space: space.clone(),
+            memories: PartSet::from_files(mem_files)?,
+            edges: PartSet::from_files(edge_files)?,
+        });
     }
     let mut orphan_files = vec![];
     for part in &summary.orphans {
-        copy_part(&transform_dir.join("orphans").join(&part.file), &partial.join("orphans").join(&part.file))?;
+        copy_part(
+            &transform_dir.join("orphans").join(&part.file),
+            &partial.join("orphans").join(&part.file),
+        )?;
         orphan_files.push(part.clone());
     }
     pb.finish_and_clear();
 
     let orphans = PartSet::from_files(orphan_files)?;
     let mut totals = BTreeMap::new();
-    totals.insert("memories".to_string(), spaces.iter().map(|s| s.memories.rows).sum());
-    totals.insert("edges".to_string(), spaces.iter().map(|s| s.edges.rows).sum());
+    totals.insert(
+        "memories".to_string(),
+        spaces.iter().map(|s| s.memories.rows).sum(),
+    );
+    totals.insert(
+        "edges".to_string(),
+        spaces.iter().map(|s| s.edges.rows).sum(),
+    );
     totals.insert("orphans".to_string(), orphans.rows);
     totals.insert("spaces".to_string(), spaces.len() as u64);
     let manifest = BundleManifest {
@@ -266,10 +347,17 @@ pub fn load(transform_dir: &Path, summary: &TransformSummary, target: &Path, emb
         orphans,
         totals,
     };
-    parquet_io::write_atomic(&partial.join(BUNDLE_FILE), &serde_json::to_vec_pretty(&manifest)?)?;
+    parquet_io::write_atomic(
+        &partial.join(BUNDLE_FILE),
+        &serde_json::to_vec_pretty(&manifest)?,
+    )?;
     commit(&partial, target)?;
     let _ = fs::remove_file(&opts.checkpoint_file);
-    Ok(LoadResult { manifest, embed: embedder.stats(), resumed_parts })
+    Ok(LoadResult {
+        manifest,
+        embed: embedder.stats(),
+        resumed_parts,
+    })
 }
 
 fn copy_part(from: &Path, to: &Path) -> Result<()> {
@@ -277,7 +365,9 @@ fn copy_part(from: &Path, to: &Path) -> Result<()> {
         fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
     }
     fs::copy(from, to).map_err(Error::io("copy", from))?;
-    fs::File::open(to).and_then(|f| f.sync_all()).map_err(Error::io("sync", to))?;
+    fs::File::open(to)
+        .and_then(|f| f.sync_all())
+        .map_err(Error::io("sync", to))?;
     Ok(())
 }
 

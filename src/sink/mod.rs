@@ -13,7 +13,15 @@ pub enum Target {
 
 impl Target {
     pub fn parse(spec: &str) -> Result<Target> {
-        for scheme in ["engram+http://", "engram+grpc://", "engram://", "bolt://", "neo4j://", "postgres://", "postgresql://"] {
+        for scheme in [
+            "engram+http://",
+            "engram+grpc://",
+            "engram://",
+            "bolt://",
+            "neo4j://",
+            "postgres://",
+            "postgresql://",
+        ] {
             if spec.starts_with(scheme) {
                 return Err(Error::usage(format!(
                     "target {scheme}...: this sink is not built yet; today --target takes a directory for an Engram bundle"

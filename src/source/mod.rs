@@ -98,9 +98,19 @@ pub trait Source: Send {
     /// Exact row count now.
     fn count(&mut self, table: &TableInfo) -> Result<u64>;
     /// Streams a table (from `after`, a position the source gave earlier) in batches of `batch_size` rows.
-    fn read_table(&mut self, table: &TableInfo, after: Option<i64>, batch_size: usize, emit: &mut Emit) -> Result<ReadEnd>;
+    fn read_table(
+        &mut self,
+        table: &TableInfo,
+        after: Option<i64>,
+        batch_size: usize,
+        emit: &mut Emit,
+    ) -> Result<ReadEnd>;
     /// Re-reads rows by key (a JSON object of key column -> value) for validation; None where the row is gone.
-    fn fetch_rows(&mut self, table: &TableInfo, keys: &[Map<String, Value>]) -> Result<Vec<Option<Map<String, Value>>>>;
+    fn fetch_rows(
+        &mut self,
+        table: &TableInfo,
+        keys: &[Map<String, Value>],
+    ) -> Result<Vec<Option<Map<String, Value>>>>;
     /// The table's staging schema changed (a column was widened); the source must stage it that way from now on.
     fn set_table(&mut self, _table: &TableInfo) {}
     /// Widens a column after `ReadEnd::Widen`, updating `table`'s column info; false if it cannot widen further.
@@ -120,7 +130,14 @@ pub fn open(spec: &str, column_types: &[(String, String)]) -> Result<Box<dyn Sou
     if let Some(rest) = spec.strip_prefix("sqlite://") {
         return sqlite(Path::new(rest));
     }
-    for scheme in ["postgres://", "postgresql://", "bolt://", "neo4j://", "redis://", "rediss://"] {
+    for scheme in [
+        "postgres://",
+        "postgresql://",
+        "bolt://",
+        "neo4j://",
+        "redis://",
+        "rediss://",
+    ] {
         if spec.starts_with(scheme) {
             return Err(Error::usage(format!(
                 "source {scheme}...: this source is not built yet; today --source takes a SQLite file (path or sqlite://PATH) or a snapshot directory"
@@ -138,7 +155,10 @@ pub fn open(spec: &str, column_types: &[(String, String)]) -> Result<Box<dyn Sou
         ));
     }
     if !path.exists() {
-        return Err(Error::source_err(spec, "no such file; check the path (--source takes a SQLite file or a snapshot directory)"));
+        return Err(Error::source_err(
+            spec,
+            "no such file; check the path (--source takes a SQLite file or a snapshot directory)",
+        ));
     }
     sqlite(path)
 }
@@ -176,7 +196,11 @@ pub fn topological_order(mut tables: Vec<TableInfo>) -> (Vec<TableInfo>, Vec<Vec
         }
     }
     // Find the cycles among the rest: follow parent links from each remaining table until a table repeats.
-    let rest: Vec<String> = deps.keys().filter(|n| !done.contains(*n)).cloned().collect();
+    let rest: Vec<String> = deps
+        .keys()
+        .filter(|n| !done.contains(*n))
+        .cloned()
+        .collect();
     let mut cycles: Vec<Vec<String>> = vec![];
     let mut seen_in_cycle: BTreeSet<String> = BTreeSet::new();
     for start in &rest {
@@ -196,8 +220,12 @@ pub fn topological_order(mut tables: Vec<TableInfo>) -> (Vec<TableInfo>, Vec<Vec
         }
     }
     order.extend(rest);
-    let mut by_name: BTreeMap<String, TableInfo> = tables.into_iter().map(|t| (t.name.clone(), t)).collect();
-    let ordered = order.into_iter().filter_map(|n| by_name.remove(&n)).collect();
+    let mut by_name: BTreeMap<String, TableInfo> =
+        tables.into_iter().map(|t| (t.name.clone(), t)).collect();
+    let ordered = order
+        .into_iter()
+        .filter_map(|n| by_name.remove(&n))
+        .collect();
     (ordered, cycles)
 }
 
@@ -212,7 +240,11 @@ mod tests {
             primary_key: vec!["id".into()],
             foreign_keys: parents
                 .iter()
-                .map(|p| ForeignKey { columns: vec!["x".into()], parent_table: p.to_string(), parent_columns: vec!["id".into()] })
+                .map(|p| ForeignKey {
+                    columns: vec!["x".into()],
+                    parent_table: p.to_string(),
+                    parent_columns: vec!["id".into()],
+                })
                 .collect(),
             row_estimate: None,
         }
@@ -229,7 +261,10 @@ mod tests {
             t("c", &["a"]),
         ]);
         let names: Vec<_> = order.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, vec!["customers", "employees", "orders", "a", "b", "c"]);
+        assert_eq!(
+            names,
+            vec!["customers", "employees", "orders", "a", "b", "c"]
+        );
         assert_eq!(cycles, vec![vec!["a".to_string(), "b".to_string()]]);
     }
 }

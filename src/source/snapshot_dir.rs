@@ -27,7 +27,10 @@ impl SnapshotSource {
                 "snapshot is incomplete (interrupted); finish it with `engram-migrate snapshot` using the same --source and --work-dir",
             ));
         }
-        Ok(SnapshotSource { dir: dir.to_path_buf(), manifest })
+        Ok(SnapshotSource {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -39,9 +42,12 @@ impl SnapshotSource {
     }
 
     fn entry(&self, table: &TableInfo) -> Result<&snapshot::TableEntry> {
-        self.manifest
-            .table(&table.name)
-            .ok_or_else(|| Error::source_err(self.dir.display().to_string(), format!("no table {} in the snapshot", table.name)))
+        self.manifest.table(&table.name).ok_or_else(|| {
+            Error::source_err(
+                self.dir.display().to_string(),
+                format!("no table {} in the snapshot", table.name),
+            )
+        })
     }
 }
 
@@ -55,13 +61,23 @@ impl Source for SnapshotSource {
     }
 
     fn fingerprint(&self) -> Result<String> {
-        let sums: Vec<String> = self.manifest.tables.iter().map(|t| format!("{}:{}", t.info.name, t.checksum)).collect();
+        let sums: Vec<String> = self
+            .manifest
+            .tables
+            .iter()
+            .map(|t| format!("{}:{}", t.info.name, t.checksum))
+            .collect();
         Ok(sums.join(";"))
     }
 
     fn catalog(&mut self) -> Result<Catalog> {
         Ok(Catalog {
-            tables: self.manifest.tables.iter().map(|t| t.info.clone()).collect(),
+            tables: self
+                .manifest
+                .tables
+                .iter()
+                .map(|t| t.info.clone())
+                .collect(),
             cycles: self.manifest.cycles.clone(),
             skipped: self.manifest.skipped.clone(),
         })
@@ -70,7 +86,9 @@ impl Source for SnapshotSource {
     fn schema(&self, table: &TableInfo) -> Result<SchemaRef> {
         let entry = self.entry(table)?;
         let files = snapshot::table_files(&self.dir, entry);
-        let first = files.first().ok_or_else(|| Error::Internal(format!("snapshot table {} has no file", table.name)))?;
+        let first = files
+            .first()
+            .ok_or_else(|| Error::Internal(format!("snapshot table {} has no file", table.name)))?;
         parquet_io::read_schema(first)
     }
 
@@ -78,7 +96,13 @@ impl Source for SnapshotSource {
         Ok(self.entry(table)?.rows)
     }
 
-    fn read_table(&mut self, table: &TableInfo, after: Option<i64>, batch_size: usize, emit: &mut Emit) -> Result<ReadEnd> {
+    fn read_table(
+        &mut self,
+        table: &TableInfo,
+        after: Option<i64>,
+        batch_size: usize,
+        emit: &mut Emit,
+    ) -> Result<ReadEnd> {
         // Positions here are file indexes: resume continues with the file after the last one recorded.
         let entry = self.entry(table)?.clone();
         let files = snapshot::table_files(&self.dir, &entry);
@@ -90,23 +114,40 @@ impl Source for SnapshotSource {
             while let Some(b) = batches.next() {
                 let b = b.map_err(|e| Error::source_err(f.display().to_string(), e.to_string()))?;
                 rows += b.num_rows() as u64;
-                let pos = if batches.peek().is_none() { Some(i as i64) } else { None };
+                let pos = if batches.peek().is_none() {
+                    Some(i as i64)
+                } else {
+                    None
+                };
                 emit(b, pos)?;
             }
         }
-        Ok(ReadEnd::Done { rows, read_up_to: json!({ "rows": rows, "files": files.len() }) })
+        Ok(ReadEnd::Done {
+            rows,
+            read_up_to: json!({ "rows": rows, "files": files.len() }),
+        })
     }
 
-    fn fetch_rows(&mut self, table: &TableInfo, keys: &[Map<String, Value>]) -> Result<Vec<Option<Map<String, Value>>>> {
-        let wanted: HashSet<String> = keys.iter().map(|k| Value::Object(k.clone()).to_string()).collect();
+    fn fetch_rows(
+        &mut self,
+        table: &TableInfo,
+        keys: &[Map<String, Value>],
+    ) -> Result<Vec<Option<Map<String, Value>>>> {
+        let wanted: HashSet<String> = keys
+            .iter()
+            .map(|k| Value::Object(k.clone()).to_string())
+            .collect();
         let mut found: std::collections::HashMap<String, Map<String, Value>> = Default::default();
         let entry = self.entry(table)?.clone();
         for f in snapshot::table_files(&self.dir, &entry) {
             for b in parquet_io::read_all(&f)? {
                 for row in 0..b.num_rows() {
                     let obj = crate::json::row_object(&b, row)?;
-                    let key: Map<String, Value> =
-                        table.primary_key.iter().map(|k| (k.clone(), obj.get(k).cloned().unwrap_or(Value::Null))).collect();
+                    let key: Map<String, Value> = table
+                        .primary_key
+                        .iter()
+                        .map(|k| (k.clone(), obj.get(k).cloned().unwrap_or(Value::Null)))
+                        .collect();
                     let key = Value::Object(key).to_string();
                     if wanted.contains(&key) {
                         found.insert(key, obj);
@@ -114,6 +155,9 @@ impl Source for SnapshotSource {
                 }
             }
         }
-        Ok(keys.iter().map(|k| found.get(&Value::Object(k.clone()).to_string()).cloned()).collect())
+        Ok(keys
+            .iter()
+            .map(|k| found.get(&Value::Object(k.clone()).to_string()).cloned())
+            .collect())
     }
 }

@@ -106,8 +106,16 @@ pub const TYPE_MAP: &[(&str, ColType, &str)] = &[
     ("FLOAT", ColType::Real, "exact"),
     // SQLite stores NUMERIC values as 64-bit integers or doubles; integers fit a double exactly up to 2^53,
     // larger ones do not fit and widen the column to text.
-    ("NUMERIC", ColType::Real, "widened: NUMERIC is stored by SQLite as integer or double"),
-    ("DECIMAL", ColType::Real, "widened: DECIMAL is stored by SQLite as integer or double"),
+    (
+        "NUMERIC",
+        ColType::Real,
+        "widened: NUMERIC is stored by SQLite as integer or double",
+    ),
+    (
+        "DECIMAL",
+        ColType::Real,
+        "widened: DECIMAL is stored by SQLite as integer or double",
+    ),
     ("BOOLEAN", ColType::Boolean, "exact"),
     ("BOOL", ColType::Boolean, "exact"),
     ("TEXT", ColType::Text, "exact"),
@@ -136,11 +144,20 @@ pub const TYPE_MAP: &[(&str, ColType, &str)] = &[
 /// from the storage classes its values actually have.
 pub fn map_declared(declared: &str) -> Option<Option<(ColType, &'static str)>> {
     let upper = declared.trim().to_ascii_uppercase();
-    let base = upper.split('(').next().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+    let base = upper
+        .split('(')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     if base.is_empty() {
         return Some(None);
     }
-    TYPE_MAP.iter().find(|(name, _, _)| *name == base).map(|(_, t, note)| Some((*t, *note)))
+    TYPE_MAP
+        .iter()
+        .find(|(name, _, _)| *name == base)
+        .map(|(_, t, note)| Some((*t, *note)))
 }
 
 /// Name of the column added to tables that have no primary key: their rowid, the only stable row identity.
@@ -182,14 +199,28 @@ fn quote(ident: &str) -> String {
 impl SqliteSource {
     pub fn open(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(Error::source_err(path.display().to_string(), "no such file; check --source"));
+            return Err(Error::source_err(
+                path.display().to_string(),
+                "no such file; check --source",
+            ));
         }
         // Read-only and without creating anything: a migration never writes to its source.
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|e| src_err(path, "cannot open", e))?;
-        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
-            .map_err(|e| src_err(path, "cannot read the schema", e))?;
-        Ok(SqliteSource { path: path.to_path_buf(), conn, overrides: HashMap::new(), tables: HashMap::new(), in_txn: false })
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| src_err(path, "cannot open", e))?;
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(|e| src_err(path, "cannot read the schema", e))?;
+        Ok(SqliteSource {
+            path: path.to_path_buf(),
+            conn,
+            overrides: HashMap::new(),
+            tables: HashMap::new(),
+            in_txn: false,
+        })
     }
 
     /// `table.column` -> staging type name (from `--column-type`).
@@ -198,7 +229,11 @@ impl SqliteSource {
             let t = ColType::from_name(&ty.to_ascii_lowercase()).ok_or_else(|| {
                 Error::usage(format!(
                     "--column-type {col}={ty}: unknown type; use one of {}",
-                    ALL_TYPES.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+                    ALL_TYPES
+                        .iter()
+                        .map(|t| t.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
             })?;
             self.overrides.insert(col.clone(), t);
@@ -213,7 +248,9 @@ impl SqliteSource {
     /// Holds one read transaction across all tables so the snapshot is consistent.
     fn begin(&mut self) -> Result<()> {
         if !self.in_txn {
-            self.conn.execute_batch("BEGIN").map_err(|e| src_err(&self.path, "cannot begin a read transaction", e))?;
+            self.conn
+                .execute_batch("BEGIN")
+                .map_err(|e| src_err(&self.path, "cannot begin a read transaction", e))?;
             self.in_txn = true;
         }
         Ok(())
@@ -222,11 +259,24 @@ impl SqliteSource {
     fn introspect(&mut self, name: &str, sql: &str) -> Result<(TableInfo, TableState)> {
         let p = self.path.clone();
         let err = |what: &str, e: rusqlite::Error| src_err(&p, &format!("table {name}: {what}"), e);
-        let without_rowid = sql.to_ascii_uppercase().replace(char::is_whitespace, "").contains("WITHOUTROWID");
-        let mut stmt = self.conn.prepare(&format!("PRAGMA table_xinfo({})", quote(name))).map_err(|e| err("columns", e))?;
+        let without_rowid = sql
+            .to_ascii_uppercase()
+            .replace(char::is_whitespace, "")
+            .contains("WITHOUTROWID");
+        let mut stmt = self
+            .conn
+            .prepare(&format!("PRAGMA table_xinfo({})", quote(name)))
+            .map_err(|e| err("columns", e))?;
         // (name, declared type, pk position, hidden)
         let cols: Vec<(String, String, i64, i64)> = stmt
-            .query_map([], |r| Ok((r.get(1)?, r.get::<_, Option<String>>(2)?.unwrap_or_default(), r.get(5)?, r.get(6)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get(1)?,
+                    r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })
             .and_then(|rows| rows.collect())
             .map_err(|e| err("columns", e))?;
         let cols: Vec<_> = cols.into_iter().filter(|c| c.3 != 1).collect();
@@ -268,7 +318,11 @@ impl SqliteSource {
                 synthetic: false,
             });
         }
-        let mut pk: Vec<(i64, String)> = cols.iter().filter(|c| c.2 > 0).map(|c| (c.2, c.0.clone())).collect();
+        let mut pk: Vec<(i64, String)> = cols
+            .iter()
+            .filter(|c| c.2 > 0)
+            .map(|c| (c.2, c.0.clone()))
+            .collect();
         pk.sort();
         let mut primary_key: Vec<String> = pk.into_iter().map(|(_, n)| n).collect();
         let synthetic_rowid = primary_key.is_empty() && !without_rowid;
@@ -286,11 +340,15 @@ impl SqliteSource {
             primary_key = vec![ROWID_COLUMN.into()];
         }
 
-        let mut fk_stmt =
-            self.conn.prepare(&format!("PRAGMA foreign_key_list({})", quote(name))).map_err(|e| err("foreign keys", e))?;
+        let mut fk_stmt = self
+            .conn
+            .prepare(&format!("PRAGMA foreign_key_list({})", quote(name)))
+            .map_err(|e| err("foreign keys", e))?;
         // (id, seq, parent, from, to)
         let fk_rows: Vec<(i64, i64, String, String, Option<String>)> = fk_stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .and_then(|rows| rows.collect())
             .map_err(|e| err("foreign keys", e))?;
         let mut fks: Vec<(i64, ForeignKey, Vec<Option<String>>)> = vec![];
@@ -302,7 +360,11 @@ impl SqliteSource {
                 }
                 None => fks.push((
                     id,
-                    ForeignKey { columns: vec![from], parent_table: parent, parent_columns: vec![] },
+                    ForeignKey {
+                        columns: vec![from],
+                        parent_table: parent,
+                        parent_columns: vec![],
+                    },
                     vec![to],
                 )),
             }
@@ -317,8 +379,21 @@ impl SqliteSource {
             }
             foreign_keys.push(fk);
         }
-        let state = TableState { types, declared: declared_types, has_rowid: !without_rowid };
-        Ok((TableInfo { name: name.into(), columns, primary_key, foreign_keys, row_estimate: None }, state))
+        let state = TableState {
+            types,
+            declared: declared_types,
+            has_rowid: !without_rowid,
+        };
+        Ok((
+            TableInfo {
+                name: name.into(),
+                columns,
+                primary_key,
+                foreign_keys,
+                row_estimate: None,
+            },
+            state,
+        ))
     }
 
     fn primary_key_of(&self, table: &str) -> Result<Vec<String>> {
@@ -339,20 +414,29 @@ impl SqliteSource {
 
     /// An undeclared column takes the narrowest type that holds every storage class it has.
     fn undeclared_type(&self, table: &str, column: &str) -> Result<ColType> {
-        let sql = format!("SELECT DISTINCT typeof({c}) FROM {t}", c = quote(column), t = quote(table));
-        let mut stmt = self.conn.prepare(&sql).map_err(|e| src_err(&self.path, &format!("table {table}"), e))?;
+        let sql = format!(
+            "SELECT DISTINCT typeof({c}) FROM {t}",
+            c = quote(column),
+            t = quote(table)
+        );
+        let mut stmt = self
+            .conn
+            .prepare(&sql)
+            .map_err(|e| src_err(&self.path, &format!("table {table}"), e))?;
         let classes: Vec<String> = stmt
             .query_map([], |r| r.get(0))
             .and_then(|rows| rows.collect())
             .map_err(|e| src_err(&self.path, &format!("table {table}, column {column}"), e))?;
         let has = |c: &str| classes.iter().any(|x| x == c);
-        Ok(match (has("integer"), has("real"), has("text"), has("blob")) {
-            (_, _, _, true) => ColType::Bytes,
-            (_, _, true, false) => ColType::Text,
-            (_, true, false, false) => ColType::Real,
-            (true, false, false, false) => ColType::Integer,
-            _ => ColType::Text,
-        })
+        Ok(
+            match (has("integer"), has("real"), has("text"), has("blob")) {
+                (_, _, _, true) => ColType::Bytes,
+                (_, _, true, false) => ColType::Text,
+                (_, true, false, false) => ColType::Real,
+                (true, false, false, false) => ColType::Integer,
+                _ => ColType::Text,
+            },
+        )
     }
 
     fn state(&self, table: &TableInfo) -> Result<&TableState> {
@@ -367,7 +451,11 @@ impl SqliteSource {
             cols[0] = "NULL".into();
         }
         for c in &table.columns {
-            cols.push(if c.synthetic { "rowid".into() } else { quote(&c.name) });
+            cols.push(if c.synthetic {
+                "rowid".into()
+            } else {
+                quote(&c.name)
+            });
         }
         cols.join(", ")
     }
@@ -404,7 +492,9 @@ fn convert(t: ColType, v: ValueRef<'_>) -> Option<Cell<'_>> {
         (ColType::Real, V::Real(f)) => Some(Cell::F(f)),
         (ColType::Real, V::Integer(i)) if i.unsigned_abs() <= 1 << 53 => Some(Cell::F(i as f64)),
         (ColType::Boolean, V::Integer(i @ (0 | 1))) => Some(Cell::B(i == 1)),
-        (ColType::Text, V::Text(b)) => std::str::from_utf8(b).ok().map(|s| Cell::S(Cow::Borrowed(s))),
+        (ColType::Text, V::Text(b)) => std::str::from_utf8(b)
+            .ok()
+            .map(|s| Cell::S(Cow::Borrowed(s))),
         (ColType::Text, V::Integer(i)) => Some(Cell::S(Cow::Owned(i.to_string()))),
         (ColType::Text, V::Real(f)) => Some(Cell::S(Cow::Owned(real_text(f)))),
         (ColType::Json, V::Text(b)) => {
@@ -418,7 +508,9 @@ fn convert(t: ColType, v: ValueRef<'_>) -> Option<Cell<'_>> {
         (ColType::Bytes, V::Text(b)) => Some(Cell::Bin(Cow::Borrowed(b))),
         (ColType::Bytes, V::Integer(i)) => Some(Cell::Bin(Cow::Owned(i.to_string().into_bytes()))),
         (ColType::Bytes, V::Real(f)) => Some(Cell::Bin(Cow::Owned(real_text(f).into_bytes()))),
-        (ColType::Timestamp, V::Text(b)) => parse_timestamp(std::str::from_utf8(b).ok()?).map(Cell::Ts),
+        (ColType::Timestamp, V::Text(b)) => {
+            parse_timestamp(std::str::from_utf8(b).ok()?).map(Cell::Ts)
+        }
         (ColType::Timestamp, V::Integer(secs)) => secs.checked_mul(1_000_000).map(Cell::Ts),
         (ColType::Date, V::Text(b)) => parse_date(std::str::from_utf8(b).ok()?).map(Cell::D),
         (ColType::Time, V::Text(b)) => parse_time(std::str::from_utf8(b).ok()?).map(Cell::T),
@@ -441,18 +533,29 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     let s = s.trim();
     let dt = if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         dt.naive_utc()
-    } else if let Some(dt) = ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%z"]
-        .iter()
-        .find_map(|f| DateTime::parse_from_str(s, f).ok())
+    } else if let Some(dt) = [
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M:%S%.f%:z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+    ]
+    .iter()
+    .find_map(|f| DateTime::parse_from_str(s, f).ok())
     {
         dt.naive_utc()
-    } else if let Some(dt) = ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+    } else if let Some(dt) = [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
     {
         dt
     } else {
-        NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?.and_hms_opt(0, 0, 0)?
+        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()?
+            .and_hms_opt(0, 0, 0)?
     };
     let utc = dt.and_utc();
     if utc.timestamp_subsec_nanos() % 1000 != 0 {
@@ -469,7 +572,9 @@ pub fn parse_date(s: &str) -> Option<i32> {
 
 pub fn parse_time(s: &str) -> Option<i64> {
     use chrono::Timelike;
-    let t = ["%H:%M:%S%.f", "%H:%M"].iter().find_map(|f| chrono::NaiveTime::parse_from_str(s.trim(), f).ok())?;
+    let t = ["%H:%M:%S%.f", "%H:%M"]
+        .iter()
+        .find_map(|f| chrono::NaiveTime::parse_from_str(s.trim(), f).ok())?;
     if t.nanosecond() % 1000 != 0 {
         return None;
     }
@@ -495,7 +600,9 @@ impl Col {
             ColType::Boolean => Col::B(BooleanBuilder::with_capacity(cap)),
             ColType::Text | ColType::Json => Col::S(StringBuilder::with_capacity(cap, cap * 16)),
             ColType::Bytes => Col::Bin(BinaryBuilder::with_capacity(cap, cap * 16)),
-            ColType::Timestamp => Col::Ts(TimestampMicrosecondBuilder::with_capacity(cap).with_timezone("UTC")),
+            ColType::Timestamp => {
+                Col::Ts(TimestampMicrosecondBuilder::with_capacity(cap).with_timezone("UTC"))
+            }
             ColType::Date => Col::D(Date32Builder::with_capacity(cap)),
             ColType::Time => Col::T(Time64MicrosecondBuilder::with_capacity(cap)),
         }
@@ -563,7 +670,9 @@ impl SqliteSource {
                 let mut f = Field::new(&c.name, t.data_type(), !c.synthetic);
                 if *t == ColType::Json {
                     // Lets later stages (and users reading the snapshot) know the text is JSON.
-                    f = f.with_metadata([("engram.logical_type".to_string(), "json".to_string())].into());
+                    f = f.with_metadata(
+                        [("engram.logical_type".to_string(), "json".to_string())].into(),
+                    );
                 }
                 f
             })
@@ -598,7 +707,11 @@ impl<'s> RowReader<'s> {
     }
 
     /// Err(column index) when a value does not fit the column's current type.
-    fn push(&mut self, row: &rusqlite::Row<'_>, key: impl Fn() -> String) -> std::result::Result<(), usize> {
+    fn push(
+        &mut self,
+        row: &rusqlite::Row<'_>,
+        key: impl Fn() -> String,
+    ) -> std::result::Result<(), usize> {
         for i in 0..self.cols.len() {
             let v = row.get_ref(i + 1).map_err(|_| i)?;
             let t = self.state.types[i];
@@ -636,8 +749,16 @@ impl Source for SqliteSource {
         for suffix in ["", "-wal"] {
             let p = PathBuf::from(format!("{}{suffix}", self.path.display()));
             if let Ok(m) = std::fs::metadata(&p) {
-                let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos());
-                parts.push(format!("{suffix}size={},mtime={}", m.len(), mtime.unwrap_or(0)));
+                let mtime = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos());
+                parts.push(format!(
+                    "{suffix}size={},mtime={}",
+                    m.len(),
+                    mtime.unwrap_or(0)
+                ));
             }
         }
         Ok(parts.join(";"))
@@ -660,8 +781,15 @@ impl Source for SqliteSource {
             if name.starts_with("sqlite_") {
                 continue;
             }
-            if sql.trim_start().to_ascii_uppercase().starts_with("CREATE VIRTUAL") {
-                skipped.push((name, "virtual table (its shadow tables are read instead)".to_string()));
+            if sql
+                .trim_start()
+                .to_ascii_uppercase()
+                .starts_with("CREATE VIRTUAL")
+            {
+                skipped.push((
+                    name,
+                    "virtual table (its shadow tables are read instead)".to_string(),
+                ));
                 continue;
             }
             let (mut info, state) = self.introspect(&name, &sql)?;
@@ -670,7 +798,11 @@ impl Source for SqliteSource {
             tables.push(info);
         }
         let (tables, cycles) = topological_order(tables);
-        Ok(Catalog { tables, cycles, skipped })
+        Ok(Catalog {
+            tables,
+            cycles,
+            skipped,
+        })
     }
 
     fn schema(&self, table: &TableInfo) -> Result<SchemaRef> {
@@ -684,14 +816,24 @@ impl Source for SqliteSource {
     /// Widens a column one step after a value did not fit; false when it is already bytes (cannot happen:
     /// bytes hold every storage class).
     fn widen(&mut self, table: &mut TableInfo, column: &str, reason: &str) -> bool {
-        let Some(state) = self.tables.get_mut(&table.name) else { return false };
-        let Some(i) = table.columns.iter().position(|c| c.name == column) else { return false };
-        let Some(next) = state.types[i].widened() else { return false };
+        let Some(state) = self.tables.get_mut(&table.name) else {
+            return false;
+        };
+        let Some(i) = table.columns.iter().position(|c| c.name == column) else {
+            return false;
+        };
+        let Some(next) = state.types[i].widened() else {
+            return false;
+        };
         state.types[i] = next;
         let c = &mut table.columns[i];
         c.mapped_as = next.name().into();
         c.arrow_type = next.data_type().to_string();
-        let label = if next == ColType::Bytes { "bytes fallback" } else { "text fallback" };
+        let label = if next == ColType::Bytes {
+            "bytes fallback"
+        } else {
+            "text fallback"
+        };
         c.fidelity = format!("{label}: {reason}");
         true
     }
@@ -700,14 +842,22 @@ impl Source for SqliteSource {
         // Adopt staging types recorded elsewhere (a manifest, or a widening).
         if let Some(state) = self.tables.get_mut(&table.name) {
             for (i, c) in table.columns.iter().enumerate() {
-                if let (Some(t), Some(slot)) = (ColType::from_name(&c.mapped_as), state.types.get_mut(i)) {
+                if let (Some(t), Some(slot)) =
+                    (ColType::from_name(&c.mapped_as), state.types.get_mut(i))
+                {
                     *slot = t;
                 }
             }
         }
     }
 
-    fn read_table(&mut self, table: &TableInfo, after: Option<i64>, batch_size: usize, emit: &mut Emit) -> Result<ReadEnd> {
+    fn read_table(
+        &mut self,
+        table: &TableInfo,
+        after: Option<i64>,
+        batch_size: usize,
+        emit: &mut Emit,
+    ) -> Result<ReadEnd> {
         self.begin()?;
         let state = self.state(table)?;
         let schema = Self::build_schema(table, state);
@@ -716,7 +866,11 @@ impl Source for SqliteSource {
             (true, None) => "ORDER BY rowid",
             (false, _) => "",
         };
-        let sql = format!("SELECT {} FROM {} {filter}", Self::select_list(table, state), quote(&table.name));
+        let sql = format!(
+            "SELECT {} FROM {} {filter}",
+            Self::select_list(table, state),
+            quote(&table.name)
+        );
         let p = self.path.clone();
         let tname = table.name.clone();
         let err = move |e: rusqlite::Error| src_err(&p, &format!("table {tname}"), e);
@@ -738,7 +892,11 @@ impl Source for SqliteSource {
                 };
                 return Ok(ReadEnd::Widen {
                     column: c.name.clone(),
-                    reason: format!("a {found} value at key {} does not fit {}", Self::key_of(table, row), state.types[i].name()),
+                    reason: format!(
+                        "a {found} value at key {} does not fit {}",
+                        Self::key_of(table, row),
+                        state.types[i].name()
+                    ),
                 });
             }
             if state.has_rowid {
@@ -747,12 +905,18 @@ impl Source for SqliteSource {
             in_batch += 1;
             total += 1;
             if in_batch == batch_size {
-                emit(reader.batch(&schema)?, last_rowid.filter(|_| state.has_rowid))?;
+                emit(
+                    reader.batch(&schema)?,
+                    last_rowid.filter(|_| state.has_rowid),
+                )?;
                 in_batch = 0;
             }
         }
         if in_batch > 0 {
-            emit(reader.batch(&schema)?, last_rowid.filter(|_| state.has_rowid))?;
+            emit(
+                reader.batch(&schema)?,
+                last_rowid.filter(|_| state.has_rowid),
+            )?;
         }
         let mut misfits = Map::new();
         for (i, m) in reader.misfits.iter().enumerate() {
@@ -770,10 +934,17 @@ impl Source for SqliteSource {
         if !misfits.is_empty() {
             up_to["values_not_fitting_declared_type"] = Value::Object(misfits);
         }
-        Ok(ReadEnd::Done { rows: total, read_up_to: up_to })
+        Ok(ReadEnd::Done {
+            rows: total,
+            read_up_to: up_to,
+        })
     }
 
-    fn fetch_rows(&mut self, table: &TableInfo, keys: &[Map<String, Value>]) -> Result<Vec<Option<Map<String, Value>>>> {
+    fn fetch_rows(
+        &mut self,
+        table: &TableInfo,
+        keys: &[Map<String, Value>],
+    ) -> Result<Vec<Option<Map<String, Value>>>> {
         let state = self.state(table)?;
         let schema = Self::build_schema(table, state);
         let cond: Vec<String> = table
@@ -781,20 +952,36 @@ impl Source for SqliteSource {
             .iter()
             .enumerate()
             .map(|(i, k)| {
-                let col = if k == ROWID_COLUMN { "rowid".to_string() } else { quote(k) };
+                let col = if k == ROWID_COLUMN {
+                    "rowid".to_string()
+                } else {
+                    quote(k)
+                };
                 format!("{col} = ?{}", i + 1)
             })
             .collect();
-        let sql = format!("SELECT {} FROM {} WHERE {}", Self::select_list(table, state), quote(&table.name), cond.join(" AND "));
-        let mut stmt = self.conn.prepare(&sql).map_err(|e| src_err(&self.path, &format!("table {}", table.name), e))?;
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {}",
+            Self::select_list(table, state),
+            quote(&table.name),
+            cond.join(" AND ")
+        );
+        let mut stmt = self
+            .conn
+            .prepare(&sql)
+            .map_err(|e| src_err(&self.path, &format!("table {}", table.name), e))?;
         let mut out = vec![];
         for key in keys {
             let params: Vec<rusqlite::types::Value> = table
                 .primary_key
                 .iter()
                 .map(|k| match key.get(k) {
-                    Some(Value::Number(n)) if n.is_i64() => rusqlite::types::Value::Integer(n.as_i64().unwrap_or_default()),
-                    Some(Value::Number(n)) => rusqlite::types::Value::Real(n.as_f64().unwrap_or_default()),
+                    Some(Value::Number(n)) if n.is_i64() => {
+                        rusqlite::types::Value::Integer(n.as_i64().unwrap_or_default())
+                    }
+                    Some(Value::Number(n)) => {
+                        rusqlite::types::Value::Real(n.as_f64().unwrap_or_default())
+                    }
                     Some(Value::String(s)) => rusqlite::types::Value::Text(s.clone()),
                     _ => rusqlite::types::Value::Null,
                 })
@@ -802,7 +989,10 @@ impl Source for SqliteSource {
             let mut rows = stmt
                 .query(rusqlite::params_from_iter(params))
                 .map_err(|e| src_err(&self.path, &format!("table {}", table.name), e))?;
-            let Some(row) = rows.next().map_err(|e| src_err(&self.path, &format!("table {}", table.name), e))? else {
+            let Some(row) = rows
+                .next()
+                .map_err(|e| src_err(&self.path, &format!("table {}", table.name), e))?
+            else {
                 out.push(None);
                 continue;
             };
@@ -810,7 +1000,10 @@ impl Source for SqliteSource {
             reader.push(row, String::new).map_err(|i| {
                 Error::source_err(
                     self.location(),
-                    format!("table {}, column {}: value no longer fits its staged type", table.name, table.columns[i].name),
+                    format!(
+                        "table {}, column {}: value no longer fits its staged type",
+                        table.name, table.columns[i].name
+                    ),
                 )
             })?;
             let batch = reader.batch(&schema)?;
@@ -823,7 +1016,9 @@ impl Source for SqliteSource {
 impl SqliteSource {
     fn count_rows(&self, table: &str) -> Result<u64> {
         self.conn
-            .query_row(&format!("SELECT count(*) FROM {}", quote(table)), [], |r| r.get::<_, i64>(0))
+            .query_row(&format!("SELECT count(*) FROM {}", quote(table)), [], |r| {
+                r.get::<_, i64>(0)
+            })
             .map(|n| n as u64)
             .map_err(|e| src_err(&self.path, &format!("table {table}: cannot count rows"), e))
     }

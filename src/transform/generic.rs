@@ -62,7 +62,9 @@ fn col(alias: &str, name: &str) -> String {
 }
 
 fn is_binary(t: &TableEntry, c: &str) -> bool {
-    t.schema.iter().any(|f| f.name == c && f.data_type.contains("Binary"))
+    t.schema
+        .iter()
+        .any(|f| f.name == c && f.data_type.contains("Binary"))
 }
 
 /// A column value as text for ids: bytes as hex, everything else cast.
@@ -76,13 +78,26 @@ fn as_text(t: &TableEntry, alias: &str, c: &str) -> String {
 
 /// The memory id of a row of `t`: `<table>_<pk>` (composite keys joined with `_`).
 pub fn id_expr(t: &TableEntry, alias: &str) -> String {
-    let parts: Vec<String> =
-        t.info.primary_key.iter().map(|k| format!("coalesce({}, '')", as_text(t, alias, k))).collect();
-    format!("{} || {}", lit(&format!("{}_", t.info.name)), parts.join(" || '_' || "))
+    let parts: Vec<String> = t
+        .info
+        .primary_key
+        .iter()
+        .map(|k| format!("coalesce({}, '')", as_text(t, alias, k)))
+        .collect();
+    format!(
+        "{} || {}",
+        lit(&format!("{}_", t.info.name)),
+        parts.join(" || '_' || ")
+    )
 }
 
 fn key_json(t: &TableEntry, alias: &str) -> String {
-    let fields: Vec<String> = t.info.primary_key.iter().map(|k| format!("{}, {}", lit(k), col(alias, k))).collect();
+    let fields: Vec<String> = t
+        .info
+        .primary_key
+        .iter()
+        .map(|k| format!("{}, {}", lit(k), col(alias, k)))
+        .collect();
     format!("to_json(named_struct({}))", fields.join(", "))
 }
 
@@ -90,19 +105,30 @@ pub fn space_of(t: &TableEntry, opts: &MappingOptions) -> String {
     if let Some(s) = &opts.memory_space {
         return s.clone();
     }
-    opts.table_to_space.get(&t.info.name).cloned().unwrap_or_else(|| space_id(&t.info.name))
+    opts.table_to_space
+        .get(&t.info.name)
+        .cloned()
+        .unwrap_or_else(|| space_id(&t.info.name))
 }
 
 fn text_expr(t: &TableEntry, opts: &MappingOptions, alias: &str) -> String {
-    let real: Vec<&crate::source::ColumnInfo> = t.info.columns.iter().filter(|c| !c.synthetic).collect();
+    let real: Vec<&crate::source::ColumnInfo> =
+        t.info.columns.iter().filter(|c| !c.synthetic).collect();
     let chosen: Vec<String> = match opts.text_columns.get(&t.info.name) {
         Some(cols) => cols.clone(),
         None => {
-            let text: Vec<String> = real.iter().filter(|c| c.mapped_as == "text").map(|c| c.name.clone()).collect();
+            let text: Vec<String> = real
+                .iter()
+                .filter(|c| c.mapped_as == "text")
+                .map(|c| c.name.clone())
+                .collect();
             if text.is_empty() {
                 // No text column: describe the row by all its non-binary values, so memories still differ
                 // (Engram collapses memories with near-identical embeddings).
-                real.iter().filter(|c| !is_binary(t, &c.name)).map(|c| c.name.clone()).collect()
+                real.iter()
+                    .filter(|c| !is_binary(t, &c.name))
+                    .map(|c| c.name.clone())
+                    .collect()
             } else {
                 text
             }
@@ -151,7 +177,11 @@ fn fk_name(fk: &ForeignKey) -> String {
 }
 
 fn fk_not_null(fk: &ForeignKey, alias: &str) -> String {
-    fk.columns.iter().map(|c| format!("{} IS NOT NULL", col(alias, c))).collect::<Vec<_>>().join(" AND ")
+    fk.columns
+        .iter()
+        .map(|c| format!("{} IS NOT NULL", col(alias, c)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 fn join_cond(child: &TableEntry, parent: &TableEntry, fk: &ForeignKey) -> String {
@@ -159,8 +189,16 @@ fn join_cond(child: &TableEntry, parent: &TableEntry, fk: &ForeignKey) -> String
         .iter()
         .zip(&fk.parent_columns)
         .map(|(c, p)| {
-            let ct = child.schema.iter().find(|f| &f.name == c).map(|f| f.data_type.as_str());
-            let pt = parent.schema.iter().find(|f| &f.name == p).map(|f| f.data_type.as_str());
+            let ct = child
+                .schema
+                .iter()
+                .find(|f| &f.name == c)
+                .map(|f| f.data_type.as_str());
+            let pt = parent
+                .schema
+                .iter()
+                .find(|f| &f.name == p)
+                .map(|f| f.data_type.as_str());
             if ct == pt {
                 format!("{} = {}", col("c", c), col("p", p))
             } else {
@@ -178,13 +216,25 @@ CAST(NULL AS VARCHAR) AS properties, CAST(NULL AS VARCHAR) AS source_name, CAST(
 
 /// Generates the mapping SQL for a snapshot.
 pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
-    let kind = manifest.source.get("kind").and_then(|k| k.as_str()).unwrap_or("unknown");
+    let kind = manifest
+        .source
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("unknown");
     let kind = if kind == "snapshot" {
-        manifest.source.pointer("/of/kind").and_then(|k| k.as_str()).unwrap_or("unknown")
+        manifest
+            .source
+            .pointer("/of/kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("unknown")
     } else {
         kind
     };
-    let by_name: BTreeMap<&str, &TableEntry> = manifest.tables.iter().map(|t| (t.info.name.as_str(), t)).collect();
+    let by_name: BTreeMap<&str, &TableEntry> = manifest
+        .tables
+        .iter()
+        .map(|t| (t.info.name.as_str(), t))
+        .collect();
     let mut memories = vec![];
     let mut edges = vec![];
     let mut orphans = vec![];
@@ -263,8 +313,13 @@ pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
                         table_ref(&fk.parent_table),
                     ));
                     let missing = col("p", &fk.parent_columns[0]);
-                    let would_be: Vec<String> = fk.columns.iter().map(|c| as_text(t, "c", c)).collect();
-                    let target = format!("{} || {}", lit(&format!("{}_", fk.parent_table)), would_be.join(" || '_' || "));
+                    let would_be: Vec<String> =
+                        fk.columns.iter().map(|c| as_text(t, "c", c)).collect();
+                    let target = format!(
+                        "{} || {}",
+                        lit(&format!("{}_", fk.parent_table)),
+                        would_be.join(" || '_' || ")
+                    );
                     orphans.push(format!(
                         "{}\nFROM {} c LEFT JOIN {} p ON {cond}\nWHERE {} AND {missing} IS NULL",
                         head(&target),
@@ -275,14 +330,30 @@ pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
                 }
                 _ => {
                     // The parent table is not in the snapshot: every reference is an orphan.
-                    let would_be: Vec<String> = fk.columns.iter().map(|c| as_text(t, "c", c)).collect();
-                    let target = format!("{} || {}", lit(&format!("{}_", fk.parent_table)), would_be.join(" || '_' || "));
-                    orphans.push(format!("{}\nFROM {} c WHERE {}", head(&target), table_ref(name), fk_not_null(fk, "c")));
+                    let would_be: Vec<String> =
+                        fk.columns.iter().map(|c| as_text(t, "c", c)).collect();
+                    let target = format!(
+                        "{} || {}",
+                        lit(&format!("{}_", fk.parent_table)),
+                        would_be.join(" || '_' || ")
+                    );
+                    orphans.push(format!(
+                        "{}\nFROM {} c WHERE {}",
+                        head(&target),
+                        table_ref(name),
+                        fk_not_null(fk, "c")
+                    ));
                 }
             }
         }
     }
-    let union = |parts: &[String], empty: &str| if parts.is_empty() { empty.to_string() } else { parts.join("\nUNION ALL\n") };
+    let union = |parts: &[String], empty: &str| {
+        if parts.is_empty() {
+            empty.to_string()
+        } else {
+            parts.join("\nUNION ALL\n")
+        }
+    };
     let mut sql = String::new();
     let _ = writeln!(
         sql,
@@ -294,8 +365,16 @@ pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
          --   expected_counts what the bundle must hold per source table; validation compares it with the bundle\n"
     );
     let _ = writeln!(sql, "CREATE VIEW memories AS\n{};\n", union(&memories, ""));
-    let _ = writeln!(sql, "CREATE VIEW edges AS\n{};\n", union(&edges, EMPTY_EDGES));
-    let _ = writeln!(sql, "CREATE VIEW orphans AS\n{};\n", union(&orphans, EMPTY_EDGES));
+    let _ = writeln!(
+        sql,
+        "CREATE VIEW edges AS\n{};\n",
+        union(&edges, EMPTY_EDGES)
+    );
+    let _ = writeln!(
+        sql,
+        "CREATE VIEW orphans AS\n{};\n",
+        union(&orphans, EMPTY_EDGES)
+    );
     let _ = writeln!(
         sql,
         "CREATE VIEW expected_counts AS\n{};",

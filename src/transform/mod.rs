@@ -38,7 +38,11 @@ pub struct SqlMemory {
 /// A DataFusion session with the tool's functions registered and its memory bounded: aggregations and sorts
 /// spill to `spill_dir` past the limit (a hash join's build side cannot spill; past the limit it fails with a
 /// message naming the limit flag).
-pub fn session(target_partitions: usize, batch_size: usize, memory: &SqlMemory) -> Result<SessionContext> {
+pub fn session(
+    target_partitions: usize,
+    batch_size: usize,
+    memory: &SqlMemory,
+) -> Result<SessionContext> {
     let mut config = SessionConfig::new()
         .with_target_partitions(target_partitions.max(1))
         .with_batch_size(batch_size.max(1))
@@ -46,8 +50,13 @@ pub fn session(target_partitions: usize, batch_size: usize, memory: &SqlMemory) 
     // Plain Utf8/Binary rather than the view types: the memory and edge schemas use them, and user mappings
     // should not need casts to get there.
     config.options_mut().sql_parser.map_string_types_to_utf8view = false;
-    config.options_mut().execution.parquet.schema_force_view_types = false;
-    fs::create_dir_all(&memory.spill_dir).map_err(Error::io("create directory", &memory.spill_dir))?;
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    fs::create_dir_all(&memory.spill_dir)
+        .map_err(Error::io("create directory", &memory.spill_dir))?;
     let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
         .with_memory_limit(memory.limit_bytes, 1.0)
         .with_temp_file_path(&memory.spill_dir)
@@ -59,7 +68,11 @@ pub fn session(target_partitions: usize, batch_size: usize, memory: &SqlMemory) 
 }
 
 /// Registers every snapshot table as `source."<table>"`.
-pub async fn register_snapshot(ctx: &SessionContext, dir: &Path, manifest: &Manifest) -> Result<()> {
+pub async fn register_snapshot(
+    ctx: &SessionContext,
+    dir: &Path,
+    manifest: &Manifest,
+) -> Result<()> {
     let catalog = ctx
         .catalog("datafusion")
         .ok_or_else(|| Error::Internal("DataFusion session without its default catalog".into()))?;
@@ -69,9 +82,18 @@ pub async fn register_snapshot(ctx: &SessionContext, dir: &Path, manifest: &Mani
     for t in &manifest.tables {
         let path = snapshot::Manifest::table_dir(dir, t);
         let url = format!("{}/", path.display());
-        ctx.register_parquet(TableReference::partial("source", t.info.name.as_str()), &url, ParquetReadOptions::default())
-            .await
-            .map_err(|e| Error::source_err(path.display().to_string(), format!("cannot register table {}: {e}", t.info.name)))?;
+        ctx.register_parquet(
+            TableReference::partial("source", t.info.name.as_str()),
+            &url,
+            ParquetReadOptions::default(),
+        )
+        .await
+        .map_err(|e| {
+            Error::source_err(
+                path.display().to_string(),
+                format!("cannot register table {}: {e}", t.info.name),
+            )
+        })?;
     }
     Ok(())
 }
@@ -84,8 +106,15 @@ pub async fn run_statements(ctx: &SessionContext, sql: &str, origin: &str) -> Re
             Statement::Statement(s) => s.to_string(),
             other => other.to_string(),
         };
-        let plan = ctx.state().statement_to_plan(st).await.map_err(|e| Error::sql(origin, format!("{e}\n  in: {}", shorten(&text))))?;
-        let df = ctx.execute_logical_plan(plan).await.map_err(|e| Error::sql(origin, e))?;
+        let plan = ctx
+            .state()
+            .statement_to_plan(st)
+            .await
+            .map_err(|e| Error::sql(origin, format!("{e}\n  in: {}", shorten(&text))))?;
+        let df = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| Error::sql(origin, e))?;
         df.collect().await.map_err(|e| Error::sql(origin, e))?;
     }
     Ok(())
@@ -99,7 +128,11 @@ fn shorten(s: &str) -> String {
     }
 }
 
-pub async fn stream(ctx: &SessionContext, sql: &str, origin: &str) -> Result<SendableRecordBatchStream> {
+pub async fn stream(
+    ctx: &SessionContext,
+    sql: &str,
+    origin: &str,
+) -> Result<SendableRecordBatchStream> {
     let df = ctx.sql(sql).await.map_err(|e| Error::sql(origin, e))?;
     df.execute_stream().await.map_err(|e| Error::sql(origin, e))
 }
@@ -113,7 +146,14 @@ pub async fn collect(ctx: &SessionContext, sql: &str, origin: &str) -> Result<Ve
 /// without loss of validity, erroring otherwise), nulls in required columns and Engram's space id rules.
 pub fn conform(batch: &RecordBatch, target: &SchemaRef, view: &str) -> Result<RecordBatch> {
     let src = batch.schema();
-    let expected = || target.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ");
+    let expected = || {
+        target
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     for f in src.fields() {
         if target.field_with_name(f.name()).is_err() {
             return Err(Error::usage(format!(
@@ -123,12 +163,17 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef, view: &str) -> Result<Re
             )));
         }
     }
-    let opts = CastOptions { safe: false, ..Default::default() };
+    let opts = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
     let mut cols = Vec::with_capacity(target.fields().len());
     for f in target.fields() {
         let arr = match src.index_of(f.name()) {
             Ok(i) => batch.column(i).clone(),
-            Err(_) if f.name() == schema::memory::EMBEDDING => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
+            Err(_) if f.name() == schema::memory::EMBEDDING => {
+                arrow::array::new_null_array(f.data_type(), batch.num_rows())
+            }
             Err(_) => {
                 return Err(Error::usage(format!(
                     "mapping view {view} lacks column {:?}; its columns must be: {}",
@@ -139,7 +184,12 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef, view: &str) -> Result<Re
         };
         let arr = if arr.data_type() != f.data_type() {
             cast_with_options(&arr, f.data_type(), &opts).map_err(|e| {
-                Error::usage(format!("mapping view {view}, column {}: cannot convert {} to {}: {e}", f.name(), arr.data_type(), f.data_type()))
+                Error::usage(format!(
+                    "mapping view {view}, column {}: cannot convert {} to {}: {e}",
+                    f.name(),
+                    arr.data_type(),
+                    f.data_type()
+                ))
             })?
         } else {
             arr
@@ -149,7 +199,10 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef, view: &str) -> Result<Re
             let key = src
                 .index_of("source_key")
                 .ok()
-                .and_then(|i| cast_with_options(batch.column(i), &arrow::datatypes::DataType::Utf8, &opts).ok())
+                .and_then(|i| {
+                    cast_with_options(batch.column(i), &arrow::datatypes::DataType::Utf8, &opts)
+                        .ok()
+                })
                 .map(|a| a.as_string::<i32>().value(row).to_string())
                 .unwrap_or_default();
             return Err(Error::usage(format!(
@@ -243,22 +296,53 @@ pub async fn run(
         fs::remove_dir_all(&partial).map_err(Error::io("remove", &partial))?;
     }
     fs::create_dir_all(&partial).map_err(Error::io("create directory", &partial))?;
-    let mut summary = TransformSummary { key: key.to_string(), ..Default::default() };
+    let mut summary = TransformSummary {
+        key: key.to_string(),
+        ..Default::default()
+    };
 
     let pb = crate::progress::bar(manifest.total_rows(), "transform", "rows");
-    for (view, target) in [("memories", MEMORY_SCHEMA.clone()), ("edges", EDGE_SCHEMA.clone())] {
+    for (view, target) in [
+        ("memories", MEMORY_SCHEMA.clone()),
+        ("edges", EDGE_SCHEMA.clone()),
+    ] {
         for space in distinct_spaces(&ctx, view, origin).await? {
             let dir = partial.join(view).join(&space);
-            let q = format!("SELECT * FROM {view} WHERE space = {}", generic::lit(&space));
-            let parts = stage(&ctx, &q, origin, view, &target, &dir, limits, |n| if view == "memories" { pb.inc(n) }).await?;
-            let slot = if view == "memories" { &mut summary.memories } else { &mut summary.edges };
+            let q = format!(
+                "SELECT * FROM {view} WHERE space = {}",
+                generic::lit(&space)
+            );
+            let parts = stage(&ctx, &q, origin, view, &target, &dir, limits, |n| {
+                if view == "memories" {
+                    pb.inc(n)
+                }
+            })
+            .await?;
+            let slot = if view == "memories" {
+                &mut summary.memories
+            } else {
+                &mut summary.edges
+            };
             slot.insert(space, parts);
         }
     }
-    summary.orphans = stage(&ctx, "SELECT * FROM orphans", origin, "orphans", &EDGE_SCHEMA, &partial.join("orphans"), limits, |_| {}).await?;
+    summary.orphans = stage(
+        &ctx,
+        "SELECT * FROM orphans",
+        origin,
+        "orphans",
+        &EDGE_SCHEMA,
+        &partial.join("orphans"),
+        limits,
+        |_| {},
+    )
+    .await?;
     pb.finish_and_clear();
 
-    parquet_io::write_atomic(&partial.join(TransformSummary::FILE), &serde_json::to_vec_pretty(&summary)?)?;
+    parquet_io::write_atomic(
+        &partial.join(TransformSummary::FILE),
+        &serde_json::to_vec_pretty(&summary)?,
+    )?;
     if out.exists() {
         fs::remove_dir_all(out).map_err(Error::io("remove", out))?;
     }
@@ -270,13 +354,20 @@ pub async fn run(
 }
 
 async fn distinct_spaces(ctx: &SessionContext, view: &str, origin: &str) -> Result<Vec<String>> {
-    let batches = collect(ctx, &format!("SELECT DISTINCT CAST(space AS VARCHAR) AS space FROM {view} ORDER BY 1"), origin).await?;
+    let batches = collect(
+        ctx,
+        &format!("SELECT DISTINCT CAST(space AS VARCHAR) AS space FROM {view} ORDER BY 1"),
+        origin,
+    )
+    .await?;
     let mut out = vec![];
     for b in batches {
         let col = b.column(0).as_string::<i32>();
         for i in 0..col.len() {
             if col.is_null(i) {
-                return Err(Error::usage(format!("mapping view {view}: a row has a NULL space; every memory and edge needs one")));
+                return Err(Error::usage(format!(
+                    "mapping view {view}: a row has a NULL space; every memory and edge needs one"
+                )));
             }
             out.push(col.value(i).to_string());
         }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, Int64Builder, StringBuilder};
 use arrow::datatypes::{DataType, Float32Type, Float64Type};
 use datafusion::common::{exec_err, Result as DfResult};
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 use datafusion::prelude::SessionContext;
 
 pub fn register_all(ctx: &SessionContext) {
@@ -25,7 +27,9 @@ struct ToJson {
 
 impl ToJson {
     fn new() -> Self {
-        ToJson { signature: Signature::any(1, Volatility::Immutable) }
+        ToJson {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
     }
 }
 
@@ -67,7 +71,10 @@ struct VectorFn {
 
 impl VectorFn {
     fn new(name: &'static str) -> Self {
-        VectorFn { name, signature: Signature::any(1, Volatility::Immutable) }
+        VectorFn {
+            name,
+            signature: Signature::any(1, Volatility::Immutable),
+        }
     }
 }
 
@@ -91,10 +98,18 @@ fn slot_stats(list: &dyn Array, row: usize) -> DfResult<(usize, f64)> {
         other => return exec_err!("expected a list of floats, got {other}"),
     };
     // A NULL element makes the norm NaN, which fails every comparison in a check, as it should.
-    let has_nulls = values.nulls().is_some_and(|n| (start..start + len).any(|i| n.is_null(i)));
+    let has_nulls = values
+        .nulls()
+        .is_some_and(|n| (start..start + len).any(|i| n.is_null(i)));
     let sum = match values.data_type() {
-        DataType::Float32 => values.as_primitive::<Float32Type>().values()[start..start + len].iter().map(|x| (*x as f64) * (*x as f64)).sum(),
-        DataType::Float64 => values.as_primitive::<Float64Type>().values()[start..start + len].iter().map(|x| x * x).sum(),
+        DataType::Float32 => values.as_primitive::<Float32Type>().values()[start..start + len]
+            .iter()
+            .map(|x| (*x as f64) * (*x as f64))
+            .sum(),
+        DataType::Float64 => values.as_primitive::<Float64Type>().values()[start..start + len]
+            .iter()
+            .map(|x| x * x)
+            .sum(),
         other => return exec_err!("expected a list of floats, got a list of {other}"),
     };
     Ok((len, if has_nulls { f64::NAN } else { sum }))
@@ -111,7 +126,11 @@ impl ScalarUDFImpl for VectorFn {
         &self.signature
     }
     fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
-        Ok(if self.name == "vector_dim" { DataType::Int64 } else { DataType::Float64 })
+        Ok(if self.name == "vector_dim" {
+            DataType::Int64
+        } else {
+            DataType::Float64
+        })
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let array = args.args[0].clone().into_array(args.number_rows)?;
@@ -147,7 +166,15 @@ mod tests {
     #[tokio::test]
     async fn functions_work_in_sql() {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = session(1, 1024, &SqlMemory { limit_bytes: 64 << 20, spill_dir: dir.path().into() }).unwrap();
+        let ctx = session(
+            1,
+            1024,
+            &SqlMemory {
+                limit_bytes: 64 << 20,
+                spill_dir: dir.path().into(),
+            },
+        )
+        .unwrap();
         let b = collect(
             &ctx,
             "SELECT to_json(named_struct('a', 1, 'b', 'x', 'c', CAST(NULL AS INT))) AS j, \

@@ -3,16 +3,30 @@
 use crate::common::*;
 
 fn assert_no_bundle(target: &std::path::Path) {
-    assert!(!target.exists(), "a bundle was written at {}", target.display());
+    assert!(
+        !target.exists(),
+        "a bundle was written at {}",
+        target.display()
+    );
 }
 
 #[test]
 fn missing_file() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path().join("b");
-    let out = run(&["run", "--source", "/nonexistent/db.sqlite", "--target", p(&t)]);
+    let out = run(&[
+        "run",
+        "--source",
+        "/nonexistent/db.sqlite",
+        "--target",
+        p(&t),
+    ]);
     assert_eq!(code(&out), 3);
-    assert!(stderr(&out).contains("/nonexistent/db.sqlite"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/db.sqlite"),
+        "{}",
+        stderr(&out)
+    );
     assert_no_bundle(&t);
 }
 
@@ -20,12 +34,19 @@ fn missing_file() {
 fn not_a_sqlite_file() {
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("notes.db");
-    std::fs::write(&f, "just some text, definitely not a database file; padding padding padding padding").unwrap();
+    std::fs::write(
+        &f,
+        "just some text, definitely not a database file; padding padding padding padding",
+    )
+    .unwrap();
     let t = tmp.path().join("b");
     let out = run(&["run", "--source", p(&f), "--target", p(&t)]);
     assert_eq!(code(&out), 3);
     let e = stderr(&out);
-    assert!(e.contains("notes.db") && e.contains("not a SQLite database"), "{e}");
+    assert!(
+        e.contains("notes.db") && e.contains("not a SQLite database"),
+        "{e}"
+    );
     assert_no_bundle(&t);
 }
 
@@ -44,7 +65,10 @@ fn corrupt_page() {
     let out = run(&["run", "--source", p(&f), "--target", p(&t)]);
     assert_eq!(code(&out), 3);
     let e = stderr(&out);
-    assert!(e.contains("corrupt.sqlite") && (e.contains("malformed") || e.contains("corrupt")), "{e}");
+    assert!(
+        e.contains("corrupt.sqlite") && (e.contains("malformed") || e.contains("corrupt")),
+        "{e}"
+    );
     assert_no_bundle(&t);
 }
 
@@ -59,10 +83,23 @@ fn unknown_declared_type_names_table_and_column() {
     let out = run(&["run", "--source", p(&f), "--target", p(&t)]);
     assert_eq!(code(&out), 3);
     let e = stderr(&out);
-    assert!(e.contains("geo.sqlite") && e.contains("table places, column shape") && e.contains("--column-type"), "{e}");
+    assert!(
+        e.contains("geo.sqlite")
+            && e.contains("table places, column shape")
+            && e.contains("--column-type"),
+        "{e}"
+    );
     assert_no_bundle(&t);
     // The hint works.
-    let out = run(&["run", "--source", p(&f), "--target", p(&t), "--column-type", "places.shape=text"]);
+    let out = run(&[
+        "run",
+        "--source",
+        p(&f),
+        "--target",
+        p(&t),
+        "--column-type",
+        "places.shape=text",
+    ]);
     assert_eq!(code(&out), 0);
 }
 
@@ -72,7 +109,15 @@ fn unwritable_target() {
     let file = tmp.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
     let t = file.join("bundle");
-    let out = run(&["run", "--source", p(&fixture()), "--target", p(&t), "--work-dir", p(&tmp.path().join("w"))]);
+    let out = run(&[
+        "run",
+        "--source",
+        p(&fixture()),
+        "--target",
+        p(&t),
+        "--work-dir",
+        p(&tmp.path().join("w")),
+    ]);
     assert_eq!(code(&out), 4);
     assert!(stderr(&out).contains("a-file/bundle"), "{}", stderr(&out));
     assert_no_bundle(&t);
@@ -86,12 +131,34 @@ fn existing_target_needs_overwrite_and_bad_flags_are_usage_errors() {
     let out = run(&["run", "--source", p(&fixture()), "--target", p(&t)]);
     assert_eq!(code(&out), 4);
     assert!(stderr(&out).contains("--overwrite"));
-    let out = run(&["run", "--source", p(&fixture()), "--target", p(&tmp.path().join("c")), "--memory-space", "NO"]);
+    let out = run(&[
+        "run",
+        "--source",
+        p(&fixture()),
+        "--target",
+        p(&tmp.path().join("c")),
+        "--memory-space",
+        "NO",
+    ]);
     assert_eq!(code(&out), 2);
-    let out = run(&["run", "--source", p(&fixture()), "--target", p(&tmp.path().join("c")), "--text-columns", "nodes:nope"]);
+    let out = run(&[
+        "run",
+        "--source",
+        p(&fixture()),
+        "--target",
+        p(&tmp.path().join("c")),
+        "--text-columns",
+        "nodes:nope",
+    ]);
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("nope"));
-    let out = run(&["run", "--source", "postgres://x", "--target", p(&tmp.path().join("c"))]);
+    let out = run(&[
+        "run",
+        "--source",
+        "postgres://x",
+        "--target",
+        p(&tmp.path().join("c")),
+    ]);
     assert_eq!(code(&out), 2);
 }
 
@@ -101,13 +168,40 @@ fn broken_mapping_sql_is_a_usage_error_naming_the_problem() {
     // A view missing from the contract.
     let sql = tmp.path().join("m.sql");
     std::fs::write(&sql, "CREATE VIEW memories AS SELECT 1 AS x;\n").unwrap();
-    let out = run(&["run", "--source", p(&fixture()), "--target", p(&tmp.path().join("b")), "--sql", p(&sql)]);
+    let out = run(&[
+        "run",
+        "--source",
+        p(&fixture()),
+        "--target",
+        p(&tmp.path().join("b")),
+        "--sql",
+        p(&sql),
+    ]);
     assert_eq!(code(&out), 2);
-    assert!(stderr(&out).contains("does not define the view edges"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not define the view edges"),
+        "{}",
+        stderr(&out)
+    );
     // A memories view with a column the schema does not have.
     let good = std::fs::read_to_string(repo().join("sql/codegraph.sql")).unwrap();
-    std::fs::write(&sql, good.replace("'semantic'                                  AS memory_type", "'semantic' AS memory_kind")).unwrap();
-    let out = run(&["run", "--source", p(&fixture()), "--target", p(&tmp.path().join("b")), "--sql", p(&sql)]);
+    std::fs::write(
+        &sql,
+        good.replace(
+            "'semantic'                                  AS memory_type",
+            "'semantic' AS memory_kind",
+        ),
+    )
+    .unwrap();
+    let out = run(&[
+        "run",
+        "--source",
+        p(&fixture()),
+        "--target",
+        p(&tmp.path().join("b")),
+        "--sql",
+        p(&sql),
+    ]);
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("memory_kind"), "{}", stderr(&out));
     assert!(!tmp.path().join("b").exists());

@@ -14,8 +14,17 @@ pub fn fixture() -> PathBuf {
 }
 
 pub fn run(args: &[&str]) -> Output {
-    let out = Command::new(bin()).args(args).arg("--quiet").output().expect("run engram-migrate");
-    eprintln!("$ engram-migrate {}\n--- stdout\n{}--- stderr\n{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .expect("run engram-migrate");
+    eprintln!(
+        "$ engram-migrate {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -32,7 +41,10 @@ pub fn p(path: &Path) -> &str {
 }
 
 pub fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    serde_json::from_slice(
+        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
 }
 
 /// Per space: (memories checksum, edges checksum), from a bundle.json.
@@ -56,19 +68,39 @@ pub fn space_checksums(bundle: &Path) -> Vec<(String, String, String, u64)> {
 /// Builds a synthetic SQLite file with scripts/gen-large-sqlite.sh.
 pub fn large_sqlite(dir: &Path, rows: u64) -> PathBuf {
     let out = dir.join(format!("large-{rows}.sqlite"));
-    let st = Command::new("bash").arg(repo().join("scripts/gen-large-sqlite.sh")).arg(rows.to_string()).arg(&out).status().unwrap();
+    let st = Command::new("bash")
+        .arg(repo().join("scripts/gen-large-sqlite.sh"))
+        .arg(rows.to_string())
+        .arg(&out)
+        .status()
+        .unwrap();
     assert!(st.success(), "gen-large-sqlite.sh failed");
     out
 }
 
 pub fn sqlite_count(db: &Path, table: &str) -> u64 {
     let c = rusqlite::Connection::open(db).unwrap();
-    c.query_row(&format!("SELECT count(*) FROM \"{table}\""), [], |r| r.get::<_, i64>(0)).unwrap() as u64
+    c.query_row(&format!("SELECT count(*) FROM \"{table}\""), [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap() as u64
 }
 
 /// The Python with pyarrow and duckdb, installed by the project's script.
 pub fn python() -> String {
-    let out = Command::new("bash").arg(repo().join("scripts/python-env.sh")).output().expect("scripts/python-env.sh");
-    assert!(out.status.success(), "scripts/python-env.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_string()
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/python-env.sh"))
+        .output()
+        .expect("scripts/python-env.sh");
+    assert!(
+        out.status.success(),
+        "scripts/python-env.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string()
 }

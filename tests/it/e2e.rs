@@ -8,7 +8,10 @@ fn fixture_to_bundle_validates_and_external_readers_agree() {
     let out = run(&["run", "--source", p(&fixture()), "--target", p(&target)]);
     assert_eq!(code(&out), 0);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("checksums") && stdout.contains("pass"), "{stdout}");
+    assert!(
+        stdout.contains("checksums") && stdout.contains("pass"),
+        "{stdout}"
+    );
 
     // Counts equal the SQLite counts: every node and edge row is a memory.
     let b = json(&target.join("bundle.json"));
@@ -16,26 +19,56 @@ fn fixture_to_bundle_validates_and_external_readers_agree() {
     let edges = sqlite_count(&fixture(), "edges");
     assert_eq!(b["totals"]["memories"].as_u64().unwrap(), nodes + edges);
     // Each edges row references two nodes: edges + orphans = 2 per row.
-    assert_eq!(b["totals"]["edges"].as_u64().unwrap() + b["totals"]["orphans"].as_u64().unwrap(), 2 * edges);
-    assert_eq!(b["totals"]["orphans"].as_u64().unwrap(), 3, "the fixture has 3 imports of missing files");
+    assert_eq!(
+        b["totals"]["edges"].as_u64().unwrap() + b["totals"]["orphans"].as_u64().unwrap(),
+        2 * edges
+    );
+    assert_eq!(
+        b["totals"]["orphans"].as_u64().unwrap(),
+        3,
+        "the fixture has 3 imports of missing files"
+    );
     assert_eq!(b["embedding"]["dimension"], 768);
 
     // The report and the generated mapping are in the work directory.
     let work = tmp.path().join("codegraph.bundle.work");
     let report = json(&work.join("report.json"));
     assert_eq!(report["outcome"], "ok");
-    assert!(report["validation"].as_array().unwrap().iter().all(|c| c["passed"] == true));
-    assert!(std::fs::read_to_string(work.join("mapping.sql")).unwrap().contains("CREATE VIEW memories"));
+    assert!(report["validation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["passed"] == true));
+    assert!(std::fs::read_to_string(work.join("mapping.sql"))
+        .unwrap()
+        .contains("CREATE VIEW memories"));
 
     // `validate` re-checks the finished run on its own.
-    let v = run(&["validate", "--source", p(&fixture()), "--target", p(&target), "--work-dir", p(&work)]);
+    let v = run(&[
+        "validate",
+        "--source",
+        p(&fixture()),
+        "--target",
+        p(&target),
+        "--work-dir",
+        p(&work),
+    ]);
     assert_eq!(code(&v), 0);
 
     // pyarrow and DuckDB read every Parquet file written (snapshot, staged output, bundle), with equal counts.
     let py = python();
     for dir in [&target, &work] {
-        let o = Command::new(&py).arg(repo().join("scripts/read_parquet_check.py")).arg(dir).output().unwrap();
-        assert!(o.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&o.stderr));
+        let o = Command::new(&py)
+            .arg(repo().join("scripts/read_parquet_check.py"))
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
         let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert!(r["files"].as_u64().unwrap() > 0);
     }
@@ -46,14 +79,45 @@ fn same_input_same_checksums_and_snapshot_reproduces_the_run() {
     let tmp = tempfile::tempdir().unwrap();
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
-    assert_eq!(code(&run(&["run", "--source", p(&fixture()), "--target", p(&a)])), 0);
-    assert_eq!(code(&run(&["run", "--source", p(&fixture()), "--target", p(&b), "--batch-size", "7", "--parallel-workers", "1"])), 0);
-    assert_eq!(space_checksums(&a), space_checksums(&b), "a second run gives the same checksums, whatever the batching");
+    assert_eq!(
+        code(&run(&["run", "--source", p(&fixture()), "--target", p(&a)])),
+        0
+    );
+    assert_eq!(
+        code(&run(&[
+            "run",
+            "--source",
+            p(&fixture()),
+            "--target",
+            p(&b),
+            "--batch-size",
+            "7",
+            "--parallel-workers",
+            "1"
+        ])),
+        0
+    );
+    assert_eq!(
+        space_checksums(&a),
+        space_checksums(&b),
+        "a second run gives the same checksums, whatever the batching"
+    );
 
     // A snapshot is a source: a run from it gives the same bundle.
     let snap = tmp.path().join("a.work/snapshot");
     let c = tmp.path().join("c");
-    assert_eq!(code(&run(&["run", "--source", p(&snap), "--target", p(&c), "--work-dir", p(&tmp.path().join("cw"))])), 0);
+    assert_eq!(
+        code(&run(&[
+            "run",
+            "--source",
+            p(&snap),
+            "--target",
+            p(&c),
+            "--work-dir",
+            p(&tmp.path().join("cw"))
+        ])),
+        0
+    );
     assert_eq!(space_checksums(&a), space_checksums(&c));
 }
 
@@ -62,7 +126,15 @@ fn custom_codegraph_mapping_places_nodes_by_label() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path().join("cg");
     let sql = repo().join("sql/codegraph.sql");
-    let out = run(&["run", "--source", p(&fixture()), "--target", p(&t), "--sql", p(&sql)]);
+    let out = run(&[
+        "run",
+        "--source",
+        p(&fixture()),
+        "--target",
+        p(&t),
+        "--sql",
+        p(&sql),
+    ]);
     assert_eq!(code(&out), 0);
     let spaces = space_checksums(&t);
     let names: Vec<&str> = spaces.iter().map(|s| s.0.as_str()).collect();
@@ -70,7 +142,10 @@ fn custom_codegraph_mapping_places_nodes_by_label() {
     let total: u64 = spaces.iter().map(|s| s.3).sum();
     assert_eq!(total, sqlite_count(&fixture(), "nodes"));
     let b = json(&t.join("bundle.json"));
-    assert_eq!(b["totals"]["edges"].as_u64().unwrap() + b["totals"]["orphans"].as_u64().unwrap(), sqlite_count(&fixture(), "edges"));
+    assert_eq!(
+        b["totals"]["edges"].as_u64().unwrap() + b["totals"]["orphans"].as_u64().unwrap(),
+        sqlite_count(&fixture(), "edges")
+    );
 }
 
 #[test]
@@ -80,12 +155,31 @@ fn plan_writes_nothing_and_lists_tables_and_types() {
     let out = run(&["plan", "--source", p(&fixture()), "--target", p(&t)]);
     assert_eq!(code(&out), 0);
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("nodes") && s.contains("DATETIME") && s.contains("Timestamp(µs, \"UTC\")") || s.contains("Timestamp"), "{s}");
+    assert!(
+        s.contains("nodes") && s.contains("DATETIME") && s.contains("Timestamp(µs, \"UTC\")")
+            || s.contains("Timestamp"),
+        "{s}"
+    );
     assert!(s.contains("foreign key (source) -> nodes(id)"), "{s}");
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "plan wrote something");
-    let out = run(&["run", "--dry-run", "--source", p(&fixture()), "--target", p(&t)]);
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "plan wrote something"
+    );
+    let out = run(&[
+        "run",
+        "--dry-run",
+        "--source",
+        p(&fixture()),
+        "--target",
+        p(&t),
+    ]);
     assert_eq!(code(&out), 0);
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "--dry-run wrote something");
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "--dry-run wrote something"
+    );
 }
 
 /// The generic mapping follows the Engram team's plan: `<table>_<pk>` ids, "col: value | col: value" text with
@@ -107,29 +201,63 @@ fn generic_mapping_follows_the_plan() {
     .unwrap();
     drop(c);
     let t = tmp.path().join("b");
-    assert_eq!(code(&run(&["run", "--source", p(&db), "--target", p(&t)])), 0);
+    assert_eq!(
+        code(&run(&["run", "--source", p(&db), "--target", p(&t)])),
+        0
+    );
 
     let users = read_all(&t.join("spaces/users/memories/part-00000.parquet")).unwrap();
     let b = &users[0];
     let col = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
     let (ids, texts) = (col("id"), col("text"));
-    let row = (0..b.num_rows()).find(|i| ids.value(*i) == "users_1").expect("memory users_1");
+    let row = (0..b.num_rows())
+        .find(|i| ids.value(*i) == "users_1")
+        .expect("memory users_1");
     assert_eq!(texts.value(row), "name: Ann", "NULL bio skipped");
-    let other = (0..b.num_rows()).find(|i| ids.value(*i) == "users_2").unwrap();
+    let other = (0..b.num_rows())
+        .find(|i| ids.value(*i) == "users_2")
+        .unwrap();
     assert_eq!(texts.value(other), "name: Bo | bio: likes tea");
     let created = b.column_by_name("created_at").unwrap();
     assert!(created.is_valid(row) && created.is_null(other));
     assert_eq!(col("source_key").value(row), r#"{"id":1}"#);
     let content: serde_json::Value = serde_json::from_str(col("content").value(row)).unwrap();
-    assert_eq!(content, serde_json::json!({"id": 1, "name": "Ann", "bio": null, "created_at": "2024-05-01T10:00:00Z"}));
+    assert_eq!(
+        content,
+        serde_json::json!({"id": 1, "name": "Ann", "bio": null, "created_at": "2024-05-01T10:00:00Z"})
+    );
 
     let edges = read_all(&t.join("spaces/orders/edges/part-00000.parquet")).unwrap();
     let e = &edges[0];
-    assert_eq!(e.num_rows(), 1, "one order has an existing user; the NULL reference makes no edge");
-    let s = |n: &str| e.column_by_name(n).unwrap().as_string::<i32>().value(0).to_string();
-    assert_eq!((s("source_id"), s("target_id"), s("edge_type")), ("orders_10".into(), "users_1".into(), "fk:user_id->users".into()));
-    let w = e.column_by_name("weight").unwrap().as_primitive::<arrow::datatypes::Float32Type>().value(0);
+    assert_eq!(
+        e.num_rows(),
+        1,
+        "one order has an existing user; the NULL reference makes no edge"
+    );
+    let s = |n: &str| {
+        e.column_by_name(n)
+            .unwrap()
+            .as_string::<i32>()
+            .value(0)
+            .to_string()
+    };
+    assert_eq!(
+        (s("source_id"), s("target_id"), s("edge_type")),
+        (
+            "orders_10".into(),
+            "users_1".into(),
+            "fk:user_id->users".into()
+        )
+    );
+    let w = e
+        .column_by_name("weight")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Float32Type>()
+        .value(0);
     assert!((w - 0.8).abs() < 1e-6);
     let bundle = json(&t.join("bundle.json"));
-    assert_eq!(bundle["totals"]["orphans"], 1, "order 11 references missing user 99");
+    assert_eq!(
+        bundle["totals"]["orphans"], 1,
+        "order 11 references missing user 99"
+    );
 }

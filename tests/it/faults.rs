@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray,
+};
 use arrow::compute::concat_batches;
 use engram_migrate::parquet_io::{read_all, PartLimits, RollingWriter};
 
@@ -20,20 +22,46 @@ fn good_bundle() -> Good {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("b");
     let work = tmp.path().join("w");
-    let out = run(&["run", "--source", p(&fixture()), "--target", p(&target), "--work-dir", p(&work)]);
+    let out = run(&[
+        "run",
+        "--source",
+        p(&fixture()),
+        "--target",
+        p(&target),
+        "--work-dir",
+        p(&work),
+    ]);
     assert_eq!(code(&out), 0);
-    Good { _tmp: tmp, target, work }
+    Good {
+        _tmp: tmp,
+        target,
+        work,
+    }
 }
 
 fn validate(g: &Good) -> (i32, serde_json::Value) {
     let out = run(&[
-        "validate", "--source", p(&fixture()), "--target", p(&g.target), "--work-dir", p(&g.work), "--sample-size", "100000",
+        "validate",
+        "--source",
+        p(&fixture()),
+        "--target",
+        p(&g.target),
+        "--work-dir",
+        p(&g.work),
+        "--sample-size",
+        "100000",
     ]);
     (code(&out), json(&g.work.join("report.json")))
 }
 
 fn failed(report: &serde_json::Value) -> Vec<String> {
-    report["validation"].as_array().unwrap().iter().filter(|c| c["passed"] == false).map(|c| c["name"].as_str().unwrap().to_string()).collect()
+    report["validation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Rewrites the first part file of `space`'s `kind` (memories/edges) through `f`.
@@ -66,10 +94,16 @@ fn control_untouched_bundle_passes() {
 #[test]
 fn dropped_row_is_caught_by_counts() {
     let g = good_bundle();
-    rewrite(&g.target, "nodes", "memories", |b| b.slice(0, b.num_rows() - 1));
+    rewrite(&g.target, "nodes", "memories", |b| {
+        b.slice(0, b.num_rows() - 1)
+    });
     let (c, r) = validate(&g);
     assert_eq!(c, 5);
-    assert!(failed(&r).contains(&"counts_bundle".to_string()), "{:?}", failed(&r));
+    assert!(
+        failed(&r).contains(&"counts_bundle".to_string()),
+        "{:?}",
+        failed(&r)
+    );
 }
 
 #[test]
@@ -78,14 +112,19 @@ fn changed_value_is_caught_by_sampled_comparison() {
     rewrite(&g.target, "nodes", "memories", |b| {
         let content = b.column_by_name("content").unwrap().as_string::<i32>();
         let mut v: Vec<String> = content.iter().map(|s| s.unwrap().to_string()).collect();
-        let mut obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&v[0]).unwrap();
+        let mut obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&v[0]).unwrap();
         obj.insert("name".into(), serde_json::json!("tampered"));
         v[0] = serde_json::Value::Object(obj).to_string();
         replace_col(&b, "content", Arc::new(StringArray::from(v)))
     });
     let (c, r) = validate(&g);
     assert_eq!(c, 5);
-    assert!(failed(&r).contains(&"sample_values".to_string()), "{:?}", failed(&r));
+    assert!(
+        failed(&r).contains(&"sample_values".to_string()),
+        "{:?}",
+        failed(&r)
+    );
 }
 
 #[test]
@@ -99,7 +138,11 @@ fn orphan_edge_is_caught() {
     });
     let (c, r) = validate(&g);
     assert_eq!(c, 5);
-    assert!(failed(&r).contains(&"orphan_edges".to_string()), "{:?}", failed(&r));
+    assert!(
+        failed(&r).contains(&"orphan_edges".to_string()),
+        "{:?}",
+        failed(&r)
+    );
 }
 
 #[test]
@@ -114,12 +157,21 @@ fn zero_vector_is_caught() {
             arrow::datatypes::DataType::FixedSizeList(f, _) => f.clone(),
             _ => unreachable!(),
         };
-        let list = FixedSizeListArray::new(field, 768, Arc::new(Float32Array::from(v)), e.nulls().cloned());
+        let list = FixedSizeListArray::new(
+            field,
+            768,
+            Arc::new(Float32Array::from(v)),
+            e.nulls().cloned(),
+        );
         replace_col(&b, "embedding", Arc::new(list))
     });
     let (c, r) = validate(&g);
     assert_eq!(c, 5);
-    assert!(failed(&r).contains(&"embedding_quality".to_string()), "{:?}", failed(&r));
+    assert!(
+        failed(&r).contains(&"embedding_quality".to_string()),
+        "{:?}",
+        failed(&r)
+    );
 }
 
 #[test]
@@ -131,13 +183,19 @@ fn duplicated_id_is_caught() {
     });
     let (c, r) = validate(&g);
     assert_eq!(c, 5);
-    assert!(failed(&r).contains(&"duplicate_ids".to_string()), "{:?}", failed(&r));
+    assert!(
+        failed(&r).contains(&"duplicate_ids".to_string()),
+        "{:?}",
+        failed(&r)
+    );
 }
 
 #[test]
 fn changed_file_is_caught_by_checksums_and_source_change_by_counts() {
     let g = good_bundle();
-    rewrite(&g.target, "edges", "edges", |b| b.slice(1, b.num_rows() - 1));
+    rewrite(&g.target, "edges", "edges", |b| {
+        b.slice(1, b.num_rows() - 1)
+    });
     let (c, r) = validate(&g);
     assert_eq!(c, 5);
     let f = failed(&r);
@@ -149,9 +207,21 @@ fn changed_file_is_caught_by_checksums_and_source_change_by_counts() {
     std::fs::copy(fixture(), &src).unwrap();
     let conn = rusqlite::Connection::open(&src).unwrap();
     conn.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
-    conn.execute("INSERT INTO edges (source, target, type) VALUES ('a', 'b', 'CALLS')", []).unwrap();
+    conn.execute(
+        "INSERT INTO edges (source, target, type) VALUES ('a', 'b', 'CALLS')",
+        [],
+    )
+    .unwrap();
     drop(conn);
-    let out = run(&["validate", "--source", p(&src), "--target", p(&g.target), "--work-dir", p(&g.work)]);
+    let out = run(&[
+        "validate",
+        "--source",
+        p(&src),
+        "--target",
+        p(&g.target),
+        "--work-dir",
+        p(&g.work),
+    ]);
     assert_eq!(code(&out), 5);
     assert!(failed(&json(&g.work.join("report.json"))).contains(&"counts_source".to_string()));
 }

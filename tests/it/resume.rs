@@ -8,11 +8,26 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 fn args<'a>(src: &'a str, target: &'a str, work: &'a str) -> Vec<&'a str> {
-    vec!["run", "--source", src, "--target", target, "--work-dir", work, "--max-file-rows", "4000", "--batch-size", "1000", "--quiet"]
+    vec![
+        "run",
+        "--source",
+        src,
+        "--target",
+        target,
+        "--work-dir",
+        work,
+        "--max-file-rows",
+        "4000",
+        "--batch-size",
+        "1000",
+        "--quiet",
+    ]
 }
 
 fn any_file(dir: &Path, pred: &dyn Fn(&Path) -> bool) -> bool {
-    let Ok(rd) = std::fs::read_dir(dir) else { return false };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if pred(&p) || (p.is_dir() && any_file(&p, pred)) {
@@ -24,7 +39,12 @@ fn any_file(dir: &Path, pred: &dyn Fn(&Path) -> bool) -> bool {
 
 /// Starts the run and SIGKILLs it as soon as `marker` holds; returns whether it was killed before finishing.
 fn run_and_kill(a: &[&str], marker: &dyn Fn() -> bool) -> bool {
-    let mut child = Command::new(bin()).args(a).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(bin())
+        .args(a)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let start = Instant::now();
     loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -36,7 +56,10 @@ fn run_and_kill(a: &[&str], marker: &dyn Fn() -> bool) -> bool {
             child.wait().unwrap();
             return true;
         }
-        assert!(start.elapsed() < Duration::from_secs(600), "run neither finished nor reached the kill point");
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "run neither finished nor reached the kill point"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -49,8 +72,15 @@ fn killed_runs_resume_to_identical_checksums() {
 
     let clean = tmp.path().join("clean");
     let clean_work = tmp.path().join("clean.work");
-    let out = Command::new(bin()).args(args(&src, p(&clean), p(&clean_work))).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .args(args(&src, p(&clean), p(&clean_work)))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let target = tmp.path().join("killed");
     let work = tmp.path().join("killed.work");
@@ -59,9 +89,18 @@ fn killed_runs_resume_to_identical_checksums() {
     let partial = tmp.path().join("killed.partial");
     type Marker<'a> = Box<dyn Fn() -> bool + 'a>;
     let markers: Vec<(&str, Marker)> = vec![
-        ("mid-snapshot", Box::new(|| any_file(&snap_tables, &|p| p.ends_with("part-00002.parquet")))),
-        ("mid-transform", Box::new(|| work.join("transform.partial/memories").exists())),
-        ("mid-load", Box::new(|| any_file(&partial, &|p| p.ends_with("part-00003.parquet")))),
+        (
+            "mid-snapshot",
+            Box::new(|| any_file(&snap_tables, &|p| p.ends_with("part-00002.parquet"))),
+        ),
+        (
+            "mid-transform",
+            Box::new(|| work.join("transform.partial/memories").exists()),
+        ),
+        (
+            "mid-load",
+            Box::new(|| any_file(&partial, &|p| p.ends_with("part-00003.parquet"))),
+        ),
     ];
     let mut kills = 0;
     for (name, marker) in &markers {
@@ -69,12 +108,29 @@ fn killed_runs_resume_to_identical_checksums() {
             eprintln!("killed {name}");
             kills += 1;
         }
-        assert!(!target.exists() || target.join("bundle.json").exists(), "a half-written bundle at the target after a kill {name}");
+        assert!(
+            !target.exists() || target.join("bundle.json").exists(),
+            "a half-written bundle at the target after a kill {name}"
+        );
     }
-    assert!(kills >= 2, "the run finished before most kill points; make the input larger");
-    let out = Command::new(bin()).args(args(&src, &t, &w)).output().unwrap();
-    assert!(out.status.success(), "resumed run failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        kills >= 2,
+        "the run finished before most kill points; make the input larger"
+    );
+    let out = Command::new(bin())
+        .args(args(&src, &t, &w))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "resumed run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(space_checksums(&clean), space_checksums(&target));
     let report = json(&work.join("report.json"));
-    assert!(report["validation"].as_array().unwrap().iter().all(|c| c["passed"] == true));
+    assert!(report["validation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["passed"] == true));
 }

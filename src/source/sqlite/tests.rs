@@ -1,5 +1,5 @@
 use super::*;
-use crate::parquet_io::{PartLimits, read_all};
+use crate::parquet_io::{read_all, PartLimits};
 use crate::snapshot::{self, SnapshotOptions};
 
 fn db(sql: &str) -> (tempfile::TempDir, PathBuf) {
@@ -11,11 +11,21 @@ fn db(sql: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 /// Snapshots a database and returns (manifest, all rows of table `t` as JSON objects).
-fn stage(path: &Path, overrides: &[(String, String)]) -> Result<(snapshot::Manifest, Vec<Map<String, Value>>)> {
+fn stage(
+    path: &Path,
+    overrides: &[(String, String)],
+) -> Result<(snapshot::Manifest, Vec<Map<String, Value>>)> {
     let out = path.parent().unwrap().join("snap");
     let mut src = SqliteSource::open(path)?;
     src.set_overrides(overrides)?;
-    let m = snapshot::take(&mut src, &out, &SnapshotOptions { batch_size: 2, limits: PartLimits::default() })?;
+    let m = snapshot::take(
+        &mut src,
+        &out,
+        &SnapshotOptions {
+            batch_size: 2,
+            limits: PartLimits::default(),
+        },
+    )?;
     let entry = m.table("t").unwrap();
     let mut rows = vec![];
     for f in snapshot::table_files(&out, entry) {
@@ -37,7 +47,10 @@ fn sample(t: ColType) -> (&'static str, Value) {
         ColType::Text => ("'héllo 日本 🚀'", json!("héllo 日本 🚀")),
         ColType::Json => ("'{\"a\": [1, null]}'", json!("{\"a\": [1, null]}")),
         ColType::Bytes => ("x'00ff10'", json!({"$base64": "AP8Q"})),
-        ColType::Timestamp => ("'2024-01-02 03:04:05.5+02:00'", json!("2024-01-02T01:04:05.500Z")),
+        ColType::Timestamp => (
+            "'2024-01-02 03:04:05.5+02:00'",
+            json!("2024-01-02T01:04:05.500Z"),
+        ),
         ColType::Date => ("'1969-12-31'", json!("1969-12-31")),
         ColType::Time => ("'23:59:59.123456'", json!("23:59:59.123456")),
     }
@@ -57,7 +70,11 @@ fn every_row_of_the_type_map() {
         let (m, rows) = stage(&path, &[]).unwrap_or_else(|e| panic!("{declared}: {e}"));
         let col = m.table("t").unwrap().info.column("v").unwrap().clone();
         assert_eq!(col.arrow_type, t.data_type().to_string(), "{declared}");
-        assert!(!col.fidelity.contains("fallback"), "{declared}: {}", col.fidelity);
+        assert!(
+            !col.fidelity.contains("fallback"),
+            "{declared}: {}",
+            col.fidelity
+        );
         assert_eq!(rows[0]["v"], want, "{declared}");
         assert_eq!(rows[1]["v"], Value::Null, "{declared}: NULL stays NULL");
     }
@@ -65,10 +82,22 @@ fn every_row_of_the_type_map() {
 
 #[test]
 fn declared_type_names_are_normalised() {
-    assert_eq!(map_declared("varchar(255)").unwrap().unwrap().0, ColType::Text);
-    assert_eq!(map_declared("  double   precision ").unwrap().unwrap().0, ColType::Real);
-    assert_eq!(map_declared("Unsigned Big Int").unwrap().unwrap().0, ColType::Integer);
-    assert!(map_declared("").unwrap().is_none(), "undeclared is typed from its values");
+    assert_eq!(
+        map_declared("varchar(255)").unwrap().unwrap().0,
+        ColType::Text
+    );
+    assert_eq!(
+        map_declared("  double   precision ").unwrap().unwrap().0,
+        ColType::Real
+    );
+    assert_eq!(
+        map_declared("Unsigned Big Int").unwrap().unwrap().0,
+        ColType::Integer
+    );
+    assert!(
+        map_declared("").unwrap().is_none(),
+        "undeclared is typed from its values"
+    );
     assert!(map_declared("GEOMETRY").is_none());
 }
 
@@ -84,7 +113,10 @@ fn values_that_do_not_fit_widen_the_column_and_are_counted_not_dropped() {
     let d = e.info.column("d").unwrap();
     assert!(d.fidelity.starts_with("text fallback"), "{}", d.fidelity);
     let s = e.info.column("s").unwrap();
-    assert_eq!(s.arrow_type, "Binary", "a blob in a TEXT column widens it to bytes");
+    assert_eq!(
+        s.arrow_type, "Binary",
+        "a blob in a TEXT column widens it to bytes"
+    );
     assert_eq!(rows.len(), 3, "no row dropped");
     assert_eq!(rows[0]["n"], json!("5"));
     assert_eq!(rows[1]["n"], json!("N/A"));
@@ -94,7 +126,11 @@ fn values_that_do_not_fit_widen_the_column_and_are_counted_not_dropped() {
     let misfits = &e.read_up_to["values_not_fitting_declared_type"];
     assert_eq!(misfits["n"]["count"], json!(1));
     assert_eq!(misfits["n"]["first_key"], json!("{\"id\":2}"));
-    assert_eq!(misfits["d"]["count"], json!(1), "the integer fits DATETIME as Unix seconds; 'yesterday' does not");
+    assert_eq!(
+        misfits["d"]["count"],
+        json!(1),
+        "the integer fits DATETIME as Unix seconds; 'yesterday' does not"
+    );
 }
 
 #[test]
@@ -102,8 +138,15 @@ fn integers_in_datetime_are_unix_seconds_and_sub_microseconds_do_not_fit() {
     let (_d, path) = db("CREATE TABLE t (id INTEGER PRIMARY KEY, d DATETIME); INSERT INTO t VALUES (1, 0), (2, '2024-01-01T00:00:00Z');");
     let (_, rows) = stage(&path, &[]).unwrap();
     assert_eq!(rows[0]["d"], json!("1970-01-01T00:00:00Z"));
-    assert_eq!(parse_timestamp("2024-01-01 00:00:00.123456789"), None, "nanoseconds would be truncated");
-    assert_eq!(parse_timestamp("2024-01-01 00:00:00.123456"), Some(1_704_067_200_123_456));
+    assert_eq!(
+        parse_timestamp("2024-01-01 00:00:00.123456789"),
+        None,
+        "nanoseconds would be truncated"
+    );
+    assert_eq!(
+        parse_timestamp("2024-01-01 00:00:00.123456"),
+        Some(1_704_067_200_123_456)
+    );
     assert_eq!(parse_time("12:00:00.5"), Some(43_200_500_000));
 }
 
@@ -111,10 +154,20 @@ fn integers_in_datetime_are_unix_seconds_and_sub_microseconds_do_not_fit() {
 fn unknown_declared_type_is_an_error_naming_table_and_column_unless_overridden() {
     let (_d, path) = db("CREATE TABLE t (id INTEGER PRIMARY KEY, g GEOMETRY); INSERT INTO t VALUES (1, 'POINT(1 2)');");
     let e = stage(&path, &[]).unwrap_err().to_string();
-    assert!(e.contains("table t, column g") && e.contains("GEOMETRY") && e.contains("--column-type"), "{e}");
+    assert!(
+        e.contains("table t, column g") && e.contains("GEOMETRY") && e.contains("--column-type"),
+        "{e}"
+    );
     let (m, rows) = stage(&path, &[("t.g".into(), "text".into())]).unwrap();
     assert_eq!(rows[0]["g"], json!("POINT(1 2)"));
-    assert!(m.table("t").unwrap().info.column("g").unwrap().fidelity.contains("--column-type"));
+    assert!(m
+        .table("t")
+        .unwrap()
+        .info
+        .column("g")
+        .unwrap()
+        .fidelity
+        .contains("--column-type"));
 }
 
 #[test]
@@ -131,15 +184,31 @@ fn keys_foreign_keys_rowid_and_undeclared_columns_are_introspected() {
     assert!(names.iter().position(|n| *n == "parent") < names.iter().position(|n| *n == "child"));
     let child = cat.table("child").unwrap();
     assert_eq!(child.foreign_keys.len(), 2);
-    let multi = child.foreign_keys.iter().find(|f| f.parent_table == "parent").unwrap();
+    let multi = child
+        .foreign_keys
+        .iter()
+        .find(|f| f.parent_table == "parent")
+        .unwrap();
     assert_eq!(multi.columns, vec!["pa", "pb"]);
     assert_eq!(multi.parent_columns, vec!["a", "b"]);
-    let selfref = child.foreign_keys.iter().find(|f| f.parent_table == "child").unwrap();
-    assert_eq!(selfref.parent_columns, vec!["id"], "implicit reference means the parent's primary key");
+    let selfref = child
+        .foreign_keys
+        .iter()
+        .find(|f| f.parent_table == "child")
+        .unwrap();
+    assert_eq!(
+        selfref.parent_columns,
+        vec!["id"],
+        "implicit reference means the parent's primary key"
+    );
     assert_eq!(cat.table("parent").unwrap().primary_key, vec!["a", "b"]);
     let t = cat.table("t").unwrap();
     assert_eq!(t.primary_key, vec![ROWID_COLUMN]);
-    assert_eq!(t.column("x").unwrap().arrow_type, "Float64", "undeclared: integer and real values -> real");
+    assert_eq!(
+        t.column("x").unwrap().arrow_type,
+        "Float64",
+        "undeclared: integer and real values -> real"
+    );
     assert_eq!(t.column("y").unwrap().arrow_type, "Utf8");
     assert_eq!(cat.table("w").unwrap().primary_key, vec!["k"]);
 }
@@ -148,10 +217,22 @@ fn keys_foreign_keys_rowid_and_undeclared_columns_are_introspected() {
 fn not_a_database_and_missing_file_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("junk.db");
-    std::fs::write(&p, b"this is not sqlite at all, just some text that is long enough to be a header").unwrap();
+    std::fs::write(
+        &p,
+        b"this is not sqlite at all, just some text that is long enough to be a header",
+    )
+    .unwrap();
     let e = SqliteSource::open(&p).err().unwrap();
-    assert!(e.to_string().contains("not a SQLite database") && e.to_string().contains("junk.db"), "{e}");
+    assert!(
+        e.to_string().contains("not a SQLite database") && e.to_string().contains("junk.db"),
+        "{e}"
+    );
     assert_eq!(e.exit_code(), crate::error::exit::SOURCE);
-    let e = SqliteSource::open(&dir.path().join("missing.db")).err().unwrap();
-    assert!(e.to_string().contains("missing.db") && e.to_string().contains("no such file"), "{e}");
+    let e = SqliteSource::open(&dir.path().join("missing.db"))
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("missing.db") && e.to_string().contains("no such file"),
+        "{e}"
+    );
 }
