@@ -62,9 +62,20 @@ pub fn value_at(array: &dyn Array, row: usize) -> Result<Value> {
         DataType::BinaryView => bytes(array.as_binary_view().value(row)),
         DataType::FixedSizeBinary(_) => bytes(array.as_fixed_size_binary().value(row)),
         DataType::Timestamp(unit, tz) => Value::String(timestamp(array, row, *unit, tz.is_some())?),
-        DataType::Date32 | DataType::Date64 | DataType::Time32(_) | DataType::Time64(_) => {
-            Value::String(display(array, row)?)
+        // The two temporal types SQLite (and most sources) stage, rendered without building a formatter per value.
+        DataType::Date32 => Value::String(
+            (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")
+                + chrono::Duration::days(array.as_primitive::<Date32Type>().value(row) as i64))
+            .format("%Y-%m-%d")
+            .to_string(),
+        ),
+        DataType::Time64(TimeUnit::Microsecond) => {
+            let us = array.as_primitive::<Time64MicrosecondType>().value(row);
+            let t = chrono::NaiveTime::from_num_seconds_from_midnight_opt((us / 1_000_000) as u32, (us % 1_000_000) as u32 * 1000)
+                .ok_or_else(|| Error::Internal(format!("time {us} us out of range")))?;
+            Value::String(t.format("%H:%M:%S%.f").to_string())
         }
+        DataType::Date64 | DataType::Time32(_) | DataType::Time64(_) => Value::String(display(array, row)?),
         DataType::Decimal128(_, _) | DataType::Decimal256(_, _) => Value::String(display(array, row)?),
         DataType::Duration(_) | DataType::Interval(_) => Value::String(display(array, row)?),
         DataType::List(_) => list(array.as_list::<i32>().value(row).as_ref())?,

@@ -154,6 +154,8 @@ pub fn take(source: &mut dyn Source, dir: &Path, opts: &SnapshotOptions) -> Resu
             return Ok(m);
         }
         tracing::info!(dir = %dir.display(), "resuming an interrupted snapshot");
+        // A new process: read the catalog again, it sets up the source's per-table state.
+        source.catalog()?;
         m
     } else {
         fs::create_dir_all(dir.join("tables")).map_err(Error::io("create directory", dir))?;
@@ -187,11 +189,6 @@ pub fn take(source: &mut dyn Source, dir: &Path, opts: &SnapshotOptions) -> Resu
         m.save(dir)?;
         m
     };
-    if !manifest.complete {
-        // The catalog must be read in this process too (it sets up the source's per-table state).
-        source.catalog()?;
-    }
-
     for i in 0..manifest.tables.len() {
         if manifest.tables[i].complete {
             continue;
