@@ -41,6 +41,9 @@ fn bench(c: &mut Criterion) {
                 &SnapshotOptions {
                     batch_size: 8192,
                     limits: PartLimits::default(),
+                    workers: 2,
+                    include: vec![],
+                    exclude: vec![],
                 },
             )
             .unwrap();

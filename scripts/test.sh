@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs them: the unit tests (no servers) and the integration tests (the real
-# binary on real SQLite files; pyarrow and DuckDB cross-read every Parquet file it writes).
+# binary on real SQLite files and a real PostgreSQL server; pyarrow and DuckDB cross-read every Parquet file it writes).
 #
 # The cargo target directory is cached outside the clone (~/.cache/engram-migrate/target) so later runs are warm;
 # a cold build of this dependency set takes ~10-15 min on 2 cores (dev profile).
@@ -17,5 +17,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
 fi
 bash scripts/python-env.sh >/dev/null
+
+# The integration tests start a PostgreSQL 15 + pgvector server through scripts/services/postgres.sh (installed
+# here first, so a cold machine pays the apt and pgvector build once, outside any test's time); stop it at the end.
+export ENGRAM_TEST_PG_PORT="${ENGRAM_TEST_PG_PORT:-55432}"
+bash scripts/services/postgres.sh install
+trap 'bash scripts/services/postgres.sh stop "$ENGRAM_TEST_PG_PORT"' EXIT
 
 cargo test --no-fail-fast "$@"

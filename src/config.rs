@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Options {
-    /// What to migrate: a SQLite file (PATH or sqlite://PATH) or a snapshot directory written earlier.
+    /// What to migrate: a SQLite file (PATH or sqlite://PATH), a PostgreSQL URL
+    /// (postgres://USER:PASSWORD@HOST:PORT/DB; the password is never printed) or a snapshot directory written earlier.
     #[arg(long, short = 's', env = "ENGRAM_MIGRATE_SOURCE")]
     pub source: Option<String>,
 
@@ -50,10 +51,26 @@ pub struct Options {
     #[arg(long)]
     pub timestamp_column: Option<String>,
 
-    /// How to stage a column whose declared type is unknown, e.g. "places.geom=text"
-    /// (integer, real, boolean, text, json, bytes, timestamp, date, time). Repeatable.
+    /// How to stage a column, e.g. "places.geom=text". SQLite: integer, real, boolean, text, json, bytes,
+    /// timestamp, date, time. PostgreSQL: as_text, int16, int32, int64, float32, float64, boolean, text, bytes,
+    /// uuid, date, time, timestamp, timestamptz, decimal(P,S), json, interval, vector(N). Repeatable.
     #[arg(long = "column-type", value_name = "TABLE.COLUMN=TYPE")]
     pub column_type: Vec<String>,
+
+    /// Tables to read, comma-separated, `*` as wildcard, e.g. "public.*,sales.orders" (tables of PostgreSQL's
+    /// public schema match with or without "public.") [default: all].
+    #[arg(long)]
+    pub include: Option<String>,
+
+    /// Tables not to read, same form as --include; foreign keys into them become orphans.
+    #[arg(long)]
+    pub exclude: Option<String>,
+
+    /// Rows per partition of a PostgreSQL table; partitions are read in parallel (--parallel-workers) and each is
+    /// committed to the snapshot on its own, so an interrupted snapshot resumes from the partitions done
+    /// [default: 50000].
+    #[arg(long)]
+    pub partition_rows: Option<u64>,
 
     /// Rows per record batch read from the source and per embedding batch [default: 8192].
     #[arg(long)]
@@ -151,6 +168,9 @@ impl Options {
             table_to_space,
             text_columns,
             timestamp_column,
+            include,
+            exclude,
+            partition_rows,
             batch_size,
             parallel_workers,
             embedding_provider,
@@ -184,7 +204,7 @@ impl Options {
 
     pub fn require_source(&self) -> Result<&str> {
         self.source.as_deref().ok_or_else(|| {
-            Error::usage("--source is required (a SQLite file or a snapshot directory)")
+            Error::usage("--source is required (a SQLite file, a postgres:// URL or a snapshot directory)")
         })
     }
 

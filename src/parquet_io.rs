@@ -79,6 +79,8 @@ pub struct RollingWriter {
     next_index: usize,
     open: Option<OpenPart>,
     wrote_any: bool,
+    /// Put before the index in file names, so several writers can share a folder.
+    prefix: String,
 }
 
 impl RollingWriter {
@@ -96,7 +98,21 @@ impl RollingWriter {
             next_index: first_index,
             open: None,
             wrote_any: false,
+            prefix: String::new(),
         })
+    }
+
+    pub fn with_prefix(mut self, prefix: String) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
+    fn name(&self, index: usize) -> String {
+        if self.prefix.is_empty() {
+            part_name(index)
+        } else {
+            format!("part-{}{index:05}.parquet", self.prefix)
+        }
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -107,7 +123,7 @@ impl RollingWriter {
         if self.open.is_none() {
             let index = self.next_index;
             self.next_index += 1;
-            let tmp = self.dir.join(format!(".{}.tmp", part_name(index)));
+            let tmp = self.dir.join(format!(".{}.tmp", self.name(index)));
             let file = File::create(&tmp).map_err(Error::io("create", &tmp))?;
             let mut props = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
@@ -164,7 +180,7 @@ impl RollingWriter {
         file.sync_all().map_err(Error::io("sync", &part.tmp))?;
         let bytes = file.metadata().map_err(Error::io("stat", &part.tmp))?.len();
         drop(file);
-        let name = part_name(part.index);
+        let name = self.name(part.index);
         let path = self.dir.join(&name);
         fs::rename(&part.tmp, &path).map_err(Error::io("rename into place", &path))?;
         sync_dir(&self.dir)?;

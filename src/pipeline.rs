@@ -71,6 +71,24 @@ fn limits(opts: &Options) -> PartLimits {
     }
 }
 
+pub fn snapshot_options(opts: &Options) -> SnapshotOptions {
+    let list = |s: &Option<String>| -> Vec<String> {
+        s.as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect()
+    };
+    SnapshotOptions {
+        batch_size: opts.batch_size(),
+        limits: limits(opts),
+        workers: opts.workers(),
+        include: list(&opts.include),
+        exclude: list(&opts.exclude),
+    }
+}
+
 fn sql_memory(opts: &Options, work: &Path) -> transform::SqlMemory {
     transform::SqlMemory {
         limit_bytes: (opts.memory_limit_mb.unwrap_or(2048).max(64) as usize) << 20,
@@ -79,8 +97,11 @@ fn sql_memory(opts: &Options, work: &Path) -> transform::SqlMemory {
 }
 
 pub fn open_source(opts: &Options) -> Result<Box<dyn Source>> {
-    let types = config::parse_column_types(&opts.column_type)?;
-    source::open(opts.require_source()?, &types)
+    let so = source::SourceOptions {
+        column_types: config::parse_column_types(&opts.column_type)?,
+        partition_rows: opts.partition_rows,
+    };
+    source::open(opts.require_source()?, &so)
 }
 
 /// The snapshot a run works from: the source itself when it is a snapshot directory, else `<work>/snapshot`.
@@ -235,10 +256,7 @@ impl Ctx {
             let m = snapshot::take(
                 src.as_mut(),
                 &dir,
-                &SnapshotOptions {
-                    batch_size: self.opts.batch_size(),
-                    limits: limits(&self.opts),
-                },
+                &snapshot_options(&self.opts),
             )?;
             self.source = Some(src);
             m
@@ -578,7 +596,9 @@ pub async fn run_cmd(opts: Options) -> Result<()> {
 /// `plan` (and `--dry-run`): what a run would read and write. Writes nothing.
 pub async fn plan_cmd(opts: Options) -> Result<()> {
     let mut src = open_source(&opts)?;
-    let catalog = src.catalog()?;
+    let mut catalog = src.catalog()?;
+    let so = snapshot_options(&opts);
+    source::filter_catalog(&mut catalog, &so.include, &so.exclude)?;
     println!("source: {}", src.describe());
     println!("tables, in dependency order (parents first):");
     for t in &catalog.tables {
@@ -588,6 +608,14 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
             t.row_estimate.map(|n| n.to_string()).unwrap_or("?".into()),
             t.primary_key.join(", ")
         );
+        if let Some(parts) = src.partitions(t, so.workers)? {
+            println!(
+                "      read in {} partition(s), {} in parallel: {}",
+                parts.len(),
+                so.workers.min(parts.len()),
+                parts.first().map(|p| p.filter.as_str()).unwrap_or("")
+            );
+        }
         for c in &t.columns {
             println!(
                 "      {:<28} {:<20} -> {:<28} {}",

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::checksum::Checksum;
 use crate::error::{Error, Result};
 use crate::parquet_io::{self, PartFile, PartLimits, RollingWriter};
-use crate::source::{ReadEnd, Source, TableInfo};
+use crate::source::{Partition, PartitionReader, ReadEnd, Source, TableInfo};
 
 pub const MANIFEST: &str = "manifest.json";
 pub const FORMAT: &str = "engram-migrate-snapshot/1";
@@ -44,6 +44,17 @@ pub struct TableEntry {
     /// Where the source was read up to, as the source reports it.
     pub read_up_to: Value,
     pub complete: bool,
+    /// For a source read in partitions: each partition and whether it is committed (its files are in `files`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionState {
+    #[serde(flatten)]
+    pub partition: Partition,
+    pub done: bool,
+    pub rows: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +66,9 @@ pub struct Manifest {
     pub source_fingerprint: String,
     pub started_at: String,
     pub completed_at: Option<String>,
+    /// Where the source as a whole was read up to (e.g. PostgreSQL's exported snapshot and WAL position).
+    #[serde(default)]
+    pub read_up_to: Value,
     pub complete: bool,
     pub cycles: Vec<Vec<String>>,
     pub skipped: Vec<(String, String)>,
@@ -101,6 +115,11 @@ impl Manifest {
 pub struct SnapshotOptions {
     pub batch_size: usize,
     pub limits: PartLimits,
+    /// Partitions read at once, for sources that read in partitions.
+    pub workers: usize,
+    /// `--include` / `--exclude` table patterns.
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
 }
 
 /// A folder name for a table: its index (names may collide once cleaned) and its name cleaned for file systems.
@@ -159,7 +178,8 @@ pub fn take(source: &mut dyn Source, dir: &Path, opts: &SnapshotOptions) -> Resu
         m
     } else {
         fs::create_dir_all(dir.join("tables")).map_err(Error::io("create directory", dir))?;
-        let catalog = source.catalog()?;
+        let mut catalog = source.catalog()?;
+        crate::source::filter_catalog(&mut catalog, &opts.include, &opts.exclude)?;
         let mut tables = vec![];
         for (i, info) in catalog.tables.into_iter().enumerate() {
             let schema = source.schema(&info)?;
@@ -173,6 +193,7 @@ pub fn take(source: &mut dyn Source, dir: &Path, opts: &SnapshotOptions) -> Resu
                 checksum: Checksum::default().to_hex(),
                 read_up_to: Value::Null,
                 complete: false,
+                partitions: vec![],
             });
         }
         let m = Manifest {
@@ -181,6 +202,7 @@ pub fn take(source: &mut dyn Source, dir: &Path, opts: &SnapshotOptions) -> Resu
             source_fingerprint: fingerprint,
             started_at: now(),
             completed_at: None,
+            read_up_to: Value::Null,
             complete: false,
             cycles: catalog.cycles,
             skipped: catalog.skipped,
@@ -194,6 +216,10 @@ pub fn take(source: &mut dyn Source, dir: &Path, opts: &SnapshotOptions) -> Resu
             continue;
         }
         snapshot_table(source, dir, &mut manifest, i, opts)?;
+    }
+    let up_to = source.end_snapshot();
+    if !up_to.is_null() {
+        manifest.read_up_to = up_to;
     }
     manifest.complete = true;
     manifest.completed_at = Some(now());
@@ -211,6 +237,51 @@ fn snapshot_table(
     loop {
         let entry = &mut manifest.tables[i];
         source.set_table(&entry.info);
+        if entry.partitions.is_empty() {
+            if let Some(parts) = source.partitions(&entry.info, opts.workers)? {
+                entry.partitions = parts
+                    .into_iter()
+                    .map(|partition| PartitionState {
+                        partition,
+                        done: false,
+                        rows: 0,
+                    })
+                    .collect();
+                entry.files.clear();
+                manifest.save(dir)?;
+            }
+        }
+        let entry = &mut manifest.tables[i];
+        if !entry.partitions.is_empty() {
+            let reader = source.partition_reader()?.ok_or_else(|| {
+                Error::Internal("a source that partitions has no partition reader".into())
+            })?;
+            let schema = source.schema(&entry.info)?;
+            entry.schema = schema_entries(&schema);
+            match snapshot_partitions(reader.as_ref(), schema, dir, manifest, i, opts)? {
+                None => return Ok(()),
+                Some((column, reason)) => {
+                    let entry = &mut manifest.tables[i];
+                    tracing::warn!(table = %entry.info.name, column = %column, "{reason}; widening the column and staging the table again");
+                    if !source.widen(&mut entry.info, &column, &reason) {
+                        return Err(Error::source_err(
+                            manifest.source.to_string(),
+                            format!("table {}, column {column}: {reason}, and the column cannot be widened further", entry.info.name),
+                        ));
+                    }
+                    let tdir = Manifest::table_dir(dir, entry);
+                    entry.files.clear();
+                    for p in &mut entry.partitions {
+                        p.done = false;
+                        p.rows = 0;
+                    }
+                    remove_unlisted(&tdir, &[])?;
+                    manifest.save(dir)?;
+                    continue;
+                }
+            }
+        }
+        let entry = &mut manifest.tables[i];
         let tdir = Manifest::table_dir(dir, entry);
         fs::create_dir_all(&tdir).map_err(Error::io("create directory", &tdir))?;
         // Without a resume position the table restarts from its first row: forget its earlier files.
@@ -289,6 +360,153 @@ fn snapshot_table(
             }
         }
     }
+}
+
+/// What a worker reports for one partition.
+enum PartOutcome {
+    Done(Vec<PartFile>, u64),
+    Widen(String, String),
+}
+
+/// Reads the table's partitions not yet done, `opts.workers` at a time, each into its own part files
+/// (`part-pNNNNN-MMMMM.parquet`); a partition is recorded in the manifest, files and all, when it is complete.
+/// Returns the column to widen if a value did not fit, after the workers have stopped.
+fn snapshot_partitions(
+    reader: &dyn PartitionReader,
+    schema: arrow::datatypes::SchemaRef,
+    dir: &Path,
+    manifest: &mut Manifest,
+    i: usize,
+    opts: &SnapshotOptions,
+) -> Result<Option<(String, String)>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Mutex};
+
+    let entry = &manifest.tables[i];
+    let tdir = Manifest::table_dir(dir, entry);
+    fs::create_dir_all(&tdir).map_err(Error::io("create directory", &tdir))?;
+    remove_unlisted(&tdir, &entry.files)?;
+    let info = entry.info.clone();
+    let pending: Vec<usize> = (0..entry.partitions.len())
+        .filter(|&k| !entry.partitions[k].done)
+        .collect();
+    let done_rows: u64 = entry.partitions.iter().filter(|p| p.done).map(|p| p.rows).sum();
+    let pb = crate::progress::bar(
+        info.row_estimate.unwrap_or(0),
+        format!("snapshot {}", info.name),
+        "rows",
+    );
+    pb.set_position(done_rows);
+    let parts: Vec<Partition> = entry.partitions.iter().map(|p| p.partition.clone()).collect();
+    let queue = Mutex::new(pending.into_iter());
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel::<(usize, Result<PartOutcome>)>();
+    let mut first_error: Option<Error> = None;
+    let mut widen: Option<(String, String)> = None;
+    std::thread::scope(|scope| {
+        for _ in 0..opts.workers.max(1) {
+            let tx = tx.clone();
+            let (queue, stop, info, schema, tdir, pb, parts) = (
+                &queue,
+                &stop,
+                &info,
+                schema.clone(),
+                &tdir,
+                pb.clone(),
+                &parts,
+            );
+            scope.spawn(move || loop {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
+                let Some(k) = next else { return };
+                let part = parts[k].clone();
+                let outcome = (|| -> Result<PartOutcome> {
+                    let mut writer = RollingWriter::new(tdir, schema.clone(), opts.limits, 0)?
+                        .with_prefix(format!("p{k:05}-"));
+                    let mut files = vec![];
+                    let mut emit = |batch: arrow::array::RecordBatch, _pos: Option<i64>| -> Result<()> {
+                        pb.inc(batch.num_rows() as u64);
+                        if let Some(f) = writer.write(&batch)? {
+                            files.push(f);
+                        }
+                        Ok(())
+                    };
+                    match reader.read_partition(info, &part, &mut emit)? {
+                        ReadEnd::Widen { column, reason } => Ok(PartOutcome::Widen(column, reason)),
+                        ReadEnd::Done { rows, .. } => {
+                            if let Some(f) = writer.finish(false)? {
+                                files.push(f);
+                            }
+                            Ok(PartOutcome::Done(files, rows))
+                        }
+                    }
+                })();
+                if !matches!(outcome, Ok(PartOutcome::Done(..))) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                if tx.send((k, outcome)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(tx);
+        // The main thread records each finished partition, so the manifest is written by one thread only.
+        for (k, outcome) in rx {
+            match outcome {
+                Ok(PartOutcome::Done(files, rows)) => {
+                    if first_error.is_some() || widen.is_some() {
+                        continue;
+                    }
+                    let entry = &mut manifest.tables[i];
+                    entry.files.extend(files);
+                    entry.partitions[k].done = true;
+                    entry.partitions[k].rows = rows;
+                    if let Err(e) = manifest.save(dir) {
+                        stop.store(true, Ordering::Relaxed);
+                        first_error.get_or_insert(e);
+                    }
+                }
+                Ok(PartOutcome::Widen(c, r)) => {
+                    widen.get_or_insert((c, r));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+    });
+    pb.finish_and_clear();
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    if let Some(w) = widen {
+        return Ok(Some(w));
+    }
+    let entry = &mut manifest.tables[i];
+    // An empty table still gets one (empty) file, so its schema survives.
+    if entry.files.is_empty() {
+        let writer = RollingWriter::new(&tdir, schema, opts.limits, 0)?.with_prefix("p00000-".into());
+        if let Some(f) = writer.finish(true)? {
+            entry.files.push(f);
+        }
+    }
+    entry.files.sort_by(|a, b| a.file.cmp(&b.file));
+    let mut sum = Checksum::default();
+    for f in &entry.files {
+        sum.combine(f.checksum()?);
+    }
+    entry.rows = sum.rows;
+    entry.checksum = sum.to_hex();
+    entry.read_up_to = serde_json::json!({
+        "rows": entry.rows,
+        "partitions": entry.partitions.len(),
+    });
+    entry.complete = true;
+    tracing::info!(table = %entry.info.name, rows = entry.rows, files = entry.files.len(), partitions = entry.partitions.len(), "table staged");
+    manifest.save(dir)?;
+    Ok(None)
 }
 
 /// Deletes part files (and temporaries) in `tdir` that the manifest does not list: leftovers of a crash.

@@ -4,10 +4,12 @@
 //! The list of sources is explicit: `open` below. Today: SQLite files and snapshot directories (a snapshot is a
 //! source too, so any run can be reproduced from one). PostgreSQL, Neo4j and Redis plug in here.
 
+pub mod postgres;
 pub mod snapshot_dir;
 pub mod sqlite;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -82,6 +84,20 @@ pub enum ReadEnd {
     Widen { column: String, reason: String },
 }
 
+/// One independent slice of a table (a key range or a page range), read and committed on its own, so an
+/// interrupted snapshot resumes with the slices not yet done.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Partition {
+    /// SQL condition selecting the slice (`TRUE` for the whole table).
+    pub filter: String,
+    pub row_estimate: u64,
+}
+
+/// Reads partitions; shared by the snapshot's worker threads, each with its own connection.
+pub trait PartitionReader: Send + Sync {
+    fn read_partition(&self, table: &TableInfo, part: &Partition, emit: &mut Emit) -> Result<ReadEnd>;
+}
+
 /// Receives batches; `position` is the source's resume position after the batch's last row, if it has one.
 pub type Emit<'a> = dyn FnMut(RecordBatch, Option<i64>) -> Result<()> + 'a;
 
@@ -111,6 +127,18 @@ pub trait Source: Send {
         table: &TableInfo,
         keys: &[Map<String, Value>],
     ) -> Result<Vec<Option<Map<String, Value>>>>;
+    /// Splits a table into partitions read in parallel by `partition_reader`; None for one sequential read.
+    fn partitions(&mut self, _table: &TableInfo, _workers: usize) -> Result<Option<Vec<Partition>>> {
+        Ok(None)
+    }
+    fn partition_reader(&mut self) -> Result<Option<Arc<dyn PartitionReader>>> {
+        Ok(None)
+    }
+    /// The snapshot is complete: release what held the source's state still (a transaction) and say where the
+    /// source was read up to, for the manifest.
+    fn end_snapshot(&mut self) -> Value {
+        Value::Null
+    }
     /// The table's staging schema changed (a column was widened); the source must stage it that way from now on.
     fn set_table(&mut self, _table: &TableInfo) {}
     /// Widens a column after `ReadEnd::Widen`, updating `table`'s column info; false if it cannot widen further.
@@ -119,9 +147,18 @@ pub trait Source: Send {
     }
 }
 
+/// Options that shape how a source reads.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOptions {
+    /// `--column-type` overrides (`table.column`, type name).
+    pub column_types: Vec<(String, String)>,
+    /// Rows per partition of a partitioned read (`--partition-rows`).
+    pub partition_rows: Option<u64>,
+}
+
 /// Opens the source a `--source` value names.
-/// `column_types` are `--column-type` overrides (`table.column`, type name).
-pub fn open(spec: &str, column_types: &[(String, String)]) -> Result<Box<dyn Source>> {
+pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
+    let column_types = &opts.column_types;
     let sqlite = |p: &Path| -> Result<Box<dyn Source>> {
         let mut s = sqlite::SqliteSource::open(p)?;
         s.set_overrides(column_types)?;
@@ -130,9 +167,15 @@ pub fn open(spec: &str, column_types: &[(String, String)]) -> Result<Box<dyn Sou
     if let Some(rest) = spec.strip_prefix("sqlite://") {
         return sqlite(Path::new(rest));
     }
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        let mut s = postgres::PgSource::open(spec)?;
+        s.set_overrides(column_types)?;
+        if let Some(n) = opts.partition_rows {
+            s.set_partition_rows(n);
+        }
+        return Ok(Box::new(s));
+    }
     for scheme in [
-        "postgres://",
-        "postgresql://",
         "bolt://",
         "neo4j://",
         "redis://",
@@ -161,6 +204,46 @@ pub fn open(spec: &str, column_types: &[(String, String)]) -> Result<Box<dyn Sou
         ));
     }
     sqlite(path)
+}
+
+/// Whether `name` matches a pattern of `--include`/`--exclude` (`*` matches any run of characters). Tables of
+/// PostgreSQL's default schema are named without it but also match as `public.name`.
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    fn glob(p: &[u8], s: &[u8]) -> bool {
+        match p.split_first() {
+            None => s.is_empty(),
+            Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+            Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+        }
+    }
+    glob(pattern.as_bytes(), name.as_bytes())
+        || (!name.contains('.') && glob(pattern.as_bytes(), format!("public.{name}").as_bytes()))
+}
+
+/// Keeps the tables `--include` names (all when empty) minus those `--exclude` names; the others are listed as
+/// skipped. A pattern without `*` that names no table is an error: a typo must not silently migrate nothing.
+pub fn filter_catalog(catalog: &mut Catalog, include: &[String], exclude: &[String]) -> Result<()> {
+    for p in include.iter().chain(exclude) {
+        if !p.contains('*') && !catalog.tables.iter().any(|t| name_matches(p, &t.name)) {
+            let known: Vec<&str> = catalog.tables.iter().map(|t| t.name.as_str()).take(20).collect();
+            return Err(Error::usage(format!(
+                "table {p:?} (--include/--exclude) is not in the source; tables: {}",
+                known.join(", ")
+            )));
+        }
+    }
+    let tables = std::mem::take(&mut catalog.tables);
+    for t in tables {
+        let included = include.is_empty() || include.iter().any(|p| name_matches(p, &t.name));
+        let excluded = exclude.iter().any(|p| name_matches(p, &t.name));
+        if included && !excluded {
+            catalog.tables.push(t);
+        } else {
+            let why = if excluded { "excluded by --exclude" } else { "not named by --include" };
+            catalog.skipped.push((t.name, why.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// Orders tables so that parents come before children (Kahn's algorithm); tables left over sit on or behind a
@@ -248,6 +331,31 @@ mod tests {
                 .collect(),
             row_estimate: None,
         }
+    }
+
+    #[test]
+    fn include_exclude_patterns() {
+        assert!(name_matches("users", "users"));
+        assert!(name_matches("public.users", "users"));
+        assert!(name_matches("public.*", "users"));
+        assert!(!name_matches("public.*", "sales.orders"));
+        assert!(name_matches("sales.*", "sales.orders"));
+        assert!(name_matches("*orders", "sales.orders"));
+        assert!(!name_matches("user", "users"));
+        let mut cat = Catalog {
+            tables: vec![t("users", &[]), t("orders", &["users"]), t("sales.items", &[])],
+            ..Default::default()
+        };
+        filter_catalog(&mut cat, &["public.*".into()], &["orders".into()]).unwrap();
+        let names: Vec<_> = cat.tables.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, vec!["users"]);
+        assert_eq!(cat.skipped.len(), 2);
+        let mut cat = Catalog {
+            tables: vec![t("users", &[])],
+            ..Default::default()
+        };
+        let e = filter_catalog(&mut cat, &["userz".into()], &[]).unwrap_err();
+        assert!(e.to_string().contains("userz"), "{e}");
     }
 
     #[test]

@@ -168,6 +168,27 @@ fn created_at_expr(t: &TableEntry, opts: &MappingOptions, alias: &str) -> String
     "CAST(NULL AS TIMESTAMP)".into()
 }
 
+/// A column that already holds Engram-sized vectors (pgvector `vector(768)`): they become the memory's
+/// embedding as they are, instead of an embedding of the text. Vectors of other sizes stay in the content only.
+pub fn embedding_column(t: &TableEntry) -> Option<&str> {
+    let wanted = format!("FixedSizeList({} x Float32)", crate::schema::EMBEDDING_DIM);
+    t.schema
+        .iter()
+        .find(|f| f.data_type == wanted)
+        .map(|f| f.name.as_str())
+}
+
+/// Vector columns of another size, reported in the mapping (they are embedded from text instead).
+pub fn other_vector_columns(t: &TableEntry) -> Vec<String> {
+    let wanted = format!("FixedSizeList({} x Float32)", crate::schema::EMBEDDING_DIM);
+    t.schema
+        .iter()
+        .filter(|f| f.data_type.starts_with("FixedSizeList(") && f.data_type.ends_with("x Float32)"))
+        .filter(|f| f.data_type != wanted)
+        .map(|f| format!("{} ({})", f.name, f.data_type))
+        .collect()
+}
+
 fn float(v: f32) -> String {
     format!("CAST({v} AS FLOAT)")
 }
@@ -248,10 +269,24 @@ pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
             .filter(|c| !c.synthetic)
             .map(|c| format!("{}, {}", lit(&c.name), col("c", &c.name)))
             .collect();
+        let embedding = match embedding_column(t) {
+            Some(c) => format!("CAST({} AS REAL[])", col("c", c)),
+            None => "CAST(NULL AS REAL[])".into(),
+        };
+        let mut note = String::new();
+        if let Some(c) = embedding_column(t) {
+            note.push_str(&format!("-- column {c} holds 768-float vectors: used as the embedding as is\n"));
+        }
+        for v in other_vector_columns(t) {
+            tracing::warn!(table = %name, column = %v, "vector column is not Engram's 768 dimensions; kept in the content, the memory is embedded from its text");
+            note.push_str(&format!(
+                "-- column {v} is not 768 floats: kept in the content, the memory is embedded from its text\n"
+            ));
+        }
         memories.push(format!(
-            "-- table {name}\nSELECT {space} AS space,\n       {id} AS id,\n       to_json(named_struct({content})) AS content,\n       \
+            "-- table {name}\n{note}SELECT {space} AS space,\n       {id} AS id,\n       to_json(named_struct({content})) AS content,\n       \
              {text} AS text,\n       {conf} AS confidence, {act} AS activation, {decay} AS decay_rate,\n       \
-             {created} AS created_at,\n       'semantic' AS memory_type, {kind} AS source_kind, {sname} AS source_name,\n       \
+             {created} AS created_at,\n       {embedding} AS embedding,\n       'semantic' AS memory_type, {kind} AS source_kind, {sname} AS source_name,\n       \
              {key} AS source_key\nFROM {table} c",
             space = lit(&space_of(t, opts)),
             id = id_expr(t, "c"),
@@ -261,6 +296,7 @@ pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
             act = float(opts.activation),
             decay = float(opts.decay_rate),
             created = created_at_expr(t, opts, "c"),
+            embedding = embedding,
             kind = lit(kind),
             sname = lit(name),
             key = key_json(t, "c"),

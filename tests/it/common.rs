@@ -104,3 +104,62 @@ pub fn python() -> String {
         .trim()
         .to_string()
 }
+
+/// A PostgreSQL 15 + pgvector server for the tests, installed and started by the project's script on a loopback
+/// port of its own (ENGRAM_TEST_PG_PORT, default 55432), with the fixture database loaded once per test binary.
+/// scripts/test.sh stops it when the tests are done. Returns the fixture database's URL.
+pub fn postgres_fixture() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let script = repo().join("scripts/services/postgres.sh");
+        let port = pg_port();
+        let start = Command::new("bash")
+            .arg(&script)
+            .args(["start", &port])
+            .output()
+            .expect("run scripts/services/postgres.sh");
+        assert!(
+            start.status.success(),
+            "postgres.sh start failed:\n{}",
+            String::from_utf8_lossy(&start.stderr)
+        );
+        let load = Command::new("bash")
+            .arg(&script)
+            .args(["load", "fixture", &port])
+            .output()
+            .expect("run scripts/services/postgres.sh");
+        assert!(
+            load.status.success(),
+            "postgres.sh load failed:\n{}",
+            String::from_utf8_lossy(&load.stderr)
+        );
+        String::from_utf8_lossy(&load.stdout)
+            .lines()
+            .last()
+            .expect("a URL")
+            .trim()
+            .to_string()
+    })
+    .clone()
+}
+
+pub fn pg_port() -> String {
+    std::env::var("ENGRAM_TEST_PG_PORT").unwrap_or_else(|_| "55432".into())
+}
+
+/// One value from psql (as the postgres user over the server's socket directory).
+pub fn psql(db: &str, sql: &str) -> String {
+    let port = pg_port();
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--", "psql", "-h"])
+        .arg(format!("/tmp/engram-migrate-pg-{port}"))
+        .args(["-p", &port, "-U", "postgres", "-d", db, "-qAt", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -38,7 +38,7 @@ fn any_file(dir: &Path, pred: &dyn Fn(&Path) -> bool) -> bool {
 }
 
 /// Starts the run and SIGKILLs it as soon as `marker` holds; returns whether it was killed before finishing.
-fn run_and_kill(a: &[&str], marker: &dyn Fn() -> bool) -> bool {
+pub fn run_and_kill(a: &[&str], marker: &dyn Fn() -> bool) -> bool {
     let mut child = Command::new(bin())
         .args(a)
         .stdout(Stdio::null())

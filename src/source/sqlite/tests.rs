@@ -24,6 +24,9 @@ fn stage(
         &SnapshotOptions {
             batch_size: 2,
             limits: PartLimits::default(),
+            workers: 2,
+            include: vec![],
+            exclude: vec![],
         },
     )?;
     let entry = m.table("t").unwrap();
