@@ -52,7 +52,7 @@ pub fn value_at(array: &dyn Array, row: usize) -> Result<Value> {
         DataType::UInt32 => int!(UInt32Type),
         DataType::UInt64 => int!(UInt64Type),
         DataType::Float16 => float(array.as_primitive::<Float16Type>().value(row).to_f64()),
-        DataType::Float32 => float(array.as_primitive::<Float32Type>().value(row) as f64),
+        DataType::Float32 => float(f32_decimal(array.as_primitive::<Float32Type>().value(row))),
         DataType::Float64 => float(array.as_primitive::<Float64Type>().value(row)),
         DataType::Utf8 => Value::String(array.as_string::<i32>().value(row).to_owned()),
         DataType::LargeUtf8 => Value::String(array.as_string::<i64>().value(row).to_owned()),
@@ -123,6 +123,15 @@ pub fn row_object(batch: &RecordBatch, row: usize) -> Result<Map<String, Value>>
         m.insert(field.name().clone(), value_at(col.as_ref(), row)?);
     }
     Ok(m)
+}
+
+/// An f32 as the f64 nearest to its shortest decimal form (`1.1f32` -> `1.1`, not `1.100000023841858`): the
+/// value a user wrote, short in the JSON content, and stable when that JSON is parsed and printed again.
+fn f32_decimal(v: f32) -> f64 {
+    if !v.is_finite() {
+        return v as f64;
+    }
+    ryu::Buffer::new().format_finite(v).parse().unwrap_or(v as f64)
 }
 
 fn float(f: f64) -> Value {

@@ -156,3 +156,59 @@ mod tests {
         );
     }
 }
+
+/// A data type's short, stable name for manifests, plans and reports: `Int32`, `Timestamp(µs, "UTC")`,
+/// `List(Utf8)`, `FixedSizeList(768 x Float32)`, `Decimal128(12, 2)`. Arrow's own `Display` of nested types
+/// prints whole `Field` structs, which is unreadable and changes between Arrow versions.
+pub fn type_name(dt: &DataType) -> String {
+    fn unit(u: &TimeUnit) -> &'static str {
+        match u {
+            TimeUnit::Second => "s",
+            TimeUnit::Millisecond => "ms",
+            TimeUnit::Microsecond => "µs",
+            TimeUnit::Nanosecond => "ns",
+        }
+    }
+    match dt {
+        DataType::Timestamp(u, None) => format!("Timestamp({})", unit(u)),
+        DataType::Timestamp(u, Some(tz)) => format!("Timestamp({}, {tz:?})", unit(u)),
+        DataType::Time32(u) => format!("Time32({})", unit(u)),
+        DataType::Time64(u) => format!("Time64({})", unit(u)),
+        DataType::Duration(u) => format!("Duration({})", unit(u)),
+        DataType::List(f) => format!("List({})", type_name(f.data_type())),
+        DataType::LargeList(f) => format!("LargeList({})", type_name(f.data_type())),
+        DataType::FixedSizeList(f, n) => format!("FixedSizeList({n} x {})", type_name(f.data_type())),
+        DataType::Struct(fields) => format!(
+            "Struct({})",
+            fields
+                .iter()
+                .map(|f| format!("{}: {}", f.name(), type_name(f.data_type())))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        DataType::Map(f, _) => format!("Map({})", type_name(f.data_type())),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod type_name_tests {
+    use super::*;
+
+    #[test]
+    fn short_names_of_nested_and_temporal_types() {
+        let item = |t: DataType| Arc::new(Field::new_list_field(t, true));
+        let cases = [
+            (DataType::Int32, "Int32"),
+            (DataType::Decimal128(12, 2), "Decimal128(12, 2)"),
+            (DataType::Time64(TimeUnit::Microsecond), "Time64(µs)"),
+            (DataType::Timestamp(TimeUnit::Microsecond, None), "Timestamp(µs)"),
+            (DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), "Timestamp(µs, \"UTC\")"),
+            (DataType::List(item(DataType::Utf8)), "List(Utf8)"),
+            (DataType::FixedSizeList(item(DataType::Float32), 768), "FixedSizeList(768 x Float32)"),
+        ];
+        for (t, want) in cases {
+            assert_eq!(type_name(&t), want);
+        }
+    }
+}

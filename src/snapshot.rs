@@ -148,7 +148,7 @@ fn schema_entries(schema: &arrow::datatypes::Schema) -> Vec<FieldEntry> {
         .iter()
         .map(|f| FieldEntry {
             name: f.name().clone(),
-            data_type: f.data_type().to_string(),
+            data_type: crate::schema::type_name(f.data_type()),
             nullable: f.is_nullable(),
         })
         .collect()

@@ -329,7 +329,11 @@ impl TableState {
                     return format!("ctid::text AS {}", quote(CTID_COLUMN));
                 }
                 let q = quote(&c.name);
-                if t.via_text() {
+                if c.source_type == "inet" && *t == PgType::AsText {
+                    // inet's text() cast always prints the mask (`::1/128`); its output function, which
+                    // format() uses, prints it only when it is not a host's.
+                    format!("CASE WHEN {q} IS NULL THEN NULL ELSE format('%s', {q}) END AS {q}")
+                } else if t.via_text() {
                     format!("{q}::text AS {q}")
                 } else if let Some(b) = base {
                     format!("{q}::{b} AS {q}")
@@ -370,7 +374,9 @@ pub struct PgSource {
     url: String,
     safe_url: String,
     password: Option<String>,
-    client: Client,
+    /// The catalog connection, holding the snapshot transaction. An Option only so `Drop` can move it off the
+    /// async runtime (the sync client owns a runtime of its own, which must not be dropped inside another).
+    client: Option<Client>,
     /// The exported snapshot all partitions read in, while a snapshot is being taken.
     snapshot_id: Option<String>,
     wal_lsn: Option<String>,
@@ -455,7 +461,7 @@ impl PgSource {
             url,
             safe_url,
             password,
-            client,
+            client: Some(client),
             snapshot_id: None,
             wal_lsn: None,
             tables: HashMap::new(),
@@ -499,7 +505,11 @@ impl PgSource {
     }
 
     fn query(&mut self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Vec<postgres::Row>> {
-        match self.client.query(sql, params) {
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| Error::Internal("the PostgreSQL catalog connection is closed".into()))?;
+        match off_runtime(|| client.query(sql, params)) {
             Ok(r) => Ok(r),
             Err(e) => Err(self.err("catalog query failed", &e)),
         }
@@ -510,9 +520,11 @@ impl PgSource {
         if self.snapshot_id.is_some() {
             return Ok(());
         }
-        let r = self
+        let client = self
             .client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+            .as_mut()
+            .ok_or_else(|| Error::Internal("the PostgreSQL catalog connection is closed".into()))?;
+        let r = off_runtime(|| client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"));
         if let Err(e) = r {
             return Err(self.err("cannot start a read transaction", &e));
         }
@@ -576,7 +588,7 @@ impl PgSource {
                 columns.push(ColumnInfo {
                     name: c.name.clone(),
                     source_type: c.declared.clone(),
-                    arrow_type: t.data_type().to_string(),
+                    arrow_type: crate::schema::type_name(&t.data_type()),
                     mapped_as: t.name(),
                     fidelity: note,
                     synthetic: false,
@@ -611,7 +623,7 @@ impl PgSource {
                         types[i] = PgType::AsText;
                         let c = &mut columns[i];
                         c.mapped_as = PgType::AsText.name();
-                        c.arrow_type = DataType::Utf8.to_string();
+                        c.arrow_type = crate::schema::type_name(&DataType::Utf8);
                         c.fidelity = "text fallback: holds multi-dimensional or non-1-based arrays, kept as PostgreSQL array text".into();
                     }
                 }
@@ -766,17 +778,51 @@ impl PgSource {
         }
     }
 
-    fn live_client(&self) -> Result<Client> {
+    /// Runs `f` on a fresh connection (outside the snapshot transaction), connecting, querying and closing off
+    /// the async runtime.
+    fn with_live<R: Send>(
+        &self,
+        f: impl FnOnce(&mut Client) -> std::result::Result<R, postgres::Error> + Send,
+    ) -> Result<std::result::Result<R, postgres::Error>> {
         let config: postgres::Config = self.url.parse().map_err(|e: postgres::Error| {
             Error::usage(format!("--source {}: {}", self.safe_url, pg_message(&e)))
         })?;
-        connect(&config).map_err(|e| self.err("cannot connect", &e))
+        off_runtime(|| {
+            let mut c = connect_now(&config)?;
+            Ok(f(&mut c))
+        })
+        .map_err(|e: postgres::Error| self.err("cannot connect", &e))
     }
+}
+
+impl Drop for PgSource {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            off_runtime(move || drop(c));
+        }
+    }
+}
+
+/// Runs blocking client code on a thread of its own when called from inside the async runtime: the sync
+/// `postgres` client (and ConnectorX, built on it) drives a runtime of its own, which tokio forbids to start or
+/// drop inside another. Outside a runtime (the snapshot's worker threads) it runs in place.
+fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
 }
 
 /// Connects as libpq would for the URL's `sslmode`: `disable` in plain text, `prefer` (the default) and `require`
 /// with TLS when the server offers it, without certificate verification (libpq's meaning of those modes).
 fn connect(config: &postgres::Config) -> std::result::Result<Client, postgres::Error> {
+    off_runtime(|| connect_now(config))
+}
+
+fn connect_now(config: &postgres::Config) -> std::result::Result<Client, postgres::Error> {
     if config.get_ssl_mode() == postgres::config::SslMode::Disable {
         return config.connect(NoTls);
     }
@@ -864,6 +910,16 @@ impl PgReader {
                             reason: format!("a value does not fit {}: {e}", state.types[i].name()),
                         }))
                     }
+                }
+            }
+            // ConnectorX reads 'infinity' and '-infinity' as chrono's largest and smallest values, without an
+            // error: such a column is staged as text instead (PostgreSQL's own spelling), never as a fake date.
+            for (i, t) in state.types.iter().enumerate() {
+                if matches!(t, PgType::Date | PgType::Timestamp | PgType::TimestampTz) && holds_infinity(&cols[i]) {
+                    return Ok(Err(ReadEnd::Widen {
+                        column: schema.field(i).name().clone(),
+                        reason: "holds infinity or -infinity, which Arrow dates and timestamps cannot".into(),
+                    }));
                 }
             }
             out.push(RecordBatch::try_new(schema.clone(), cols)?);
@@ -973,9 +1029,9 @@ impl Source for PgSource {
     fn fingerprint(&self) -> Result<String> {
         // Data changes show in the statistics counters (inserts, updates, deletes) and a TRUNCATE or rewrite in
         // the relation's file node. Counters are flushed by writers within about a second of their commit.
-        let mut c = self.live_client()?;
-        let row = c
-            .query_one(
+        let row = self
+            .with_live(|c| {
+                c.query_one(
                 "SELECT current_database()::text,
                         coalesce(sum(s.n_tup_ins + s.n_tup_upd + s.n_tup_del), 0)::text,
                         coalesce(sum(pg_relation_filenode(s.relid)::int8), 0)::text,
@@ -983,7 +1039,8 @@ impl Source for PgSource {
                  FROM pg_stat_all_tables s
                  WHERE s.schemaname NOT IN ('pg_catalog', 'information_schema') AND s.schemaname NOT LIKE 'pg\\_toast%'",
                 &[],
-            )
+                )
+            })?
             .map_err(|e| self.err("cannot read table statistics", &e))?;
         let parts: Vec<String> = (0..4).map(|i| row.get::<_, String>(i)).collect();
         Ok(format!(
@@ -1009,9 +1066,8 @@ impl Source for PgSource {
 
     fn count(&mut self, table: &TableInfo) -> Result<u64> {
         let q = self.state(table)?.qualified.clone();
-        let mut c = self.live_client()?;
-        let n: i64 = c
-            .query_one(&format!("SELECT count(*) FROM {q}"), &[])
+        let n: i64 = self
+            .with_live(|c| c.query_one(&format!("SELECT count(*) FROM {q}"), &[]))?
             .map_err(|e| self.err(&format!("table {}: cannot count rows", table.name), &e))?
             .get(0);
         Ok(n as u64)
@@ -1040,7 +1096,7 @@ impl Source for PgSource {
         state.types[i] = PgType::AsText;
         let c = &mut table.columns[i];
         c.mapped_as = PgType::AsText.name();
-        c.arrow_type = DataType::Utf8.to_string();
+        c.arrow_type = crate::schema::type_name(&DataType::Utf8);
         c.fidelity = format!("text fallback: {reason}");
         true
     }
@@ -1056,7 +1112,36 @@ impl Source for PgSource {
             filter: "TRUE".into(),
             row_estimate: table.row_estimate.unwrap_or(0),
         };
-        self.reader().read_partition(table, &whole, emit)
+        let reader = self.reader();
+        if tokio::runtime::Handle::try_current().is_err() {
+            return reader.read_partition(table, &whole, emit);
+        }
+        // Inside the async runtime: read on a thread of its own (see `off_runtime`) and hand the batches back
+        // here through a small bounded channel, so `emit` runs on this thread and memory stays bounded.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
+        std::thread::scope(|s| {
+            let worker = s.spawn(|| {
+                let mut send = |b: RecordBatch, _pos: Option<i64>| -> Result<()> {
+                    tx.send(b)
+                        .map_err(|_| Error::Internal("the snapshot stopped taking batches".into()))
+                };
+                let r = reader.read_partition(table, &whole, &mut send);
+                drop(tx);
+                r
+            });
+            let mut emitted: Result<()> = Ok(());
+            for b in rx.iter() {
+                if emitted.is_ok() {
+                    emitted = emit(b, None);
+                }
+            }
+            let read = match worker.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            emitted?;
+            read
+        })
     }
 
     fn partitions(&mut self, table: &TableInfo, workers: usize) -> Result<Option<Vec<Partition>>> {
@@ -1118,7 +1203,9 @@ impl Source for PgSource {
     }
 
     fn end_snapshot(&mut self) -> Value {
-        let _ = self.client.batch_execute("COMMIT");
+        if let Some(client) = self.client.as_mut() {
+            let _ = off_runtime(|| client.batch_execute("COMMIT"));
+        }
         let v = json!({ "exported_snapshot": self.snapshot_id, "wal_lsn": self.wal_lsn });
         self.snapshot_id = None;
         v
@@ -1169,7 +1256,7 @@ impl Source for PgSource {
         let mut reader = self.reader();
         // Validation compares with the database as it is now, not with the snapshot transaction.
         reader.pre = SESSION.iter().map(|s| s.to_string()).collect();
-        let batches = match reader.run(table, &sql)? {
+        let batches = match off_runtime(|| reader.run(table, &sql))? {
             Ok(b) => b,
             Err(_) => {
                 return Err(Error::source_err(
@@ -1194,6 +1281,29 @@ impl Source for PgSource {
             }
         }
         Ok(keys.iter().map(|k| found.remove(&key_of(k))).collect())
+    }
+}
+
+/// Whether a staged date or timestamp column holds the values ConnectorX gives PostgreSQL's infinities.
+fn holds_infinity(a: &ArrayRef) -> bool {
+    use arrow::array::{AsArray, PrimitiveArray};
+    use arrow::datatypes::{ArrowPrimitiveType, Date32Type, TimestampMicrosecondType};
+    fn any<T: ArrowPrimitiveType>(a: &PrimitiveArray<T>, lo: T::Native, hi: T::Native) -> bool {
+        a.iter().flatten().any(|v| v == lo || v == hi)
+    }
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    match a.data_type() {
+        DataType::Date32 => any(
+            a.as_primitive::<Date32Type>(),
+            (chrono::NaiveDate::MIN - epoch).num_days() as i32,
+            (chrono::NaiveDate::MAX - epoch).num_days() as i32,
+        ),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => any(
+            a.as_primitive::<TimestampMicrosecondType>(),
+            chrono::NaiveDateTime::MIN.and_utc().timestamp_micros(),
+            chrono::NaiveDateTime::MAX.and_utc().timestamp_micros(),
+        ),
+        _ => false,
     }
 }
 

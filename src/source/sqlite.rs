@@ -312,7 +312,7 @@ impl SqliteSource {
             columns.push(ColumnInfo {
                 name: cname.clone(),
                 source_type: declared.clone(),
-                arrow_type: t.data_type().to_string(),
+                arrow_type: crate::schema::type_name(&t.data_type()),
                 mapped_as: t.name().into(),
                 fidelity: note,
                 synthetic: false,
@@ -828,7 +828,7 @@ impl Source for SqliteSource {
         state.types[i] = next;
         let c = &mut table.columns[i];
         c.mapped_as = next.name().into();
-        c.arrow_type = next.data_type().to_string();
+        c.arrow_type = crate::schema::type_name(&next.data_type());
         let label = if next == ColType::Bytes {
             "bytes fallback"
         } else {

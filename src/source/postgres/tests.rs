@@ -44,7 +44,7 @@ fn numeric_typmods() {
 #[test]
 fn vectors_arrays_enums_and_unknown_types() {
     let (t, _) = rule_for(&col("vector", 768));
-    assert_eq!(t.data_type().to_string(), "FixedSizeList(768 x Float32)");
+    assert_eq!(crate::schema::type_name(&t.data_type()), "FixedSizeList(768 x Float32)");
     assert_eq!(rule_for(&col("vector", -1)).0, PgType::Vector(None));
     let mut a = col("_int4", -1);
     a.elem = "int4".into();
