@@ -7,6 +7,7 @@
 #
 #   scripts/bench-postgres.sh [ROWS]      SKIP_BUILD=1 to reuse the release binary; BENCH_PG_PORT (default 55433)
 #   WORKERS=N                             --parallel-workers for engram-migrate (default: cores)
+#   BIN=PATH                              time this engram-migrate binary instead of building the release one
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -15,8 +16,10 @@ ROWS="${1:-1000000}"
 PORT="${BENCH_PG_PORT:-55433}"
 missing=(); [ -x /usr/bin/time ] || missing+=(time); command -v bc >/dev/null || missing+=(bc)
 [ ${#missing[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq "${missing[@]}"; }
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --bins >&2
-BIN="$CARGO_TARGET_DIR/release/engram-migrate"
+if [ -z "${BIN:-}" ]; then
+  [ -n "${SKIP_BUILD:-}" ] || cargo build --release --bins >&2
+  BIN="$CARGO_TARGET_DIR/release/engram-migrate"
+fi
 WORK="${BENCH_DIR:-/tmp/engram-migrate-bench}/pg"
 mkdir -p "$WORK"
 
@@ -33,7 +36,10 @@ PSQL=(runuser -u postgres -- env PGOPTIONS="-c client_min_messages=warning" psql
 if [ "$("${PSQL[@]}" -d postgres -c "SELECT count(*) FROM pg_database WHERE datname = 'bench'")" = 0 ]; then
   "${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
 fi
-have=$("${PSQL[@]}" -d bench -c "SELECT CASE WHEN to_regclass('bench_mixed') IS NULL THEN -1 ELSE (SELECT count(*) FROM bench_mixed) END")
+have=-1
+if [ "$("${PSQL[@]}" -d bench -c "SELECT to_regclass('bench_mixed') IS NOT NULL")" = t ]; then
+  have=$("${PSQL[@]}" -d bench -c "SELECT count(*) FROM bench_mixed")
+fi
 if [ "$have" != "$ROWS" ]; then
   echo "filling bench_mixed with $ROWS rows" >&2
   "${PSQL[@]}" -d bench <<SQL
