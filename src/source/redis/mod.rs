@@ -583,7 +583,7 @@ impl Source for RedisSource {
             .collect();
         let as_of = self.as_of()?;
         let mut rows = Rows::new(&table.name, as_of);
-        let mut found = |it: &Item| {
+        let mut found = |it: &Item| -> Result<()> {
             let (k, b) = text(&it.key);
             if wanted.contains(&(it.db as i64, k, b)) {
                 rows.push(it);
