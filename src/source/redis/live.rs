@@ -28,7 +28,7 @@ pub struct Live {
 
 fn err(url: &str, what: &str, e: impl std::fmt::Display) -> Error {
     let msg = e.to_string();
-    let hint = if msg.contains("WRONGPASS") || msg.contains("NOAUTH") || msg.contains("invalid password") || msg.contains("invalid username-password") {
+    let hint = if msg.contains("WRONGPASS") || msg.contains("NOAUTH") || msg.contains("uthentication") || msg.contains("invalid password") || msg.contains("invalid username-password") {
         " (authentication failed: check the password in the URL, redis://:PASSWORD@HOST:PORT)"
     } else if msg.contains("refused") || msg.contains("timed out") || msg.contains("No route") || msg.contains("resolve") {
         " (the server is not reachable: check host and port, and that it is running)"
