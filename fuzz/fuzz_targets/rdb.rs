@@ -13,7 +13,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) => {
-                    assert!(e.offset <= data.len() as u64, "offset {} past the input ({} bytes)", e.offset, data.len());
+                    assert!(
+                        e.offset <= data.len() as u64,
+                        "offset {} past the input ({} bytes)",
+                        e.offset,
+                        data.len()
+                    );
                     break;
                 }
             }

@@ -21,11 +21,9 @@ pub fn is_redis(source: &serde_json::Value) -> bool {
 
 pub fn mapping(m: &RedisMapping) -> Result<String> {
     let space = match &m.memory_space {
-        Some(s) if !crate::schema::is_valid_space_id(s) => {
-            return Err(Error::usage(format!(
-                "--memory-space {s:?}: an Engram space id is 3 to 64 characters of a-z, 0-9, _ and -"
-            )))
-        }
+        Some(s) if !crate::schema::is_valid_space_id(s) => return Err(Error::usage(format!(
+            "--memory-space {s:?}: an Engram space id is 3 to 64 characters of a-z, 0-9, _ and -"
+        ))),
         Some(s) => format!("'{s}'"),
         None => "''".into(),
     };
@@ -37,12 +35,17 @@ pub fn mapping(m: &RedisMapping) -> Result<String> {
     let mut out = String::with_capacity(REDIS_SQL.len());
     let mut found = 0;
     for line in REDIS_SQL.lines() {
-        match settings.iter().find(|(mark, _)| line.contains(&format!("-- {mark}"))) {
+        match settings
+            .iter()
+            .find(|(mark, _)| line.contains(&format!("-- {mark}")))
+        {
             Some((_, lit)) => {
                 let indent = &line[..line.len() - line.trim_start().len()];
                 let rest = line.trim_start();
                 let Some(as_at) = rest.find(" AS ") else {
-                    return Err(Error::Internal(format!("sql/redis.sql: setting line without AS: {line}")));
+                    return Err(Error::Internal(format!(
+                        "sql/redis.sql: setting line without AS: {line}"
+                    )));
                 };
                 out.push_str(&format!("{indent}{lit}{}", &rest[as_at..]));
                 found += 1;
@@ -52,7 +55,9 @@ pub fn mapping(m: &RedisMapping) -> Result<String> {
         out.push('\n');
     }
     if found != settings.len() {
-        return Err(Error::Internal("sql/redis.sql lacks one of its @flag setting lines".into()));
+        return Err(Error::Internal(
+            "sql/redis.sql lacks one of its @flag setting lines".into(),
+        ));
     }
     Ok(out)
 }
@@ -72,7 +77,10 @@ mod tests {
         assert!(sql.contains("  'cache_space' AS memory_space"), "{sql}");
         assert!(sql.contains("  false AS ttl_as_decay"));
         assert!(sql.contains("  true AS hash_field_memories"));
-        let bad = mapping(&RedisMapping { memory_space: Some("No Way".into()), ..Default::default() });
+        let bad = mapping(&RedisMapping {
+            memory_space: Some("No Way".into()),
+            ..Default::default()
+        });
         assert!(bad.is_err());
     }
 }

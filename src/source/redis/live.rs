@@ -28,9 +28,18 @@ pub struct Live {
 
 fn err(url: &str, what: &str, e: impl std::fmt::Display) -> Error {
     let msg = e.to_string();
-    let hint = if msg.contains("WRONGPASS") || msg.contains("NOAUTH") || msg.contains("uthentication") || msg.contains("invalid password") || msg.contains("invalid username-password") {
+    let hint = if msg.contains("WRONGPASS")
+        || msg.contains("NOAUTH")
+        || msg.contains("uthentication")
+        || msg.contains("invalid password")
+        || msg.contains("invalid username-password")
+    {
         " (authentication failed: check the password in the URL, redis://:PASSWORD@HOST:PORT)"
-    } else if msg.contains("refused") || msg.contains("timed out") || msg.contains("No route") || msg.contains("resolve") {
+    } else if msg.contains("refused")
+        || msg.contains("timed out")
+        || msg.contains("No route")
+        || msg.contains("resolve")
+    {
         " (the server is not reachable: check host and port, and that it is running)"
     } else {
         ""
@@ -107,7 +116,13 @@ impl Live {
         let url_db = url::Url::parse(url)
             .ok()
             .and_then(|u| u.path().trim_start_matches('/').parse::<u64>().ok());
-        Ok(Live { con, redacted, url_db, run_id: field("run_id"), version })
+        Ok(Live {
+            con,
+            redacted,
+            url_db,
+            run_id: field("run_id"),
+            version,
+        })
     }
 
     pub fn redacted_url(&self) -> &str {
@@ -121,11 +136,13 @@ impl Live {
     }
 
     fn q<T: redis::FromRedisValue>(&mut self, what: &str, c: &redis::Cmd) -> Result<T> {
-        c.query(&mut self.con).map_err(|e| err(&self.redacted, what, e))
+        c.query(&mut self.con)
+            .map_err(|e| err(&self.redacted, what, e))
     }
 
     fn pipe(&mut self, what: &str, p: &redis::Pipeline) -> Result<Vec<RV>> {
-        p.query(&mut self.con).map_err(|e| err(&self.redacted, what, e))
+        p.query(&mut self.con)
+            .map_err(|e| err(&self.redacted, what, e))
     }
 
     /// The server's clock (TIME), Unix ms.
@@ -163,13 +180,19 @@ impl Live {
     }
 
     /// Every key of every database (or `only`), in SCAN order.
-    pub fn for_each(&mut self, only: Option<u64>, f: &mut dyn FnMut(Item) -> Result<()>) -> Result<()> {
+    pub fn for_each(
+        &mut self,
+        only: Option<u64>,
+        f: &mut dyn FnMut(Item) -> Result<()>,
+    ) -> Result<()> {
         for db in self.dbs(only)? {
             self.select(db)?;
             let mut cursor: u64 = 0;
             loop {
-                let (next, keys): (u64, Vec<Vec<u8>>) =
-                    self.q("SCAN", redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(SCAN_COUNT))?;
+                let (next, keys): (u64, Vec<Vec<u8>>) = self.q(
+                    "SCAN",
+                    redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(SCAN_COUNT),
+                )?;
                 for it in self.read_keys(db, keys)? {
                     f(it)?;
                 }
@@ -211,7 +234,12 @@ impl Live {
         let r = self.pipe("TYPE/PEXPIRETIME", &p)?;
         let mut meta = vec![];
         for (k, pair) in keys.into_iter().zip(r.chunks(2)) {
-            let ty = pair.first().cloned().and_then(bytes).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            let ty = pair
+                .first()
+                .cloned()
+                .and_then(bytes)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
             let e = pair.get(1).and_then(int).unwrap_or(-2);
             if ty == "none" || e == -2 {
                 continue; // gone since SCAN saw it
@@ -247,7 +275,10 @@ impl Live {
                         continue;
                     }
                 },
-                "stream" => Value::Stream { entries: n.max(0) as u64, groups: 0 },
+                "stream" => Value::Stream {
+                    entries: n.max(0) as u64,
+                    groups: 0,
+                },
                 "list" | "set" | "zset" | "hash" if n > BIG => self.read_big(&k, &ty, n)?,
                 "list" | "set" | "zset" | "hash" => {
                     match ty.as_str() {
@@ -259,9 +290,17 @@ impl Live {
                     small_idx.push((i, ty.clone()));
                     Value::List(vec![]) // filled below
                 }
-                other => Value::Module { name: other.to_string() },
+                other => Value::Module {
+                    name: other.to_string(),
+                },
             };
-            items.push(Some(Item { db, key: k, expire_at_ms: expire, encoding: None, value }));
+            items.push(Some(Item {
+                db,
+                key: k,
+                expire_at_ms: expire,
+                encoding: None,
+                value,
+            }));
         }
         if !small_idx.is_empty() {
             let vals = self.pipe("values", &small)?;
@@ -288,7 +327,10 @@ impl Live {
             let mut v = Vec::with_capacity(n as usize);
             let mut start = 0i64;
             loop {
-                let page: Vec<Vec<u8>> = self.q("LRANGE", redis::cmd("LRANGE").arg(k).arg(start).arg(start + BIG - 1))?;
+                let page: Vec<Vec<u8>> = self.q(
+                    "LRANGE",
+                    redis::cmd("LRANGE").arg(k).arg(start).arg(start + BIG - 1),
+                )?;
                 let got = page.len() as i64;
                 v.extend(page);
                 if got < BIG {
@@ -306,7 +348,8 @@ impl Live {
         let mut all = vec![];
         let mut cursor: u64 = 0;
         loop {
-            let (next, page): (u64, Vec<Vec<u8>>) = self.q(c, redis::cmd(c).arg(k).arg(cursor).arg("COUNT").arg(BIG))?;
+            let (next, page): (u64, Vec<Vec<u8>>) =
+                self.q(c, redis::cmd(c).arg(k).arg(cursor).arg("COUNT").arg(BIG))?;
             all.extend(page);
             if next == 0 {
                 break;
@@ -342,7 +385,11 @@ impl Live {
                 if h.is_empty() {
                     continue;
                 }
-                let c = p.cmd("HPEXPIRETIME").arg(&it.key).arg("FIELDS").arg(h.len());
+                let c = p
+                    .cmd("HPEXPIRETIME")
+                    .arg(&it.key)
+                    .arg("FIELDS")
+                    .arg(h.len());
                 for f in h {
                     c.arg(&f.field);
                 }
@@ -384,7 +431,12 @@ fn decode(ty: &str, flat: Vec<Vec<u8>>) -> Result<Value> {
                 let score = std::str::from_utf8(&s)
                     .ok()
                     .and_then(super::rdb::parse_double)
-                    .ok_or_else(|| Error::Internal(format!("ZRANGE returned a score that is not a number: {:?}", String::from_utf8_lossy(&s))))?;
+                    .ok_or_else(|| {
+                        Error::Internal(format!(
+                            "ZRANGE returned a score that is not a number: {:?}",
+                            String::from_utf8_lossy(&s)
+                        ))
+                    })?;
                 v.push((m, score));
             }
             Value::ZSet(v)
@@ -393,7 +445,11 @@ fn decode(ty: &str, flat: Vec<Vec<u8>>) -> Result<Value> {
             let mut v = Vec::with_capacity(flat.len() / 2);
             let mut it = flat.into_iter();
             while let (Some(field), Some(value)) = (it.next(), it.next()) {
-                v.push(HashField { field, value, expire_at_ms: None });
+                v.push(HashField {
+                    field,
+                    value,
+                    expire_at_ms: None,
+                });
             }
             Value::Hash(v)
         }

@@ -21,7 +21,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder};
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use base64::Engine;
 use serde_json::{json, Map, Value as Json};
@@ -37,14 +39,49 @@ pub const MEMBERS_TABLE: &str = "members";
 /// snapshot's as-of time (marked synthetic: a later re-read has another as-of time).
 pub const KEY_COLUMNS: &[(&str, DataType, bool, &str)] = &[
     ("db", DataType::Int64, false, "database number"),
-    ("key", DataType::Utf8, false, "the key: UTF-8 text, or base64 when key_base64"),
-    ("key_base64", DataType::Boolean, false, "the key's bytes are not UTF-8 and `key` is their base64"),
-    ("type", DataType::Utf8, false, "string, list, set, zset or hash"),
-    ("encoding", DataType::Utf8, true, "encoding in the dump (RDB only; NULL for a live read)"),
-    ("length", DataType::Int64, false, "bytes of a string, elements of a collection"),
+    (
+        "key",
+        DataType::Utf8,
+        false,
+        "the key: UTF-8 text, or base64 when key_base64",
+    ),
+    (
+        "key_base64",
+        DataType::Boolean,
+        false,
+        "the key's bytes are not UTF-8 and `key` is their base64",
+    ),
+    (
+        "type",
+        DataType::Utf8,
+        false,
+        "string, list, set, zset or hash",
+    ),
+    (
+        "encoding",
+        DataType::Utf8,
+        true,
+        "encoding in the dump (RDB only; NULL for a live read)",
+    ),
+    (
+        "length",
+        DataType::Int64,
+        false,
+        "bytes of a string, elements of a collection",
+    ),
     ("value", DataType::Utf8, false, "the value as typed JSON"),
-    ("expire_at_ms", DataType::Int64, true, "absolute expiry, Unix ms; NULL without TTL"),
-    ("ttl_ms", DataType::Int64, true, "expire_at_ms minus the snapshot's as-of time"),
+    (
+        "expire_at_ms",
+        DataType::Int64,
+        true,
+        "absolute expiry, Unix ms; NULL without TTL",
+    ),
+    (
+        "ttl_ms",
+        DataType::Int64,
+        true,
+        "expire_at_ms minus the snapshot's as-of time",
+    ),
 ];
 
 /// Staged columns of `members`.
@@ -53,13 +90,38 @@ pub const MEMBER_COLUMNS: &[(&str, DataType, bool, &str)] = &[
     ("key", DataType::Utf8, false, "the key, as in `keys`"),
     ("key_base64", DataType::Boolean, false, "as in `keys`"),
     ("type", DataType::Utf8, false, "list, set, zset or hash"),
-    ("idx", DataType::Int64, false, "position in the canonical order, from 0"),
-    ("member", DataType::Utf8, false, "list element, set or zset member, hash field"),
-    ("member_base64", DataType::Boolean, false, "member is base64 of non-UTF-8 bytes"),
+    (
+        "idx",
+        DataType::Int64,
+        false,
+        "position in the canonical order, from 0",
+    ),
+    (
+        "member",
+        DataType::Utf8,
+        false,
+        "list element, set or zset member, hash field",
+    ),
+    (
+        "member_base64",
+        DataType::Boolean,
+        false,
+        "member is base64 of non-UTF-8 bytes",
+    ),
     ("score", DataType::Float64, true, "zset score"),
     ("field_value", DataType::Utf8, true, "hash field value"),
-    ("field_value_base64", DataType::Boolean, true, "field_value is base64 of non-UTF-8 bytes"),
-    ("field_expire_at_ms", DataType::Int64, true, "hash field expiry (Redis 7.4+), Unix ms"),
+    (
+        "field_value_base64",
+        DataType::Boolean,
+        true,
+        "field_value is base64 of non-UTF-8 bytes",
+    ),
+    (
+        "field_expire_at_ms",
+        DataType::Int64,
+        true,
+        "hash field expiry (Redis 7.4+), Unix ms",
+    ),
 ];
 
 fn columns(table: &str) -> &'static [(&'static str, DataType, bool, &'static str)] {
@@ -80,7 +142,11 @@ fn schema_of(table: &str) -> SchemaRef {
 }
 
 fn table_info(table: &str, estimate: Option<u64>) -> TableInfo {
-    let mut pk = vec!["db".to_string(), "key".to_string(), "key_base64".to_string()];
+    let mut pk = vec![
+        "db".to_string(),
+        "key".to_string(),
+        "key_base64".to_string(),
+    ];
     if table == MEMBERS_TABLE {
         pk.push("idx".into());
     }
@@ -186,7 +252,11 @@ pub fn value_json(v: &Value) -> Json {
     match v {
         Value::String(s) => bin_json(s),
         Value::List(v) | Value::Set(v) => Json::Array(v.iter().map(|x| bin_json(x)).collect()),
-        Value::ZSet(v) => Json::Array(v.iter().map(|(m, s)| json!([bin_json(m), score_json(*s)])).collect()),
+        Value::ZSet(v) => Json::Array(
+            v.iter()
+                .map(|(m, s)| json!([bin_json(m), score_json(*s)]))
+                .collect(),
+        ),
         Value::Hash(v) => Json::Array(
             v.iter()
                 .map(|f| match f.expire_at_ms {
@@ -227,7 +297,12 @@ impl Rows {
                 _ => Col::S(StringBuilder::new()),
             })
             .collect();
-        Rows { members: table == MEMBERS_TABLE, as_of_ms, cols, rows: 0 }
+        Rows {
+            members: table == MEMBERS_TABLE,
+            as_of_ms,
+            cols,
+            rows: 0,
+        }
     }
 
     fn i(&mut self, c: usize, v: Option<i64>) {
@@ -268,7 +343,12 @@ impl Rows {
             self.rows += 1;
             return;
         }
-        let member = |r: &mut Rows, idx: usize, m: &[u8], score: Option<f64>, fv: Option<&[u8]>, fexp: Option<i64>| {
+        let member = |r: &mut Rows,
+                      idx: usize,
+                      m: &[u8],
+                      score: Option<f64>,
+                      fv: Option<&[u8]>,
+                      fexp: Option<i64>| {
             let (m, mb) = text(m);
             r.i(0, Some(it.db as i64));
             r.s(1, Some(&key));
@@ -352,7 +432,12 @@ pub struct RedisSource {
 
 impl RedisSource {
     pub fn open_rdb(path: &Path, only_db: Option<u64>) -> Result<Self> {
-        let f = std::fs::File::open(path).map_err(|e| Error::source_err(path.display().to_string(), format!("cannot open: {e}; check --source / --use-rdb")))?;
+        let f = std::fs::File::open(path).map_err(|e| {
+            Error::source_err(
+                path.display().to_string(),
+                format!("cannot open: {e}; check --source / --use-rdb"),
+            )
+        })?;
         // Header check now, so a wrong file fails before any work.
         rdb::RdbReader::new(std::io::BufReader::new(f)).map_err(|e| rdb_err(path, e))?;
         Ok(RedisSource {
@@ -386,7 +471,8 @@ impl RedisSource {
         let (t, from) = match &mut self.backend {
             Backend::Rdb(p) => {
                 let f = std::fs::File::open(&*p).map_err(Error::io("open", &*p))?;
-                let mut r = rdb::RdbReader::new(std::io::BufReader::new(f)).map_err(|e| rdb_err(p, e))?;
+                let mut r =
+                    rdb::RdbReader::new(std::io::BufReader::new(f)).map_err(|e| rdb_err(p, e))?;
                 // AUX fields precede the first key.
                 let _ = r.next_entry().map_err(|e| rdb_err(p, e))?;
                 match r.aux_field("ctime").and_then(|s| s.parse::<i64>().ok()) {
@@ -399,7 +485,10 @@ impl RedisSource {
                             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                             .map(|d| d.as_millis() as i64)
                             .unwrap_or(0);
-                        (t, "modification time of the dump file (it has no ctime aux field)")
+                        (
+                            t,
+                            "modification time of the dump file (it has no ctime aux field)",
+                        )
                     }
                 }
             }
@@ -443,9 +532,16 @@ impl RedisSource {
         match &mut self.backend {
             Backend::Rdb(p) => {
                 let file = std::fs::File::open(&*p).map_err(Error::io("open", &*p))?;
-                let mut r = rdb::RdbReader::new(std::io::BufReader::with_capacity(1 << 20, file)).map_err(|e| rdb_err(p, e))?;
+                let mut r = rdb::RdbReader::new(std::io::BufReader::with_capacity(1 << 20, file))
+                    .map_err(|e| rdb_err(p, e))?;
                 while let Some(e) = r.next_entry().map_err(|e| rdb_err(p, e))? {
-                    let it = Item { db: e.db, key: e.key, expire_at_ms: e.expire_at_ms, encoding: Some(e.encoding), value: e.value };
+                    let it = Item {
+                        db: e.db,
+                        key: e.key,
+                        expire_at_ms: e.expire_at_ms,
+                        encoding: Some(e.encoding),
+                        value: e.value,
+                    };
                     handle(it, &mut rep)?;
                 }
                 self.rdb_facts = json!({
@@ -498,8 +594,12 @@ impl Source for RedisSource {
 
     fn describe(&self) -> Json {
         match &self.backend {
-            Backend::Rdb(p) => json!({ "kind": "redis", "mode": "rdb", "path": p.display().to_string(), "db": self.only_db }),
-            Backend::Live(l) => json!({ "kind": "redis", "mode": "live", "path": l.redacted_url(), "db": self.only_db }),
+            Backend::Rdb(p) => {
+                json!({ "kind": "redis", "mode": "rdb", "path": p.display().to_string(), "db": self.only_db })
+            }
+            Backend::Live(l) => {
+                json!({ "kind": "redis", "mode": "live", "path": l.redacted_url(), "db": self.only_db })
+            }
         }
     }
 
@@ -507,7 +607,11 @@ impl Source for RedisSource {
         match &self.backend {
             Backend::Rdb(p) => {
                 let m = std::fs::metadata(p).map_err(Error::io("stat", p))?;
-                let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos());
+                let mtime = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos());
                 Ok(format!("size={},mtime={}", m.len(), mtime.unwrap_or(0)))
             }
             Backend::Live(l) => Ok(format!("run_id={}", l.run_id())),
@@ -521,7 +625,10 @@ impl Source for RedisSource {
             Backend::Rdb(_) => None,
         };
         Ok(Catalog {
-            tables: vec![table_info(KEYS_TABLE, estimate), table_info(MEMBERS_TABLE, None)],
+            tables: vec![
+                table_info(KEYS_TABLE, estimate),
+                table_info(MEMBERS_TABLE, None),
+            ],
             cycles: vec![],
             skipped: vec![],
         })
@@ -536,7 +643,11 @@ impl Source for RedisSource {
         let mut n = 0u64;
         self.pass(&mut |it| {
             n += if members {
-                if matches!(it.value, Value::String(_)) { 0 } else { it.len() as u64 }
+                if matches!(it.value, Value::String(_)) {
+                    0
+                } else {
+                    it.len() as u64
+                }
             } else {
                 1
             };
@@ -545,7 +656,13 @@ impl Source for RedisSource {
         Ok(n)
     }
 
-    fn read_table(&mut self, table: &TableInfo, _after: Option<i64>, batch_size: usize, emit: &mut Emit) -> Result<ReadEnd> {
+    fn read_table(
+        &mut self,
+        table: &TableInfo,
+        _after: Option<i64>,
+        batch_size: usize,
+        emit: &mut Emit,
+    ) -> Result<ReadEnd> {
         // No resume position: a Redis read restarts from its first key (SCAN cursors and dump offsets are not
         // stable positions across processes).
         let as_of = self.as_of()?;
@@ -566,18 +683,30 @@ impl Source for RedisSource {
         }
         let mut up_to = self.report_json(&rep);
         up_to["rows"] = json!(total);
-        Ok(ReadEnd::Done { rows: total, read_up_to: up_to })
+        Ok(ReadEnd::Done {
+            rows: total,
+            read_up_to: up_to,
+        })
     }
 
-    fn fetch_rows(&mut self, table: &TableInfo, keys: &[Map<String, Json>]) -> Result<Vec<Option<Map<String, Json>>>> {
+    fn fetch_rows(
+        &mut self,
+        table: &TableInfo,
+        keys: &[Map<String, Json>],
+    ) -> Result<Vec<Option<Map<String, Json>>>> {
         // The keys asked for, then one pass (a dump) or direct reads (a server) to find them.
         let wanted: HashSet<(i64, String, bool)> = keys
             .iter()
             .map(|k| {
                 (
                     k.get("db").and_then(|v| v.as_i64()).unwrap_or(-1),
-                    k.get("key").and_then(|v| v.as_str()).unwrap_or("").to_string(),
-                    k.get("key_base64").and_then(|v| v.as_bool()).unwrap_or(false),
+                    k.get("key")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("")
+                        .to_string(),
+                    k.get("key_base64")
+                        .and_then(|v| v.as_bool())
+                        .unwrap_or(false),
                 )
             })
             .collect();
@@ -595,7 +724,11 @@ impl Source for RedisSource {
                 let list: Vec<(u64, Vec<u8>)> = wanted
                     .iter()
                     .filter_map(|(db, k, b)| {
-                        let bytes = if *b { base64::engine::general_purpose::STANDARD.decode(k).ok()? } else { k.as_bytes().to_vec() };
+                        let bytes = if *b {
+                            base64::engine::general_purpose::STANDARD.decode(k).ok()?
+                        } else {
+                            k.as_bytes().to_vec()
+                        };
                         Some((*db as u64, bytes))
                     })
                     .collect();
@@ -619,7 +752,12 @@ impl Source for RedisSource {
         let pk = &table.primary_key;
         Ok(keys
             .iter()
-            .map(|k| objects.iter().find(|o| pk.iter().all(|c| o.get(c) == k.get(c))).cloned())
+            .map(|k| {
+                objects
+                    .iter()
+                    .find(|o| pk.iter().all(|c| o.get(c) == k.get(c)))
+                    .cloned()
+            })
             .collect())
     }
 
@@ -658,14 +796,29 @@ mod tests {
             key: b"z".to_vec(),
             expire_at_ms: None,
             encoding: None,
-            value: Value::ZSet(vec![(b"b".to_vec(), 1.0), (b"a".to_vec(), 1.0), (b"c".to_vec(), f64::NEG_INFINITY)]),
+            value: Value::ZSet(vec![
+                (b"b".to_vec(), 1.0),
+                (b"a".to_vec(), 1.0),
+                (b"c".to_vec(), f64::NEG_INFINITY),
+            ]),
         };
         it.canonicalize(0);
-        assert_eq!(value_json(&it.value), json!([["c", "-inf"], ["a", 1.0], ["b", 1.0]]));
+        assert_eq!(
+            value_json(&it.value),
+            json!([["c", "-inf"], ["a", 1.0], ["b", 1.0]])
+        );
         let mut h = Item {
             value: Value::Hash(vec![
-                HashField { field: b"y".to_vec(), value: b"1".to_vec(), expire_at_ms: Some(5) },
-                HashField { field: b"x".to_vec(), value: b"2".to_vec(), expire_at_ms: Some(50) },
+                HashField {
+                    field: b"y".to_vec(),
+                    value: b"1".to_vec(),
+                    expire_at_ms: Some(5),
+                },
+                HashField {
+                    field: b"x".to_vec(),
+                    value: b"2".to_vec(),
+                    expire_at_ms: Some(50),
+                },
             ]),
             ..it
         };
@@ -689,7 +842,11 @@ mod tests {
             key: b"\xfe".to_vec(),
             expire_at_ms: None,
             encoding: None,
-            value: Value::Hash(vec![HashField { field: b"f".to_vec(), value: b"\x80".to_vec(), expire_at_ms: Some(9) }]),
+            value: Value::Hash(vec![HashField {
+                field: b"f".to_vec(),
+                value: b"\x80".to_vec(),
+                expire_at_ms: Some(9),
+            }]),
         });
         let b = r.finish(MEMBERS_TABLE).unwrap();
         let row = crate::json::row_object(&b, 0).unwrap();

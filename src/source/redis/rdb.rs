@@ -109,9 +109,14 @@ pub enum Value {
     ZSet(Vec<(Vec<u8>, f64)>),
     Hash(Vec<HashField>),
     /// Streams are parsed to skip them: their entry and consumer-group counts, for the report.
-    Stream { entries: u64, groups: u64 },
+    Stream {
+        entries: u64,
+        groups: u64,
+    },
     /// A module value, skipped: the module type's 9-character name.
-    Module { name: String },
+    Module {
+        name: String,
+    },
 }
 
 /// A key and its value, with where it starts in the file.
@@ -185,8 +190,13 @@ impl<R: Read> RdbReader<R> {
             last_string_encoding: "raw",
         };
         let mut magic = [0u8; 9];
-        r.read_exact(&mut magic)
-            .map_err(|e| RdbError { message: format!("{} (a dump file starts with REDIS and a 4-digit version)", e.message), ..e })?;
+        r.read_exact(&mut magic).map_err(|e| RdbError {
+            message: format!(
+                "{} (a dump file starts with REDIS and a 4-digit version)",
+                e.message
+            ),
+            ..e
+        })?;
         if &magic[..5] != b"REDIS" {
             return Err(r.err_at(0, "not an RDB file: it does not start with REDIS".into()));
         }
@@ -217,7 +227,11 @@ impl<R: Read> RdbReader<R> {
     }
 
     fn err_at(&self, offset: u64, message: String) -> RdbError {
-        RdbError { offset, key: None, message }
+        RdbError {
+            offset,
+            key: None,
+            message,
+        }
     }
 
     fn err(&self, message: impl Into<String>) -> RdbError {
@@ -232,14 +246,16 @@ impl<R: Read> RdbReader<R> {
                     return Err(self.err_at(
                         self.offset + filled as u64,
                         format!(
-                            "unexpected end of file ({} more bytes expected): the dump is truncated",
-                            buf.len() - filled
-                        ),
+                        "unexpected end of file ({} more bytes expected): the dump is truncated",
+                        buf.len() - filled
+                    ),
                     ))
                 }
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.err_at(self.offset + filled as u64, format!("read error: {e}"))),
+                Err(e) => {
+                    return Err(self.err_at(self.offset + filled as u64, format!("read error: {e}")))
+                }
             }
         }
         self.crc = crc64(self.crc, buf);
@@ -251,7 +267,9 @@ impl<R: Read> RdbReader<R> {
     /// instead of allocating first.
     fn read_bytes(&mut self, n: u64) -> Result<Vec<u8>> {
         if n > MAX_STRING {
-            return Err(self.err(format!("string length {n} is beyond any Redis value: the dump is corrupt")));
+            return Err(self.err(format!(
+                "string length {n} is beyond any Redis value: the dump is corrupt"
+            )));
         }
         let n = n as usize;
         let mut out = Vec::with_capacity(n.min(1 << 20));
@@ -303,7 +321,12 @@ impl<R: Read> RdbReader<R> {
                     self.read_exact(&mut x)?;
                     Ok(u64::from_be_bytes(x))
                 }
-                _ => return Err(self.err_at(self.offset - 1, format!("unknown length encoding 0x{b:02x}"))),
+                _ => {
+                    return Err(self.err_at(
+                        self.offset - 1,
+                        format!("unknown length encoding 0x{b:02x}"),
+                    ))
+                }
             },
             _ => Err(b & 0x3f),
         })
@@ -312,7 +335,10 @@ impl<R: Read> RdbReader<R> {
     fn len(&mut self) -> Result<u64> {
         match self.len_or_enc()? {
             Ok(n) => Ok(n),
-            Err(tag) => Err(self.err_at(self.offset - 1, format!("expected a length, found string encoding {tag}"))),
+            Err(tag) => Err(self.err_at(
+                self.offset - 1,
+                format!("expected a length, found string encoding {tag}"),
+            )),
         }
     }
 
@@ -337,11 +363,15 @@ impl<R: Read> RdbReader<R> {
                         let clen = self.len()?;
                         let ulen = self.len()?;
                         if ulen > MAX_STRING {
-                            return Err(self.err_at(start, format!("LZF string of {ulen} bytes is beyond any Redis value")));
+                            return Err(self.err_at(
+                                start,
+                                format!("LZF string of {ulen} bytes is beyond any Redis value"),
+                            ));
                         }
                         let data = self.read_bytes(clen)?;
-                        let v = lzf_decompress(&data, ulen as usize)
-                            .map_err(|m| self.err_at(start, format!("LZF-compressed string: {m}")))?;
+                        let v = lzf_decompress(&data, ulen as usize).map_err(|m| {
+                            self.err_at(start, format!("LZF-compressed string: {m}"))
+                        })?;
                         self.last_string_encoding = "lzf";
                         return Ok(v);
                     }
@@ -533,7 +563,11 @@ impl<R: Read> RdbReader<R> {
                 let mut v = Vec::with_capacity(n.min(1024) as usize);
                 for _ in 0..n {
                     let m = self.string()?;
-                    let s = if t == 5 { self.f64_le()? } else { self.text_double()? };
+                    let s = if t == 5 {
+                        self.f64_le()?
+                    } else {
+                        self.text_double()?
+                    };
                     v.push((m, s));
                 }
                 Value::ZSet(v)
@@ -544,7 +578,11 @@ impl<R: Read> RdbReader<R> {
                 for _ in 0..n {
                     let field = self.string()?;
                     let value = self.string()?;
-                    v.push(HashField { field, value, expire_at_ms: None });
+                    v.push(HashField {
+                        field,
+                        value,
+                        expire_at_ms: None,
+                    });
                 }
                 Value::Hash(v)
             }
@@ -563,7 +601,11 @@ impl<R: Read> RdbReader<R> {
                     };
                     let field = self.string()?;
                     let value = self.string()?;
-                    v.push(HashField { field, value, expire_at_ms });
+                    v.push(HashField {
+                        field,
+                        value,
+                        expire_at_ms,
+                    });
                 }
                 Value::Hash(v)
             }
@@ -576,9 +618,15 @@ impl<R: Read> RdbReader<R> {
                     let blob = self.string()?;
                     match container {
                         1 => v.push(blob),
-                        2 if t == 18 => v.extend(listpack(&blob).map_err(|m| self.err_at(at, format!("quicklist node listpack: {m}")))?),
-                        2 => v.extend(ziplist(&blob).map_err(|m| self.err_at(at, format!("quicklist node ziplist: {m}")))?),
-                        c => return Err(self.err_at(at, format!("unknown quicklist container {c}"))),
+                        2 if t == 18 => v.extend(listpack(&blob).map_err(|m| {
+                            self.err_at(at, format!("quicklist node listpack: {m}"))
+                        })?),
+                        2 => v.extend(ziplist(&blob).map_err(|m| {
+                            self.err_at(at, format!("quicklist node ziplist: {m}"))
+                        })?),
+                        c => {
+                            return Err(self.err_at(at, format!("unknown quicklist container {c}")))
+                        }
                     }
                 }
                 Value::List(v)
@@ -589,28 +637,47 @@ impl<R: Read> RdbReader<R> {
                 }
                 let at = self.offset;
                 let blob = self.string()?;
-                let bad = |m: String| self.err_at(at, format!("{} value: {m}", value_type(t).map(|x| x.1).unwrap_or("?")));
+                let bad = |m: String| {
+                    self.err_at(
+                        at,
+                        format!("{} value: {m}", value_type(t).map(|x| x.1).unwrap_or("?")),
+                    )
+                };
                 match t {
                     9 => Value::Hash(zipmap(&blob).map_err(bad)?),
                     10 => Value::List(ziplist(&blob).map_err(bad)?),
                     11 => Value::Set(intset(&blob).map_err(bad)?),
                     12 | 17 => {
-                        let items = if t == 12 { ziplist(&blob) } else { listpack(&blob) }.map_err(&bad)?;
+                        let items = if t == 12 {
+                            ziplist(&blob)
+                        } else {
+                            listpack(&blob)
+                        }
+                        .map_err(&bad)?;
                         Value::ZSet(pairs_with_scores(items).map_err(bad)?)
                     }
                     13 | 16 => {
-                        let items = if t == 13 { ziplist(&blob) } else { listpack(&blob) }.map_err(&bad)?;
+                        let items = if t == 13 {
+                            ziplist(&blob)
+                        } else {
+                            listpack(&blob)
+                        }
+                        .map_err(&bad)?;
                         Value::Hash(hash_pairs(items, false).map_err(bad)?)
                     }
                     20 => Value::Set(listpack(&blob).map_err(bad)?),
-                    _ => Value::Hash(hash_pairs(listpack(&blob).map_err(&bad)?, true).map_err(bad)?),
+                    _ => {
+                        Value::Hash(hash_pairs(listpack(&blob).map_err(&bad)?, true).map_err(bad)?)
+                    }
                 }
             }
             15 | 19 | 21 => self.skip_stream(t)?,
             7 => {
                 let id = self.len()?;
                 self.skip_module_value()?;
-                Value::Module { name: module_name(id) }
+                Value::Module {
+                    name: module_name(id),
+                }
             }
             _ => return Err(self.err(format!("value type {t} is not supported"))),
         })
@@ -702,10 +769,16 @@ fn pairs_with_scores(items: Vec<Vec<u8>>) -> std::result::Result<Vec<(Vec<u8>, f
 }
 
 /// Field/value pairs, or field/value/expiry triplets (listpack with field expiry: 0 = none, else Unix ms).
-fn hash_pairs(items: Vec<Vec<u8>>, with_expiry: bool) -> std::result::Result<Vec<HashField>, String> {
+fn hash_pairs(
+    items: Vec<Vec<u8>>,
+    with_expiry: bool,
+) -> std::result::Result<Vec<HashField>, String> {
     let step = if with_expiry { 3 } else { 2 };
     if items.len() % step != 0 {
-        return Err(format!("{} entries is not a multiple of {step}", items.len()));
+        return Err(format!(
+            "{} entries is not a multiple of {step}",
+            items.len()
+        ));
     }
     let mut out = Vec::with_capacity(items.len() / step);
     let mut it = items.into_iter();
@@ -720,7 +793,11 @@ fn hash_pairs(items: Vec<Vec<u8>>, with_expiry: bool) -> std::result::Result<Vec
         } else {
             None
         };
-        out.push(HashField { field, value, expire_at_ms });
+        out.push(HashField {
+            field,
+            value,
+            expire_at_ms,
+        });
     }
     Ok(out)
 }
@@ -733,9 +810,17 @@ struct Cur<'a> {
 
 impl<'a> Cur<'a> {
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
-        let end = self.p.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| {
-            format!("entry at byte {} runs past the end of the {}-byte blob", self.p, self.b.len())
-        })?;
+        let end = self
+            .p
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| {
+                format!(
+                    "entry at byte {} runs past the end of the {}-byte blob",
+                    self.p,
+                    self.b.len()
+                )
+            })?;
         let s = &self.b[self.p..end];
         self.p = end;
         Ok(s)
@@ -777,7 +862,9 @@ pub fn listpack(b: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
         } else if e & 0xc0 == 0x80 {
             c.take((e & 0x3f) as usize)?.to_vec()
         } else if e & 0xe0 == 0xc0 {
-            sext((((e & 0x1f) as u64) << 8) | c.u8()? as u64, 13).to_string().into_bytes()
+            sext((((e & 0x1f) as u64) << 8) | c.u8()? as u64, 13)
+                .to_string()
+                .into_bytes()
         } else if e & 0xf0 == 0xe0 {
             let n = (((e & 0x0f) as usize) << 8) | c.u8()? as usize;
             c.take(n)?.to_vec()
@@ -791,7 +878,11 @@ pub fn listpack(b: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
                 0xf2 => sext(c.le(3)?, 24).to_string().into_bytes(),
                 0xf3 => sext(c.le(4)?, 32).to_string().into_bytes(),
                 0xf4 => (c.le(8)? as i64).to_string().into_bytes(),
-                _ => return Err(format!("unknown listpack entry encoding 0x{e:02x} at byte {start}")),
+                _ => {
+                    return Err(format!(
+                        "unknown listpack entry encoding 0x{e:02x} at byte {start}"
+                    ))
+                }
             }
         };
         // The back-length: the entry's size (encoding + data) in 1 to 5 bytes.
@@ -867,11 +958,18 @@ pub fn intset(b: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
     }
     let n = c.le(4)? as usize;
     if n.checked_mul(width).map(|x| x + 8) != Some(b.len()) {
-        return Err(format!("intset of {n} {width}-byte integers does not fill its {} bytes", b.len()));
+        return Err(format!(
+            "intset of {n} {width}-byte integers does not fill its {} bytes",
+            b.len()
+        ));
     }
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        out.push(sext(c.le(width)?, width as u32 * 8).to_string().into_bytes());
+        out.push(
+            sext(c.le(width)?, width as u32 * 8)
+                .to_string()
+                .into_bytes(),
+        );
     }
     Ok(out)
 }
@@ -897,7 +995,11 @@ pub fn zipmap(b: &[u8]) -> std::result::Result<Vec<HashField>, String> {
         let free = c.u8()? as usize;
         let value = c.take(vlen)?.to_vec();
         c.take(free)?;
-        out.push(HashField { field, value, expire_at_ms: None });
+        out.push(HashField {
+            field,
+            value,
+            expire_at_ms: None,
+        });
     }
 }
 
@@ -925,7 +1027,9 @@ pub fn lzf_decompress(input: &[u8], out_len: usize) -> std::result::Result<Vec<u
                 i += 1;
             }
             n += 2;
-            let back = ((ctrl & 0x1f) << 8) + *input.get(i).ok_or("back-reference cut short")? as usize + 1;
+            let back = ((ctrl & 0x1f) << 8)
+                + *input.get(i).ok_or("back-reference cut short")? as usize
+                + 1;
             i += 1;
             if back > out.len() {
                 return Err("back-reference before the start of the output".into());
@@ -942,7 +1046,10 @@ pub fn lzf_decompress(input: &[u8], out_len: usize) -> std::result::Result<Vec<u
         }
     }
     if out.len() != out_len {
-        return Err(format!("decompressed to {} bytes, {out_len} declared", out.len()));
+        return Err(format!(
+            "decompressed to {} bytes, {out_len} declared",
+            out.len()
+        ));
     }
     Ok(out)
 }
@@ -986,7 +1093,10 @@ mod tests {
         let data = [2u8, b'a', b'b', b'c', (4 << 5) as u8, 2];
         assert_eq!(lzf_decompress(&data, 9).unwrap(), b"abcabcabc");
         assert!(lzf_decompress(&data, 8).is_err());
-        assert!(lzf_decompress(&[(1 << 5) as u8, 0], 3).is_err(), "reference before start");
+        assert!(
+            lzf_decompress(&[(1 << 5) as u8, 0], 3).is_err(),
+            "reference before start"
+        );
     }
 
     #[test]
@@ -1010,10 +1120,22 @@ mod tests {
         let n = b.len() as u32;
         b[..4].copy_from_slice(&n.to_le_bytes());
         let v = listpack(&b).unwrap();
-        let s: Vec<String> = v.iter().map(|x| String::from_utf8(x.clone()).unwrap()).collect();
+        let s: Vec<String> = v
+            .iter()
+            .map(|x| String::from_utf8(x.clone()).unwrap())
+            .collect();
         assert_eq!(
             s,
-            ["5", "hi", "-1", "ok", "-32768", "8388607", "-2147483647", "-9223372036854775808"]
+            [
+                "5",
+                "hi",
+                "-1",
+                "ok",
+                "-32768",
+                "8388607",
+                "-2147483647",
+                "-9223372036854775808"
+            ]
         );
         b[0] = b[0].wrapping_add(1);
         assert!(listpack(&b).is_err(), "wrong total length");
@@ -1039,8 +1161,15 @@ mod tests {
         b.push(0xff);
         let n = b.len() as u32;
         b[..4].copy_from_slice(&n.to_le_bytes());
-        let s: Vec<String> = ziplist(&b).unwrap().iter().map(|x| String::from_utf8(x.clone()).unwrap()).collect();
-        assert_eq!(s, ["hi", "-1", "0", "12", "-128", "8388607", "1", "2", "abc"]);
+        let s: Vec<String> = ziplist(&b)
+            .unwrap()
+            .iter()
+            .map(|x| String::from_utf8(x.clone()).unwrap())
+            .collect();
+        assert_eq!(
+            s,
+            ["hi", "-1", "0", "12", "-128", "8388607", "1", "2", "abc"]
+        );
     }
 
     #[test]
@@ -1053,7 +1182,14 @@ mod tests {
         assert!(intset(&b[..10]).is_err());
         let zm = [1u8, 1, b'f', 2, 1, b'v', b'w', 0, 0xff];
         let h = zipmap(&zm).unwrap();
-        assert_eq!(h, vec![HashField { field: b"f".to_vec(), value: b"vw".to_vec(), expire_at_ms: None }]);
+        assert_eq!(
+            h,
+            vec![HashField {
+                field: b"f".to_vec(),
+                value: b"vw".to_vec(),
+                expire_at_ms: None
+            }]
+        );
     }
 
     #[test]
@@ -1071,7 +1207,10 @@ mod tests {
     #[test]
     fn value_types_are_unique_and_known() {
         for (i, (t, ty, enc)) in VALUE_TYPES.iter().enumerate() {
-            assert!(VALUE_TYPES[..i].iter().all(|r| r.0 != *t), "type {t} listed twice");
+            assert!(
+                VALUE_TYPES[..i].iter().all(|r| r.0 != *t),
+                "type {t} listed twice"
+            );
             assert!(["string", "list", "set", "zset", "hash", "stream", "module"].contains(ty));
             assert!(!enc.is_empty());
             assert!(*t < opcode::KEY_META);
@@ -1099,7 +1238,10 @@ mod tests {
         let b = tiny("0011");
         let mut r = RdbReader::new(&b[..]).unwrap();
         let e = r.next_entry().unwrap().unwrap();
-        assert_eq!((e.db, e.key.as_slice(), e.expire_at_ms, e.encoding), (3, &b"k"[..], Some(1_800_000_000_000), "int"));
+        assert_eq!(
+            (e.db, e.key.as_slice(), e.expire_at_ms, e.encoding),
+            (3, &b"k"[..], Some(1_800_000_000_000), "int")
+        );
         assert_eq!(e.value, Value::String(b"42".to_vec()));
         assert!(r.next_entry().unwrap().is_none());
         assert_eq!(r.aux_field("ctime").as_deref(), Some("1700000000"));
@@ -1136,6 +1278,9 @@ mod tests {
         let mut r = RdbReader::new(&c[..]).unwrap();
         let e = r.next_entry().unwrap_err();
         assert_eq!(e.offset, at as u64);
-        assert!(e.message.contains("unknown opcode or value type 200"), "{e}");
+        assert!(
+            e.message.contains("unknown opcode or value type 200"),
+            "{e}"
+        );
     }
 }
