@@ -489,8 +489,10 @@ fn oracle(version: u32) {
         );
     }
     let ttl1h = key("ttl:1h")["ttl_ms"].as_i64().unwrap();
+    // Set with PX 3600000 before the fill's other writes and SAVE; ctime has whole seconds, so the staged TTL
+    // may exceed the set one by up to 999 ms, and falls short of it by the time the fill took.
     assert!(
-        (3_598_000..=3_600_000).contains(&ttl1h),
+        (3_540_000..3_601_000).contains(&ttl1h),
         "ttl:1h staged {ttl1h} ms"
     );
     // Skipped and reported: the stream, the module value (8), the function library; the same both ways.
