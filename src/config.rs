@@ -144,6 +144,24 @@ pub struct Options {
     /// No progress bars.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+
+    /// Redis: read only this database number [default: every database with keys; a redis://HOST:PORT/N URL
+    /// reads N].
+    #[arg(long)]
+    pub source_db: Option<u64>,
+
+    /// Redis: read this RDB dump file instead of the server named by --source (same staged rows).
+    #[arg(long, value_name = "FILE")]
+    pub use_rdb: Option<String>,
+
+    /// Redis: a key's TTL becomes its decay rate, 1 / (ttl_seconds / 3600); keys without TTL get 0.01
+    /// [default: true]; `--ttl-as-decay false` gives every key 0.01.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub ttl_as_decay: Option<bool>,
+
+    /// Redis: every hash field also becomes a memory of its own (edge FIELD_OF to the hash's memory).
+    #[arg(long)]
+    pub hash_field_memories: bool,
 }
 
 macro_rules! take {
@@ -183,8 +201,12 @@ impl Options {
             checks,
             max_file_mb,
             max_file_rows,
-            memory_limit_mb
+            memory_limit_mb,
+            source_db,
+            use_rdb,
+            ttl_as_decay
         );
+        self.hash_field_memories |= file.hash_field_memories;
         if self.column_type.is_empty() {
             self.column_type = file.column_type.clone();
         }
@@ -203,7 +225,7 @@ impl Options {
     }
 
     pub fn require_source(&self) -> Result<&str> {
-        self.source.as_deref().ok_or_else(|| {
+        self.use_rdb.as_deref().or(self.source.as_deref()).ok_or_else(|| {
             Error::usage("--source is required (a SQLite file, a postgres:// URL or a snapshot directory)")
         })
     }

@@ -100,6 +100,7 @@ pub fn open_source(opts: &Options) -> Result<Box<dyn Source>> {
     let so = source::SourceOptions {
         column_types: config::parse_column_types(&opts.column_type)?,
         partition_rows: opts.partition_rows,
+        redis_db: opts.source_db,
     };
     source::open(opts.require_source()?, &so)
 }
@@ -148,6 +149,16 @@ pub fn mapping_sql(opts: &Options, manifest: &Manifest, work: &Path) -> Result<(
         let sql = fs::read_to_string(path)
             .map_err(|e| Error::usage(format!("--sql {}: {e}", path.display())))?;
         return Ok((sql, path.display().to_string()));
+    }
+    if transform::redis::is_redis(&manifest.source) {
+        let sql = transform::redis::mapping(&transform::redis::RedisMapping {
+            memory_space: opts.memory_space.clone(),
+            ttl_as_decay: opts.ttl_as_decay.unwrap_or(true),
+            hash_field_memories: opts.hash_field_memories,
+        })?;
+        let path = work.join("mapping.sql");
+        crate::parquet_io::write_atomic(&path, sql.as_bytes())?;
+        return Ok((sql, format!("{} (sql/redis.sql)", path.display())));
     }
     if manifest.tables.is_empty() {
         return Err(Error::source_err(

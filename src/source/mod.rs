@@ -5,6 +5,7 @@
 //! source too, so any run can be reproduced from one). PostgreSQL, Neo4j and Redis plug in here.
 
 pub mod postgres;
+pub mod redis;
 pub mod snapshot_dir;
 pub mod sqlite;
 
@@ -154,6 +155,8 @@ pub struct SourceOptions {
     pub column_types: Vec<(String, String)>,
     /// Rows per partition of a partitioned read (`--partition-rows`).
     pub partition_rows: Option<u64>,
+    /// Redis: the one database to read (`--source-db`).
+    pub redis_db: Option<u64>,
 }
 
 /// Opens the source a `--source` value names.
@@ -175,12 +178,10 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
         }
         return Ok(Box::new(s));
     }
-    for scheme in [
-        "bolt://",
-        "neo4j://",
-        "redis://",
-        "rediss://",
-    ] {
+    if spec.starts_with("redis://") || spec.starts_with("rediss://") {
+        return Ok(Box::new(redis::RedisSource::open_live(spec, opts.redis_db)?));
+    }
+    for scheme in ["bolt://", "neo4j://"] {
         if spec.starts_with(scheme) {
             return Err(Error::usage(format!(
                 "source {scheme}...: this source is not built yet; today --source takes a SQLite file (path or sqlite://PATH) or a snapshot directory"
@@ -202,6 +203,9 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
             spec,
             "no such file; check the path (--source takes a SQLite file or a snapshot directory)",
         ));
+    }
+    if redis::is_rdb_file(path) {
+        return Ok(Box::new(redis::RedisSource::open_rdb(path, opts.redis_db)?));
     }
     sqlite(path)
 }

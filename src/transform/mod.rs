@@ -5,6 +5,7 @@
 //! stage of its own and gives the load stage fixed parts to checkpoint against.
 
 pub mod generic;
+pub mod redis;
 pub mod udf;
 
 use std::collections::BTreeMap;

@@ -7,4 +7,5 @@ mod common;
 mod e2e;
 mod faults;
 mod postgres;
+mod redis;
 mod resume;

@@ -1,0 +1,86 @@
+//! The default mapping of a Redis source: `sql/redis.sql`, with its settings view set from the flags
+//! (`--memory-space`, `--ttl-as-decay`, `--hash-field-memories`). The file marks each setting's line with
+//! `@flag`; the literal at the start of that line is replaced, so the file stays plain SQL a user can copy.
+
+use crate::error::{Error, Result};
+
+pub const REDIS_SQL: &str = include_str!("../../sql/redis.sql");
+
+#[derive(Debug, Clone, Default)]
+pub struct RedisMapping {
+    pub memory_space: Option<String>,
+    pub ttl_as_decay: bool,
+    pub hash_field_memories: bool,
+}
+
+/// Whether a snapshot manifest's source is Redis (directly or through a snapshot directory).
+pub fn is_redis(source: &serde_json::Value) -> bool {
+    source.get("kind").and_then(|k| k.as_str()) == Some("redis")
+        || source.pointer("/of/kind").and_then(|k| k.as_str()) == Some("redis")
+}
+
+pub fn mapping(m: &RedisMapping) -> Result<String> {
+    let space = match &m.memory_space {
+        Some(s) if !crate::schema::is_valid_space_id(s) => return Err(Error::usage(format!(
+            "--memory-space {s:?}: an Engram space id is 3 to 64 characters of a-z, 0-9, _ and -"
+        ))),
+        Some(s) => format!("'{s}'"),
+        None => "''".into(),
+    };
+    let settings = [
+        ("@memory-space", space),
+        ("@ttl-as-decay", m.ttl_as_decay.to_string()),
+        ("@hash-field-memories", m.hash_field_memories.to_string()),
+    ];
+    let mut out = String::with_capacity(REDIS_SQL.len());
+    let mut found = 0;
+    for line in REDIS_SQL.lines() {
+        match settings
+            .iter()
+            .find(|(mark, _)| line.contains(&format!("-- {mark}")))
+        {
+            Some((_, lit)) => {
+                let indent = &line[..line.len() - line.trim_start().len()];
+                let rest = line.trim_start();
+                let Some(as_at) = rest.find(" AS ") else {
+                    return Err(Error::Internal(format!(
+                        "sql/redis.sql: setting line without AS: {line}"
+                    )));
+                };
+                out.push_str(&format!("{indent}{lit}{}", &rest[as_at..]));
+                found += 1;
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    if found != settings.len() {
+        return Err(Error::Internal(
+            "sql/redis.sql lacks one of its @flag setting lines".into(),
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_substituted() {
+        let sql = mapping(&RedisMapping {
+            memory_space: Some("cache_space".into()),
+            ttl_as_decay: false,
+            hash_field_memories: true,
+        })
+        .unwrap();
+        assert!(sql.contains("  'cache_space' AS memory_space"), "{sql}");
+        assert!(sql.contains("  false AS ttl_as_decay"));
+        assert!(sql.contains("  true AS hash_field_memories"));
+        let bad = mapping(&RedisMapping {
+            memory_space: Some("No Way".into()),
+            ..Default::default()
+        });
+        assert!(bad.is_err());
+    }
+}

