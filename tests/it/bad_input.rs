@@ -155,11 +155,14 @@ fn existing_target_needs_overwrite_and_bad_flags_are_usage_errors() {
     let out = run(&[
         "run",
         "--source",
-        "postgres://x",
+        "postgres://no-such-host.invalid/db",
         "--target",
         p(&tmp.path().join("c")),
     ]);
-    assert_eq!(code(&out), 2);
+    // A PostgreSQL server that cannot be reached is a source error (3), named, with what to check.
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+    assert_no_bundle(&tmp.path().join("c"));
 }
 
 #[test]
