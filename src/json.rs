@@ -131,7 +131,10 @@ fn f32_decimal(v: f32) -> f64 {
     if !v.is_finite() {
         return v as f64;
     }
-    ryu::Buffer::new().format_finite(v).parse().unwrap_or(v as f64)
+    ryu::Buffer::new()
+        .format_finite(v)
+        .parse()
+        .unwrap_or(v as f64)
 }
 
 fn float(f: f64) -> Value {

@@ -264,11 +264,7 @@ impl Ctx {
         let manifest = if src.kind() == "snapshot" {
             Manifest::load(&dir)?
         } else {
-            let m = snapshot::take(
-                src.as_mut(),
-                &dir,
-                &snapshot_options(&self.opts),
-            )?;
+            let m = snapshot::take(src.as_mut(), &dir, &snapshot_options(&self.opts))?;
             self.source = Some(src);
             m
         };

@@ -177,7 +177,9 @@ pub fn type_name(dt: &DataType) -> String {
         DataType::Duration(u) => format!("Duration({})", unit(u)),
         DataType::List(f) => format!("List({})", type_name(f.data_type())),
         DataType::LargeList(f) => format!("LargeList({})", type_name(f.data_type())),
-        DataType::FixedSizeList(f, n) => format!("FixedSizeList({n} x {})", type_name(f.data_type())),
+        DataType::FixedSizeList(f, n) => {
+            format!("FixedSizeList({n} x {})", type_name(f.data_type()))
+        }
         DataType::Struct(fields) => format!(
             "Struct({})",
             fields
@@ -202,10 +204,19 @@ mod type_name_tests {
             (DataType::Int32, "Int32"),
             (DataType::Decimal128(12, 2), "Decimal128(12, 2)"),
             (DataType::Time64(TimeUnit::Microsecond), "Time64(µs)"),
-            (DataType::Timestamp(TimeUnit::Microsecond, None), "Timestamp(µs)"),
-            (DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), "Timestamp(µs, \"UTC\")"),
+            (
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                "Timestamp(µs)",
+            ),
+            (
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                "Timestamp(µs, \"UTC\")",
+            ),
             (DataType::List(item(DataType::Utf8)), "List(Utf8)"),
-            (DataType::FixedSizeList(item(DataType::Float32), 768), "FixedSizeList(768 x Float32)"),
+            (
+                DataType::FixedSizeList(item(DataType::Float32), 768),
+                "FixedSizeList(768 x Float32)",
+            ),
         ];
         for (t, want) in cases {
             assert_eq!(type_name(&t), want);

@@ -390,14 +390,23 @@ fn snapshot_partitions(
     let pending: Vec<usize> = (0..entry.partitions.len())
         .filter(|&k| !entry.partitions[k].done)
         .collect();
-    let done_rows: u64 = entry.partitions.iter().filter(|p| p.done).map(|p| p.rows).sum();
+    let done_rows: u64 = entry
+        .partitions
+        .iter()
+        .filter(|p| p.done)
+        .map(|p| p.rows)
+        .sum();
     let pb = crate::progress::bar(
         info.row_estimate.unwrap_or(0),
         format!("snapshot {}", info.name),
         "rows",
     );
     pb.set_position(done_rows);
-    let parts: Vec<Partition> = entry.partitions.iter().map(|p| p.partition.clone()).collect();
+    let parts: Vec<Partition> = entry
+        .partitions
+        .iter()
+        .map(|p| p.partition.clone())
+        .collect();
     let queue = Mutex::new(pending.into_iter());
     let stop = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel::<(usize, Result<PartOutcome>)>();
@@ -426,13 +435,14 @@ fn snapshot_partitions(
                     let mut writer = RollingWriter::new(tdir, schema.clone(), opts.limits, 0)?
                         .with_prefix(format!("p{k:05}-"));
                     let mut files = vec![];
-                    let mut emit = |batch: arrow::array::RecordBatch, _pos: Option<i64>| -> Result<()> {
-                        pb.inc(batch.num_rows() as u64);
-                        if let Some(f) = writer.write(&batch)? {
-                            files.push(f);
-                        }
-                        Ok(())
-                    };
+                    let mut emit =
+                        |batch: arrow::array::RecordBatch, _pos: Option<i64>| -> Result<()> {
+                            pb.inc(batch.num_rows() as u64);
+                            if let Some(f) = writer.write(&batch)? {
+                                files.push(f);
+                            }
+                            Ok(())
+                        };
                     match reader.read_partition(info, &part, &mut emit)? {
                         ReadEnd::Widen { column, reason } => Ok(PartOutcome::Widen(column, reason)),
                         ReadEnd::Done { rows, .. } => {
@@ -487,7 +497,8 @@ fn snapshot_partitions(
     let entry = &mut manifest.tables[i];
     // An empty table still gets one (empty) file, so its schema survives.
     if entry.files.is_empty() {
-        let writer = RollingWriter::new(&tdir, schema, opts.limits, 0)?.with_prefix("p00000-".into());
+        let writer =
+            RollingWriter::new(&tdir, schema, opts.limits, 0)?.with_prefix("p00000-".into());
         if let Some(f) = writer.finish(true)? {
             entry.files.push(f);
         }

@@ -96,7 +96,12 @@ pub struct Partition {
 
 /// Reads partitions; shared by the snapshot's worker threads, each with its own connection.
 pub trait PartitionReader: Send + Sync {
-    fn read_partition(&self, table: &TableInfo, part: &Partition, emit: &mut Emit) -> Result<ReadEnd>;
+    fn read_partition(
+        &self,
+        table: &TableInfo,
+        part: &Partition,
+        emit: &mut Emit,
+    ) -> Result<ReadEnd>;
 }
 
 /// Receives batches; `position` is the source's resume position after the batch's last row, if it has one.
@@ -129,7 +134,11 @@ pub trait Source: Send {
         keys: &[Map<String, Value>],
     ) -> Result<Vec<Option<Map<String, Value>>>>;
     /// Splits a table into partitions read in parallel by `partition_reader`; None for one sequential read.
-    fn partitions(&mut self, _table: &TableInfo, _workers: usize) -> Result<Option<Vec<Partition>>> {
+    fn partitions(
+        &mut self,
+        _table: &TableInfo,
+        _workers: usize,
+    ) -> Result<Option<Vec<Partition>>> {
         Ok(None)
     }
     fn partition_reader(&mut self) -> Result<Option<Arc<dyn PartitionReader>>> {
@@ -179,7 +188,10 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
         return Ok(Box::new(s));
     }
     if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-        return Ok(Box::new(redis::RedisSource::open_live(spec, opts.redis_db)?));
+        return Ok(Box::new(redis::RedisSource::open_live(
+            spec,
+            opts.redis_db,
+        )?));
     }
     for scheme in ["bolt://", "neo4j://"] {
         if spec.starts_with(scheme) {
@@ -229,7 +241,12 @@ pub fn name_matches(pattern: &str, name: &str) -> bool {
 pub fn filter_catalog(catalog: &mut Catalog, include: &[String], exclude: &[String]) -> Result<()> {
     for p in include.iter().chain(exclude) {
         if !p.contains('*') && !catalog.tables.iter().any(|t| name_matches(p, &t.name)) {
-            let known: Vec<&str> = catalog.tables.iter().map(|t| t.name.as_str()).take(20).collect();
+            let known: Vec<&str> = catalog
+                .tables
+                .iter()
+                .map(|t| t.name.as_str())
+                .take(20)
+                .collect();
             return Err(Error::usage(format!(
                 "table {p:?} (--include/--exclude) is not in the source; tables: {}",
                 known.join(", ")
@@ -243,7 +260,11 @@ pub fn filter_catalog(catalog: &mut Catalog, include: &[String], exclude: &[Stri
         if included && !excluded {
             catalog.tables.push(t);
         } else {
-            let why = if excluded { "excluded by --exclude" } else { "not named by --include" };
+            let why = if excluded {
+                "excluded by --exclude"
+            } else {
+                "not named by --include"
+            };
             catalog.skipped.push((t.name, why.to_string()));
         }
     }
@@ -347,7 +368,11 @@ mod tests {
         assert!(name_matches("*orders", "sales.orders"));
         assert!(!name_matches("user", "users"));
         let mut cat = Catalog {
-            tables: vec![t("users", &[]), t("orders", &["users"]), t("sales.items", &[])],
+            tables: vec![
+                t("users", &[]),
+                t("orders", &["users"]),
+                t("sales.items", &[]),
+            ],
             ..Default::default()
         };
         filter_catalog(&mut cat, &["public.*".into()], &["orders".into()]).unwrap();

@@ -118,12 +118,18 @@ impl PgType {
             return Some(t);
         }
         let args = |prefix: &str| -> Option<Vec<i64>> {
-            let inner = s.strip_prefix(prefix)?.strip_prefix('(')?.strip_suffix(')')?;
+            let inner = s
+                .strip_prefix(prefix)?
+                .strip_prefix('(')?
+                .strip_suffix(')')?;
             inner.split(',').map(|x| x.trim().parse().ok()).collect()
         };
         if let Some(a) = args("decimal") {
             if let [p, s] = a[..] {
-                return Some(PgType::Decimal(u8::try_from(p).ok()?, i8::try_from(s).ok()?));
+                return Some(PgType::Decimal(
+                    u8::try_from(p).ok()?,
+                    i8::try_from(s).ok()?,
+                ));
             }
         }
         if let Some(a) = args("vector") {
@@ -160,7 +166,9 @@ impl PgType {
             PgType::Vector(None) | PgType::HalfVec(None) => {
                 DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)))
             }
-            PgType::Array(e) => DataType::List(Arc::new(Field::new_list_field(e.data_type(), true))),
+            PgType::Array(e) => {
+                DataType::List(Arc::new(Field::new_list_field(e.data_type(), true)))
+            }
         }
     }
 
@@ -200,7 +208,11 @@ pub const TYPE_MAP: &[(&str, &str, &str)] = &[
     ("json", "json", "exact (text as stored)"),
     ("jsonb", "json", "exact (jsonb text)"),
     ("vector", "vector", "exact"),
-    ("halfvec", "halfvec", "widened: half floats as float32 (values exact)"),
+    (
+        "halfvec",
+        "halfvec",
+        "widened: half floats as float32 (values exact)",
+    ),
     ("inet", "as_text", "exact (text form)"),
     ("cidr", "as_text", "exact (text form)"),
     ("macaddr", "as_text", "exact (text form)"),
@@ -208,13 +220,23 @@ pub const TYPE_MAP: &[(&str, &str, &str)] = &[
     ("xml", "as_text", "exact (text)"),
     ("bit", "as_text", "exact (bit string text)"),
     ("varbit", "as_text", "exact (bit string text)"),
-    ("money", "as_text", "text fallback: money is formatted by lc_monetary"),
-    ("timetz", "as_text", "text fallback: time with time zone has no Arrow type"),
+    (
+        "money",
+        "as_text",
+        "text fallback: money is formatted by lc_monetary",
+    ),
+    (
+        "timetz",
+        "as_text",
+        "text fallback: time with time zone has no Arrow type",
+    ),
     ("char", "as_text", "exact (text)"),
 ];
 
 /// Array element types ConnectorX reads into Arrow lists; other arrays travel as PostgreSQL array text.
-const ARRAY_ELEMENTS: &[&str] = &["int2", "int4", "int8", "float4", "float8", "bool", "text", "varchar"];
+const ARRAY_ELEMENTS: &[&str] = &[
+    "int2", "int4", "int8", "float4", "float8", "bool", "text", "varchar",
+];
 
 /// A column as the catalog describes it (domains already resolved to their base type).
 #[derive(Debug, Clone)]
@@ -242,7 +264,10 @@ pub fn rule_for(c: &CatalogColumn) -> (PgType, String) {
                 .find(|(t, _, _)| *t == c.elem)
                 .and_then(|(_, r, _)| PgType::from_name(r))
                 .unwrap_or(PgType::Text);
-            return (PgType::Array(Box::new(elem)), "exact (one-dimensional)".into());
+            return (
+                PgType::Array(Box::new(elem)),
+                "exact (one-dimensional)".into(),
+            );
         }
         return text(format!(
             "text fallback: array of {} as PostgreSQL array text",
@@ -479,7 +504,10 @@ impl PgSource {
     }
 
     fn err(&self, what: &str, e: &postgres::Error) -> Error {
-        Error::source_err(&self.safe_url, self.scrub(format!("{what}: {}", pg_message(e))))
+        Error::source_err(
+            &self.safe_url,
+            self.scrub(format!("{what}: {}", pg_message(e))),
+        )
     }
 
     pub fn set_overrides(&mut self, overrides: &[(String, String)]) -> Result<()> {
@@ -499,12 +527,16 @@ impl PgSource {
     }
 
     fn state(&self, table: &TableInfo) -> Result<&TableState> {
-        self.tables.get(&table.name).ok_or_else(|| {
-            Error::Internal(format!("table {} was not introspected", table.name))
-        })
+        self.tables
+            .get(&table.name)
+            .ok_or_else(|| Error::Internal(format!("table {} was not introspected", table.name)))
     }
 
-    fn query(&mut self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Vec<postgres::Row>> {
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>> {
         let client = self
             .client
             .as_mut()
@@ -524,7 +556,8 @@ impl PgSource {
             .client
             .as_mut()
             .ok_or_else(|| Error::Internal("the PostgreSQL catalog connection is closed".into()))?;
-        let r = off_runtime(|| client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"));
+        let r =
+            off_runtime(|| client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"));
         if let Err(e) = r {
             return Err(self.err("cannot start a read transaction", &e));
         }
@@ -567,7 +600,10 @@ impl PgSource {
             let is_partition: bool = r.get(6);
             let name = table_name(&nsp, &rel);
             if is_partition {
-                skipped.push((name, "partition of a partitioned table (read through its parent)".into()));
+                skipped.push((
+                    name,
+                    "partition of a partitioned table (read through its parent)".into(),
+                ));
                 continue;
             }
             let cols = self.columns(oid, &name)?;
@@ -864,7 +900,11 @@ impl PgReader {
 
     /// Runs one query through ConnectorX and stages its batches with the table's schema.
     /// `Err(Ok(widen))` asks for a column to be widened.
-    fn run(&self, table: &TableInfo, sql: &str) -> Result<std::result::Result<Vec<RecordBatch>, ReadEnd>> {
+    fn run(
+        &self,
+        table: &TableInfo,
+        sql: &str,
+    ) -> Result<std::result::Result<Vec<RecordBatch>, ReadEnd>> {
         let state = self
             .tables
             .get(&table.name)
@@ -915,10 +955,14 @@ impl PgReader {
             // ConnectorX reads 'infinity' and '-infinity' as chrono's largest and smallest values, without an
             // error: such a column is staged as text instead (PostgreSQL's own spelling), never as a fake date.
             for (i, t) in state.types.iter().enumerate() {
-                if matches!(t, PgType::Date | PgType::Timestamp | PgType::TimestampTz) && holds_infinity(&cols[i]) {
+                if matches!(t, PgType::Date | PgType::Timestamp | PgType::TimestampTz)
+                    && holds_infinity(&cols[i])
+                {
                     return Ok(Err(ReadEnd::Widen {
                         column: schema.field(i).name().clone(),
-                        reason: "holds infinity or -infinity, which Arrow dates and timestamps cannot".into(),
+                        reason:
+                            "holds infinity or -infinity, which Arrow dates and timestamps cannot"
+                                .into(),
                     }));
                 }
             }
@@ -929,7 +973,12 @@ impl PgReader {
 }
 
 impl PartitionReader for PgReader {
-    fn read_partition(&self, table: &TableInfo, part: &Partition, emit: &mut Emit) -> Result<ReadEnd> {
+    fn read_partition(
+        &self,
+        table: &TableInfo,
+        part: &Partition,
+        emit: &mut Emit,
+    ) -> Result<ReadEnd> {
         let state = self
             .tables
             .get(&table.name)
@@ -993,13 +1042,20 @@ impl PgReader {
                 Error::usage(format!("--source {}: {}", self.safe_url, pg_message(&e)))
             })?;
             connect(&config).map_err(|e| {
-                Error::source_err(&self.safe_url, self.scrub(format!("cannot connect: {}", pg_message(&e))))
+                Error::source_err(
+                    &self.safe_url,
+                    self.scrub(format!("cannot connect: {}", pg_message(&e))),
+                )
             })?
         };
         let row = client.query_one(&sql, &[]).map_err(|e| {
             Error::source_err(
                 &self.safe_url,
-                self.scrub(format!("table {}: probe failed: {}", table.name, pg_message(&e))),
+                self.scrub(format!(
+                    "table {}: probe failed: {}",
+                    table.name,
+                    pg_message(&e)
+                )),
             )
         })?;
         for (i, (name, ty, _)) in checks.iter().enumerate() {
@@ -1076,7 +1132,9 @@ impl Source for PgSource {
     fn set_table(&mut self, table: &TableInfo) {
         if let Some(state) = self.tables.get_mut(&table.name) {
             for (i, c) in table.columns.iter().enumerate() {
-                if let (Some(t), Some(slot)) = (PgType::from_name(&c.mapped_as), state.types.get_mut(i)) {
+                if let (Some(t), Some(slot)) =
+                    (PgType::from_name(&c.mapped_as), state.types.get_mut(i))
+                {
                     *slot = t;
                 }
             }
@@ -1163,7 +1221,10 @@ impl Source for PgSource {
         if let Some(k) = &state.int_key {
             let q = quote(k);
             let r = self.query(
-                &format!("SELECT min({q})::int8, max({q})::int8 FROM {}", state.qualified),
+                &format!(
+                    "SELECT min({q})::int8, max({q})::int8 FROM {}",
+                    state.qualified
+                ),
                 &[],
             )?;
             let (Some(lo), Some(hi)) = (
@@ -1173,7 +1234,12 @@ impl Source for PgSource {
                 return whole();
             };
             let bounds = split(lo as i128, hi as i128 + 1, n);
-            return Ok(Some(ranges(&bounds, rows, |b| format!("{q} >= {b}"), |b| format!("{q} < {b}"))));
+            return Ok(Some(ranges(
+                &bounds,
+                rows,
+                |b| format!("{q} >= {b}"),
+                |b| format!("{q} < {b}"),
+            )));
         }
         if state.relkind == "r" {
             let r = self.query(
@@ -1261,7 +1327,10 @@ impl Source for PgSource {
             Err(_) => {
                 return Err(Error::source_err(
                     &self.safe_url,
-                    format!("table {}: a re-read value no longer fits its staged type", table.name),
+                    format!(
+                        "table {}: a re-read value no longer fits its staged type",
+                        table.name
+                    ),
                 ))
             }
         };
@@ -1311,7 +1380,10 @@ fn holds_infinity(a: &ArrayRef) -> bool {
 fn split(lo: i128, hi: i128, n: u64) -> Vec<i128> {
     let n = n.max(1) as i128;
     let width = ((hi - lo) + n - 1) / n;
-    (0..n).map(|k| lo + k * width.max(1)).filter(|b| *b < hi.max(lo + 1)).collect()
+    (0..n)
+        .map(|k| lo + k * width.max(1))
+        .filter(|b| *b < hi.max(lo + 1))
+        .collect()
 }
 
 /// Partitions from bounds: the first has no lower bound and the last no upper bound, so together they cover

@@ -183,7 +183,9 @@ pub fn other_vector_columns(t: &TableEntry) -> Vec<String> {
     let wanted = format!("FixedSizeList({} x Float32)", crate::schema::EMBEDDING_DIM);
     t.schema
         .iter()
-        .filter(|f| f.data_type.starts_with("FixedSizeList(") && f.data_type.ends_with("x Float32)"))
+        .filter(|f| {
+            f.data_type.starts_with("FixedSizeList(") && f.data_type.ends_with("x Float32)")
+        })
         .filter(|f| f.data_type != wanted)
         .map(|f| format!("{} ({})", f.name, f.data_type))
         .collect()
@@ -275,7 +277,9 @@ pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
         };
         let mut note = String::new();
         if let Some(c) = embedding_column(t) {
-            note.push_str(&format!("-- column {c} holds 768-float vectors: used as the embedding as is\n"));
+            note.push_str(&format!(
+                "-- column {c} holds 768-float vectors: used as the embedding as is\n"
+            ));
         }
         for v in other_vector_columns(t) {
             tracing::warn!(table = %name, column = %v, "vector column is not Engram's 768 dimensions; kept in the content, the memory is embedded from its text");

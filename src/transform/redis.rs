@@ -21,9 +21,11 @@ pub fn is_redis(source: &serde_json::Value) -> bool {
 
 pub fn mapping(m: &RedisMapping) -> Result<String> {
     let space = match &m.memory_space {
-        Some(s) if !crate::schema::is_valid_space_id(s) => return Err(Error::usage(format!(
+        Some(s) if !crate::schema::is_valid_space_id(s) => {
+            return Err(Error::usage(format!(
             "--memory-space {s:?}: an Engram space id is 3 to 64 characters of a-z, 0-9, _ and -"
-        ))),
+        )))
+        }
         Some(s) => format!("'{s}'"),
         None => "''".into(),
     };

@@ -153,7 +153,19 @@ pub fn psql(db: &str, sql: &str) -> String {
     let out = Command::new("runuser")
         .args(["-u", "postgres", "--", "psql", "-h"])
         .arg(format!("/tmp/engram-migrate-pg-{port}"))
-        .args(["-p", &port, "-U", "postgres", "-d", db, "-qAt", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .args([
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-qAt",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
         .output()
         .expect("run psql");
     assert!(

@@ -18,7 +18,9 @@ fn staged_rows(snapshot: &Path, table: &str) -> Vec<serde_json::Map<String, Valu
         .find(|t| t["name"] == table)
         .unwrap_or_else(|| panic!("table {table} not in the manifest"))
         .clone();
-    let dir = snapshot.join("tables").join(entry["folder"].as_str().unwrap());
+    let dir = snapshot
+        .join("tables")
+        .join(entry["folder"].as_str().unwrap());
     let mut rows = vec![];
     for f in entry["files"].as_array().unwrap() {
         let path = dir.join(f["file"].as_str().unwrap());
@@ -53,48 +55,233 @@ type Case = (&'static str, &'static str, &'static str, Vec<(i64, Value)>);
 
 fn cases() -> Vec<Case> {
     vec![
-        ("c_smallint", "Int16", "exact", vec![(1, json!(42)), (2, json!(-32768)), (3, json!(32767)), (4, Value::Null)]),
-        ("c_integer", "Int32", "exact", vec![(2, json!(-2147483648i64)), (3, json!(2147483647))]),
-        ("c_bigint", "Int64", "exact", vec![(2, json!(i64::MIN)), (3, json!(i64::MAX))]),
-        ("c_numeric", "Decimal128(38, 10)", "exact", vec![
-            (1, json!("12345.6789000000")),
-            (2, json!("-9999999999999999999999999999.9999999999")),
-            (3, json!("9999999999999999999999999999.9999999999")),
-        ]),
-        ("c_numeric_small", "Decimal128(5, 2)", "exact", vec![(1, json!("123.45")), (2, json!("-999.99"))]),
-        ("c_numeric_wide", "Utf8", "widened", vec![(2, json!("-99999999999999999999999999999999999999999999.99999"))]),
-        ("c_numeric_free", "Utf8", "widened", vec![(1, json!("3.14159265358979323846")), (5, json!("0"))]),
-        ("c_real", "Float32", "exact", vec![(1, json!(1.5)), (2, json!(-3.4028235e38))]),
-        ("c_double", "Float64", "exact", vec![(1, json!(2.25)), (2, json!(-1.7976931348623157e308))]),
-        ("c_boolean", "Boolean", "exact", vec![(1, json!(true)), (2, json!(false)), (4, Value::Null)]),
-        ("c_text", "Utf8", "exact", vec![(5, json!("ünïcödé — 日本語テキスト — emoji 😀🚀 — RTL עברית")), (2, json!(""))]),
+        (
+            "c_smallint",
+            "Int16",
+            "exact",
+            vec![
+                (1, json!(42)),
+                (2, json!(-32768)),
+                (3, json!(32767)),
+                (4, Value::Null),
+            ],
+        ),
+        (
+            "c_integer",
+            "Int32",
+            "exact",
+            vec![(2, json!(-2147483648i64)), (3, json!(2147483647))],
+        ),
+        (
+            "c_bigint",
+            "Int64",
+            "exact",
+            vec![(2, json!(i64::MIN)), (3, json!(i64::MAX))],
+        ),
+        (
+            "c_numeric",
+            "Decimal128(38, 10)",
+            "exact",
+            vec![
+                (1, json!("12345.6789000000")),
+                (2, json!("-9999999999999999999999999999.9999999999")),
+                (3, json!("9999999999999999999999999999.9999999999")),
+            ],
+        ),
+        (
+            "c_numeric_small",
+            "Decimal128(5, 2)",
+            "exact",
+            vec![(1, json!("123.45")), (2, json!("-999.99"))],
+        ),
+        (
+            "c_numeric_wide",
+            "Utf8",
+            "widened",
+            vec![(
+                2,
+                json!("-99999999999999999999999999999999999999999999.99999"),
+            )],
+        ),
+        (
+            "c_numeric_free",
+            "Utf8",
+            "widened",
+            vec![(1, json!("3.14159265358979323846")), (5, json!("0"))],
+        ),
+        (
+            "c_real",
+            "Float32",
+            "exact",
+            vec![(1, json!(1.5)), (2, json!(-3.4028235e38))],
+        ),
+        (
+            "c_double",
+            "Float64",
+            "exact",
+            vec![(1, json!(2.25)), (2, json!(-1.7976931348623157e308))],
+        ),
+        (
+            "c_boolean",
+            "Boolean",
+            "exact",
+            vec![(1, json!(true)), (2, json!(false)), (4, Value::Null)],
+        ),
+        (
+            "c_text",
+            "Utf8",
+            "exact",
+            vec![
+                (
+                    5,
+                    json!("ünïcödé — 日本語テキスト — emoji 😀🚀 — RTL עברית"),
+                ),
+                (2, json!("")),
+            ],
+        ),
         ("c_varchar", "Utf8", "exact", vec![(5, json!("ñandú"))]),
-        ("c_char", "Utf8", "exact", vec![(1, json!("ab   ")), (5, json!("ü    "))]),
-        ("c_bytea", "Binary", "exact", vec![(1, json!({"$base64": "AQI="})), (2, json!({"$base64": ""}))]),
-        ("c_uuid", "Utf8", "exact", vec![(3, json!("ffffffff-ffff-ffff-ffff-ffffffffffff"))]),
-        ("c_date", "Date32", "exact", vec![(1, json!("2024-02-29")), (3, json!("9999-12-31"))]),
-        ("c_time", "Time64(µs)", "exact", vec![(1, json!("13:14:15.123456")), (3, json!("23:59:59.999999"))]),
-        ("c_timestamp", "Timestamp(µs)", "exact", vec![(1, json!("2024-02-29T13:14:15.123456"))]),
-        ("c_timestamptz", "Timestamp(µs, \"UTC\")", "exact", vec![(1, json!("2024-02-29T11:14:15.123456Z"))]),
-        ("c_interval", "Utf8", "exact", vec![(1, json!("P1Y2M3DT4H5M6.789S")), (5, json!("PT0S"))]),
-        ("c_json", "Utf8", "exact", vec![(1, json!("{\"b\": 1, \"a\": [1, 2, {\"c\": null}]}"))]),
-        ("c_jsonb", "Utf8", "exact", vec![(1, json!("{\"a\": [1, 2, {\"c\": null}], \"b\": 1}"))]),
-        ("c_int_array", "List(Int32)", "exact", vec![(1, json!([1, null, 3])), (2, json!([]))]),
-        ("c_text_array", "List(Utf8)", "exact", vec![(1, json!(["a,b", "x y", null])), (5, json!(["日本", "😀", ""]))]),
-        ("c_float_array", "List(Float64)", "exact", vec![(1, json!([1.5, -2.25]))]),
-        ("c_uuid_array", "Utf8", "text fallback", vec![(1, json!("{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}"))]),
+        (
+            "c_char",
+            "Utf8",
+            "exact",
+            vec![(1, json!("ab   ")), (5, json!("ü    "))],
+        ),
+        (
+            "c_bytea",
+            "Binary",
+            "exact",
+            vec![(1, json!({"$base64": "AQI="})), (2, json!({"$base64": ""}))],
+        ),
+        (
+            "c_uuid",
+            "Utf8",
+            "exact",
+            vec![(3, json!("ffffffff-ffff-ffff-ffff-ffffffffffff"))],
+        ),
+        (
+            "c_date",
+            "Date32",
+            "exact",
+            vec![(1, json!("2024-02-29")), (3, json!("9999-12-31"))],
+        ),
+        (
+            "c_time",
+            "Time64(µs)",
+            "exact",
+            vec![(1, json!("13:14:15.123456")), (3, json!("23:59:59.999999"))],
+        ),
+        (
+            "c_timestamp",
+            "Timestamp(µs)",
+            "exact",
+            vec![(1, json!("2024-02-29T13:14:15.123456"))],
+        ),
+        (
+            "c_timestamptz",
+            "Timestamp(µs, \"UTC\")",
+            "exact",
+            vec![(1, json!("2024-02-29T11:14:15.123456Z"))],
+        ),
+        (
+            "c_interval",
+            "Utf8",
+            "exact",
+            vec![(1, json!("P1Y2M3DT4H5M6.789S")), (5, json!("PT0S"))],
+        ),
+        (
+            "c_json",
+            "Utf8",
+            "exact",
+            vec![(1, json!("{\"b\": 1, \"a\": [1, 2, {\"c\": null}]}"))],
+        ),
+        (
+            "c_jsonb",
+            "Utf8",
+            "exact",
+            vec![(1, json!("{\"a\": [1, 2, {\"c\": null}], \"b\": 1}"))],
+        ),
+        (
+            "c_int_array",
+            "List(Int32)",
+            "exact",
+            vec![(1, json!([1, null, 3])), (2, json!([]))],
+        ),
+        (
+            "c_text_array",
+            "List(Utf8)",
+            "exact",
+            vec![
+                (1, json!(["a,b", "x y", null])),
+                (5, json!(["日本", "😀", ""])),
+            ],
+        ),
+        (
+            "c_float_array",
+            "List(Float64)",
+            "exact",
+            vec![(1, json!([1.5, -2.25]))],
+        ),
+        (
+            "c_uuid_array",
+            "Utf8",
+            "text fallback",
+            vec![(1, json!("{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}"))],
+        ),
         ("c_enum", "Utf8", "exact", vec![(5, json!("ünïcödé 😀"))]),
-        ("c_inet", "Utf8", "exact", vec![(1, json!("192.168.0.1/24")), (5, json!("2001:db8::ff00:42:8329"))]),
+        (
+            "c_inet",
+            "Utf8",
+            "exact",
+            vec![
+                (1, json!("192.168.0.1/24")),
+                (5, json!("2001:db8::ff00:42:8329")),
+            ],
+        ),
         ("c_cidr", "Utf8", "exact", vec![(2, json!("::/0"))]),
         ("c_domain", "Int32", "exact", vec![(3, json!(2147483647))]),
-        ("c_money", "Utf8", "text fallback", vec![(1, json!("$12.34"))]),
-        ("c_point", "Utf8", "text fallback", vec![(1, json!("(1.5,2.5)"))]),
-        ("c_timetz", "Utf8", "text fallback", vec![(1, json!("13:14:15+02"))]),
-        ("c_vector", "FixedSizeList(3 x Float32)", "exact", vec![(1, json!([0.5, -0.25, 1.0]))]),
+        (
+            "c_money",
+            "Utf8",
+            "text fallback",
+            vec![(1, json!("$12.34"))],
+        ),
+        (
+            "c_point",
+            "Utf8",
+            "text fallback",
+            vec![(1, json!("(1.5,2.5)"))],
+        ),
+        (
+            "c_timetz",
+            "Utf8",
+            "text fallback",
+            vec![(1, json!("13:14:15+02"))],
+        ),
+        (
+            "c_vector",
+            "FixedSizeList(3 x Float32)",
+            "exact",
+            vec![(1, json!([0.5, -0.25, 1.0]))],
+        ),
         // Values the binary decoders cannot hold: the column is widened to text, never nulled.
-        ("c_numeric_nan", "Utf8", "text fallback", vec![(2, json!("NaN")), (1, json!("1.25"))]),
-        ("c_ts_infinity", "Utf8", "text fallback", vec![(2, json!("infinity")), (3, json!("-infinity"))]),
-        ("c_matrix", "Utf8", "text fallback", vec![(2, json!("{{1,2},{3,4}}")), (1, json!("{1,2}"))]),
+        (
+            "c_numeric_nan",
+            "Utf8",
+            "text fallback",
+            vec![(2, json!("NaN")), (1, json!("1.25"))],
+        ),
+        (
+            "c_ts_infinity",
+            "Utf8",
+            "text fallback",
+            vec![(2, json!("infinity")), (3, json!("-infinity"))],
+        ),
+        (
+            "c_matrix",
+            "Utf8",
+            "text fallback",
+            vec![(2, json!("{{1,2},{3,4}}")), (1, json!("{1,2}"))],
+        ),
     ]
 }
 
@@ -103,7 +290,15 @@ fn type_fidelity_per_type_against_a_real_server() {
     let url = postgres_fixture();
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path().join("w");
-    let o = run(&["snapshot", "--source", &url, "--work-dir", p(&work), "--include", "all_types"]);
+    let o = run(&[
+        "snapshot",
+        "--source",
+        &url,
+        "--work-dir",
+        p(&work),
+        "--include",
+        "all_types",
+    ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let snap = work.join("snapshot");
     let rows = staged_rows(&snap, "all_types");
@@ -113,10 +308,16 @@ fn type_fidelity_per_type_against_a_real_server() {
     for (column, arrow, fidelity, values) in cases() {
         let c = column_entry(&snap, "all_types", column);
         if c["arrow_type"] != json!(arrow) {
-            failures.push(format!("{column}: staged as {}, expected {arrow}", c["arrow_type"]));
+            failures.push(format!(
+                "{column}: staged as {}, expected {arrow}",
+                c["arrow_type"]
+            ));
         }
         if !c["fidelity"].as_str().unwrap_or("").starts_with(fidelity) {
-            failures.push(format!("{column}: fidelity {:?}, expected {fidelity}...", c["fidelity"]));
+            failures.push(format!(
+                "{column}: fidelity {:?}, expected {fidelity}...",
+                c["fidelity"]
+            ));
         }
         for (id, want) in values {
             let got = by_id(id).get(column).cloned().unwrap_or(Value::Null);
@@ -126,17 +327,27 @@ fn type_fidelity_per_type_against_a_real_server() {
         }
         // Row 4 is all NULL: every column must stage NULL, not a default.
         if by_id(4).get(column) != Some(&Value::Null) {
-            failures.push(format!("{column} row 4: NULL became {:?}", by_id(4).get(column)));
+            failures.push(format!(
+                "{column} row 4: NULL became {:?}",
+                by_id(4).get(column)
+            ));
         }
     }
-    assert!(failures.is_empty(), "type fidelity failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "type fidelity failures:\n{}",
+        failures.join("\n")
+    );
     // No column is silently narrowed: every fidelity note is exact, widened or text fallback.
     let m = json(&snap.join("manifest.json"));
     for t in m["tables"].as_array().unwrap() {
         for c in t["columns"].as_array().unwrap() {
             let f = c["fidelity"].as_str().unwrap();
             assert!(
-                f.starts_with("exact") || f.starts_with("widened") || f.starts_with("text fallback") || f.starts_with("synthetic"),
+                f.starts_with("exact")
+                    || f.starts_with("widened")
+                    || f.starts_with("text fallback")
+                    || f.starts_with("synthetic"),
                 "{}.{}: {f}",
                 t["name"],
                 c["name"]
@@ -150,7 +361,15 @@ fn run_migrates_the_fixture_database_with_validation() {
     let url = postgres_fixture();
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("pg.bundle");
-    let o = run(&["run", "--source", &url, "--target", p(&target), "--partition-rows", "40000"]);
+    let o = run(&[
+        "run",
+        "--source",
+        &url,
+        "--target",
+        p(&target),
+        "--partition-rows",
+        "40000",
+    ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let work = tmp.path().join("pg.bundle.work");
     let report = json(&work.join("report.json"));
@@ -161,15 +380,34 @@ fn run_migrates_the_fixture_database_with_validation() {
     let m = json(&work.join("snapshot/manifest.json"));
     for t in m["tables"].as_array().unwrap() {
         let name = t["name"].as_str().unwrap();
-        let qualified = if name.contains('.') { name.to_string() } else { format!("public.{name}") };
-        let want: u64 = psql("fixture", &format!("SELECT count(*) FROM {qualified}")).parse().unwrap();
+        let qualified = if name.contains('.') {
+            name.to_string()
+        } else {
+            format!("public.{name}")
+        };
+        let want: u64 = psql("fixture", &format!("SELECT count(*) FROM {qualified}"))
+            .parse()
+            .unwrap();
         assert_eq!(t["rows"].as_u64().unwrap(), want, "rows of {name}");
     }
     // events was read in partitions.
-    let events = m["tables"].as_array().unwrap().iter().find(|t| t["name"] == "events").unwrap();
-    assert!(events["partitions"].as_array().unwrap().len() >= 5, "{}", events["partitions"]);
+    let events = m["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "events")
+        .unwrap();
+    assert!(
+        events["partitions"].as_array().unwrap().len() >= 5,
+        "{}",
+        events["partitions"]
+    );
     // The cycle departments <-> employees is reported, and the orphan shipment is listed, not dropped.
-    assert!(m["cycles"].to_string().contains("departments"), "{}", m["cycles"]);
+    assert!(
+        m["cycles"].to_string().contains("departments"),
+        "{}",
+        m["cycles"]
+    );
     let orphans = engram_migrate::parquet_io::list_parts(&target.join("orphans")).unwrap();
     let mut orphan_rows = vec![];
     for f in orphans {
@@ -195,21 +433,37 @@ fn run_migrates_the_fixture_database_with_validation() {
     ];
     for (etype, sql) in cases {
         let want: u64 = psql("fixture", sql).parse().unwrap();
-        let got = edges.iter().find(|(t, _)| t == etype).map(|(_, n)| *n).unwrap_or(0);
+        let got = edges
+            .iter()
+            .find(|(t, _)| t == etype)
+            .map(|(_, n)| *n)
+            .unwrap_or(0);
         assert_eq!(got, want, "edges {etype}: {edges:?}");
     }
 
     // The 768-dim pgvector column is the embedding as is; the 1536-dim one is reported and embedded from text.
     let mapping = std::fs::read_to_string(work.join("mapping.sql")).unwrap();
-    assert!(mapping.contains("column embedding holds 768-float vectors"), "{mapping}");
-    assert!(mapping.contains("embedding_big (FixedSizeList(1536 x Float32)) is not 768 floats"), "{mapping}");
-    let want: Vec<f32> = psql("fixture", "SELECT embedding::text FROM chunks WHERE id = 'chunk-7'")
-        .trim_matches(|c| c == '[' || c == ']')
-        .split(',')
-        .map(|x| x.parse().unwrap())
-        .collect();
+    assert!(
+        mapping.contains("column embedding holds 768-float vectors"),
+        "{mapping}"
+    );
+    assert!(
+        mapping.contains("embedding_big (FixedSizeList(1536 x Float32)) is not 768 floats"),
+        "{mapping}"
+    );
+    let want: Vec<f32> = psql(
+        "fixture",
+        "SELECT embedding::text FROM chunks WHERE id = 'chunk-7'",
+    )
+    .trim_matches(|c| c == '[' || c == ']')
+    .split(',')
+    .map(|x| x.parse().unwrap())
+    .collect();
     let got = memory_embedding(&target, "chunks_chunk-7");
-    assert_eq!(got, want, "the pgvector embedding was not passed through as is");
+    assert_eq!(
+        got, want,
+        "the pgvector embedding was not passed through as is"
+    );
 }
 
 /// (edge_type, count) over every space of a bundle.
@@ -254,17 +508,45 @@ fn a_killed_snapshot_resumes_from_finished_partitions() {
     let url = postgres_fixture();
     let tmp = tempfile::tempdir().unwrap();
     let clean = tmp.path().join("clean");
-    let o = run(&["snapshot", "--source", &url, "--work-dir", p(&clean), "--include", "events", "--partition-rows", "10000"]);
+    let o = run(&[
+        "snapshot",
+        "--source",
+        &url,
+        "--work-dir",
+        p(&clean),
+        "--include",
+        "events",
+        "--partition-rows",
+        "10000",
+    ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let killed = tmp.path().join("killed");
     let manifest = killed.join("snapshot/manifest.json");
     let m2 = manifest.clone();
-    let args = ["snapshot", "--source", &url, "--work-dir", p(&killed), "--include", "events", "--partition-rows", "10000", "--quiet"];
+    let args = [
+        "snapshot",
+        "--source",
+        &url,
+        "--work-dir",
+        p(&killed),
+        "--include",
+        "events",
+        "--partition-rows",
+        "10000",
+        "--quiet",
+    ];
     // Kill once some partitions are committed and others are not.
     let was_killed = crate::resume::run_and_kill(&args, &move || {
-        let Ok(bytes) = std::fs::read(&m2) else { return false };
-        let Ok(m) = serde_json::from_slice::<Value>(&bytes) else { return false };
-        let parts = m["tables"][0]["partitions"].as_array().cloned().unwrap_or_default();
+        let Ok(bytes) = std::fs::read(&m2) else {
+            return false;
+        };
+        let Ok(m) = serde_json::from_slice::<Value>(&bytes) else {
+            return false;
+        };
+        let parts = m["tables"][0]["partitions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let done = parts.iter().filter(|p| p["done"] == json!(true)).count();
         done >= 3 && done < parts.len()
     });
@@ -272,7 +554,17 @@ fn a_killed_snapshot_resumes_from_finished_partitions() {
     let m = json(&manifest);
     let done_before: Vec<Value> = m["tables"][0]["files"].as_array().unwrap().clone();
     assert!(!done_before.is_empty());
-    let o = run(&["snapshot", "--source", &url, "--work-dir", p(&killed), "--include", "events", "--partition-rows", "10000"]);
+    let o = run(&[
+        "snapshot",
+        "--source",
+        &url,
+        "--work-dir",
+        p(&killed),
+        "--include",
+        "events",
+        "--partition-rows",
+        "10000",
+    ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let a = json(&clean.join("snapshot/manifest.json"));
     let b = json(&manifest);
@@ -293,25 +585,52 @@ fn bad_input_gives_clear_errors_and_never_the_password() {
     let port = pg_port();
     // Wrong password.
     let bad = format!("postgres://postgres:Wr0ngSecret@127.0.0.1:{port}/fixture");
-    let o = run(&["snapshot", "--source", &bad, "--work-dir", p(&tmp.path().join("a"))]);
+    let o = run(&[
+        "snapshot",
+        "--source",
+        &bad,
+        "--work-dir",
+        p(&tmp.path().join("a")),
+    ]);
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("password authentication failed"), "{e}");
     assert!(!e.contains("Wr0ngSecret"), "the password was printed: {e}");
     // Unreachable server.
-    let o = run(&["snapshot", "--source", "postgres://postgres:Wr0ngSecret@127.0.0.1:1/fixture", "--work-dir", p(&tmp.path().join("b"))]);
+    let o = run(&[
+        "snapshot",
+        "--source",
+        "postgres://postgres:Wr0ngSecret@127.0.0.1:1/fixture",
+        "--work-dir",
+        p(&tmp.path().join("b")),
+    ]);
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     assert!(stderr(&o).contains("cannot connect"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("Wr0ngSecret"));
     // A database that does not exist.
-    let o = run(&["plan", "--source", &format!("postgres://postgres:engram@127.0.0.1:{port}/nosuchdb")]);
+    let o = run(&[
+        "plan",
+        "--source",
+        &format!("postgres://postgres:engram@127.0.0.1:{port}/nosuchdb"),
+    ]);
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     assert!(stderr(&o).contains("nosuchdb"), "{}", stderr(&o));
     // A missing table.
-    let o = run(&["snapshot", "--source", &url, "--work-dir", p(&tmp.path().join("c")), "--include", "no_such_table"]);
+    let o = run(&[
+        "snapshot",
+        "--source",
+        &url,
+        "--work-dir",
+        p(&tmp.path().join("c")),
+        "--include",
+        "no_such_table",
+    ]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("no_such_table"), "{}", stderr(&o));
-    assert!(!tmp.path().join("c/snapshot/manifest.json").exists(), "a snapshot was started for a missing table");
+    assert!(
+        !tmp.path().join("c/snapshot/manifest.json").exists(),
+        "a snapshot was started for a missing table"
+    );
 }
 
 #[test]

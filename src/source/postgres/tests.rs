@@ -21,7 +21,12 @@ fn every_type_map_row_resolves_and_round_trips() {
     for (typname, rule, _) in TYPE_MAP {
         let (t, note) = rule_for(&col(typname, -1));
         assert!(!note.is_empty(), "{typname}");
-        assert_eq!(PgType::from_name(&t.name()), Some(t.clone()), "{typname} -> {}", t.name());
+        assert_eq!(
+            PgType::from_name(&t.name()),
+            Some(t.clone()),
+            "{typname} -> {}",
+            t.name()
+        );
         if !matches!(*rule, "decimal" | "vector" | "halfvec") {
             assert_eq!(t.name(), *rule, "{typname}");
         }
@@ -31,20 +36,32 @@ fn every_type_map_row_resolves_and_round_trips() {
 #[test]
 fn numeric_typmods() {
     // numeric(12,2): ((12 << 16) | 2) + 4
-    assert_eq!(rule_for(&col("numeric", (12 << 16 | 2) + 4)).0, PgType::Decimal(12, 2));
-    assert_eq!(rule_for(&col("numeric", (38 << 16 | 38) + 4)).0, PgType::Decimal(38, 38));
+    assert_eq!(
+        rule_for(&col("numeric", (12 << 16 | 2) + 4)).0,
+        PgType::Decimal(12, 2)
+    );
+    assert_eq!(
+        rule_for(&col("numeric", (38 << 16 | 38) + 4)).0,
+        PgType::Decimal(38, 38)
+    );
     let (t, note) = rule_for(&col("numeric", (39 << 16 | 2) + 4));
     assert_eq!(t, PgType::AsText);
     assert!(note.starts_with("widened"), "{note}");
     // unconstrained numeric and a negative scale (numeric(5,-2), PostgreSQL 15) travel as exact text
     assert_eq!(rule_for(&col("numeric", -1)).0, PgType::AsText);
-    assert_eq!(rule_for(&col("numeric", ((5 << 16) | (0x800 - 2)) + 4)).0, PgType::AsText);
+    assert_eq!(
+        rule_for(&col("numeric", ((5 << 16) | (0x800 - 2)) + 4)).0,
+        PgType::AsText
+    );
 }
 
 #[test]
 fn vectors_arrays_enums_and_unknown_types() {
     let (t, _) = rule_for(&col("vector", 768));
-    assert_eq!(crate::schema::type_name(&t.data_type()), "FixedSizeList(768 x Float32)");
+    assert_eq!(
+        crate::schema::type_name(&t.data_type()),
+        "FixedSizeList(768 x Float32)"
+    );
     assert_eq!(rule_for(&col("vector", -1)).0, PgType::Vector(None));
     let mut a = col("_int4", -1);
     a.elem = "int4".into();

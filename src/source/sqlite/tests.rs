@@ -72,7 +72,11 @@ fn every_row_of_the_type_map() {
         let (_d, path) = db(&format!("CREATE TABLE t (id INTEGER PRIMARY KEY, v {decl}); INSERT INTO t VALUES (1, {value}), (2, NULL);"));
         let (m, rows) = stage(&path, &[]).unwrap_or_else(|e| panic!("{declared}: {e}"));
         let col = m.table("t").unwrap().info.column("v").unwrap().clone();
-        assert_eq!(col.arrow_type, crate::schema::type_name(&t.data_type()), "{declared}");
+        assert_eq!(
+            col.arrow_type,
+            crate::schema::type_name(&t.data_type()),
+            "{declared}"
+        );
         assert!(
             !col.fidelity.contains("fallback"),
             "{declared}: {}",
