@@ -261,14 +261,8 @@ fn snapshot_table(
             match snapshot_partitions(reader.as_ref(), schema, dir, manifest, i, opts)? {
                 None => return Ok(()),
                 Some((column, reason)) => {
+                    widen_column(source, manifest, i, &column, &reason)?;
                     let entry = &mut manifest.tables[i];
-                    tracing::warn!(table = %entry.info.name, column = %column, "{reason}; widening the column and staging the table again");
-                    if !source.widen(&mut entry.info, &column, &reason) {
-                        return Err(Error::source_err(
-                            manifest.source.to_string(),
-                            format!("table {}, column {column}: {reason}, and the column cannot be widened further", entry.info.name),
-                        ));
-                    }
                     let tdir = Manifest::table_dir(dir, entry);
                     entry.files.clear();
                     for p in &mut entry.partitions {
@@ -320,14 +314,8 @@ fn snapshot_table(
             ReadEnd::Widen { column, reason } => {
                 drop(writer);
                 pb.finish_and_clear();
+                widen_column(source, manifest, i, &column, &reason)?;
                 let entry = &mut manifest.tables[i];
-                tracing::warn!(table = %entry.info.name, column = %column, "{reason}; widening the column and staging the table again");
-                if !source.widen(&mut entry.info, &column, &reason) {
-                    return Err(Error::source_err(
-                        manifest.source.to_string(),
-                        format!("table {}, column {column}: {reason}, and the column cannot be widened further", entry.info.name),
-                    ));
-                }
                 entry.files.clear();
                 entry.resume_after = None;
                 remove_unlisted(&tdir, &[])?;
@@ -360,6 +348,28 @@ fn snapshot_table(
             }
         }
     }
+}
+
+/// Asks the source to widen `column` of table `i` after a value did not fit; an error when it cannot widen further.
+fn widen_column(
+    source: &mut dyn Source,
+    manifest: &mut Manifest,
+    i: usize,
+    column: &str,
+    reason: &str,
+) -> Result<()> {
+    let entry = &mut manifest.tables[i];
+    tracing::warn!(table = %entry.info.name, column = %column, "{reason}; widening the column and staging the table again");
+    if source.widen(&mut entry.info, column, reason) {
+        return Ok(());
+    }
+    Err(Error::source_err(
+        manifest.source.to_string(),
+        format!(
+            "table {}, column {column}: {reason}, and the column cannot be widened further",
+            entry.info.name
+        ),
+    ))
 }
 
 /// What a worker reports for one partition.

@@ -222,6 +222,22 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
     sqlite(path)
 }
 
+/// A connection URL with its password replaced by `***`, for messages, manifests and reports (every URL source).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => format!(
+            "{}://(unparsable URL)",
+            url.split("://").next().unwrap_or("source")
+        ),
+    }
+}
+
 /// Whether `name` matches a pattern of `--include`/`--exclude` (`*` matches any run of characters). Tables of
 /// PostgreSQL's default schema are named without it but also match as `public.name`.
 pub fn name_matches(pattern: &str, name: &str) -> bool {

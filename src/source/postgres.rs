@@ -382,18 +382,7 @@ impl TableState {
     }
 }
 
-/// The connection URL without its password, for messages, manifests and reports.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "postgres://(unparsable URL)".into(),
-    }
-}
+pub use super::redact_url as redact;
 
 pub struct PgSource {
     url: String,

@@ -47,18 +47,7 @@ fn err(url: &str, what: &str, e: impl std::fmt::Display) -> Error {
     Error::source_err(url.to_string(), format!("{what}: {msg}{hint}"))
 }
 
-/// The URL with its password replaced, for messages and manifests.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "redis://(unparsable URL)".into(),
-    }
-}
+pub use crate::source::redact_url as redact;
 
 fn bytes(v: RV) -> Option<Vec<u8>> {
     match v {
