@@ -22,10 +22,18 @@ bash scripts/python-env.sh >/dev/null
 # here first, so a cold machine pays the apt and pgvector build once, outside any test's time); stop it at the end.
 export ENGRAM_TEST_PG_PORT="${ENGRAM_TEST_PG_PORT:-55432}"
 bash scripts/services/postgres.sh install
-trap 'bash scripts/services/postgres.sh stop "$ENGRAM_TEST_PG_PORT"' EXIT
+# The Neo4j-source tests talk Bolt to ArcadeDB (scripts/services/arcadedb.sh: PyPI wheel with its own Java).
+export ENGRAM_TEST_ARCADEDB_PORT="${ENGRAM_TEST_ARCADEDB_PORT:-57687}"
+bash scripts/services/arcadedb.sh install
+trap 'bash scripts/services/postgres.sh stop "$ENGRAM_TEST_PG_PORT"; bash scripts/services/arcadedb.sh stop "$ENGRAM_TEST_ARCADEDB_PORT"' EXIT
 
 # The Redis tests start Redis 7.0 (Debian) and 8.2 (PyPI wheel) through scripts/services/redis.sh; install both first.
 bash scripts/services/redis.sh install
 trap 'bash scripts/services/postgres.sh stop "$ENGRAM_TEST_PG_PORT"; bash scripts/services/redis.sh stop 56379; bash scripts/services/redis.sh stop 56380' EXIT
+
+# The model2vec tests use the real potion-base-8M files: fetched once (sha256-checked) into the cache outside
+# the clone; with ENGRAM_REQUIRE_MODELS=1 a missing model fails those tests instead of skipping them.
+ENGRAM_MODEL2VEC_DIR="$(bash scripts/models.sh potion-base-8M | tail -1)"
+export ENGRAM_MODEL2VEC_DIR ENGRAM_REQUIRE_MODELS=1
 
 cargo test --no-fail-fast "$@"

@@ -16,9 +16,14 @@ pub struct Options {
     #[arg(long, short = 's', env = "ENGRAM_MIGRATE_SOURCE")]
     pub source: Option<String>,
 
-    /// Where to write: a directory that becomes the Engram bundle.
+    /// Where to write: a directory that becomes the Engram bundle; or, with `load --bundle`, a running Engram
+    /// server: engram+http://HOST:PORT or engram+grpc://HOST:PORT[?http_port=N] (API key from ENGRAM_API_KEY).
     #[arg(long, short = 't')]
     pub target: Option<String>,
+
+    /// `load` into a live Engram server: the finished bundle directory to send.
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
 
     /// Directory for the snapshot, generated SQL, staged output, checkpoints and the run report
     /// [default: <target>.work].
@@ -33,6 +38,46 @@ pub struct Options {
     /// Mapping SQL to run instead of the generated one (copy <work-dir>/mapping.sql or sql/codegraph.sql and edit it).
     #[arg(long)]
     pub sql: Option<PathBuf>,
+
+    /// Bolt sources: the user [default: from the URL, else $NEO4J_USERNAME, else neo4j].
+    #[arg(long, env = "ENGRAM_MIGRATE_SOURCE_USER")]
+    pub source_user: Option<String>,
+
+    /// Bolt sources: the password [default: from the URL, else $NEO4J_PASSWORD]. Never printed.
+    #[arg(long, env = "ENGRAM_MIGRATE_SOURCE_PASSWORD", hide_env_values = true)]
+    pub source_password: Option<String>,
+
+    /// Bolt sources: records per fetch (Bolt PULL) of the streamed node and relationship reads [default: 8192].
+    #[arg(long)]
+    pub fetch_size: Option<usize>,
+
+    /// Graph sources: label to space, e.g. "Person:people,Company:companies". A node with several labels goes to
+    /// the space of the first label of this list it has, else to --memory-space-prefix + its first label in
+    /// alphabetical order.
+    #[arg(long)]
+    pub label_to_space: Option<String>,
+
+    /// Graph sources: prefix of the space made from a label (lower-cased, other characters `_`) [default: neo4j_].
+    #[arg(long)]
+    pub memory_space_prefix: Option<String>,
+
+    /// Graph sources: properties whose values make the text to embed, after name, title, description, content,
+    /// e.g. "summary,body".
+    #[arg(long)]
+    pub text_properties: Option<String>,
+
+    /// Graph sources: numeric relationship property that gives the edge weight, min-max normalised to [0,1]
+    /// over all relationships when its values leave [0,1] [default: weight 0.7 for every edge].
+    #[arg(long)]
+    pub weight_property: Option<String>,
+
+    /// Graph sources: make two edges (both directions) per relationship.
+    #[arg(long)]
+    pub bidirectional: bool,
+
+    /// Activation of every memory, 0..1 [default: 0.5].
+    #[arg(long)]
+    pub activation: Option<f32>,
 
     /// Put every memory into this one space (3-64 chars of a-z, 0-9, _ and -) instead of one space per table.
     #[arg(long)]
@@ -72,17 +117,46 @@ pub struct Options {
     #[arg(long)]
     pub partition_rows: Option<u64>,
 
-    /// Rows per record batch read from the source and per embedding batch [default: 8192].
+    /// Rows per record batch read from the source and per embedding batch [default: 8192]; for a live Engram
+    /// target, memories per acknowledged (checkpointed) batch [default: 1000].
     #[arg(long)]
     pub batch_size: Option<usize>,
 
-    /// Worker threads for SQL and embeddings [default: number of cores].
+    /// Worker threads for SQL and embeddings [default: number of cores]; for a live Engram target, requests
+    /// (HTTP) or streams (gRPC) in flight [default: 16].
     #[arg(long)]
     pub parallel_workers: Option<usize>,
 
-    /// Embedding provider: "hashing" (feature hashing, no model) [default: hashing].
+    /// Embedding provider: "hashing" (feature hashing, no model), "model2vec:DIR" (a local model2vec model
+    /// directory: model.safetensors, tokenizer.json, config.json) or "openai:URL" (an OpenAI-compatible server's
+    /// base URL, e.g. http://127.0.0.1:11434; POST URL/v1/embeddings) [default: hashing].
     #[arg(long)]
     pub embedding_provider: Option<String>,
+
+    /// Model name sent to an openai: provider, e.g. text-embedding-3-small or nomic-embed-text.
+    #[arg(long, env = "ENGRAM_EMBEDDING_MODEL")]
+    pub embedding_model: Option<String>,
+
+    /// API key of an openai: provider (sent as a bearer token, never printed). Prefer the environment variable
+    /// to the flag, which other users of the machine can see in the process list; not read from --config files.
+    #[arg(long, env = "ENGRAM_EMBEDDING_API_KEY", hide_env_values = true)]
+    #[serde(skip)]
+    pub embedding_api_key: Option<Secret>,
+
+    /// Texts per request to an openai: provider; a 413 answer halves it [default: 128].
+    #[arg(long)]
+    pub embedding_request_size: Option<usize>,
+
+    /// Size bound of the persistent embedding cache (content hash -> vector, Parquet in <work-dir>/embed-cache,
+    /// reused by re-runs and resumed runs) in MiB; 0 turns it off [default: 1024 for model2vec and openai, 0 for
+    /// hashing, which recomputes a vector as fast as it could read it back].
+    #[arg(long)]
+    pub embedding_cache_mb: Option<u64>,
+
+    /// Embed every memory from its text, even those whose source row already holds a 768-float vector
+    /// (pgvector), which are otherwise used as they are.
+    #[arg(long)]
+    pub reembed: bool,
 
     /// Entries in the in-memory embedding cache (content hash -> vector) [default: 32768, ~100 MB].
     #[arg(long)]
@@ -179,7 +253,16 @@ impl Options {
             self,
             file,
             source,
+            source_user,
+            source_password,
+            fetch_size,
+            label_to_space,
+            memory_space_prefix,
+            text_properties,
+            weight_property,
+            activation,
             target,
+            bundle,
             work_dir,
             sql,
             memory_space,
@@ -192,6 +275,9 @@ impl Options {
             batch_size,
             parallel_workers,
             embedding_provider,
+            embedding_model,
+            embedding_request_size,
+            embedding_cache_mb,
             cache_size,
             confidence,
             validate,
@@ -211,6 +297,8 @@ impl Options {
             self.column_type = file.column_type.clone();
         }
         self.skip_edges |= file.skip_edges;
+        self.bidirectional |= file.bidirectional;
+        self.reembed |= file.reembed;
         self.dry_run |= file.dry_run;
         self.overwrite |= file.overwrite;
         self.fresh |= file.fresh;
@@ -261,6 +349,23 @@ impl Options {
                     .unwrap_or(2)
             })
             .max(1)
+    }
+}
+
+/// A secret (API key, token): shown as `***` by `Debug`, so logging the options never prints it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
     }
 }
 

@@ -8,7 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::config::{self, Options};
-use crate::embed::{Embedder, EmbeddingProvider, HashingProvider};
+use crate::embed::openai::OpenAiProvider;
+use crate::embed::{DiskCache, Embedder, EmbeddingProvider, HashingProvider, Model2VecProvider};
 use crate::error::{Error, Result};
 use crate::parquet_io::PartLimits;
 use crate::report::{EmbeddingLine, RunReport, SpaceLine, TableLine, Timer};
@@ -101,6 +102,11 @@ pub fn open_source(opts: &Options) -> Result<Box<dyn Source>> {
         column_types: config::parse_column_types(&opts.column_type)?,
         partition_rows: opts.partition_rows,
         redis_db: opts.source_db,
+        neo4j: source::neo4j::Neo4jOptions {
+            user: opts.source_user.clone(),
+            password: opts.source_password.clone(),
+            fetch_size: opts.fetch_size,
+        },
     };
     source::open(opts.require_source()?, &so)
 }
@@ -143,6 +149,59 @@ fn mapping_options(opts: &Options) -> Result<MappingOptions> {
     Ok(m)
 }
 
+/// The graph mapping's knobs (sql/neo4j.sql) from the flags.
+fn graph_mapping(opts: &Options) -> Result<transform::neo4j::GraphMapping> {
+    let mut g = transform::neo4j::GraphMapping::default();
+    let valid = |flag: &str, s: &str| -> Result<()> {
+        if crate::schema::is_valid_space_id(s) {
+            Ok(())
+        } else {
+            Err(Error::usage(format!("{flag} {s:?}: an Engram space id is 3 to 64 characters of a-z, 0-9, _ and -")))
+        }
+    };
+    if let Some(s) = &opts.memory_space {
+        valid("--memory-space", s)?;
+        g.memory_space = Some(s.clone());
+    }
+    for item in opts.label_to_space.as_deref().unwrap_or("").split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (label, space) = item.split_once(':').ok_or_else(|| {
+            Error::usage(format!("--label-to-space: {item:?} is not LABEL:SPACE (e.g. \"Person:people,Company:companies\")"))
+        })?;
+        valid(&format!("--label-to-space {label}:"), space.trim())?;
+        g.label_to_space.push((label.trim().to_string(), space.trim().to_string()));
+    }
+    if let Some(p) = &opts.memory_space_prefix {
+        if !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') || p.len() > 60 {
+            return Err(Error::usage(format!("--memory-space-prefix {p:?}: use a-z, 0-9, _ and - (at most 60)")));
+        }
+        g.space_prefix = p.clone();
+    }
+    g.text_properties = opts
+        .text_properties
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    g.time_property = opts.timestamp_column.clone();
+    g.weight_property = opts.weight_property.clone();
+    for (flag, v, slot) in [
+        ("--confidence", opts.confidence, &mut g.confidence),
+        ("--activation", opts.activation, &mut g.activation),
+    ] {
+        if let Some(v) = v {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(Error::usage(format!("{flag} {v}: must be between 0 and 1")));
+            }
+            *slot = v;
+        }
+    }
+    g.bidirectional = opts.bidirectional;
+    g.skip_edges = opts.skip_edges;
+    Ok(g)
+}
+
 /// The mapping SQL to run and where it came from.
 pub fn mapping_sql(opts: &Options, manifest: &Manifest, work: &Path) -> Result<(String, String)> {
     if let Some(path) = &opts.sql {
@@ -165,6 +224,12 @@ pub fn mapping_sql(opts: &Options, manifest: &Manifest, work: &Path) -> Result<(
             manifest.source.to_string(),
             "has no tables to migrate",
         ));
+    }
+    if manifest.source.get("kind").and_then(|k| k.as_str()) == Some("neo4j") {
+        let sql = transform::neo4j::generate(&graph_mapping(opts)?);
+        let path = work.join("mapping.sql");
+        crate::parquet_io::write_atomic(&path, sql.as_bytes())?;
+        return Ok((sql, format!("{} (generated from sql/neo4j.sql)", path.display())));
     }
     let mopts = mapping_options(opts)?;
     for t in mopts.text_columns.keys().chain(mopts.table_to_space.keys()) {
@@ -195,12 +260,56 @@ pub fn mapping_sql(opts: &Options, manifest: &Manifest, work: &Path) -> Result<(
 }
 
 fn provider(opts: &Options) -> Result<std::sync::Arc<dyn EmbeddingProvider>> {
-    match opts.embedding_provider.as_deref().unwrap_or("hashing") {
-        "hashing" => Ok(std::sync::Arc::new(HashingProvider::new())),
-        other => Err(Error::usage(format!(
-            "--embedding-provider {other:?}: unknown; available: hashing (model2vec:DIR and openai:URL are planned)"
-        ))),
+    let spec = opts.embedding_provider.as_deref().unwrap_or("hashing");
+    if spec == "hashing" {
+        return Ok(std::sync::Arc::new(HashingProvider::new()));
     }
+    if let Some(dir) = spec.strip_prefix("model2vec:") {
+        return Ok(std::sync::Arc::new(Model2VecProvider::load(Path::new(
+            dir,
+        ))?));
+    }
+    if let Some(url) = spec.strip_prefix("openai:") {
+        let model = opts.embedding_model.clone().ok_or_else(|| {
+            Error::usage("--embedding-provider openai:URL needs --embedding-model (or ENGRAM_EMBEDDING_MODEL)")
+        })?;
+        let http = crate::embed::openai::OpenAiOptions {
+            url: url.to_string(),
+            model,
+            api_key: opts.embedding_api_key.as_ref().map(|k| k.0.clone()),
+            request_size: opts.embedding_request_size.unwrap_or(128).max(1),
+            ..Default::default()
+        };
+        return Ok(std::sync::Arc::new(OpenAiProvider::connect(http)?));
+    }
+    Err(Error::usage(format!(
+        "--embedding-provider {spec:?}: unknown; use hashing, model2vec:DIR or openai:URL"
+    )))
+}
+
+/// The stage's embedder for this run: the provider, the bounded in-memory cache and the persistent cache.
+fn embedder(opts: &Options, work: &Path) -> Result<Embedder> {
+    let provider = provider(opts)?;
+    let name = provider.name();
+    let dim = provider.dimension();
+    let e = Embedder::new(
+        provider,
+        opts.cache_size
+            .unwrap_or(crate::embed::stage::DEFAULT_CACHE_CAPACITY),
+    )?;
+    // Feature hashing recomputes a vector about as fast as the cache would read it back, so its runs keep their
+    // small memory footprint unless a cache size is asked for.
+    let default_mb = if name == crate::embed::hashing::HASHING_NAME {
+        0
+    } else {
+        1024
+    };
+    let mb = opts.embedding_cache_mb.unwrap_or(default_mb);
+    if mb == 0 {
+        return Ok(e);
+    }
+    let disk = DiskCache::open(work, &name, dim, (mb as usize) << 20)?;
+    e.with_disk_cache(disk)
 }
 
 fn fresh(opts: &Options, work: &Path) -> Result<()> {
@@ -235,6 +344,8 @@ struct Ctx {
     work: PathBuf,
     report: RunReport,
     source: Option<Box<dyn Source>>,
+    /// Made before the long stages by `run`, so a bad provider (model directory, URL, key) fails at once.
+    embedder: Option<Embedder>,
 }
 
 impl Ctx {
@@ -253,6 +364,7 @@ impl Ctx {
             work,
             report,
             source: None,
+            embedder: None,
         })
     }
 
@@ -336,14 +448,11 @@ impl Ctx {
 
     fn load(&mut self, summary: &TransformSummary, origin: &str) -> Result<()> {
         let t = Timer::start();
-        let Target::Bundle(target) = Target::parse(self.opts.require_target()?)?;
-        let provider = provider(&self.opts)?;
-        let mut embedder = Embedder::new(
-            provider,
-            self.opts
-                .cache_size
-                .unwrap_or(crate::embed::stage::DEFAULT_CACHE_CAPACITY),
-        )?;
+        let target = Target::parse(self.opts.require_target()?)?.bundle_dir()?;
+        let mut embedder = match self.embedder.take() {
+            Some(e) => e,
+            None => embedder(&self.opts, &self.work)?,
+        };
         // A run killed after its bundle was renamed into place (but before it finished) left a complete bundle
         // of this very input: keep it instead of asking for --overwrite.
         if target.join(bundle::BUNDLE_FILE).is_file() && !self.opts.overwrite {
@@ -380,11 +489,13 @@ impl Ctx {
             overwrite: self.opts.overwrite,
             checkpoint_file,
             run_key: format!(
-                "{}:{}:{}",
+                "{}:{}:{}{}",
                 summary.key,
                 embedder.provider_name(),
-                target.display()
+                target.display(),
+                if self.opts.reembed { ":reembed" } else { "" }
             ),
+            reembed: self.opts.reembed,
         };
         rayon::ThreadPoolBuilder::new()
             .num_threads(self.opts.workers())
@@ -404,7 +515,9 @@ impl Ctx {
                 edges: s.edges.rows,
             });
         }
-        self.report.embedding = Some(EmbeddingLine::new(embedder.provider_name(), res.embed));
+        let mut line = EmbeddingLine::new(embedder.provider_name(), res.embed);
+        line.persistent_cache_entries = embedder.disk_cache().map(|d| d.len() as u64);
+        self.report.embedding = Some(line);
         let note = if res.resumed_parts > 0 {
             format!("resumed after {} committed parts", res.resumed_parts)
         } else {
@@ -426,7 +539,7 @@ impl Ctx {
         origin: &str,
     ) -> Result<usize> {
         let t = Timer::start();
-        let Target::Bundle(target) = Target::parse(self.opts.require_target()?)?;
+        let target = Target::parse(self.opts.require_target()?)?.bundle_dir()?;
         if self.source.is_none() {
             let src = open_source(&self.opts)?;
             if src.kind() != "snapshot" {
@@ -528,8 +641,16 @@ fn require_complete(dir: &Path) -> Result<Manifest> {
     Ok(m)
 }
 
-/// `load`: embed the staged memories and write the bundle.
+/// `load`: embed the staged memories and write the bundle, or send a finished bundle to a live Engram server.
 pub async fn load_cmd(opts: Options) -> Result<()> {
+    if let Target::Engram(t) = Target::parse(opts.require_target()?)? {
+        return load_live_cmd(opts, t).await;
+    }
+    if opts.bundle.is_some() {
+        return Err(Error::usage(
+            "--bundle goes with a live target: --target engram+http://HOST:PORT or engram+grpc://HOST:PORT",
+        ));
+    }
     let started = Timer::start();
     let mut ctx = Ctx::new("load", opts)?;
     let _lock = WorkLock::acquire(&ctx.work)?;
@@ -552,6 +673,64 @@ pub async fn load_cmd(opts: Options) -> Result<()> {
     ctx.finish(started, r)
 }
 
+/// `load --bundle DIR --target engram+http://...`: send a finished bundle to a running Engram server, then read
+/// back what it kept. Work directory: `--work-dir`, else `<bundle>.work` (checkpoint and report go there).
+async fn load_live_cmd(opts: Options, target: crate::sink::engram::EngramTarget) -> Result<()> {
+    use crate::sink::engram;
+    let bundle = opts.bundle.clone().ok_or_else(|| {
+        Error::usage(format!(
+            "--bundle DIR is required to load into {}: write one with `engram-migrate run --target DIR` first",
+            target.describe()
+        ))
+    })?;
+    let work = opts.work_dir.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "{}.work",
+            bundle.display().to_string().trim_end_matches('/')
+        ))
+    });
+    let _lock = WorkLock::acquire(&work)?;
+    let mut lo = engram::LiveOptions::new(
+        opts.checkpoint_file
+            .clone()
+            .unwrap_or_else(|| work.join("engram-checkpoint.json")),
+    );
+    lo.batch_size = opts.batch_size.unwrap_or(1000).max(1);
+    // Requests in flight, not CPU threads: the default is higher than the core count.
+    lo.parallel = opts.parallel_workers.unwrap_or(16).max(1);
+    let res = engram::load_bundle(&bundle, &target, &lo).await?;
+    let report = work.join("engram-report.json");
+    crate::parquet_io::write_atomic(&report, &serde_json::to_vec_pretty(&res)?)?;
+    let v = &res.verification;
+    println!(
+        "loaded {} into {} over {:?}: sent {} memories{} in {:.1} s ({:.0} memories/s)",
+        bundle.display(),
+        res.target,
+        res.protocol,
+        res.sent,
+        if res.resumed > 0 {
+            format!(" (resumed: {} acknowledged before)", res.resumed)
+        } else {
+            String::new()
+        },
+        res.seconds,
+        res.memories_per_second
+    );
+    println!("read-back verification:");
+    print!("{}", v.render(50));
+    println!("report: {}", report.display());
+    // The checkpoint is kept until verification is done: a load killed during it only verifies again.
+    let _ = fs::remove_file(&lo.checkpoint_file);
+    if !v.complete() {
+        return Err(Error::ValidationFailed {
+            failed: v.not_kept.len() + v.embedding_differs.len(),
+            total: v.bundle_total as usize,
+            report: report.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// `validate`: re-check a finished run.
 pub async fn validate_cmd(opts: Options) -> Result<()> {
     let started = Timer::start();
@@ -572,7 +751,7 @@ pub async fn validate_cmd(opts: Options) -> Result<()> {
 pub async fn run_cmd(opts: Options) -> Result<()> {
     let started = Timer::start();
     let target = Target::parse(opts.require_target()?)?;
-    let Target::Bundle(target_dir) = &target;
+    let target_dir = &target.clone().bundle_dir()?;
     // Fail before the long stages when the target is in the way; an existing bundle may be this run's own,
     // finished just before a kill, which the load stage recognises.
     if target_dir.exists() && !opts.overwrite && !target_dir.join(bundle::BUNDLE_FILE).is_file() {
@@ -587,6 +766,7 @@ pub async fn run_cmd(opts: Options) -> Result<()> {
         fresh(&ctx.opts, &ctx.work)?;
     }
     let r = async {
+        ctx.embedder = Some(embedder(&ctx.opts, &ctx.work)?);
         let (dir, manifest) = ctx.snapshot()?;
         let (summary, sql, origin) = ctx.transform(&dir, &manifest).await?;
         ctx.load(&summary, &origin)?;
@@ -645,6 +825,13 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
             );
         }
     }
+    let groups = src.group_counts()?;
+    if !groups.is_empty() {
+        println!("rows per label / relationship type:");
+        for g in &groups {
+            println!("  {}.{} = {}: {} rows", g.table, g.column, g.value, g.rows);
+        }
+    }
     for c in &catalog.cycles {
         println!(
             "foreign-key cycle: {} -> {} (edges are still made)",
@@ -675,8 +862,11 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| {
-                "generated from the catalog (table -> space, row -> memory, foreign key -> edge)"
-                    .into()
+                if src.kind() == "neo4j" {
+                    "generated from sql/neo4j.sql (node -> memory in its primary label's space, relationship -> edge)".into()
+                } else {
+                    "generated from the catalog (table -> space, row -> memory, foreign key -> edge)".into()
+                }
             })
     );
     println!("embedding provider: {}", provider(&opts)?.name());

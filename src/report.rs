@@ -62,6 +62,12 @@ pub struct EmbeddingLine {
     pub cache_hits: u64,
     pub embedded: u64,
     pub hit_rate: f64,
+    /// Hits answered by the persistent cache with vectors of earlier runs.
+    pub hits_from_earlier_runs: u64,
+    /// Memories whose vector came from the source and was used as is.
+    pub existing_vectors: u64,
+    /// Entries of the persistent cache (<work-dir>/embed-cache) after the run; None when it is off.
+    pub persistent_cache_entries: Option<u64>,
 }
 
 impl EmbeddingLine {
@@ -72,6 +78,9 @@ impl EmbeddingLine {
             cache_hits: s.cache_hits,
             embedded: s.embedded,
             hit_rate: s.hit_rate(),
+            hits_from_earlier_runs: s.hits_from_earlier_runs,
+            existing_vectors: s.existing_vectors,
+            persistent_cache_entries: None,
         }
     }
 }
@@ -156,6 +165,18 @@ impl RunReport {
                 e.embedded,
                 e.hit_rate * 100.0
             );
+            if let Some(n) = e.persistent_cache_entries {
+                println!(
+                    "           persistent cache: {} hits from earlier runs, {} entries",
+                    e.hits_from_earlier_runs, n
+                );
+            }
+            if e.existing_vectors > 0 {
+                println!(
+                    "           {} memories kept the vector of their source row",
+                    e.existing_vectors
+                );
+            }
         }
         println!();
         println!(

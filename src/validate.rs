@@ -36,6 +36,10 @@ pub const BUILTIN_CHECKS: &[(&str, &str)] = &[
         include_str!("../sql/validate/counts_bundle.sql"),
     ),
     (
+        "counts_groups",
+        include_str!("../sql/validate/counts_groups.sql"),
+    ),
+    (
         "sample_values",
         include_str!("../sql/validate/sample_values.sql"),
     ),
@@ -138,6 +142,8 @@ pub async fn run(
         snapshot_dir,
         manifest,
     )?;
+    pb.set_message("counts per label and type");
+    register_group_counts(&ctx, if live { Some(&mut *source) } else { None }, manifest).await?;
     pb.set_message("checksums");
     register_integrity(&ctx, snapshot_dir, manifest, bundle_dir, &bundle)?;
     pb.set_message("sampling");
@@ -274,6 +280,66 @@ fn register_source_counts(
         vec![utf8(names), u64s(live), u64s(recorded), u64s(actual)],
     )?;
     mem_table(ctx, "source_counts", batch)
+}
+
+/// `group_counts(source_name, column_name, value, source_rows, snapshot_rows)`: rows per value of a grouping
+/// column (a graph's labels and relationship types) as the live source counts them now and as the snapshot
+/// holds them (a List column counts each element). Empty for sources without groups.
+async fn register_group_counts(
+    ctx: &SessionContext,
+    source: Option<&mut dyn Source>,
+    manifest: &Manifest,
+) -> Result<()> {
+    let groups = match source {
+        Some(s) => s.group_counts()?,
+        None => vec![],
+    };
+    // (table, column, value) -> (source rows, snapshot rows)
+    let mut rows: BTreeMap<(String, String, String), (Option<u64>, Option<u64>)> = BTreeMap::new();
+    let mut columns: Vec<(String, String)> = vec![];
+    for g in &groups {
+        rows.entry((g.table.clone(), g.column.clone(), g.value.clone())).or_default().0 = Some(g.rows);
+        if !columns.contains(&(g.table.clone(), g.column.clone())) {
+            columns.push((g.table.clone(), g.column.clone()));
+        }
+    }
+    for (table, column) in &columns {
+        let Some(entry) = manifest.table(table) else { continue };
+        let is_list = entry.schema.iter().any(|f| &f.name == column && f.data_type.contains("List"));
+        let (t, c) = (transform::generic::ident(table), transform::generic::ident(column));
+        let q = if is_list {
+            format!("SELECT CAST(v AS VARCHAR) AS v, count(*) AS n FROM (SELECT unnest({c}) AS v FROM source.{t}) GROUP BY v")
+        } else {
+            format!("SELECT CAST({c} AS VARCHAR) AS v, count(*) AS n FROM source.{t} GROUP BY {c}")
+        };
+        for b in transform::collect(ctx, &q, "validation (counts per group)").await? {
+            let v = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+            let v = v.as_string::<i32>();
+            let n = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+            for i in 0..b.num_rows() {
+                let key = (table.clone(), column.clone(), if v.is_null(i) { String::new() } else { v.value(i).to_string() });
+                rows.entry(key).or_default().1 = Some(n.value(i) as u64);
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("source_name", DataType::Utf8, true),
+        Field::new("column_name", DataType::Utf8, true),
+        Field::new("value", DataType::Utf8, true),
+        Field::new("source_rows", DataType::UInt64, true),
+        Field::new("snapshot_rows", DataType::UInt64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            utf8(rows.keys().map(|k| Some(k.0.clone())).collect()),
+            utf8(rows.keys().map(|k| Some(k.1.clone())).collect()),
+            utf8(rows.keys().map(|k| Some(k.2.clone())).collect()),
+            u64s(rows.values().map(|v| v.0).collect()),
+            u64s(rows.values().map(|v| Some(v.1.unwrap_or(0))).collect()),
+        ],
+    )?;
+    mem_table(ctx, "group_counts", batch)
 }
 
 fn parquet_row_count(path: &Path) -> Result<u64> {
@@ -471,15 +537,25 @@ fn register_sample(
         let rows = source.fetch_rows(&entry.info, &keys)?;
         for ((_, key_text, content), row) in items.iter().zip(rows) {
             for c in entry.info.columns.iter().filter(|c| !c.synthetic) {
-                let src = row
-                    .as_ref()
-                    .map(|r| r.get(&c.name).cloned().unwrap_or(Value::Null).to_string());
-                let bun = content.get(&c.name).map(|v| v.to_string());
+                let src_v = row.as_ref().map(|r| r.get(&c.name).cloned().unwrap_or(Value::Null));
+                let bun_v = content.get(&c.name);
+                // Two objects (a graph's property map) are compared key by key, so a failure names the property.
+                if let (Some(Value::Object(sm)), Some(Value::Object(bm))) = (&src_v, bun_v) {
+                    let keys: std::collections::BTreeSet<&String> = sm.keys().chain(bm.keys()).collect();
+                    for k in keys {
+                        t_col.push(Some(table.clone()));
+                        k_col.push(Some(key_text.clone()));
+                        c_col.push(Some(format!("{}.{k}", c.name)));
+                        s_col.push(sm.get(k).map(|v| v.to_string()));
+                        b_col.push(bm.get(k).map(|v| v.to_string()));
+                    }
+                    continue;
+                }
                 t_col.push(Some(table.clone()));
                 k_col.push(Some(key_text.clone()));
                 c_col.push(Some(c.name.clone()));
-                s_col.push(src);
-                b_col.push(bun);
+                s_col.push(src_v.map(|v| v.to_string()));
+                b_col.push(bun_v.map(|v| v.to_string()));
             }
         }
     }

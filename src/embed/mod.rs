@@ -5,10 +5,16 @@
 //! Providers are synchronous and batch-oriented so that a model (model2vec) or an HTTP endpoint fits the same
 //! interface later: they get a slice of texts and fill a slice of floats.
 
+pub mod cache;
 pub mod hashing;
+pub mod model2vec;
+pub mod openai;
+pub mod quality;
 pub mod stage;
 
+pub use cache::DiskCache;
 pub use hashing::HashingProvider;
+pub use model2vec::Model2VecProvider;
 pub use stage::{EmbedStats, Embedder};
 
 use crate::error::Result;
@@ -19,6 +25,10 @@ pub trait EmbeddingProvider: Send + Sync {
     fn name(&self) -> String;
     /// Native dimension; vectors shorter than 768 are zero-padded by the stage (cosine is unchanged).
     fn dimension(&self) -> usize;
+    /// Where the model came from (a directory, an endpoint and model name), recorded in the bundle's provenance.
+    fn model(&self) -> Option<String> {
+        None
+    }
     /// Fill `out` (len = texts.len() * dimension()) with one L2-normalised vector per text, row-major.
     fn embed(&self, texts: &[&str], out: &mut [f32]) -> Result<()>;
 }

@@ -11,6 +11,14 @@
 //! [`DEFAULT_CACHE_CAPACITY`] (32 768) entries of 768 floats. The slab grows only as entries are added.
 //! Capacity 0 disables the cache (texts are still deduplicated within a batch). A 128-bit content-hash collision
 //! would return another text's vector; at 2^-128 per pair this is ignored.
+//!
+//! With a persistent cache ([`DiskCache`], `<work>/embed-cache`) attached, it is looked up after the FIFO cache,
+//! and every new vector goes there (the FIFO only keeps what the persistent cache has no room for), so a re-run
+//! over the same input embeds nothing.
+//!
+//! Every vector a provider returns is checked before it is used or cached (see [`check_vectors`]): finite, not
+//! zero, unit norm within 1e-3. A provider that breaks this (an HTTP server sending garbage, a broken model) stops
+//! the run with an error naming it, instead of writing vectors that Engram would mis-rank.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -22,6 +30,7 @@ use arrow::buffer::ScalarBuffer;
 use arrow::datatypes::DataType;
 use xxhash_rust::xxh3::xxh3_128;
 
+use super::cache::DiskCache;
 use super::EmbeddingProvider;
 use crate::error::{Error, Result};
 use crate::schema::{embedding_type, EMBEDDING_DIM};
@@ -39,6 +48,10 @@ pub struct EmbedStats {
     pub cache_hits: u64,
     /// Distinct texts sent to the provider.
     pub embedded: u64,
+    /// Of the cache hits, those answered by the persistent cache with a vector of an earlier run.
+    pub hits_from_earlier_runs: u64,
+    /// Rows that already had a vector (from the source, e.g. pgvector) and were not embedded; not in `texts`.
+    pub existing_vectors: u64,
 }
 
 impl EmbedStats {
@@ -57,6 +70,8 @@ impl EmbedStats {
 enum Source {
     /// A cache slot.
     Cached(usize),
+    /// A slot of the persistent cache.
+    Disk(usize),
     /// An index into this batch's distinct misses.
     Miss(usize),
 }
@@ -64,10 +79,10 @@ enum Source {
 /// Map keyed by content hash. The keys are already XXH3-128 outputs, so the table hash just folds them to 64 bits
 /// instead of running SipHash over them again (which was ~8% of the stage's time). No HashDoS keying: the texts
 /// are the user's own source data, and a flood of bucket collisions would need chosen XXH3 preimages anyway.
-type KeyMap<V> = HashMap<u128, V, BuildHasherDefault<FoldHasher>>;
+pub(crate) type KeyMap<V> = HashMap<u128, V, BuildHasherDefault<FoldHasher>>;
 
 #[derive(Default)]
-struct FoldHasher(u64);
+pub(crate) struct FoldHasher(u64);
 
 impl Hasher for FoldHasher {
     fn finish(&self) -> u64 {
@@ -153,6 +168,9 @@ pub struct Embedder {
     stats: EmbedStats,
     /// Provider output of the misses, kept across calls so steady-state batches do not fault in fresh pages.
     scratch: Vec<f32>,
+    disk: Option<DiskCache>,
+    /// Check the provider's vectors (off only in tests of raw pass-through).
+    check: bool,
 }
 
 impl std::fmt::Debug for Embedder {
@@ -163,6 +181,7 @@ impl std::fmt::Debug for Embedder {
             .field("cache_capacity", &self.cache.capacity)
             .field("cached", &self.cache.len())
             .field("stats", &self.stats)
+            .field("disk", &self.disk)
             .finish()
     }
 }
@@ -185,7 +204,47 @@ impl Embedder {
             cache: VectorCache::new(cache_capacity, dim),
             stats: EmbedStats::default(),
             scratch: Vec::new(),
+            disk: None,
+            check: true,
         })
+    }
+
+    /// Attach a persistent cache; its dimension must be the provider's.
+    pub fn with_disk_cache(mut self, disk: DiskCache) -> Result<Self> {
+        if disk.dimension() != self.dim {
+            return Err(Error::Internal(format!(
+                "persistent cache of dimension {} for provider {} of dimension {}",
+                disk.dimension(),
+                self.provider.name(),
+                self.dim
+            )));
+        }
+        self.disk = Some(disk);
+        Ok(self)
+    }
+
+    /// Write the persistent cache's new entries (if there is one). Called after each committed bundle part.
+    pub fn flush(&mut self) -> Result<()> {
+        match &mut self.disk {
+            Some(d) => d.flush(),
+            None => Ok(()),
+        }
+    }
+
+    /// The persistent cache, if one is attached.
+    pub fn disk_cache(&self) -> Option<&DiskCache> {
+        self.disk.as_ref()
+    }
+
+    /// Count rows whose existing vector was used instead of embedding them.
+    pub fn count_existing(&mut self, rows: u64) {
+        self.stats.existing_vectors += rows;
+    }
+
+    #[cfg(test)]
+    fn unchecked(mut self) -> Self {
+        self.check = false;
+        self
     }
 
     /// Embed every row of `texts`. The result has exactly `texts.len()` rows, none NULL, of type
@@ -213,6 +272,11 @@ impl Embedder {
                 sources.push(Source::Cached(slot));
                 continue;
             }
+            if let Some(slot) = self.disk.as_mut().and_then(|d| d.slot(key)) {
+                hits += 1;
+                sources.push(Source::Disk(slot));
+                continue;
+            }
             match batch.entry(key) {
                 Entry::Occupied(e) => {
                     hits += 1;
@@ -234,6 +298,9 @@ impl Embedder {
         if !miss_texts.is_empty() {
             vectors.resize(miss_texts.len() * dim, 0.0);
             self.provider.embed(&miss_texts, vectors)?;
+            if self.check {
+                check_vectors(&self.provider.name(), dim, &miss_texts, vectors)?;
+            }
         }
 
         // 3. Assemble the output sequentially (no zero-fill of the whole buffer first), then cache the misses.
@@ -241,21 +308,42 @@ impl Embedder {
         for source in &sources {
             let v = match *source {
                 Source::Cached(slot) => self.cache.vector(slot),
+                Source::Disk(slot) => {
+                    self.disk.as_ref().map(|d| d.vector(slot)).ok_or_else(|| {
+                        Error::Internal("persistent cache slot without a cache".into())
+                    })?
+                }
                 Source::Miss(j) => &vectors[j * dim..(j + 1) * dim],
             };
             values.extend_from_slice(v);
             values.resize(values.len() + (EMBEDDING_DIM - dim), 0.0);
         }
         debug_assert_eq!(values.len(), n * EMBEDDING_DIM);
-        // Entries that the same batch would evict again are not inserted at all.
-        let skip = miss_keys.len().saturating_sub(self.cache.capacity);
-        for (j, &key) in miss_keys.iter().enumerate().skip(skip) {
-            self.cache.insert(key, &vectors[j * dim..(j + 1) * dim]);
+        // New vectors go to the persistent cache; the FIFO keeps only those it has no room for. Entries that the
+        // same batch would evict from the FIFO again are not inserted at all.
+        let mut overflow: Vec<usize> = Vec::new();
+        for (j, &key) in miss_keys.iter().enumerate() {
+            let kept = match &mut self.disk {
+                Some(d) => d.add(key, &vectors[j * dim..(j + 1) * dim]),
+                None => false,
+            };
+            if !kept {
+                overflow.push(j);
+            }
+        }
+        let skip = overflow.len().saturating_sub(self.cache.capacity);
+        for &j in overflow.iter().skip(skip) {
+            self.cache
+                .insert(miss_keys[j], &vectors[j * dim..(j + 1) * dim]);
         }
 
         self.stats.texts += n as u64;
         self.stats.cache_hits += hits;
         self.stats.embedded += miss_texts.len() as u64;
+        self.stats.hits_from_earlier_runs = self
+            .disk
+            .as_ref()
+            .map_or(0, |d| d.stats().hits_from_earlier_runs);
 
         let DataType::FixedSizeList(field, size) = embedding_type() else {
             return Err(Error::Internal(
@@ -275,6 +363,10 @@ impl Embedder {
         self.stats
     }
 
+    pub fn provider_model(&self) -> Option<String> {
+        self.provider.model()
+    }
+
     pub fn provider_name(&self) -> String {
         self.provider.name()
     }
@@ -292,6 +384,41 @@ impl Embedder {
     pub fn cache_capacity(&self) -> usize {
         self.cache.capacity
     }
+}
+
+/// Greatest distance of a vector's norm from 1 that is accepted (as the bundle's `embedding_quality` check).
+pub const NORM_TOLERANCE: f32 = 1e-3;
+
+/// Checks a provider's output: `texts.len()` vectors of `dim` floats, each finite, not zero, of unit norm within
+/// [`NORM_TOLERANCE`]. The error names the provider, the row and the start of its text.
+pub fn check_vectors(provider: &str, dim: usize, texts: &[&str], vectors: &[f32]) -> Result<()> {
+    if vectors.len() != texts.len() * dim {
+        return Err(Error::Internal(format!(
+            "embedding provider {provider} returned {} floats for {} texts of dimension {dim}",
+            vectors.len(),
+            texts.len()
+        )));
+    }
+    for (i, (v, text)) in vectors.chunks_exact(dim).zip(texts).enumerate() {
+        let sq: f32 = v.iter().map(|x| x * x).sum();
+        let problem = if v.iter().any(|x| !x.is_finite()) {
+            Some("a non-finite value".to_string())
+        } else if sq == 0.0 {
+            Some("the zero vector".to_string())
+        } else if (sq.sqrt() - 1.0).abs() > NORM_TOLERANCE {
+            Some(format!("norm {} instead of 1", sq.sqrt()))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            let head: String = text.chars().take(40).collect();
+            return Err(Error::Internal(format!(
+                "embedding provider {provider} returned {p} for text {i} of its batch ({head:?}); \
+                 the provider is broken or misconfigured"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -437,7 +564,7 @@ mod tests {
     #[test]
     fn cache_hits_and_dedup() {
         let tiny = Arc::new(Tiny::default());
-        let mut e = Embedder::new(tiny.clone(), 100).unwrap();
+        let mut e = Embedder::new(tiny.clone(), 100).unwrap().unchecked();
         let batch = column(&[
             Some("a"),
             Some("b"),
@@ -454,7 +581,8 @@ mod tests {
             EmbedStats {
                 texts: 7,
                 cache_hits: 3,
-                embedded: 4
+                embedded: 4,
+                ..Default::default()
             }
         );
         // One provider call with the distinct texts, in first-seen order.
@@ -467,7 +595,8 @@ mod tests {
             EmbedStats {
                 texts: 14,
                 cache_hits: 10,
-                embedded: 4
+                embedded: 4,
+                ..Default::default()
             }
         );
         assert_eq!(
@@ -484,7 +613,9 @@ mod tests {
 
     #[test]
     fn padding_small_dimension() {
-        let mut e = Embedder::new(Arc::new(Tiny::default()), 10).unwrap();
+        let mut e = Embedder::new(Arc::new(Tiny::default()), 10)
+            .unwrap()
+            .unchecked();
         assert_eq!(e.native_dimension(), 4);
         let out = e
             .embed_column(&column(&[Some("hello"), Some("hi"), Some("hello")]))
@@ -506,7 +637,7 @@ mod tests {
     #[test]
     fn eviction_keeps_cache_bounded_fifo() {
         let tiny = Arc::new(Tiny::default());
-        let mut e = Embedder::new(tiny.clone(), 3).unwrap();
+        let mut e = Embedder::new(tiny.clone(), 3).unwrap().unchecked();
         for t in ["t1", "t2", "t3", "t4", "t5"] {
             e.embed_column(&column(&[Some(t)])).unwrap();
             assert!(e.cache_len() <= 3);
@@ -541,7 +672,9 @@ mod tests {
         );
 
         // Capacity 0: no cache, but dedup within a batch still applies.
-        let mut none = Embedder::new(Arc::new(Tiny::default()), 0).unwrap();
+        let mut none = Embedder::new(Arc::new(Tiny::default()), 0)
+            .unwrap()
+            .unchecked();
         none.embed_column(&column(&[Some("a"), Some("a")])).unwrap();
         none.embed_column(&column(&[Some("a")])).unwrap();
         assert_eq!(
@@ -549,7 +682,8 @@ mod tests {
             EmbedStats {
                 texts: 3,
                 cache_hits: 1,
-                embedded: 2
+                embedded: 2,
+                ..Default::default()
             }
         );
         assert_eq!(none.cache_len(), 0);
@@ -565,6 +699,70 @@ mod tests {
         assert!(e.embed_column(&column(&[Some("x")])).is_err());
         assert_eq!(e.stats(), EmbedStats::default());
         assert_eq!(e.cache_len(), 0);
+    }
+
+    #[test]
+    fn persistent_cache_serves_a_second_run() {
+        let work = tempfile::tempdir().unwrap();
+        let texts: Vec<String> = (0..200).map(|i| format!("text {}", i % 150)).collect();
+        let col = StringArray::from_iter_values(&texts);
+        let open = |tiny: Arc<Tiny>| {
+            let disk = DiskCache::open(work.path(), "tiny", 4, 1 << 20).unwrap();
+            Embedder::new(tiny, 8)
+                .unwrap()
+                .unchecked()
+                .with_disk_cache(disk)
+                .unwrap()
+        };
+        let first = Arc::new(Tiny::default());
+        let mut e = open(first.clone());
+        let a = rows(&e.embed_column(&col.slice(0, 120)).unwrap());
+        let b = rows(&e.embed_column(&col.slice(120, 80)).unwrap());
+        e.flush().unwrap();
+        assert_eq!(first.embedded.load(Ordering::SeqCst), 150);
+        // All 150 distinct vectors went to the persistent cache, none to the FIFO.
+        assert_eq!(e.disk_cache().unwrap().len(), 150);
+        assert_eq!(e.cache_len(), 0);
+        assert_eq!(e.stats().hits_from_earlier_runs, 0);
+
+        let second = Arc::new(Tiny::default());
+        let mut e = open(second.clone());
+        let a2 = rows(&e.embed_column(&col.slice(0, 120)).unwrap());
+        let b2 = rows(&e.embed_column(&col.slice(120, 80)).unwrap());
+        assert_eq!((a, b), (a2, b2));
+        assert_eq!(
+            second.embedded.load(Ordering::SeqCst),
+            0,
+            "nothing embedded again"
+        );
+        let s = e.stats();
+        assert_eq!((s.texts, s.cache_hits, s.embedded), (200, 200, 0));
+        assert_eq!(s.hits_from_earlier_runs, 200);
+        assert_eq!(s.hit_rate(), 1.0);
+        // A cache of another dimension is refused.
+        let other = DiskCache::open(work.path(), "other", 5, 1 << 20).unwrap();
+        assert!(Embedder::new(Arc::new(Tiny::default()), 8)
+            .unwrap()
+            .with_disk_cache(other)
+            .is_err());
+    }
+
+    #[test]
+    fn provider_output_is_checked() {
+        // Tiny's vectors are not unit norm: with the check on (the default) they are refused, naming the provider.
+        let mut e = Embedder::new(Arc::new(Tiny::default()), 10).unwrap();
+        let err = e.embed_column(&column(&[Some("abc")])).unwrap_err();
+        assert!(
+            err.to_string().contains("tiny") && err.to_string().contains("norm"),
+            "{err}"
+        );
+        assert_eq!(e.stats(), EmbedStats::default());
+        let ok = [0.6f32, 0.8, 0.0];
+        check_vectors("p", 3, &["a"], &ok).unwrap();
+        for bad in [[0.0f32, 0.0, 0.0], [f32::NAN, 0.0, 1.0], [0.6, 0.8, 0.1]] {
+            assert!(check_vectors("p", 3, &["a"], &bad).is_err(), "{bad:?}");
+        }
+        assert!(check_vectors("p", 3, &["a", "b"], &ok).is_err());
     }
 
     #[test]

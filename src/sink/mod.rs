@@ -1,7 +1,9 @@
 //! Sinks write what the pipeline produced. The list is explicit: the Engram bundle (embedded default, a
-//! directory) today; the live Engram server (`engram+http://`, `engram+grpc://`), Neo4j and pgvector later.
+//! directory), the live Engram server (`engram+http://`, `engram+grpc://`, loaded from a bundle); Neo4j and
+//! pgvector later.
 
 pub mod bundle;
+pub mod engram;
 
 use crate::error::{Error, Result};
 
@@ -9,13 +11,16 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub enum Target {
     Bundle(std::path::PathBuf),
+    /// A running Engram server; `load --bundle DIR` sends a finished bundle there.
+    Engram(engram::EngramTarget),
 }
 
 impl Target {
     pub fn parse(spec: &str) -> Result<Target> {
+        if spec.starts_with("engram+http://") || spec.starts_with("engram+grpc://") {
+            return Ok(Target::Engram(engram::EngramTarget::parse(spec)?));
+        }
         for scheme in [
-            "engram+http://",
-            "engram+grpc://",
             "engram://",
             "bolt://",
             "neo4j://",
@@ -24,7 +29,7 @@ impl Target {
         ] {
             if spec.starts_with(scheme) {
                 return Err(Error::usage(format!(
-                    "target {scheme}...: this sink is not built yet; today --target takes a directory for an Engram bundle"
+                    "target {scheme}...: this sink is not built yet; --target takes a directory for an Engram bundle, or engram+http:// / engram+grpc:// with `load --bundle`"
                 )));
             }
         }
@@ -34,6 +39,20 @@ impl Target {
     pub fn describe(&self) -> String {
         match self {
             Target::Bundle(p) => p.display().to_string(),
+            Target::Engram(t) => t.describe(),
+        }
+    }
+
+    /// The bundle directory of a bundle target; a live server is loaded from a finished bundle instead.
+    pub fn bundle_dir(self) -> Result<std::path::PathBuf> {
+        match self {
+            Target::Bundle(p) => Ok(p),
+            Target::Engram(t) => Err(Error::usage(format!(
+                "--target {}: this command writes a bundle; write one with `engram-migrate run --target DIR`, \
+                 then send it with `engram-migrate load --bundle DIR --target {}`",
+                t.describe(),
+                t.describe()
+            ))),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! The list of sources is explicit: `open` below. Today: SQLite files and snapshot directories (a snapshot is a
 //! source too, so any run can be reproduced from one). PostgreSQL, Neo4j and Redis plug in here.
 
+pub mod neo4j;
 pub mod postgres;
 pub mod redis;
 pub mod snapshot_dir;
@@ -85,6 +86,17 @@ pub enum ReadEnd {
     Widen { column: String, reason: String },
 }
 
+/// Rows of a table per value of a column (a graph's nodes per label, relationships per type), as the source
+/// counts them; validation compares them with the snapshot's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupCount {
+    pub table: String,
+    /// A Utf8 column (rows per value) or a List<Utf8> column (rows per element value).
+    pub column: String,
+    pub value: String,
+    pub rows: u64,
+}
+
 /// One independent slice of a table (a key range or a page range), read and committed on its own, so an
 /// interrupted snapshot resumes with the slices not yet done.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -155,6 +167,11 @@ pub trait Source: Send {
     fn widen(&mut self, _table: &mut TableInfo, _column: &str, _reason: &str) -> bool {
         false
     }
+    /// Row counts per value of a grouping column (a graph's labels and relationship types), for `plan` and the
+    /// `counts_groups` check; empty where the source has none.
+    fn group_counts(&mut self) -> Result<Vec<GroupCount>> {
+        Ok(vec![])
+    }
 }
 
 /// Options that shape how a source reads.
@@ -166,6 +183,8 @@ pub struct SourceOptions {
     pub partition_rows: Option<u64>,
     /// Redis: the one database to read (`--source-db`).
     pub redis_db: Option<u64>,
+    /// Bolt sources: user, password, fetch size.
+    pub neo4j: neo4j::Neo4jOptions,
 }
 
 /// Opens the source a `--source` value names.
@@ -193,11 +212,9 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
             opts.redis_db,
         )?));
     }
-    for scheme in ["bolt://", "neo4j://"] {
+    for scheme in ["bolt://", "bolt+s://", "bolt+ssc://", "neo4j://", "neo4j+s://", "neo4j+ssc://"] {
         if spec.starts_with(scheme) {
-            return Err(Error::usage(format!(
-                "source {scheme}...: this source is not built yet; today --source takes a SQLite file (path or sqlite://PATH) or a snapshot directory"
-            )));
+            return Ok(Box::new(neo4j::Neo4jSource::open(spec, &opts.neo4j)?));
         }
     }
     let path = Path::new(spec);

@@ -5,6 +5,8 @@
 //! stage of its own and gives the load stage fixed parts to checkpoint against.
 
 pub mod generic;
+pub mod json_fn;
+pub mod neo4j;
 pub mod redis;
 pub mod udf;
 

@@ -18,6 +18,7 @@ pub fn register_all(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(ToJson::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(VectorFn::new("vector_dim")));
     ctx.register_udf(ScalarUDF::new_from_impl(VectorFn::new("vector_norm")));
+    super::json_fn::register_all(ctx);
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]

@@ -175,3 +175,69 @@ pub fn psql(db: &str, sql: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+pub const ARCADEDB_PASSWORD: &str = "engram-test-pw";
+
+pub fn arcadedb_port() -> String {
+    std::env::var("ENGRAM_TEST_ARCADEDB_PORT").unwrap_or_else(|_| "57687".into())
+}
+
+/// An ArcadeDB server (Bolt + Cypher, the stand-in for Neo4j) started once per test binary by the project's
+/// script on a loopback port of its own (ENGRAM_TEST_ARCADEDB_PORT, default 57687), with the Cypher file
+/// `fixture` (under fixtures/neo4j/) loaded into a fresh database `db`. scripts/test.sh stops it at the end.
+/// Returns the database's bolt:// URL (no credentials: user root, password ARCADEDB_PASSWORD).
+pub fn arcadedb_fixture(db: &str, fixture: &str) -> String {
+    static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    static LOADED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let script = repo().join("scripts/services/arcadedb.sh");
+    let port = arcadedb_port();
+    STARTED.get_or_init(|| {
+        let start = Command::new("bash")
+            .arg(&script)
+            .args(["start", &port])
+            .env("ARCADEDB_PASSWORD", ARCADEDB_PASSWORD)
+            .output()
+            .expect("run scripts/services/arcadedb.sh");
+        assert!(
+            start.status.success(),
+            "arcadedb.sh start failed:\n{}",
+            String::from_utf8_lossy(&start.stderr)
+        );
+    });
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    if !loaded.iter().any(|d| d == db) {
+        let load = Command::new("bash")
+            .arg(&script)
+            .arg("load")
+            .arg(repo().join("fixtures/neo4j").join(fixture))
+            .args([&port, db])
+            .env("ARCADEDB_PASSWORD", ARCADEDB_PASSWORD)
+            .output()
+            .expect("run scripts/services/arcadedb.sh");
+        assert!(
+            load.status.success(),
+            "arcadedb.sh load failed:\n{}",
+            String::from_utf8_lossy(&load.stderr)
+        );
+        loaded.push(db.to_string());
+    }
+    format!("bolt://127.0.0.1:{port}/{db}")
+}
+
+/// Runs Cypher statements on a database of the test ArcadeDB through the neo4rs driver (with parameters).
+pub fn cypher(db: &str, statements: &[neo4rs::Query]) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let cfg = neo4rs::ConfigBuilder::new()
+            .uri(format!("bolt://127.0.0.1:{}", arcadedb_port()))
+            .user("root")
+            .password(ARCADEDB_PASSWORD)
+            .db(db)
+            .build()
+            .unwrap();
+        let g = neo4rs::Graph::connect(cfg).unwrap();
+        for q in statements {
+            g.run(q.clone()).await.unwrap();
+        }
+    });
+}

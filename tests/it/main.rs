@@ -1,11 +1,17 @@
 //! One integration-test binary (as ripgrep does), split in modules. These tests run the real binary on real
 //! SQLite files and against a real PostgreSQL 15 + pgvector server that scripts/services/postgres.sh installs and
-//! starts on loopback. Python readers (pyarrow, DuckDB) come from scripts/python-env.sh.
+//! starts on loopback, and against ArcadeDB (Bolt + Cypher) that scripts/services/arcadedb.sh starts. Python readers (pyarrow, DuckDB) come from scripts/python-env.sh.
 
 mod bad_input;
 mod common;
 mod e2e;
+mod neo4j;
+mod embed;
+mod engram;
+mod engram_clients;
+mod engram_standin;
 mod faults;
+mod openai_server;
 mod postgres;
 mod redis;
 mod resume;

@@ -1,0 +1,652 @@
+//! The live Engram sink: loads a finished bundle into a running Engram server over HTTP (`engram+http://`) or
+//! gRPC (`engram+grpc://`), then reads back what the server kept and explains every memory it did not keep.
+//!
+//! Engram accepts less than its docs say (shared/ENGRAM.md, docs/targets/engram.md): it answers 201 for memories
+//! its near-duplicate filter then drops, keeps 100,000 memories per space, replaces `created_at` over gRPC and has
+//! no API for edges, decay rates or activation. So the bundle stays the full truth and the sink verifies.
+//!
+//! Resume: after every acknowledged batch the rows done per bundle part go to a checkpoint file; a killed load
+//! started again skips them. Memory ids are sent with every write, so a batch sent twice lands once.
+
+pub mod grpc;
+pub mod http;
+pub mod proto;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float32Type, TimestampMicrosecondType};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::parquet_io;
+use crate::schema::{is_valid_space_id, memory, EMBEDDING_DIM};
+use crate::sink::bundle::BundleManifest;
+
+/// Environment variable that holds the API key (`engram_key_<id>_<secret>`) when the server has auth on.
+pub const DEFAULT_TOKEN_ENV: &str = "ENGRAM_API_KEY";
+/// Memories Engram keeps per space; beyond it the least active are evicted.
+pub const DEFAULT_SPACE_LIMIT: u64 = 100_000;
+/// Engram skips a memory whose embedding has at least this cosine with one it already holds.
+pub const DUPLICATE_COSINE: f32 = 0.95;
+/// Engram's HTTP port when none is given (also where a gRPC target is read back from by default).
+pub const DEFAULT_HTTP_PORT: u16 = 7432;
+pub const DEFAULT_GRPC_PORT: u16 = 50051;
+/// The largest `content` Engram accepts.
+pub const MAX_CONTENT_BYTES: usize = 100 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http,
+    Grpc,
+}
+
+/// `engram+http://HOST:PORT` or `engram+grpc://HOST:PORT`, with optional query settings:
+/// `http_port=N` (gRPC only: the HTTP port for spaces and read-back, default 7432), `space_limit=N` (the server's
+/// per-space limit, used to explain drops, default 100000), `token_env=VAR` (default ENGRAM_API_KEY).
+#[derive(Debug, Clone)]
+pub struct EngramTarget {
+    pub protocol: Protocol,
+    /// `host:port` the memories are sent to.
+    pub authority: String,
+    /// `http://host:port`: spaces, counts and read-back go there for both protocols.
+    pub http_base: String,
+    pub space_limit: u64,
+    pub token_env: String,
+    spec: String,
+}
+
+impl EngramTarget {
+    pub fn parse(spec: &str) -> Result<EngramTarget> {
+        let bad = |why: &str| {
+            Error::usage(format!(
+                "--target {spec}: {why}; expected engram+http://HOST:PORT or engram+grpc://HOST:PORT[?http_port=N]"
+            ))
+        };
+        let protocol = if spec.starts_with("engram+http://") {
+            Protocol::Http
+        } else if spec.starts_with("engram+grpc://") {
+            Protocol::Grpc
+        } else {
+            return Err(bad("unknown scheme"));
+        };
+        let url = url::Url::parse(spec).map_err(|e| bad(&e.to_string()))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            // A key in the URL would end up in logs and reports.
+            return Err(Error::usage(format!(
+                "--target: put no credentials in the URL; set the API key in the environment variable {DEFAULT_TOKEN_ENV} instead"
+            )));
+        }
+        let host = url.host_str().ok_or_else(|| bad("no host"))?.to_string();
+        if !(url.path().is_empty() || url.path() == "/") {
+            return Err(bad("a path is not expected"));
+        }
+        let default_port = match protocol {
+            Protocol::Http => DEFAULT_HTTP_PORT,
+            Protocol::Grpc => DEFAULT_GRPC_PORT,
+        };
+        let port = url.port().unwrap_or(default_port);
+        let mut http_port = match protocol {
+            Protocol::Http => port,
+            Protocol::Grpc => DEFAULT_HTTP_PORT,
+        };
+        let mut space_limit = DEFAULT_SPACE_LIMIT;
+        let mut token_env = DEFAULT_TOKEN_ENV.to_string();
+        for (k, v) in url.query_pairs() {
+            match k.as_ref() {
+                "http_port" if protocol == Protocol::Grpc => {
+                    http_port = v
+                        .parse()
+                        .map_err(|_| bad("http_port is not a port number"))?
+                }
+                "space_limit" => {
+                    space_limit = v.parse().map_err(|_| bad("space_limit is not a number"))?
+                }
+                "token_env" => token_env = v.to_string(),
+                other => return Err(bad(&format!("unknown setting {other:?}"))),
+            }
+        }
+        // IPv6 hosts come back from `url` in brackets already.
+        let authority = format!("{host}:{port}");
+        Ok(EngramTarget {
+            protocol,
+            http_base: format!("http://{host}:{http_port}"),
+            authority,
+            space_limit,
+            token_env,
+            spec: spec.to_string(),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        self.spec.clone()
+    }
+
+    /// The API key from the environment, if set. Never printed.
+    pub fn token(&self) -> Option<String> {
+        std::env::var(&self.token_env)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+    }
+}
+
+/// One memory as sent to Engram: what the server stores. Edges, decay rate and activation stay in the bundle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Memory {
+    pub id: String,
+    pub content: String,
+    pub embedding: Vec<f32>,
+    pub confidence: f32,
+    /// Microseconds since the epoch, UTC.
+    pub created_at: Option<i64>,
+    pub memory_type: String,
+}
+
+impl Memory {
+    pub fn timestamp_rfc3339(&self) -> Option<String> {
+        self.created_at
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    }
+}
+
+/// What the server answered for one memory.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// 2xx / OK, with the id the server reports.
+    Accepted(String),
+    /// A 4xx / invalid request: not retried, reported per memory.
+    Rejected { status: String, message: String },
+}
+
+/// A memory the server refused, kept in the checkpoint so a resumed load still reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Rejection {
+    pub space: String,
+    pub id: String,
+    pub status: String,
+    pub message: String,
+}
+
+/// Retries with exponential backoff and full jitter: attempt n waits a random time in [d/2, d], d = base * 2^n
+/// capped; spreads the retries of many in-flight requests so they do not hit a recovering server together.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub attempts: u32,
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            attempts: 6,
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Backoff {
+    /// Delay before retry number `attempt` (0-based); `salt` makes requests differ (the memory id).
+    pub fn delay(&self, attempt: u32, salt: &str) -> Duration {
+        let d = self
+            .base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.cap);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| t.subsec_nanos())
+            .unwrap_or(0);
+        let r =
+            xxhash_rust::xxh3::xxh3_64_with_seed(salt.as_bytes(), nanos as u64 ^ attempt as u64);
+        let frac = (r >> 11) as f64 / (1u64 << 53) as f64; // uniform in [0, 1)
+        d.mul_f64(0.5 + 0.5 * frac)
+    }
+}
+
+/// The memory_type names of the bundle and their Engram gRPC enum values (HTTP takes the name).
+pub const MEMORY_TYPES: &[(&str, proto::MemoryType)] = &[
+    ("episodic", proto::MemoryType::Episodic),
+    ("semantic", proto::MemoryType::Semantic),
+    ("procedural", proto::MemoryType::Procedural),
+    ("working", proto::MemoryType::Working),
+];
+
+pub fn memory_type(name: &str) -> proto::MemoryType {
+    MEMORY_TYPES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, t)| *t)
+        .unwrap_or(proto::MemoryType::Unspecified)
+}
+
+/// Confidence value -> Engram's category (gRPC): upper bounds, first match wins.
+pub const CONFIDENCE_CATEGORIES: &[(f32, proto::ConfidenceCategory)] = &[
+    (0.0, proto::ConfidenceCategory::None),
+    (0.4, proto::ConfidenceCategory::Low),
+    (0.7, proto::ConfidenceCategory::Medium),
+    (0.99, proto::ConfidenceCategory::High),
+    (1.0, proto::ConfidenceCategory::Certain),
+];
+
+pub fn confidence_category(value: f32) -> proto::ConfidenceCategory {
+    CONFIDENCE_CATEGORIES
+        .iter()
+        .find(|(upper, _)| value <= *upper)
+        .map(|(_, c)| *c)
+        .unwrap_or(proto::ConfidenceCategory::Certain)
+}
+
+/// Cosine similarity as Engram's duplicate filter sees it; two zero vectors are the same (they collapse).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
+    for (x, y) in a.iter().zip(b) {
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 && nb == 0.0 {
+        return 1.0;
+    }
+    if na == 0.0 || nb == 0.0 {
+        return 0.0;
+    }
+    dot / (na.sqrt() * nb.sqrt())
+}
+
+/// Checks that a bundle part can be sent: the embedding column is 768 floats (Engram rejects anything else).
+fn check_part_schema(path: &Path) -> Result<()> {
+    let schema = parquet_io::read_schema(path)?;
+    for col in [memory::ID, memory::CONTENT, memory::CONFIDENCE] {
+        if schema.field_with_name(col).is_err() {
+            return Err(Error::source_err(
+                path.display().to_string(),
+                format!("bundle part has no {col} column; is this an Engram bundle? Rebuild it with `engram-migrate run`"),
+            ));
+        }
+    }
+    let f = schema.field_with_name(memory::EMBEDDING).map_err(|_| {
+        Error::source_err(
+            path.display().to_string(),
+            "bundle part has no embedding column; rebuild the bundle with `engram-migrate run`",
+        )
+    })?;
+    match f.data_type() {
+        DataType::FixedSizeList(item, n)
+            if *n as usize == EMBEDDING_DIM && item.data_type() == &DataType::Float32 =>
+        {
+            Ok(())
+        }
+        other => Err(Error::source_err(
+            path.display().to_string(),
+            format!(
+                "embeddings are {other}, but Engram accepts exactly {EMBEDDING_DIM} floats per memory; \
+                 rebuild the bundle with a {EMBEDDING_DIM}-dimension embedding (nothing was sent)"
+            ),
+        )),
+    }
+}
+
+/// The memories of one bundle batch, checked row by row: an embedding Engram would refuse stops the load.
+pub fn memories_of(batch: &RecordBatch, file: &Path) -> Result<Vec<Memory>> {
+    let col = |name: &str| {
+        batch.column_by_name(name).ok_or_else(|| {
+            Error::source_err(file.display().to_string(), format!("no {name} column"))
+        })
+    };
+    let ids = col(memory::ID)?.as_string::<i32>();
+    let contents = col(memory::CONTENT)?.as_string::<i32>();
+    let confidence = col(memory::CONFIDENCE)?.as_primitive::<Float32Type>();
+    let embeddings = col(memory::EMBEDDING)?.as_fixed_size_list();
+    let created = batch
+        .column_by_name(memory::CREATED_AT)
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>());
+    let types = batch
+        .column_by_name(memory::MEMORY_TYPE)
+        .and_then(|c| c.as_string_opt::<i32>());
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let id = ids.value(i);
+        if embeddings.is_null(i) || embeddings.value_length() as usize != EMBEDDING_DIM {
+            return Err(Error::source_err(
+                file.display().to_string(),
+                format!("memory {id:?} has no {EMBEDDING_DIM}-float embedding; Engram would replace it with a constant vector (and collapse such memories); rebuild the bundle"),
+            ));
+        }
+        let emb = embeddings.value(i);
+        let emb = emb.as_primitive::<Float32Type>();
+        if emb.null_count() > 0 || emb.values().iter().any(|v| !v.is_finite()) {
+            return Err(Error::source_err(
+                file.display().to_string(),
+                format!("memory {id:?} has a NULL, NaN or infinite value in its embedding; rebuild the bundle"),
+            ));
+        }
+        out.push(Memory {
+            id: id.to_string(),
+            content: contents.value(i).to_string(),
+            embedding: emb.values().to_vec(),
+            confidence: confidence.value(i).clamp(0.0, 1.0),
+            created_at: created.filter(|c| c.is_valid(i)).map(|c| c.value(i)),
+            memory_type: types
+                .map(|t| t.value(i).to_string())
+                .unwrap_or_else(|| "semantic".into()),
+        });
+    }
+    Ok(out)
+}
+
+/// Progress of a live load, saved after every acknowledged batch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LoadCheckpoint {
+    /// Ties the checkpoint to one bundle and one target.
+    pub run_key: String,
+    /// Rows acknowledged per bundle part (`space/part-NNNNN.parquet`).
+    pub rows_done: BTreeMap<String, u64>,
+    pub rejected: Vec<Rejection>,
+    pub sent: u64,
+}
+
+impl LoadCheckpoint {
+    fn load_or_new(path: &Path, run_key: &str) -> Result<LoadCheckpoint> {
+        if let Ok(bytes) = std::fs::read(path) {
+            let c: LoadCheckpoint = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::usage(format!(
+                    "checkpoint {} is unreadable ({e}); delete it to start the load over",
+                    path.display()
+                ))
+            })?;
+            if c.run_key == run_key {
+                return Ok(c);
+            }
+            tracing::info!(checkpoint = %path.display(), "checkpoint belongs to another bundle or target; starting over");
+        }
+        Ok(LoadCheckpoint {
+            run_key: run_key.to_string(),
+            ..Default::default()
+        })
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        parquet_io::write_atomic(path, &serde_json::to_vec_pretty(self)?)
+    }
+}
+
+pub struct LiveOptions {
+    /// Memories per acknowledged batch (the resume unit).
+    pub batch_size: usize,
+    /// Requests (HTTP) or streams (gRPC) in flight.
+    pub parallel: usize,
+    pub checkpoint_file: PathBuf,
+    pub backoff: Backoff,
+    /// Per-request timeout. The first write to a new Engram space takes ~15 s (space creation).
+    pub request_timeout: Duration,
+}
+
+impl LiveOptions {
+    pub fn new(checkpoint_file: PathBuf) -> Self {
+        LiveOptions {
+            batch_size: 1000,
+            parallel: 16,
+            checkpoint_file,
+            backoff: Backoff::default(),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveLoad {
+    pub target: String,
+    pub protocol: Protocol,
+    pub bundle: String,
+    /// Memories sent by this process (a resumed load counts only what it sent itself).
+    pub sent: u64,
+    /// Memories acknowledged in earlier, interrupted runs and skipped now.
+    pub resumed: u64,
+    pub seconds: f64,
+    pub memories_per_second: f64,
+    pub verification: verify::Verification,
+}
+
+/// Either protocol, behind one `remember_batch`.
+pub enum Client {
+    Http(http::HttpApi),
+    Grpc(grpc::GrpcApi),
+}
+
+impl Client {
+    pub async fn remember_batch(
+        &self,
+        space: &str,
+        mems: Vec<Memory>,
+        parallel: usize,
+    ) -> Result<Vec<Outcome>> {
+        match self {
+            Client::Http(c) => c.remember_batch(space, mems, parallel).await,
+            Client::Grpc(c) => c.remember_batch(space, mems, parallel).await,
+        }
+    }
+}
+
+/// Loads the bundle in `bundle` into the server, then verifies what it kept.
+pub async fn load_bundle(
+    bundle: &Path,
+    target: &EngramTarget,
+    opts: &LiveOptions,
+) -> Result<LiveLoad> {
+    let started = Instant::now();
+    let manifest = BundleManifest::load(bundle)?;
+    // Everything that can be checked before the first write is checked here: nothing half-sent on bad input.
+    let mut spaces = vec![];
+    for s in &manifest.spaces {
+        if !is_valid_space_id(&s.space) {
+            return Err(Error::source_err(
+                bundle.display().to_string(),
+                format!("space {:?} is not a valid Engram space id (3 to 64 characters of a-z, 0-9, _ and -); fix the mapping and rebuild the bundle", s.space),
+            ));
+        }
+        if s.memories.rows > 0 {
+            spaces.push(s.space.clone());
+        }
+    }
+    let parts: Vec<(String, String, PathBuf)> = manifest
+        .spaces
+        .iter()
+        .flat_map(|s| {
+            s.memories.files.iter().map(move |f| {
+                (
+                    s.space.clone(),
+                    format!("{}/{}", s.space, f.file),
+                    bundle
+                        .join("spaces")
+                        .join(&s.space)
+                        .join("memories")
+                        .join(&f.file),
+                )
+            })
+        })
+        .collect();
+    for (_, _, path) in &parts {
+        check_part_schema(path)?;
+    }
+
+    let token = target.token();
+    let http = http::HttpApi::new(
+        &target.http_base,
+        token.clone(),
+        opts.request_timeout,
+        opts.backoff,
+    )?;
+    http.check_reachable().await?;
+    http.ensure_spaces(&spaces).await?;
+    let client = match target.protocol {
+        Protocol::Http => Client::Http(http.clone()),
+        Protocol::Grpc => Client::Grpc(
+            grpc::GrpcApi::connect(
+                &target.authority,
+                token.as_deref(),
+                opts.request_timeout,
+                opts.backoff,
+            )
+            .await?,
+        ),
+    };
+
+    let run_key = format!(
+        "{}|{}|{}",
+        manifest.run_id,
+        manifest
+            .spaces
+            .iter()
+            .map(|s| s.memories.checksum.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        target.describe()
+    );
+    let mut ckpt = LoadCheckpoint::load_or_new(&opts.checkpoint_file, &run_key)?;
+    let resumed: u64 = ckpt.rows_done.values().sum();
+    let total = manifest.totals.get("memories").copied().unwrap_or(0);
+    let pb = crate::progress::bar(total, "send to Engram", "memories");
+    pb.inc(resumed);
+    let mut sent = 0u64;
+    for (space, rel, path) in &parts {
+        let mut skip = ckpt.rows_done.get(rel).copied().unwrap_or(0);
+        for batch in parquet_io::open_reader(path, opts.batch_size.max(1))? {
+            let batch =
+                batch.map_err(|e| Error::source_err(path.display().to_string(), e.to_string()))?;
+            // Rows acknowledged before an interruption are skipped (batch boundaries may differ between runs).
+            let n = batch.num_rows() as u64;
+            if skip >= n {
+                skip -= n;
+                continue;
+            }
+            let batch = batch.slice(skip as usize, (n - skip) as usize);
+            skip = 0;
+            let mems = memories_of(&batch, path)?;
+            let ids: Vec<String> = mems.iter().map(|m| m.id.clone()).collect();
+            let outcomes = client.remember_batch(space, mems, opts.parallel).await?;
+            for (id, o) in ids.iter().zip(&outcomes) {
+                if let Outcome::Rejected { status, message } = o {
+                    ckpt.rejected.push(Rejection {
+                        space: space.clone(),
+                        id: id.clone(),
+                        status: status.clone(),
+                        message: message.clone(),
+                    });
+                }
+            }
+            let done = ids.len() as u64;
+            *ckpt.rows_done.entry(rel.clone()).or_default() += done;
+            ckpt.sent += done;
+            sent += done;
+            ckpt.save(&opts.checkpoint_file)?;
+            pb.inc(done);
+        }
+    }
+    pb.finish_and_clear();
+    let send_seconds = started.elapsed().as_secs_f64();
+
+    let verification = verify::run(&http, &manifest, bundle, &ckpt.rejected, target).await?;
+    Ok(LiveLoad {
+        target: target.describe(),
+        protocol: target.protocol,
+        bundle: bundle.display().to_string(),
+        sent,
+        resumed,
+        seconds: started.elapsed().as_secs_f64(),
+        memories_per_second: if send_seconds > 0.0 {
+            sent as f64 / send_seconds
+        } else {
+            0.0
+        },
+        verification,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        let t = EngramTarget::parse("engram+http://127.0.0.1:17432").unwrap();
+        assert_eq!(t.protocol, Protocol::Http);
+        assert_eq!(t.authority, "127.0.0.1:17432");
+        assert_eq!(t.http_base, "http://127.0.0.1:17432");
+        assert_eq!(t.space_limit, DEFAULT_SPACE_LIMIT);
+        let t =
+            EngramTarget::parse("engram+grpc://localhost?http_port=9000&space_limit=50").unwrap();
+        assert_eq!(t.protocol, Protocol::Grpc);
+        assert_eq!(t.authority, "localhost:50051");
+        assert_eq!(t.http_base, "http://localhost:9000");
+        assert_eq!(t.space_limit, 50);
+        let t = EngramTarget::parse("engram+grpc://[::1]:1234").unwrap();
+        assert_eq!(t.authority, "[::1]:1234");
+        assert_eq!(t.http_base, "http://[::1]:7432");
+        for bad in [
+            "engram+http://u:secret@host:1",
+            "engram+http://host:1/api",
+            "engram+http://host:1?nope=1",
+            "engram+http://host:1?http_port=5",
+            "engram+ftp://host",
+        ] {
+            let e = EngramTarget::parse(bad).unwrap_err().to_string();
+            assert!(!e.contains("secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn memory_type_table() {
+        for (name, t) in MEMORY_TYPES {
+            assert_eq!(memory_type(name), *t);
+            assert_eq!(memory_type(&name.to_uppercase()), *t);
+        }
+        assert_eq!(memory_type("other"), proto::MemoryType::Unspecified);
+    }
+
+    #[test]
+    fn confidence_category_table() {
+        // One value inside each row's range.
+        let rows = [
+            (0.0, proto::ConfidenceCategory::None),
+            (0.2, proto::ConfidenceCategory::Low),
+            (0.5, proto::ConfidenceCategory::Medium),
+            (0.7, proto::ConfidenceCategory::Medium),
+            (0.9, proto::ConfidenceCategory::High),
+            (1.0, proto::ConfidenceCategory::Certain),
+        ];
+        assert_eq!(rows.len(), CONFIDENCE_CATEGORIES.len() + 1);
+        for (v, c) in rows {
+            assert_eq!(confidence_category(v), c, "{v}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let b = Backoff::default();
+        for attempt in 0..10 {
+            let full = b.base.saturating_mul(1 << attempt).min(b.cap);
+            let d = b.delay(attempt, "id-1");
+            assert!(d >= full / 2 && d <= full, "{attempt}: {d:?} vs {full:?}");
+        }
+        let distinct: std::collections::HashSet<_> =
+            (0..20).map(|i| b.delay(3, &format!("id-{i}"))).collect();
+        assert!(distinct.len() > 10, "jitter spreads retries");
+    }
+
+    #[test]
+    fn cosine_matches_the_duplicate_rule() {
+        let a = vec![1.0, 0.0, 0.0];
+        assert!((cosine(&a, &a) - 1.0).abs() < 1e-6);
+        assert_eq!(cosine(&a, &[0.0, 1.0, 0.0]), 0.0);
+        assert_eq!(cosine(&[0.0; 3], &[0.0; 3]), 1.0);
+        assert_eq!(cosine(&a, &[0.0; 3]), 0.0);
+        assert!(cosine(&a, &[1.0, 0.3, 0.0]) >= DUPLICATE_COSINE);
+        assert!(cosine(&a, &[1.0, 0.4, 0.0]) < DUPLICATE_COSINE);
+    }
+}

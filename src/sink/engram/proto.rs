@@ -1,0 +1,3 @@
+//! Generated from proto/engram.proto by build.rs (client side only).
+#![allow(clippy::all, missing_docs)]
+tonic::include_proto!("engram.v1");

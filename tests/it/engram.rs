@@ -1,0 +1,673 @@
+//! The live Engram sink against the in-process stand-in (tests/it/engram_standin.rs), over HTTP and gRPC:
+//! the fixture bundle loads and the verification report matches what the stand-in kept, drop for drop; each kind
+//! of silent drop is reported with its reason; faults end in clear errors; a killed load resumes without
+//! duplicates.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema};
+use engram_migrate::parquet_io::{PartLimits, RollingWriter};
+use engram_migrate::schema::{memory, MEMORY_SCHEMA};
+use engram_migrate::sink::bundle::{BundleManifest, EmbeddingInfo, PartSet, SpaceEntry};
+
+use crate::common::*;
+use crate::engram_standin::{Config, Standin};
+
+/// Runs the binary with extra environment variables.
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(bin());
+    c.args(args).arg("--quiet").env_remove("ENGRAM_API_KEY");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().expect("run engram-migrate");
+    eprintln!(
+        "$ engram-migrate {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn load(bundle: &Path, target: &str, extra: &[&str]) -> Output {
+    let mut a = vec!["load", "--bundle", p(bundle), "--target", target];
+    a.extend_from_slice(extra);
+    run_env(&a, &[])
+}
+
+/// Deterministic pseudo-random unit vectors (Knuth's MMIX LCG): any two have cosine near 0 in 768 dimensions.
+fn unit_vector(seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v: Vec<f32> = (0..768)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        })
+        .collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+/// `base` moved a little (cosine ~0.995 with it).
+fn near_copy(base: &[f32], seed: u64) -> Vec<f32> {
+    let noise = unit_vector(seed);
+    let mut v: Vec<f32> = base.iter().zip(&noise).map(|(a, b)| a + 0.1 * b).collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+#[derive(Clone)]
+pub struct TestMemory {
+    pub id: String,
+    pub content: String,
+    pub embedding: Vec<f32>,
+    pub confidence: f32,
+}
+
+pub fn mem(id: &str, embedding: Vec<f32>, confidence: f32) -> TestMemory {
+    TestMemory {
+        id: id.into(),
+        content: format!("{{\"id\":\"{id}\"}}"),
+        embedding,
+        confidence,
+    }
+}
+
+/// Writes a bundle with these memories per space (and `dim`-float embeddings: 768 for a valid bundle).
+pub fn write_bundle(dir: &Path, spaces: &[(&str, Vec<TestMemory>)], dim: i32) -> PathBuf {
+    let mut entries = vec![];
+    let mut total = 0;
+    for (space, mems) in spaces {
+        let schema = if dim == 768 {
+            MEMORY_SCHEMA.clone()
+        } else {
+            let fields: Vec<Field> = MEMORY_SCHEMA
+                .fields()
+                .iter()
+                .map(|f| {
+                    if f.name() == memory::EMBEDDING {
+                        Field::new(
+                            memory::EMBEDDING,
+                            DataType::FixedSizeList(
+                                Arc::new(Field::new("item", DataType::Float32, false)),
+                                dim,
+                            ),
+                            true,
+                        )
+                    } else {
+                        f.as_ref().clone()
+                    }
+                })
+                .collect();
+            Arc::new(Schema::new(fields))
+        };
+        let n = mems.len();
+        let s = |f: &dyn Fn(&TestMemory) -> String| -> ArrayRef {
+            Arc::new(StringArray::from(mems.iter().map(f).collect::<Vec<_>>()))
+        };
+        let values: Vec<f32> = mems
+            .iter()
+            .flat_map(|m| {
+                let mut e = m.embedding.clone();
+                e.resize(dim as usize, 0.0);
+                e
+            })
+            .collect();
+        let emb = FixedSizeListArray::try_new(
+            Arc::new(Field::new("item", DataType::Float32, false)),
+            dim,
+            Arc::new(Float32Array::from(values)),
+            None,
+        )
+        .unwrap();
+        let f32s = |v: f32| -> ArrayRef { Arc::new(Float32Array::from(vec![v; n])) };
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                s(&|_| space.to_string()),
+                s(&|m| m.id.clone()),
+                s(&|m| m.content.clone()),
+                Arc::new(StringArray::from(vec![None::<&str>; n])),
+                Arc::new(emb),
+                Arc::new(Float32Array::from(
+                    mems.iter().map(|m| m.confidence).collect::<Vec<_>>(),
+                )),
+                f32s(0.5),
+                f32s(0.01),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![Some(1_700_000_000_000_000i64); n])
+                        .with_timezone("UTC"),
+                ),
+                s(&|_| "semantic".into()),
+                s(&|_| "test".into()),
+                s(&|_| "t".into()),
+                s(&|m| format!("{{\"id\":\"{}\"}}", m.id)),
+            ],
+        )
+        .unwrap();
+        let mdir = dir.join("spaces").join(space).join("memories");
+        let limits = PartLimits {
+            max_file_bytes: u64::MAX,
+            max_file_rows: u64::MAX,
+            row_group_rows: 8192,
+        };
+        let mut w = RollingWriter::new(&mdir, schema, limits, 0).unwrap();
+        w.write(&batch).unwrap();
+        let part = w.finish(true).unwrap().unwrap();
+        total += n as u64;
+        entries.push(SpaceEntry {
+            space: space.to_string(),
+            memories: PartSet::from_files(vec![part]).unwrap(),
+            edges: PartSet::from_files(vec![]).unwrap(),
+        });
+    }
+    let mut totals = BTreeMap::new();
+    totals.insert("memories".to_string(), total);
+    totals.insert("edges".to_string(), 0);
+    let m = BundleManifest {
+        format: "engram-bundle/1".into(),
+        run_id: format!("test-{}", dir.display()),
+        created_at: "2026-11-22T00:00:00Z".into(),
+        source: serde_json::json!({"kind": "test"}),
+        mapping: "test".into(),
+        transform_key: "test".into(),
+        embedding: EmbeddingInfo {
+            provider: "test".into(),
+            dimension: dim as usize,
+            native_dimension: dim as usize,
+        },
+        spaces: entries,
+        orphans: PartSet::from_files(vec![]).unwrap(),
+        totals,
+    };
+    std::fs::write(
+        dir.join("bundle.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
+
+/// (space, id) -> embedding, from a bundle, read with the library's own reader.
+fn bundle_memories(bundle: &Path) -> BTreeMap<(String, String), Vec<f32>> {
+    use arrow::array::AsArray;
+    let m = BundleManifest::load(bundle).unwrap();
+    let mut out = BTreeMap::new();
+    for s in &m.spaces {
+        for f in &s.memories.files {
+            let path = bundle
+                .join("spaces")
+                .join(&s.space)
+                .join("memories")
+                .join(&f.file);
+            for b in engram_migrate::parquet_io::read_all(&path).unwrap() {
+                let ids = b.column_by_name("id").unwrap().as_string::<i32>().clone();
+                let emb = b
+                    .column_by_name("embedding")
+                    .unwrap()
+                    .as_fixed_size_list()
+                    .clone();
+                for i in 0..b.num_rows() {
+                    let e = emb.value(i);
+                    let e = e.as_primitive::<arrow::datatypes::Float32Type>();
+                    out.insert(
+                        (s.space.clone(), ids.value(i).to_string()),
+                        e.values().to_vec(),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+fn report(bundle: &Path) -> serde_json::Value {
+    json(&PathBuf::from(format!("{}.work", bundle.display())).join("engram-report.json"))
+}
+
+/// The report's not-kept list as (space, id) -> reason object.
+fn not_kept(r: &serde_json::Value) -> BTreeMap<(String, String), serde_json::Value> {
+    r["verification"]["not_kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                (
+                    n["space"].as_str().unwrap().to_string(),
+                    n["id"].as_str().unwrap().to_string(),
+                ),
+                n.clone(),
+            )
+        })
+        .collect()
+}
+
+/// The report agrees with the stand-in, drop for drop: kept = bundle ids the stand-in holds; not kept = the
+/// rest, each near-duplicate naming a memory the stand-in holds with cosine >= 0.95.
+fn assert_report_matches_standin(bundle: &Path, standin: &Standin) {
+    let r = report(bundle);
+    let mems = bundle_memories(bundle);
+    let nk = not_kept(&r);
+    let mut held: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for (space, _) in mems.keys() {
+        held.entry(space.clone())
+            .or_insert_with(|| standin.state.ids(space).into_iter().collect());
+    }
+    let mut kept = 0;
+    for (key, emb) in &mems {
+        let on_server = held[&key.0].contains(&key.1);
+        assert_eq!(
+            on_server,
+            !nk.contains_key(key),
+            "{key:?}: on the stand-in = {on_server}, but the report says otherwise"
+        );
+        if on_server {
+            kept += 1;
+            continue;
+        }
+        let n = &nk[key];
+        if n["reason"] == "near_duplicate" {
+            let of = n["of"].as_str().unwrap();
+            assert!(
+                held[&key.0].contains(of),
+                "{key:?}: duplicate of {of}, which the stand-in does not hold"
+            );
+            let other = &mems.get(&(key.0.clone(), of.to_string()));
+            if let Some(other) = other {
+                let c: f32 = emb
+                    .iter()
+                    .zip(other.iter())
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>()
+                    / (emb.iter().map(|x| x * x).sum::<f32>().sqrt()
+                        * other.iter().map(|x| x * x).sum::<f32>().sqrt());
+                assert!(c >= 0.95 - 1e-4, "{key:?} vs {of}: cosine {c}");
+            }
+        }
+    }
+    assert_eq!(r["verification"]["kept_total"].as_u64().unwrap(), kept);
+    assert_eq!(
+        r["verification"]["bundle_total"].as_u64().unwrap(),
+        mems.len() as u64
+    );
+    for s in r["verification"]["spaces"].as_array().unwrap() {
+        let space = s["space"].as_str().unwrap();
+        assert_eq!(
+            s["server_count"].as_u64().unwrap(),
+            standin.state.ids(space).len() as u64,
+            "{space}: server count"
+        );
+    }
+}
+
+fn fixture_bundle(tmp: &Path) -> PathBuf {
+    let b = tmp.join("codegraph.bundle");
+    let out = run(&["run", "--source", p(&fixture()), "--target", p(&b)]);
+    assert_eq!(code(&out), 0);
+    b
+}
+
+#[test]
+fn fixture_bundle_over_http_and_grpc_report_matches_the_standin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = fixture_bundle(tmp.path());
+    for grpc in [false, true] {
+        let standin = Standin::start(Config::default());
+        let target = if grpc {
+            standin.grpc_target()
+        } else {
+            standin.http_target()
+        };
+        let out = load(&bundle, &target, &[]);
+        let r = report(&bundle);
+        let dropped = r["verification"]["not_kept"].as_array().unwrap().len();
+        // Exit 5 exactly when the server did not keep everything; the report says why.
+        assert_eq!(code(&out), if dropped > 0 { 5 } else { 0 }, "grpc={grpc}");
+        assert_eq!(r["protocol"], if grpc { "grpc" } else { "http" });
+        assert_report_matches_standin(&bundle, &standin);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("kept in the bundle only")
+                || stdout.contains("Kept in the bundle only"),
+            "{stdout}"
+        );
+        // Every memory was sent exactly once (no retries were needed).
+        let bundle_total = r["verification"]["bundle_total"].as_u64().unwrap();
+        assert_eq!(standin.state.requests.load(Ordering::SeqCst), bundle_total);
+    }
+}
+
+/// One bundle holding each kind of silent drop, with the expected reason per dropped id worked out here.
+fn drops_bundle(dir: &Path) -> (PathBuf, BTreeMap<(String, String), &'static str>) {
+    let mut expected = BTreeMap::new();
+    // Near-duplicates: 5 distinct memories, 3 lower-confidence near copies (skipped, 201), 1 higher-confidence
+    // near copy that replaces its original (the original is then the one reported).
+    let base: Vec<Vec<f32>> = (0..5).map(|i| unit_vector(100 + i)).collect();
+    let mut dups: Vec<TestMemory> = (0..5)
+        .map(|i| mem(&format!("d{i}"), base[i].clone(), 0.7))
+        .collect();
+    for (k, of) in [(0usize, 0usize), (1, 1), (2, 1)] {
+        let id = format!("d_copy{k}");
+        dups.push(mem(&id, near_copy(&base[of], 900 + k as u64), 0.5));
+        expected.insert(("dups".to_string(), id), "near_duplicate");
+    }
+    dups.push(mem("d_better", near_copy(&base[4], 999), 0.9));
+    expected.insert(("dups".to_string(), "d4".to_string()), "near_duplicate");
+    // Over the limit (the stand-in is started with space_limit 30): 40 distinct memories, the 10 oldest evicted.
+    let full: Vec<TestMemory> = (0..40)
+        .map(|i| mem(&format!("f{i:02}"), unit_vector(5000 + i), 0.7))
+        .collect();
+    for i in 0..10 {
+        expected.insert(("full".to_string(), format!("f{i:02}")), "over_space_limit");
+    }
+    // Rejected: content over 100 KB (400 INVALID_MEMORY_INPUT), next to a good one.
+    let mut big = mem("r_big", unit_vector(7000), 0.7);
+    big.content = format!("\"{}\"", "x".repeat(101 * 1024));
+    let rejects = vec![big, mem("r_ok", unit_vector(7001), 0.7)];
+    expected.insert(("rejects".to_string(), "r_big".to_string()), "rejected");
+    let b = write_bundle(
+        dir,
+        &[("dups", dups), ("full", full), ("rejects", rejects)],
+        768,
+    );
+    (b, expected)
+}
+
+#[test]
+fn each_silent_drop_is_reported_with_its_reason_over_http_and_grpc() {
+    for grpc in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (bundle, expected) = drops_bundle(&tmp.path().join("drops.bundle"));
+        let standin = Standin::start(Config {
+            space_limit: 30,
+            ..Default::default()
+        });
+        let target = if grpc {
+            format!("{}&space_limit=30", standin.grpc_target())
+        } else {
+            format!("{}?space_limit=30", standin.http_target())
+        };
+        // One write at a time: which of two near-duplicates is dropped, and which memories are the oldest,
+        // depend on the order of arrival (parallel loads are checked against the stand-in in the fixture test).
+        let out = load(
+            &bundle,
+            &target,
+            &["--batch-size", "7", "--parallel-workers", "1"],
+        );
+        assert_eq!(code(&out), 5, "memories were dropped: validation exit code");
+        let r = report(&bundle);
+        let got: BTreeMap<(String, String), String> = not_kept(&r)
+            .into_iter()
+            .map(|(k, v)| (k, v["reason"].as_str().unwrap().to_string()))
+            .collect();
+        let want: BTreeMap<(String, String), String> = expected
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        assert_eq!(got, want, "grpc={grpc}");
+        let nk = not_kept(&r);
+        // Named duplicates: each copy names its original; the replaced original names its replacement.
+        assert_eq!(nk[&("dups".to_string(), "d_copy0".to_string())]["of"], "d0");
+        assert_eq!(nk[&("dups".to_string(), "d_copy1".to_string())]["of"], "d1");
+        assert_eq!(nk[&("dups".to_string(), "d_copy2".to_string())]["of"], "d1");
+        assert_eq!(nk[&("dups".to_string(), "d4".to_string())]["of"], "d_better");
+        let rej = &nk[&("rejects".to_string(), "r_big".to_string())];
+        assert!(
+            rej["status"]
+                .as_str()
+                .unwrap()
+                .contains("INVALID_MEMORY_INPUT")
+                || rej["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("INVALID_MEMORY_INPUT"),
+            "{rej}"
+        );
+        assert_report_matches_standin(&bundle, &standin);
+        // 4xx are never retried: one request per memory.
+        assert_eq!(
+            standin.state.requests.load(Ordering::SeqCst),
+            8 + 1 + 40 + 2,
+            "grpc={grpc}"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("near-duplicate of d1"), "{stdout}");
+        assert!(stdout.contains("over the server's limit of 30"), "{stdout}");
+    }
+}
+
+#[test]
+fn a_complete_load_exits_zero_and_transient_faults_are_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mems: Vec<TestMemory> = (0..60)
+        .map(|i| mem(&format!("m{i}"), unit_vector(i), 0.7))
+        .collect();
+    let bundle = write_bundle(&tmp.path().join("ok.bundle"), &[("plain", mems)], 768);
+    for grpc in [false, true] {
+        let standin = Standin::start(Config::default());
+        standin.state.config.fail_next.store(4, Ordering::SeqCst);
+        let target = if grpc {
+            standin.grpc_target()
+        } else {
+            standin.http_target()
+        };
+        let out = load(&bundle, &target, &["--batch-size", "25"]);
+        assert_eq!(code(&out), 0, "grpc={grpc}");
+        assert_eq!(standin.state.ids("plain").len(), 60);
+        // The 4 injected 503/Unavailable answers were sent again.
+        assert!(standin.state.requests.load(Ordering::SeqCst) >= 64);
+        let r = report(&bundle);
+        assert_eq!(r["verification"]["kept_total"], 60);
+        assert_eq!(r["verification"]["not_kept"].as_array().unwrap().len(), 0);
+    }
+    // A server without StreamingRemember: the gRPC sink falls back to unary Remember.
+    let standin = Standin::start(Config::default());
+    standin
+        .state
+        .config
+        .streaming
+        .store(false, Ordering::SeqCst);
+    let out = load(&bundle, &standin.grpc_target(), &[]);
+    assert_eq!(code(&out), 0);
+    assert_eq!(standin.state.ids("plain").len(), 60);
+}
+
+#[test]
+fn unreachable_server_wrong_token_and_non_768_embeddings_fail_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mems: Vec<TestMemory> = (0..5)
+        .map(|i| mem(&format!("m{i}"), unit_vector(i), 0.7))
+        .collect();
+    let bundle = write_bundle(
+        &tmp.path().join("ok.bundle"),
+        &[("plain", mems.clone())],
+        768,
+    );
+
+    // Nothing listens on this port (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for target in [
+        format!("engram+http://127.0.0.1:{port}"),
+        format!("engram+grpc://127.0.0.1:{port}?http_port={port}"),
+    ] {
+        let started = Instant::now();
+        let out = load(&bundle, &target, &[]);
+        assert_eq!(code(&out), 4, "{target}");
+        let e = stderr(&out);
+        assert!(e.contains("check that Engram is running"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+
+    // Wrong key: refused before anything is sent, and the key is not printed.
+    let secret = "engram_key_k1_right-secret";
+    let wrong = "engram_key_k1_wrong-secret-xyz";
+    let standin = Standin::start(Config {
+        token: Some(secret.into()),
+        ..Default::default()
+    });
+    for target in [standin.http_target(), standin.grpc_target()] {
+        let args = ["load", "--bundle", p(&bundle), "--target", target.as_str()];
+        let out = run_env(&args, &[("ENGRAM_API_KEY", wrong)]);
+        assert_eq!(code(&out), 4);
+        let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+        assert!(all.contains("refused the credentials"), "{all}");
+        assert!(!all.contains("wrong-secret"), "the key was printed: {all}");
+        assert_eq!(standin.state.total(), 0);
+        // No key at all: the same.
+        let out = run_env(&args, &[]);
+        assert_eq!(code(&out), 4);
+    }
+    // The right key works, over both protocols, and is not printed either.
+    for target in [standin.http_target(), standin.grpc_target()] {
+        let args = ["load", "--bundle", p(&bundle), "--target", target.as_str()];
+        let out = run_env(&args, &[("ENGRAM_API_KEY", secret)]);
+        assert_eq!(code(&out), 0);
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("right-secret"));
+        let rep = std::fs::read_to_string(
+            PathBuf::from(format!("{}.work", bundle.display())).join("engram-report.json"),
+        )
+        .unwrap();
+        assert!(!rep.contains("right-secret"));
+    }
+    assert_eq!(standin.state.ids("plain").len(), 5);
+
+    // A bundle with 16-float embeddings: refused before the first write.
+    let bad = write_bundle(&tmp.path().join("bad.bundle"), &[("plain", mems)], 16);
+    let standin = Standin::start(Config::default());
+    let out = load(&bad, standin.http_target().as_str(), &[]);
+    assert_eq!(code(&out), 3);
+    let e = stderr(&out);
+    assert!(e.contains("768") && e.contains("part-00000.parquet"), "{e}");
+    assert_eq!(
+        standin.state.requests.load(Ordering::SeqCst),
+        0,
+        "nothing sent"
+    );
+    // A live target without --bundle, and `run` into a live target: usage errors.
+    let out = run(&[
+        "load",
+        "--target",
+        standin.http_target().as_str(),
+        "--work-dir",
+        p(tmp.path()),
+    ]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("--bundle"));
+    let out = run(&[
+        "run",
+        "--source",
+        p(&fixture()),
+        "--target",
+        standin.http_target().as_str(),
+    ]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("load --bundle"));
+}
+
+#[test]
+fn a_killed_load_resumes_and_every_memory_lands_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = 600u64;
+    let mems: Vec<TestMemory> = (0..n)
+        .map(|i| mem(&format!("m{i:04}"), unit_vector(10_000 + i), 0.7))
+        .collect();
+    let bundle = write_bundle(&tmp.path().join("big.bundle"), &[("resume_a", mems)], 768);
+    let ckpt = PathBuf::from(format!("{}.work", bundle.display())).join("engram-checkpoint.json");
+    for grpc in [false, true] {
+        let standin = Standin::start(Config {
+            delay: Duration::from_millis(4),
+            ..Default::default()
+        });
+        let target = if grpc {
+            standin.grpc_target()
+        } else {
+            standin.http_target()
+        };
+        let args = [
+            "load",
+            "--bundle",
+            p(&bundle),
+            "--target",
+            target.as_str(),
+            "--batch-size",
+            "50",
+            "--parallel-workers",
+            "2",
+            "--quiet",
+        ];
+        let mut child = Command::new(bin())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        // Kill once some batches are acknowledged (checkpointed) and more are in flight.
+        loop {
+            let done: u64 = std::fs::read(&ckpt)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .map(|v| {
+                    v["rows_done"]
+                        .as_object()
+                        .map(|o| o.values().filter_map(|x| x.as_u64()).sum::<u64>())
+                        .unwrap_or(0)
+                })
+                .unwrap_or(0);
+            if done >= 150 {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the load finished before the kill point"
+            );
+            assert!(started.elapsed() < Duration::from_secs(120));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let before = standin.state.total() as u64;
+        assert!(before > 0 && before < n, "killed mid-way: {before}");
+        let out = load(
+            &bundle,
+            &target,
+            &["--batch-size", "50", "--parallel-workers", "2"],
+        );
+        assert_eq!(code(&out), 0, "grpc={grpc}");
+        let r = report(&bundle);
+        assert!(r["resumed"].as_u64().unwrap() >= 150, "{r}");
+        // Every memory present once.
+        let ids = standin.state.ids("resume_a");
+        assert_eq!(ids.len() as u64, n);
+        assert_eq!(ids.iter().collect::<BTreeSet<_>>().len() as u64, n);
+        // Acknowledged batches were not sent again: only what was in flight at the kill (at most one batch).
+        let writes = standin.state.writes.lock().unwrap();
+        let total_writes: u32 = writes.values().sum();
+        assert!(
+            total_writes as u64 <= n + 50,
+            "{total_writes} writes for {n} memories"
+        );
+        assert!(
+            !ckpt.exists(),
+            "the checkpoint is removed after a complete load"
+        );
+    }
+}
