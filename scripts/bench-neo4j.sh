@@ -23,7 +23,9 @@ export ARCADEDB_PASSWORD="${ARCADEDB_PASSWORD:-engram-bench-pw}"
 missing=(); [ -x /usr/bin/time ] || missing+=(time); command -v bc >/dev/null || missing+=(bc)
 [ ${#missing[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq "${missing[@]}"; }
 if [ -z "${SKIP_BUILD:-}" ]; then
-  if [ "$PROFILE" = release ]; then cargo build --release --bins >&2; else cargo build --bins >&2; fi
+  # dev: the tests' build (`cargo test --no-run` also builds the binary); a plain `cargo build` would resolve
+  # features without the dev-dependencies and rebuild much of the tree.
+  if [ "$PROFILE" = release ]; then cargo build --release --bins >&2; else cargo test --no-run >&2; fi
 fi
 [ "$PROFILE" = release ] && BIN="$CARGO_TARGET_DIR/release/engram-migrate" || BIN="$CARGO_TARGET_DIR/debug/engram-migrate"
 WORK="${BENCH_DIR:-/tmp/engram-migrate-bench}/neo4j"

@@ -3,7 +3,7 @@
 # binary on real SQLite files and a real PostgreSQL server; pyarrow and DuckDB cross-read every Parquet file it writes).
 #
 # The cargo target directory is cached outside the clone (~/.cache/engram-migrate/target) so later runs are warm;
-# a cold build of this dependency set takes ~10-15 min on 2 cores (dev profile).
+# a cold build of this dependency set takes ~30-40 min on 2 idle cores (dev profile), a warm one a few minutes.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -25,11 +25,11 @@ bash scripts/services/postgres.sh install
 # The Neo4j-source tests talk Bolt to ArcadeDB (scripts/services/arcadedb.sh: PyPI wheel with its own Java).
 export ENGRAM_TEST_ARCADEDB_PORT="${ENGRAM_TEST_ARCADEDB_PORT:-57687}"
 bash scripts/services/arcadedb.sh install
-trap 'bash scripts/services/postgres.sh stop "$ENGRAM_TEST_PG_PORT"; bash scripts/services/arcadedb.sh stop "$ENGRAM_TEST_ARCADEDB_PORT"' EXIT
 
 # The Redis tests start Redis 7.0 (Debian) and 8.2 (PyPI wheel) through scripts/services/redis.sh; install both first.
 bash scripts/services/redis.sh install
-trap 'bash scripts/services/postgres.sh stop "$ENGRAM_TEST_PG_PORT"; bash scripts/services/redis.sh stop 56379; bash scripts/services/redis.sh stop 56380' EXIT
+# One trap for every server the tests may have started (a second `trap ... EXIT` would replace the first).
+trap 'bash scripts/services/postgres.sh stop "$ENGRAM_TEST_PG_PORT"; bash scripts/services/arcadedb.sh stop "$ENGRAM_TEST_ARCADEDB_PORT"; bash scripts/services/redis.sh stop 56379; bash scripts/services/redis.sh stop 56380' EXIT
 
 # The model2vec tests use the real potion-base-8M files: fetched once (sha256-checked) into the cache outside
 # the clone; with ENGRAM_REQUIRE_MODELS=1 a missing model fails those tests instead of skipping them.

@@ -72,10 +72,11 @@ fn model2vec_run_validates_and_a_second_run_embeds_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("bundle");
     let provider = format!("model2vec:{}", model.display());
+    let fixture = fixture();
     let args = [
         "run",
         "--source",
-        p(&fixture()),
+        p(&fixture),
         "--target",
         p(&target),
         "--embedding-provider",
@@ -307,10 +308,11 @@ fn http_provider_run_end_to_end_with_faults_and_a_cached_second_run() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("bundle");
     let provider = format!("openai:{}", server.url);
+    let fixture = fixture();
     let args = [
         "run",
         "--source",
-        p(&fixture()),
+        p(&fixture),
         "--target",
         p(&target),
         "--embedding-provider",
