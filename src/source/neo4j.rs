@@ -795,7 +795,7 @@ pub fn to_json(v: &BoltType, flagged: &mut Vec<String>) -> Value {
             Ok(d) => json!({"$type": "date", "value": d.format("%Y-%m-%d").to_string()}),
             Err(_) => fallback("date", raw_fields(v), "outside the years chrono can render", flagged),
         },
-        BoltType::Time(_) => match <(i64, Option<i64>)>::deserialize(v.into_deserializer()) {
+        BoltType::Time(_) => match time_fields(v) {
             Ok((nanos, offset)) => match local_time(nanos) {
                 Some(t) => {
                     let off = offset.unwrap_or(0);
@@ -808,7 +808,7 @@ pub fn to_json(v: &BoltType, flagged: &mut Vec<String>) -> Value {
             },
             Err(e) => fallback("time", Value::String(e.to_string()), "unreadable Bolt time", flagged),
         },
-        BoltType::LocalTime(_) => match <(i64, Option<i64>)>::deserialize(v.into_deserializer()) {
+        BoltType::LocalTime(_) => match time_fields(v) {
             Ok((nanos, _)) => match local_time(nanos) {
                 Some(t) => json!({"$type": "local_time", "value": fmt_time(t)}),
                 None => fallback("local_time", json!({"nanoseconds": nanos}), "time of day out of range", flagged),
@@ -876,3 +876,30 @@ fn fmt_time(t: chrono::NaiveTime) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Nanoseconds since midnight and the offset of a Bolt Time or LocalTime. neo4rs keeps these fields private, and
+/// its public conversions (chrono `From` impls, its serde view) panic on a value out of range, which a migration
+/// must flag, not crash on. The derived `Debug` form is the one panic-free public view of the raw integers
+/// (`BoltTime { nanoseconds: BoltInteger { value: N }, tz_offset_seconds: BoltInteger { value: S } }`); the
+/// driver is pinned to an exact version and the type tests fail if that form ever changes.
+fn time_fields(v: &BoltType) -> std::result::Result<(i64, Option<i64>), String> {
+    let debug = match v {
+        BoltType::Time(t) => format!("{t:?}"),
+        BoltType::LocalTime(t) => format!("{t:?}"),
+        other => return Err(format!("not a time: {other:?}")),
+    };
+    let mut numbers = debug
+        .split("value: ")
+        .skip(1)
+        .map(|s| s.split(|c: char| c != '-' && !c.is_ascii_digit()).next().unwrap_or("").parse::<i64>());
+    let nanos = match numbers.next() {
+        Some(Ok(n)) => n,
+        _ => return Err(format!("unreadable Bolt time {debug}")),
+    };
+    let offset = match numbers.next() {
+        Some(Ok(o)) => Some(o),
+        Some(Err(_)) => return Err(format!("unreadable Bolt time {debug}")),
+        None => None,
+    };
+    Ok((nanos, offset))
+}

@@ -7,7 +7,7 @@ use neo4rs::{BoltBoolean, BoltBytes, BoltDuration, BoltFloat, BoltInteger, BoltL
 fn j(v: BoltType) -> Value {
     let mut flagged = vec![];
     let out = to_json(&v, &mut flagged);
-    assert!(flagged.is_empty(), "{v:?} flagged {flagged:?}");
+    assert!(flagged.is_empty(), "{v:?} flagged {flagged:?}: {out}");
     out
 }
 
