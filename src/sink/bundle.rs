@@ -212,7 +212,8 @@ fn texts_to_embed(batch: &RecordBatch) -> Result<StringArray> {
 
 /// Fills the embedding column where it is NULL (a mapping may bring vectors of its own, e.g. pgvector columns of
 /// 768 floats): only those rows are embedded. An existing vector that is zero or not finite cannot be used and is
-/// replaced by an embedding of the text; one that is merely not of unit norm is scaled to unit norm (same cosine).
+/// replaced by an embedding of the text; a unit vector is kept bit for bit; one that is not of unit norm is scaled
+/// to unit norm (same cosine).
 /// With `reembed`, existing vectors are ignored and every row is embedded.
 pub fn embed_batch(
     embedder: &mut Embedder,
@@ -265,7 +266,12 @@ pub fn embed_batch(
     Ok(RecordBatch::try_new(MEMORY_SCHEMA.clone(), cols)?)
 }
 
-/// The mapping's vectors that can be used: NULL where missing, zero or not finite; scaled to unit norm otherwise.
+/// How far from 1 the norm of an existing vector may be and still be kept bit for bit (f32 rounding of a vector
+/// normalised elsewhere is ~1e-7; validation's own tolerance is 1e-3).
+const UNIT_NORM_KEPT: f32 = 1e-4;
+
+/// The mapping's vectors that can be used: NULL where missing, zero or not finite; kept as they are when of unit
+/// norm, scaled to unit norm otherwise.
 fn usable_vectors(col: &ArrayRef) -> Result<ArrayRef> {
     if col.null_count() == col.len() {
         return Ok(col.clone());
@@ -284,8 +290,12 @@ fn usable_vectors(col: &ArrayRef) -> Result<ArrayRef> {
         let sq: f32 = v.iter().map(|x| x * x).sum();
         let ok = list.is_valid(i) && sq > 0.0 && sq.is_finite();
         valid.push(ok);
-        if ok {
-            let inv = 1.0 / sq.sqrt();
+        let norm = sq.sqrt();
+        if ok && (norm - 1.0).abs() <= UNIT_NORM_KEPT {
+            // Already of unit norm: kept bit for bit (the source's vector as is, checkable against the source).
+            out.extend_from_slice(v);
+        } else if ok {
+            let inv = 1.0 / norm;
             out.extend(v.iter().map(|x| x * inv));
         } else {
             out.resize(out.len() + dim, 0.0);
