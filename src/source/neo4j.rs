@@ -107,18 +107,6 @@ impl std::fmt::Debug for Neo4jOptions {
     }
 }
 
-/// The URL without user info, for messages, manifests and reports.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Err(_) => "(unparsable bolt URL)".into(),
-    }
-}
-
 /// One node or relationship as read, before it becomes Arrow.
 struct Rec {
     id: i64,
@@ -148,7 +136,7 @@ impl Neo4jSource {
     /// Connects to `url` (`bolt://[user[:password]@]host:port[/database]`, also bolt+s, bolt+ssc, neo4j, neo4j+s,
     /// neo4j+ssc). User and password: `creds` (flags) first, then the URL, then NEO4J_USERNAME / NEO4J_PASSWORD.
     pub fn open(url: &str, creds: &Neo4jOptions) -> Result<Neo4jSource> {
-        let location = redact(url);
+        let location = super::redact_url(url);
         let parsed = url::Url::parse(url).map_err(|e| {
             Error::usage(format!(
                 "--source {location}: not a valid URL ({e}); expected bolt://HOST:PORT[/DATABASE]"

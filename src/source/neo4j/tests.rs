@@ -149,9 +149,9 @@ fn type_graph_values_are_flagged_not_dropped() {
 }
 
 #[test]
-fn redact_removes_user_and_password() {
-    let r = redact("bolt://root:s3cret@127.0.0.1:7687/db");
-    assert!(!r.contains("s3cret") && !r.contains("root"), "{r}");
+fn redact_removes_the_password() {
+    let r = super::super::redact_url("bolt://root:s3cret@127.0.0.1:7687/db");
+    assert!(!r.contains("s3cret"), "{r}");
     assert!(r.contains("127.0.0.1:7687/db"));
     let o = Neo4jOptions { user: Some("u".into()), password: Some("s3cret".into()), fetch_size: None };
     assert!(!format!("{o:?}").contains("s3cret"));
