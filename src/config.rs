@@ -12,7 +12,9 @@ use crate::error::{Error, Result};
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Options {
     /// What to migrate: a SQLite file (PATH or sqlite://PATH), a PostgreSQL URL
-    /// (postgres://USER:PASSWORD@HOST:PORT/DB; the password is never printed) or a snapshot directory written earlier.
+    /// (postgres://USER:PASSWORD@HOST:PORT/DB), a Neo4j/Bolt URL (bolt://HOST:PORT[/DATABASE]), a live Redis
+    /// (redis://:PASSWORD@HOST:PORT), a Redis RDB dump file, or a snapshot directory written earlier. Passwords are
+    /// never printed.
     #[arg(long, short = 's', env = "ENGRAM_MIGRATE_SOURCE")]
     pub source: Option<String>,
 

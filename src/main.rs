@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "engram-migrate",
     version,
-    about = "Migrate SQLite (and later PostgreSQL, Neo4j, Redis) into Engram: snapshot -> SQL mapping -> embeddings -> bundle -> validation",
+    about = "Migrate SQLite, PostgreSQL, Neo4j and Redis into Engram: snapshot -> SQL mapping -> embeddings -> bundle -> validation",
     after_help = "Exit codes: 0 ok, 1 internal error, 2 usage or mapping SQL error, 3 source error, 4 target error, 5 validation failed.\n\
                   Logs: RUST_LOG=info (or debug). Every option can also come from --config FILE (TOML, kebab-case keys)."
 )]
@@ -30,7 +30,9 @@ enum Command {
     Snapshot(Options),
     /// Run the mapping SQL over the snapshot and stage memories and edges.
     Transform(Options),
-    /// Embed the staged memories and write the Engram bundle, resumable.
+    /// Embed the staged memories and write the Engram bundle, resumable; or, with --bundle DIR and
+    /// --target engram+http://... / engram+grpc://..., send a finished bundle to a live Engram server and read back
+    /// what it kept.
     Load(Options),
     /// Re-check a finished run: counts, sampled values, checksums, orphan edges, duplicate ids, embeddings.
     Validate(Options),

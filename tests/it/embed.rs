@@ -191,6 +191,8 @@ fn http_provider_batches_splits_on_413_and_retries_429_and_503() {
     // 16 > 5: 413, split to 8 (413), 4 (ok) ... then the request size stays at the size that fitted.
     let log = server.log.lock().unwrap().clone();
     let after_probe = &log[4..];
+    // Every request names the configured model (servers such as Ollama serve several).
+    assert!(log.iter().all(|l| l.model == "test-embed"), "{log:?}");
     assert!(after_probe.iter().any(|l| l.status == 413));
     assert!(after_probe
         .iter()
