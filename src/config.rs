@@ -23,7 +23,8 @@ pub struct Options {
     #[arg(long, short = 't')]
     pub target: Option<String>,
 
-    /// `load` into a live Engram server: the finished bundle directory to send.
+    /// With a live Engram target: for `load`, the finished bundle directory to send; for `run`, the directory
+    /// where the bundle is written (and kept) before it is sent.
     #[arg(long)]
     pub bundle: Option<PathBuf>,
 

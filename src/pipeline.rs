@@ -749,6 +749,32 @@ pub async fn validate_cmd(opts: Options) -> Result<()> {
 
 /// `run`: every stage, resuming from whatever a killed earlier run committed.
 pub async fn run_cmd(opts: Options) -> Result<()> {
+    if let Target::Engram(live) = Target::parse(opts.require_target()?)? {
+        return run_live_cmd(opts, live).await;
+    }
+    run_bundle_cmd(opts).await
+}
+
+/// `run --target engram+http://... --bundle DIR`: the whole pipeline into the bundle first (the full truth: edges,
+/// decay rates, provenance, which the server has no API for), validated, and only then the bundle to the server
+/// with its read-back. A failed validation sends nothing. Started again, each half resumes.
+async fn run_live_cmd(opts: Options, live: crate::sink::engram::EngramTarget) -> Result<()> {
+    let bundle = opts.bundle.clone().ok_or_else(|| {
+        Error::usage(format!(
+            "run --target {}: give --bundle DIR, the directory where the bundle is written (and kept) before it is sent",
+            live.describe()
+        ))
+    })?;
+    let mut local = opts.clone();
+    local.target = Some(bundle.display().to_string());
+    local.bundle = None;
+    // --checkpoint-file names the live load's checkpoint; the bundle stage keeps its own in the work dir.
+    local.checkpoint_file = None;
+    run_bundle_cmd(local).await?;
+    load_live_cmd(opts, live).await
+}
+
+async fn run_bundle_cmd(opts: Options) -> Result<()> {
     let started = Timer::start();
     let target = Target::parse(opts.require_target()?)?;
     let target_dir = &target.clone().bundle_dir()?;

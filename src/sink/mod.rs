@@ -48,8 +48,10 @@ impl Target {
         match self {
             Target::Bundle(p) => Ok(p),
             Target::Engram(t) => Err(Error::usage(format!(
-                "--target {}: this command writes a bundle; write one with `engram-migrate run --target DIR`, \
-                 then send it with `engram-migrate load --bundle DIR --target {}`",
+                "--target {}: this command writes a bundle; use `engram-migrate run --bundle DIR --target {}` \
+                 (writes the bundle, then sends it), or send a finished bundle with `engram-migrate load --bundle DIR \
+                 --target {}`",
+                t.describe(),
                 t.describe(),
                 t.describe()
             ))),

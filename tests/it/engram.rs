@@ -564,7 +564,7 @@ fn unreachable_server_wrong_token_and_non_768_embeddings_fail_clearly() {
         0,
         "nothing sent"
     );
-    // A live target without --bundle, and `run` into a live target: usage errors.
+    // A live target without --bundle, for `load` and for `run`: usage errors.
     let out = run(&[
         "load",
         "--target",
@@ -582,7 +582,30 @@ fn unreachable_server_wrong_token_and_non_768_embeddings_fail_clearly() {
         standin.http_target().as_str(),
     ]);
     assert_eq!(code(&out), 2);
-    assert!(stderr(&out).contains("load --bundle"));
+    assert!(stderr(&out).contains("--bundle DIR"), "{}", stderr(&out));
+}
+
+/// `run --bundle DIR --target engram+...`: the pipeline writes and validates the bundle, then sends it; the
+/// read-back report matches the stand-in, and the bundle stays (it is the full truth).
+#[test]
+fn run_into_a_live_target_writes_the_bundle_then_loads_it() {
+    for grpc in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let bundle = tmp.path().join("run.bundle");
+        let standin = Standin::start(Config::default());
+        let target = if grpc { standin.grpc_target() } else { standin.http_target() };
+        let out = run(&["run", "--source", p(&fixture()), "--bundle", p(&bundle), "--target", target.as_str()]);
+        let r = report(&bundle);
+        let dropped = r["verification"]["not_kept"].as_array().unwrap().len();
+        assert_eq!(code(&out), if dropped > 0 { 5 } else { 0 }, "grpc={grpc}: {}", stderr(&out));
+        assert!(bundle.join("bundle.json").is_file(), "the bundle is kept");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("validation:") && stdout.contains("read-back verification"), "{stdout}");
+        assert_report_matches_standin(&bundle, &standin);
+        let bundle_total = r["verification"]["bundle_total"].as_u64().unwrap();
+        assert!(bundle_total > 0);
+        assert_eq!(standin.state.requests.load(Ordering::SeqCst), bundle_total);
+    }
 }
 
 #[test]
