@@ -36,4 +36,7 @@ trap 'bash scripts/services/postgres.sh stop "$ENGRAM_TEST_PG_PORT"; bash script
 ENGRAM_MODEL2VEC_DIR="$(bash scripts/models.sh potion-base-8M | tail -1)"
 export ENGRAM_MODEL2VEC_DIR ENGRAM_REQUIRE_MODELS=1
 
+# Benches are not built by `cargo test`; compile them (dev profile, shared artifacts) so a changed type cannot
+# leave a benchmark broken until someone runs it.
+if [ "$#" -eq 0 ]; then cargo test --benches --no-run; fi
 cargo test --no-fail-fast "$@"
