@@ -181,29 +181,35 @@ impl GrpcApi {
         mems: Vec<Memory>,
         parallel: usize,
     ) -> Result<Vec<Outcome>> {
-        if self.unary_only.load(Ordering::Relaxed) {
-            return self.unary_batch(space, &mems, parallel).await;
-        }
         let per = mems.len().div_ceil(parallel.max(1)).max(1);
-        let results: Vec<Result<Option<Vec<Outcome>>>> = stream::iter(mems.chunks(per))
-            .map(|slice| self.stream_slice(space, slice))
+        let results: Vec<Result<Vec<Outcome>>> = stream::iter(mems.chunks(per))
+            .map(|slice| self.remember_slice(space, slice))
             .buffered(parallel.max(1))
             .collect()
             .await;
         let mut out = Vec::with_capacity(mems.len());
-        let mut fallback = false;
         for r in results {
-            match r? {
-                Some(o) => out.extend(o),
-                None => fallback = true,
+            out.extend(r?);
+        }
+        Ok(out)
+    }
+
+    /// Sends one slice over one StreamingRemember stream (unary Remember, one by one, once the server has
+    /// answered Unimplemented to streaming); outcomes in input order.
+    pub async fn remember_slice(&self, space: &str, slice: &[Memory]) -> Result<Vec<Outcome>> {
+        if !self.unary_only.load(Ordering::Relaxed) {
+            if let Some(out) = self.stream_slice(space, slice).await? {
+                return Ok(out);
+            }
+            if !self.unary_only.swap(true, Ordering::Relaxed) {
+                tracing::info!(
+                    "StreamingRemember is not implemented by the server; using unary Remember"
+                );
             }
         }
-        if fallback {
-            tracing::info!(
-                "StreamingRemember is not implemented by the server; using unary Remember"
-            );
-            self.unary_only.store(true, Ordering::Relaxed);
-            return self.unary_batch(space, &mems, parallel).await;
+        let mut out = Vec::with_capacity(slice.len());
+        for m in slice {
+            out.push(self.remember(space, m).await?);
         }
         Ok(out)
     }
@@ -287,20 +293,6 @@ impl GrpcApi {
                 s.message().to_string(),
             ),
         }
-    }
-
-    async fn unary_batch(
-        &self,
-        space: &str,
-        mems: &[Memory],
-        parallel: usize,
-    ) -> Result<Vec<Outcome>> {
-        stream::iter(mems.iter().map(|m| self.remember(space, m)))
-            .buffered(parallel.max(1))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect()
     }
 
     /// Unary Remember for one memory, retried on transient codes.

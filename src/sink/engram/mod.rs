@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float32Type, TimestampMicrosecondType};
+use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -413,24 +414,89 @@ pub struct LiveLoad {
     pub verification: verify::Verification,
 }
 
-/// Either protocol, behind one `remember_batch`.
+/// Either protocol, behind one `send`.
 pub enum Client {
     Http(http::HttpApi),
     Grpc(grpc::GrpcApi),
 }
 
 impl Client {
-    pub async fn remember_batch(
-        &self,
-        space: &str,
-        mems: Vec<Memory>,
-        parallel: usize,
-    ) -> Result<Vec<Outcome>> {
+    /// Sends one unit: one memory per request over HTTP, one stream per slice over gRPC.
+    async fn send(&self, space: &str, mems: &[Memory]) -> Result<Vec<Outcome>> {
         match self {
-            Client::Http(c) => c.remember_batch(space, mems, parallel).await,
-            Client::Grpc(c) => c.remember_batch(space, mems, parallel).await,
+            Client::Http(c) => {
+                let mut out = Vec::with_capacity(mems.len());
+                for m in mems {
+                    out.push(c.remember(space, m).await?);
+                }
+                Ok(out)
+            }
+            Client::Grpc(c) => c.remember_slice(space, mems).await,
         }
     }
+}
+
+/// What goes out together: memories of one part, in bundle order. `ends_batch` is set on the last unit of a
+/// batch and holds the batch's row count, checkpointed once that unit is answered.
+struct Unit {
+    space: String,
+    rel: String,
+    mems: Vec<Memory>,
+    ends_batch: Option<u64>,
+}
+
+/// The units of one bundle part, read batch by batch, the first `skip` rows (acknowledged before an
+/// interruption) left out.
+fn units_of_part<'a>(
+    space: &'a str,
+    rel: &'a str,
+    path: &'a Path,
+    mut skip: u64,
+    batch_size: usize,
+    unit_len: usize,
+) -> Box<dyn Iterator<Item = Result<Unit>> + 'a> {
+    let reader = match parquet_io::open_reader(path, batch_size) {
+        Ok(r) => r,
+        Err(e) => return Box::new(std::iter::once(Err(e))),
+    };
+    Box::new(reader.flat_map(move |batch| -> Vec<Result<Unit>> {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                return vec![Err(Error::source_err(
+                    path.display().to_string(),
+                    e.to_string(),
+                ))]
+            }
+        };
+        // Batch boundaries may differ between runs: skip by rows, not by batches.
+        let n = batch.num_rows() as u64;
+        if skip >= n {
+            skip -= n;
+            return vec![];
+        }
+        let batch = batch.slice(skip as usize, (n - skip) as usize);
+        skip = 0;
+        let mut mems = match memories_of(&batch, path) {
+            Ok(m) => m,
+            Err(e) => return vec![Err(e)],
+        };
+        let rows = mems.len() as u64;
+        let mut units = vec![];
+        while !mems.is_empty() {
+            let rest = mems.split_off(unit_len.min(mems.len()));
+            units.push(Unit {
+                space: space.to_string(),
+                rel: rel.to_string(),
+                mems: std::mem::replace(&mut mems, rest),
+                ends_batch: None,
+            });
+        }
+        if let Some(last) = units.last_mut() {
+            last.ends_batch = Some(rows);
+        }
+        units.into_iter().map(Ok).collect()
+    }))
 }
 
 /// Loads the bundle in `bundle` into the server, then verifies what it kept.
@@ -513,41 +579,55 @@ pub async fn load_bundle(
     let total = manifest.totals.get("memories").copied().unwrap_or(0);
     let pb = crate::progress::bar(total, "send to Engram", "memories");
     pb.inc(resumed);
+    // One ordered stream of send units over every part and batch, at most `parallel` in flight: a batch is the
+    // resume unit (checkpointed once all its units are answered), not a barrier, so the slow tail of one batch
+    // overlaps the next instead of idling the connection. Units are pulled lazily: about two batches in memory.
+    let unit_len = match target.protocol {
+        Protocol::Http => 1,
+        Protocol::Grpc => opts.batch_size.div_ceil(opts.parallel.max(1)).max(1),
+    };
+    let skips: Vec<u64> = parts
+        .iter()
+        .map(|(_, rel, _)| ckpt.rows_done.get(rel).copied().unwrap_or(0))
+        .collect();
+    let units = parts
+        .iter()
+        .zip(skips)
+        .flat_map(|((space, rel, path), skip)| {
+            units_of_part(space, rel, path, skip, opts.batch_size.max(1), unit_len)
+        });
+    let client = &client;
+    let mut answers = stream::iter(units)
+        .map(|unit| async move {
+            let unit = unit?;
+            let outcomes = client.send(&unit.space, &unit.mems).await?;
+            Ok::<_, Error>((unit, outcomes))
+        })
+        .buffered(opts.parallel.max(1));
     let mut sent = 0u64;
-    for (space, rel, path) in &parts {
-        let mut skip = ckpt.rows_done.get(rel).copied().unwrap_or(0);
-        for batch in parquet_io::open_reader(path, opts.batch_size.max(1))? {
-            let batch =
-                batch.map_err(|e| Error::source_err(path.display().to_string(), e.to_string()))?;
-            // Rows acknowledged before an interruption are skipped (batch boundaries may differ between runs).
-            let n = batch.num_rows() as u64;
-            if skip >= n {
-                skip -= n;
-                continue;
+    while let Some(answer) = answers.next().await {
+        let (unit, outcomes) = answer?;
+        for (m, o) in unit.mems.iter().zip(&outcomes) {
+            if let Outcome::Rejected { status, message } = o {
+                ckpt.rejected.push(Rejection {
+                    space: unit.space.clone(),
+                    id: m.id.clone(),
+                    status: status.clone(),
+                    message: message.clone(),
+                });
             }
-            let batch = batch.slice(skip as usize, (n - skip) as usize);
-            skip = 0;
-            let mems = memories_of(&batch, path)?;
-            let ids: Vec<String> = mems.iter().map(|m| m.id.clone()).collect();
-            let outcomes = client.remember_batch(space, mems, opts.parallel).await?;
-            for (id, o) in ids.iter().zip(&outcomes) {
-                if let Outcome::Rejected { status, message } = o {
-                    ckpt.rejected.push(Rejection {
-                        space: space.clone(),
-                        id: id.clone(),
-                        status: status.clone(),
-                        message: message.clone(),
-                    });
-                }
-            }
-            let done = ids.len() as u64;
-            *ckpt.rows_done.entry(rel.clone()).or_default() += done;
-            ckpt.sent += done;
-            sent += done;
+        }
+        let done = unit.mems.len() as u64;
+        sent += done;
+        pb.inc(done);
+        // Units arrive in order, so when the last unit of a batch is answered the whole batch is.
+        if let Some(rows) = unit.ends_batch {
+            *ckpt.rows_done.entry(unit.rel.clone()).or_default() += rows;
+            ckpt.sent += rows;
             ckpt.save(&opts.checkpoint_file)?;
-            pb.inc(done);
         }
     }
+    drop(answers);
     pb.finish_and_clear();
     let send_seconds = started.elapsed().as_secs_f64();
 
