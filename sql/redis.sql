@@ -19,7 +19,11 @@
 --
 -- The Engram team's plan
 --   * key -> memory redis_<key> (redis_b64_<base64> for a key that is not
---     UTF-8), content = the key's row as JSON (its value JSON inside)
+--     UTF-8), content = the key's row as JSON (its value JSON inside).
+--     When the snapshot holds keys of more than one database, the database
+--     number is in every id, redis_db<N>_<key>: real servers reuse key names
+--     across databases, and an id must be unique within its space (and across
+--     spaces for a graph target, and --memory-space puts all in one space)
 --   * TTL -> decay_rate = 1.0 / (ttl_seconds / 3600), no TTL -> 0.01
 --   * sorted set -> one memory per member (redis_<key>#<member>) with the score
 --     normalised to [0,1] within its set as activation, an edge NEXT_BY_SCORE
@@ -39,18 +43,28 @@ SELECT
 ;
 
 
+-- How many databases the snapshot holds keys of (more than one puts the
+-- database number in every id, see above).
+CREATE VIEW redis_databases AS
+SELECT count(DISTINCT db) AS n FROM source."keys";
+
+
 -- Each key with its space, memory id and decay rate.
 CREATE VIEW redis_keys AS
 SELECT
   k.db, k."key", k.key_base64, k."type", k.encoding, k.length, k."value", k.expire_at_ms, k.ttl_ms,
   CASE WHEN s.memory_space <> '' THEN s.memory_space ELSE concat('redis_db', k.db) END AS space,
-  CASE WHEN k.key_base64 THEN concat('redis_b64_', k."key") ELSE concat('redis_', k."key") END AS id,
+  concat(
+    CASE WHEN d.n > 1 THEN concat('redis_db', k.db, '_') ELSE 'redis_' END,
+    CASE WHEN k.key_base64 THEN concat('b64_', k."key") ELSE k."key" END
+  ) AS id,
   CASE
     WHEN s.ttl_as_decay AND k.ttl_ms > 0 THEN 1.0 / ((k.ttl_ms / 1000.0) / 3600.0)
     ELSE 0.01
   END AS decay_rate
 FROM source."keys" AS k
-CROSS JOIN redis_settings AS s;
+CROSS JOIN redis_settings AS s
+CROSS JOIN redis_databases AS d;
 
 
 -- Finite score range per sorted set (infinite scores map to 0 or 1).

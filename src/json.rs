@@ -21,6 +21,12 @@
 //! | Struct                          | object, fields in order                           |
 //! | Map                             | object (keys rendered as strings)                 |
 //! | Dictionary                      | the value it points to                            |
+//!
+//! Floats survive the trip through JSON bit for bit: they are written in their shortest round-trip form (ryu),
+//! and every parse in the tool (validation's re-read of memory content, the JSON SQL functions, the embedding
+//! providers, the Engram sink's read-back) goes through serde_json built with `float_roundtrip` (Cargo.toml).
+//! Without that feature serde_json's parser can land one ulp off, and a correct migration of ordinary doubles
+//! fails validation; `floats_survive_json_exactly` below fails if the feature is ever dropped.
 
 use arrow::array::*;
 use arrow::datatypes::*;
@@ -280,4 +286,76 @@ mod tests {
             r#"{"b":"x","a":null}"#
         );
     }
+
+    /// splitmix64: a reproducible stream of random bit patterns for the float property tests.
+    fn bits(seed: u64) -> impl Iterator<Item = u64> {
+        let mut x = seed;
+        std::iter::repeat_with(move || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        })
+    }
+
+    /// The path of a value through a migration and its validation: Arrow -> JSON text in the memory content ->
+    /// parsed again (as validation re-reads content) -> JSON text compared with the source's.
+    fn through_json(array: &dyn Array) -> (String, Value) {
+        let written = value_at(array, 0).unwrap().to_string();
+        let parsed: Value = serde_json::from_str(&written).unwrap();
+        (written, parsed)
+    }
+
+    #[test]
+    fn floats_survive_json_exactly() {
+        let mut doubles: Vec<f64> = vec![
+            // The values of the bug reports: 17 significant digits, parsed one ulp off without float_roundtrip.
+            99.17157569580637,
+            -209497.86536355934,
+            0.0,
+            -0.0,
+            f64::MIN_POSITIVE,
+            f64::MIN_POSITIVE / 3.0, // subnormal
+            5e-324,                  // the smallest subnormal
+            -5e-324,
+            f64::MAX,
+            f64::MIN,
+            f64::EPSILON,
+            9_007_199_254_740_993.0, // above 2^53: rounds to an even neighbour, which must survive
+            2f64.powi(60) + 4096.0,
+            1e23,
+            0.1 + 0.2,
+            1.0 / 3.0,
+        ];
+        // Random bit patterns (every exponent, sign and mantissa) and random values in the shape of real data.
+        doubles.extend(bits(7).take(200_000).map(f64::from_bits).filter(|f| f.is_finite()));
+        doubles.extend(bits(11).take(200_000).map(|b| (b >> 11) as f64 / (1u64 << 53) as f64 * 100.0));
+        for f in doubles {
+            let (written, parsed) = through_json(&Float64Array::from(vec![f]));
+            let back = parsed.as_f64().unwrap_or_else(|| panic!("{written} is not a number"));
+            assert_eq!(back.to_bits(), f.to_bits(), "{f:e} written as {written}, read back as {back:e}");
+            assert_eq!(parsed.to_string(), written, "{f:e}: the re-read text differs");
+        }
+        let mut floats: Vec<f32> = vec![
+            0.1,
+            -0.0,
+            f32::MIN_POSITIVE,
+            f32::MIN_POSITIVE / 3.0,
+            1e-45,
+            f32::MAX,
+            f32::MIN,
+            16_777_217.0,
+            3.4028235e38,
+        ];
+        floats.extend(bits(13).take(200_000).map(|b| f32::from_bits(b as u32)).filter(|f| f.is_finite()));
+        for f in floats {
+            let (written, parsed) = through_json(&Float32Array::from(vec![f]));
+            let back = parsed.as_f64().unwrap_or_else(|| panic!("{written} is not a number"));
+            // Written as the f32's shortest decimal, so the text reads like the source and parses to the same f32.
+            assert_eq!((back as f32).to_bits(), f.to_bits(), "{f:e} written as {written}");
+            assert_eq!(parsed.to_string(), written);
+        }
+    }
 }
+

@@ -547,6 +547,8 @@ impl Ctx {
             }
         }
         let vopts = ValidateOptions {
+            // Every target today is Engram (the bundle, or a live server loaded from it): ids are per space.
+            id_scope: validate::IdScope::PerSpace,
             sample_size: self.opts.sample_size.unwrap_or(1000),
             sample_seed: self.opts.sample_seed.unwrap_or(42),
             extra_checks: self.opts.checks.clone(),
@@ -677,7 +679,7 @@ pub async fn load_cmd(opts: Options) -> Result<()> {
 /// back what it kept. Work directory: `--work-dir`, else `<bundle>.work` (checkpoint and report go there).
 async fn load_live_cmd(opts: Options, target: crate::sink::engram::EngramTarget) -> Result<()> {
     use crate::sink::engram;
-    let bundle = opts.bundle.clone().ok_or_else(|| {
+    let bundle = opts.bundle.as_deref().map(crate::sink::bundle_path).ok_or_else(|| {
         Error::usage(format!(
             "--bundle DIR is required to load into {}: write one with `engram-migrate run --target DIR` first",
             target.describe()
@@ -759,7 +761,7 @@ pub async fn run_cmd(opts: Options) -> Result<()> {
 /// decay rates, provenance, which the server has no API for), validated, and only then the bundle to the server
 /// with its read-back. A failed validation sends nothing. Started again, each half resumes.
 async fn run_live_cmd(opts: Options, live: crate::sink::engram::EngramTarget) -> Result<()> {
-    let bundle = opts.bundle.clone().ok_or_else(|| {
+    let bundle = opts.bundle.as_deref().map(crate::sink::bundle_path).ok_or_else(|| {
         Error::usage(format!(
             "run --target {}: give --bundle DIR, the directory where the bundle is written (and kept) before it is sent",
             live.describe()

@@ -4,7 +4,7 @@
 //!
 //! Tables a check can use: `bundle_memories`, `bundle_edges`, `bundle_orphans`, `source."<table>"` (snapshot),
 //! the mapping's views (`memories`, `edges`, `orphans`, `expected_counts`), `source_counts`, `integrity`,
-//! `sample_values`; functions `vector_dim`, `vector_norm`, `to_json`.
+//! `sample_values`, `target_rules`; functions `vector_dim`, `vector_norm`, `to_json`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -70,7 +70,19 @@ pub struct CheckResult {
     pub examples: Vec<Map<String, Value>>,
 }
 
+/// How the target identifies a memory, which decides what `duplicate_ids` calls a duplicate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IdScope {
+    /// Engram, the bundle and the live server alike: an id is unique within its space.
+    #[default]
+    PerSpace,
+    /// A target that keys every memory by its id alone (a graph database's nodes): one id across all spaces.
+    Global,
+}
+
 pub struct ValidateOptions {
+    /// The target's id rule, given to the checks as the one-row table `target_rules`.
+    pub id_scope: IdScope,
     pub sample_size: usize,
     pub sample_seed: u64,
     pub extra_checks: Option<PathBuf>,
@@ -116,6 +128,8 @@ pub async fn run(
         EDGE_SCHEMA.clone(),
     )
     .await?;
+
+    register_target_rules(&ctx, opts.id_scope)?;
 
     let pb = crate::progress::spinner("validate");
     let prep = std::time::Instant::now();
@@ -231,6 +245,19 @@ async fn register_files(
     ctx.register_table(name, df.into_view())
         .map_err(|e| Error::Internal(e.to_string()))?;
     Ok(())
+}
+
+/// `target_rules`: what the target requires of the bundle, as a one-row table the checks join.
+fn register_target_rules(ctx: &SessionContext, id_scope: IdScope) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "ids_unique_across_spaces",
+        DataType::Boolean,
+        false,
+    )]));
+    let col: ArrayRef = Arc::new(arrow::array::BooleanArray::from(vec![
+        id_scope == IdScope::Global,
+    ]));
+    mem_table(ctx, "target_rules", RecordBatch::try_new(schema, vec![col])?)
 }
 
 fn mem_table(ctx: &SessionContext, name: &str, batch: RecordBatch) -> Result<()> {
@@ -600,4 +627,52 @@ pub fn print_results(results: &[CheckResult]) {
 
 pub fn count_failed(results: &[CheckResult]) -> usize {
     results.iter().filter(|r| !r.passed).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// duplicate_ids follows the target's rule: the same id in two spaces is fine in Engram, a duplicate in a
+    /// graph target; the same id twice in one space is a duplicate in both.
+    #[tokio::test]
+    async fn duplicate_ids_follow_the_target_rule() {
+        let check = BUILTIN_CHECKS
+            .iter()
+            .find(|(n, _)| *n == "duplicate_ids")
+            .unwrap()
+            .1;
+        let rows = [("redis_db0", "redis_k"), ("redis_db3", "redis_k"), ("redis_db3", "redis_j")];
+        for (scope, twice_in_one_space, want) in [
+            (IdScope::PerSpace, false, 0usize),
+            (IdScope::Global, false, 1),
+            (IdScope::PerSpace, true, 1),
+            (IdScope::Global, true, 2),
+        ] {
+            let mut rows = rows.to_vec();
+            if twice_in_one_space {
+                rows.push(("redis_db3", "redis_j"));
+            }
+            let ctx = SessionContext::new();
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("space", DataType::Utf8, false),
+                Field::new("id", DataType::Utf8, false),
+            ]));
+            let batch = RecordBatch::try_new(
+                schema,
+                vec![
+                    utf8(rows.iter().map(|r| Some(r.0.to_string())).collect()),
+                    utf8(rows.iter().map(|r| Some(r.1.to_string())).collect()),
+                ],
+            )
+            .unwrap();
+            mem_table(&ctx, "bundle_memories", batch).unwrap();
+            register_target_rules(&ctx, scope).unwrap();
+            let out = transform::collect(&ctx, check.trim().trim_end_matches(';'), "duplicate_ids")
+                .await
+                .unwrap();
+            let n: usize = out.iter().map(|b| b.num_rows()).sum();
+            assert_eq!(n, want, "{scope:?}, twice in one space: {twice_in_one_space}");
+        }
+    }
 }

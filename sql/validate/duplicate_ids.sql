@@ -1,6 +1,14 @@
--- Memory ids that occur more than once (Engram would keep one of them).
-SELECT id, count(*) AS copies, min(space) AS first_space, max(space) AS last_space
-FROM bundle_memories
-GROUP BY id
+-- Memory ids that occur more than once where the target needs them unique (per space in Engram, across spaces in a graph target).
+-- target_rules has one row: ids_unique_across_spaces is false for Engram (the bundle and a live server), where an
+-- id is unique within its space, and true for a target that keys every node by id alone (a graph database).
+SELECT
+  CASE WHEN r.ids_unique_across_spaces THEN '(all spaces)' ELSE m.space END AS scope,
+  m.id,
+  count(*) AS copies,
+  min(m.space) AS first_space,
+  max(m.space) AS last_space
+FROM bundle_memories AS m
+CROSS JOIN target_rules AS r
+GROUP BY CASE WHEN r.ids_unique_across_spaces THEN '(all spaces)' ELSE m.space END, m.id
 HAVING count(*) > 1
-ORDER BY id;
+ORDER BY scope, m.id;

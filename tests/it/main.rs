@@ -5,6 +5,7 @@
 mod bad_input;
 mod common;
 mod e2e;
+mod exact;
 mod neo4j;
 mod embed;
 mod engram;
