@@ -83,15 +83,54 @@ impl Error {
             source,
         }
     }
-    pub fn sql(origin: impl Into<String>, err: impl std::fmt::Display) -> Self {
-        let mut message = err.to_string();
-        if message.contains("Resources exhausted") {
-            message
-                .push_str(" (the query needs more memory than --memory-limit-mb allows; raise it)");
+    /// A DataFusion error of the SQL in `origin` (a mapping file, a check, a stage), classified by what failed,
+    /// not by its message: the query itself (the user's SQL or data: exit 2), memory (exit 2, with the flag to
+    /// raise), the work directory's files (an I/O error anywhere in the chain: exit 4), or DataFusion itself (exit 1).
+    pub fn sql(origin: impl Into<String>, err: datafusion::error::DataFusionError) -> Self {
+        Self::sql_in(origin, "", err)
+    }
+
+    /// As `sql`, with `context` (the statement or view) put before the message.
+    pub fn sql_in(
+        origin: impl Into<String>,
+        context: &str,
+        err: datafusion::error::DataFusionError,
+    ) -> Self {
+        use datafusion::error::DataFusionError as E;
+        let origin = origin.into();
+        let mut message = err.strip_backtrace();
+        if !context.is_empty() {
+            message = format!("{context}: {message}");
         }
-        Error::Sql {
-            origin: origin.into(),
-            message,
+        let io_in_chain = {
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+            let mut found = false;
+            while let Some(e) = cur {
+                if e.downcast_ref::<std::io::Error>().is_some() {
+                    found = true;
+                    break;
+                }
+                cur = e.source();
+            }
+            found
+        };
+        match err.find_root() {
+            E::ResourcesExhausted(_) => Error::Sql {
+                origin,
+                message: format!(
+                    "{message} (the query needs more memory than --memory-limit-mb allows; raise it)"
+                ),
+            },
+            E::IoError(_) | E::ObjectStore(_) => Error::Target {
+                location: origin,
+                message: format!("{message} (files of the work directory: check free space and permissions)"),
+            },
+            _ if io_in_chain => Error::Target {
+                location: origin,
+                message: format!("{message} (files of the work directory: check free space and permissions)"),
+            },
+            E::Internal(_) | E::ExecutionJoin(_) => Error::Internal(format!("SQL in {origin}: {message}")),
+            _ => Error::Sql { origin, message },
         }
     }
 
@@ -124,3 +163,37 @@ impl From<serde_json::Error> for Error {
         Error::Internal(format!("json: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::error::ArrowError;
+    use datafusion::error::DataFusionError as E;
+
+    /// Classified by the error's variant, wherever it sits in the chain; the message text decides nothing.
+    #[test]
+    fn sql_errors_are_classified_by_variant() {
+        let disk = E::IoError(std::io::Error::other("No space left on device"));
+        assert_eq!(Error::sql("transform", disk).exit_code(), exit::TARGET);
+        let wrapped = E::ArrowError(
+            Box::new(ArrowError::ExternalError(Box::new(E::IoError(std::io::Error::other("disk full"))))),
+            None,
+        );
+        assert_eq!(Error::sql("transform", wrapped).exit_code(), exit::TARGET);
+        assert_eq!(Error::sql("t", E::Internal("bug".into())).exit_code(), exit::INTERNAL);
+        assert_eq!(Error::sql("t", E::Plan("no such column x".into())).exit_code(), exit::USAGE);
+        // A message that merely mentions memory is not a memory error; a real one gets the hint, even wrapped.
+        let lookalike = Error::sql("t", E::Execution("Resources exhausted: in a string column".into()));
+        assert!(!lookalike.to_string().contains("--memory-limit-mb"), "{lookalike}");
+        let oom = E::Context(
+            "sorting".into(),
+            Box::new(E::ResourcesExhausted("Failed to allocate 1 GB".into())),
+        );
+        let oom = Error::sql("t", oom);
+        assert_eq!(oom.exit_code(), exit::USAGE);
+        assert!(oom.to_string().contains("--memory-limit-mb"), "{oom}");
+        let ctx = Error::sql_in("m.sql", "view memories", E::Plan("x".into()));
+        assert!(ctx.to_string().contains("view memories: "), "{ctx}");
+    }
+}
+

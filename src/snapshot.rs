@@ -154,14 +154,21 @@ fn schema_entries(schema: &arrow::datatypes::Schema) -> Vec<FieldEntry> {
         .collect()
 }
 
+/// Whether a snapshot's recorded source is the one given now: same kind and same location (`path`: a file, or a
+/// URL without its password). A description without a location never matches: equal counts on another server
+/// must not resume (or reuse) this snapshot.
+fn same_source(recorded: &Value, now: &Value) -> bool {
+    recorded.get("kind") == now.get("kind")
+        && now.get("path").is_some_and(|p| !p.is_null())
+        && recorded.get("path") == now.get("path")
+}
+
 /// Takes (or resumes) a snapshot of `source` into `dir`. Returns the complete manifest.
 pub fn take(source: &mut dyn Source, dir: &Path, opts: &SnapshotOptions) -> Result<Manifest> {
     let fingerprint = source.fingerprint()?;
     let mut manifest = if dir.join(MANIFEST).is_file() {
         let m = Manifest::load(dir)?;
-        if m.source_fingerprint != fingerprint
-            || m.source.get("path") != source.describe().get("path")
-        {
+        if m.source_fingerprint != fingerprint || !same_source(&m.source, &source.describe()) {
             return Err(Error::usage(format!(
                 "the snapshot in {} was started from a source that has changed since (or from another source); \
                  a resumed snapshot would mix two states. Start over with --fresh or use another --work-dir",

@@ -322,6 +322,7 @@ pub fn load(
     embedder: &mut Embedder,
     opts: &LoadOptions,
 ) -> Result<LoadResult> {
+    let target = &super::bundle_path(target);
     if target.exists() && !opts.overwrite {
         return Err(Error::target_err(
             target.display().to_string(),

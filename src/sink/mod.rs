@@ -7,6 +7,18 @@ pub mod engram;
 
 use crate::error::{Error, Result};
 
+/// A bundle directory as given (`--target out/`, `--bundle ./b//`) without trailing separators: its siblings
+/// `<dir>.partial`, `<dir>.old` and `<dir>.work` are then next to it, never inside it (a bundle built in
+/// `out/.partial` could not be renamed onto `out/`, its own parent).
+pub fn bundle_path(p: &std::path::Path) -> std::path::PathBuf {
+    let normal: std::path::PathBuf = p.components().collect();
+    if normal.as_os_str().is_empty() {
+        p.to_path_buf()
+    } else {
+        normal
+    }
+}
+
 /// Where `--target` points.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -33,7 +45,7 @@ impl Target {
                 )));
             }
         }
-        Ok(Target::Bundle(std::path::PathBuf::from(spec)))
+        Ok(Target::Bundle(bundle_path(std::path::Path::new(spec))))
     }
 
     pub fn describe(&self) -> String {
@@ -55,6 +67,21 @@ impl Target {
                 t.describe(),
                 t.describe()
             ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn a_bundle_target_has_no_trailing_separator() {
+        for (given, want) in [("out/", "out"), ("a/b//", "a/b"), ("./x/", "./x"), ("/tmp/b", "/tmp/b"), ("b", "b")] {
+            let t = Target::parse(given).unwrap().bundle_dir().unwrap();
+            assert_eq!(t, Path::new(want), "--target {given}");
+            assert_eq!(bundle_path(Path::new(given)), Path::new(want));
         }
     }
 }

@@ -540,7 +540,8 @@ impl Source for Neo4jSource {
     fn describe(&self) -> Value {
         json!({
             "kind": "neo4j",
-            "url": self.location,
+            // `path` is the identity a resumed snapshot is compared by (scheme, host, port, database; no password).
+            "path": self.location,
             "database": self.database,
             "user": self.user,
             "element_id": if self.has_element_id { "elementId()" } else { "toString(id()) (server has no elementId)" },

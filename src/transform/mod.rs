@@ -113,7 +113,7 @@ pub async fn run_statements(ctx: &SessionContext, sql: &str, origin: &str) -> Re
             .state()
             .statement_to_plan(st)
             .await
-            .map_err(|e| Error::sql(origin, format!("{e}\n  in: {}", shorten(&text))))?;
+            .map_err(|e| Error::sql_in(origin, &format!("statement `{}`", shorten(&text)), e))?;
         let df = ctx
             .execute_logical_plan(plan)
             .await
@@ -393,7 +393,7 @@ async fn stage(
     let mut w = RollingWriter::new(dir, target.clone(), limits, 0)?;
     let mut parts = vec![];
     while let Some(b) = s.next().await {
-        let b = b.map_err(|e| Error::sql(origin, format!("view {view}: {e}")))?;
+        let b = b.map_err(|e| Error::sql_in(origin, &format!("view {view}"), e))?;
         let b = conform(&b, target, view)?;
         progress(b.num_rows() as u64);
         parts.extend(w.write(&b)?);

@@ -699,3 +699,49 @@ fn a_killed_load_resumes_and_every_memory_lands_once() {
         );
     }
 }
+
+/// A server whose health endpoints answer 503 with a well-formed body (one probe failing, every API working, as
+/// a real server on a busy machine did for minutes) is loaded and verified: the warning names the failing
+/// check, and the counts come from the 503 body.
+#[test]
+fn a_degraded_server_answering_503_with_a_body_is_loaded_and_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mems: Vec<TestMemory> = (0..30).map(|i| mem(&format!("d{i}"), unit_vector(500 + i), 0.7)).collect();
+    let bundle = write_bundle(&tmp.path().join("deg.bundle"), &[("degraded", mems)], 768);
+    for grpc in [false, true] {
+        let standin = Standin::start(Config::default());
+        standin.state.config.unhealthy.store(true, Ordering::SeqCst);
+        let target = if grpc { standin.grpc_target() } else { standin.http_target() };
+        let mut c = Command::new(bin());
+        c.args(["load", "--bundle", p(&bundle), "--target", &target]).env_remove("ENGRAM_API_KEY");
+        let out = c.output().unwrap();
+        let err = stderr(&out);
+        eprintln!("{}\n{err}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(code(&out), 0, "grpc={grpc}: {err}");
+        assert!(err.contains("spreading"), "grpc={grpc}: the failing check is not named: {err}");
+        assert_eq!(standin.state.ids("degraded").len(), 30);
+        let r = report(&bundle);
+        assert_eq!(r["verification"]["kept_total"], 30, "grpc={grpc}");
+        let space = &r["verification"]["spaces"][0];
+        assert_eq!(space["server_count"], 30, "grpc={grpc}: counts read from the 503 body");
+    }
+}
+
+/// Something else on the port (here an HTTP server that knows no /health): a clear target error before any
+/// memory is sent, not a load into nowhere.
+#[test]
+fn a_server_that_is_not_engram_is_refused_before_sending() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mems: Vec<TestMemory> = (0..3).map(|i| mem(&format!("n{i}"), unit_vector(900 + i), 0.7)).collect();
+    let bundle = write_bundle(&tmp.path().join("n.bundle"), &[("nothere", mems)], 768);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+        axum::serve(listener, app).await.unwrap();
+    });
+    let out = load(&bundle, &format!("engram+http://{addr}"), &[]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(stderr(&out).contains("is this an Engram server"), "{}", stderr(&out));
+}

@@ -63,6 +63,11 @@ pub struct Config {
     pub token: Option<String>,
     /// Remember requests still to answer with 503 / Unavailable (transient faults).
     pub fail_next: AtomicUsize,
+    /// Injected faults answer as a rate limiter does (429 / ResourceExhausted) instead of 503 / Unavailable.
+    pub rate_limited: AtomicBool,
+    /// Health endpoints answer 503 with a well-formed body ("unhealthy" / "degraded", the "spreading" check
+    /// failing) while every other API works: what a real server on a busy machine did for minutes.
+    pub unhealthy: AtomicBool,
     pub delay: Duration,
     pub streaming: AtomicBool,
 }
@@ -73,6 +78,8 @@ impl Default for Config {
             space_limit: 100_000,
             token: None,
             fail_next: AtomicUsize::new(0),
+            rate_limited: AtomicBool::new(false),
+            unhealthy: AtomicBool::new(false),
             delay: Duration::ZERO,
             streaming: AtomicBool::new(true),
         }
@@ -229,6 +236,15 @@ impl State {
             .sum()
     }
 
+    /// The gRPC status of an injected fault.
+    fn fault_status(&self) -> tonic::Status {
+        if self.config.rate_limited.load(Ordering::SeqCst) {
+            tonic::Status::resource_exhausted("injected fault: rate limited")
+        } else {
+            tonic::Status::unavailable("injected fault")
+        }
+    }
+
     /// Consumes one injected fault, if any is left.
     fn take_fault(&self) -> bool {
         self.config
@@ -289,8 +305,17 @@ macro_rules! auth {
     };
 }
 
-async fn health() -> Response {
-    Json(json!({"status": "healthy"})).into_response()
+/// `GET /health` as the real server answers it: 200 when healthy or degraded, 503 when a probe fails, always
+/// with this body.
+async fn health(AxState(st): AxState<Shared>) -> Response {
+    let unhealthy = st.config.unhealthy.load(Ordering::SeqCst);
+    let body = Json(json!({"status": if unhealthy { "unhealthy" } else { "healthy" }, "service": "engram",
+                           "version": "0.1.0", "timestamp": now()}));
+    if unhealthy {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    } else {
+        body.into_response()
+    }
 }
 
 async fn list_spaces(AxState(st): AxState<Shared>, h: HeaderMap) -> Response {
@@ -336,6 +361,9 @@ async fn remember_http(
         tokio::time::sleep(st.config.delay).await;
     }
     if st.take_fault() {
+        if st.config.rate_limited.load(Ordering::SeqCst) {
+            return error(429, "RATE_LIMITED", "injected fault: too many requests");
+        }
         return error(503, "SERVICE_UNAVAILABLE", "injected fault");
     }
     let Ok(b) = serde_json::from_slice::<Value>(&body) else {
@@ -469,6 +497,16 @@ async fn system_health(AxState(st): AxState<Shared>, h: HeaderMap) -> Response {
                              "wal_lag_ms": 0.0, "consolidation_rate": 0.0})
         })
         .collect();
+    // A failing probe: 503 with the full body, "degraded" in it, as a real server on a busy machine answered.
+    if st.config.unhealthy.load(Ordering::SeqCst) {
+        let checks = json!([{"name": "spreading", "type": "cognitive", "status": "unhealthy",
+                             "message": "spreading probe exceeded its latency budget"}]);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "degraded", "timestamp": now(), "checks": checks, "spaces": list, "cluster": null})),
+        )
+            .into_response();
+    }
     Json(json!({"status": "healthy", "timestamp": now(), "checks": [], "spaces": list, "cluster": null}))
         .into_response()
 }
@@ -568,7 +606,7 @@ impl EngramService for Grpc {
             tokio::time::sleep(self.0.config.delay).await;
         }
         if self.0.take_fault() {
-            return Err(tonic::Status::unavailable("injected fault"));
+            return Err(self.0.fault_status());
         }
         grpc_write(&self.0, req.into_inner()).map(tonic::Response::new)
     }
@@ -598,7 +636,7 @@ impl EngramService for Grpc {
                             tokio::time::sleep(st.config.delay).await;
                         }
                         if st.take_fault() {
-                            Err(tonic::Status::unavailable("injected fault"))
+                            Err(st.fault_status())
                         } else {
                             grpc_write(&st, r)
                         }

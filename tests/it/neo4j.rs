@@ -322,3 +322,23 @@ fn unreachable_server_and_missing_database_and_missing_password() {
     assert!(stderr(&out).contains("no password"), "{}", stderr(&out));
     assert!(!target.exists());
 }
+
+/// Two databases with the same counts: a snapshot of one is never resumed or reused for the other (the
+/// snapshot's identity includes the server and database, not only the counts).
+#[test]
+fn a_snapshot_of_another_database_with_equal_counts_is_not_reused() {
+    let a = arcadedb_fixture("it_ident_a", "codegraph.cypher");
+    let b = arcadedb_fixture("it_ident_b", "codegraph.cypher");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("w");
+    let auth = ["--source-user", "root", "--source-password", PW];
+    let o = run(&[&["snapshot", "--source", a.as_str(), "--work-dir", p(&work)][..], &auth[..]].concat());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = run(&[&["snapshot", "--source", b.as_str(), "--work-dir", p(&work)][..], &auth[..]].concat());
+    assert_eq!(code(&o), 2, "the snapshot of it_ident_a was reused for it_ident_b: {}", stderr(&o));
+    assert!(stderr(&o).contains("another source"), "{}", stderr(&o));
+    assert_no_password(&o);
+    // The same database again reuses it.
+    let o = run(&[&["snapshot", "--source", a.as_str(), "--work-dir", p(&work)][..], &auth[..]].concat());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}

@@ -33,7 +33,8 @@ pub const CODE_TABLE: &[(Code, StatusClass)] = &[
     (Code::AlreadyExists, StatusClass::Reject),
     (Code::FailedPrecondition, StatusClass::Reject),
     (Code::OutOfRange, StatusClass::Reject),
-    (Code::ResourceExhausted, StatusClass::Reject),
+    // A server (or a proxy before it) shedding load: the memory was not refused, the pace was.
+    (Code::ResourceExhausted, StatusClass::Retry),
 ];
 
 pub fn classify(code: Code) -> StatusClass {

@@ -27,6 +27,9 @@ pub const STATUS_TABLE: &[(u16, u16, StatusClass)] = &[
     (200, 299, StatusClass::Ok),
     (401, 401, StatusClass::Fatal),
     (403, 403, StatusClass::Fatal),
+    // "Too many requests" and "request timeout" are about the pace, not the memory: back off and send it again.
+    (408, 408, StatusClass::Retry),
+    (429, 429, StatusClass::Retry),
     (400, 499, StatusClass::Reject),
     (500, 599, StatusClass::Retry),
 ];
@@ -38,6 +41,47 @@ pub fn classify(status: u16) -> StatusClass {
         .map(|(_, _, c)| *c)
         // 1xx/3xx are not answers Engram gives; treat them like a refusal rather than loop on them.
         .unwrap_or(StatusClass::Reject)
+}
+
+/// A well-formed Engram health answer: `/health` (`{"status","service":"engram",...}`) or
+/// `/api/v1/system/health` (`{"status","checks":[{"name","status","message",...}],"spaces":[...]}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// "healthy", "degraded" or "unhealthy".
+    pub status: String,
+    /// The checks that are not healthy, as "name: status (message)".
+    pub failing: Vec<String>,
+}
+
+impl Health {
+    pub fn parse(body: &[u8]) -> Option<Health> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let status = v.get("status")?.as_str()?.to_string();
+        let engram = v.get("service").and_then(|s| s.as_str()) == Some("engram")
+            || (v.get("checks").is_some_and(|c| c.is_array()) && v.get("spaces").is_some_and(|s| s.is_array()));
+        if !engram {
+            return None;
+        }
+        let failing = v["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["status"].as_str() != Some("healthy"))
+            .map(|c| {
+                format!(
+                    "{}: {} ({})",
+                    c["name"].as_str().unwrap_or("?"),
+                    c["status"].as_str().unwrap_or("?"),
+                    c["message"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        Some(Health { status, failing })
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.status == "healthy"
+    }
 }
 
 /// The JSON body of `POST /api/v1/memories/remember` (flat). The space goes in the `X-Memory-Space` header.
@@ -150,12 +194,36 @@ impl HttpApi {
         ))
     }
 
-    /// Sends a request built by `build`, retrying transport errors and 5xx. Returns the final status and body.
+    /// Sends a request built by `build`, retrying transport errors, 5xx, 408 and 429. Returns the final status and body.
     async fn send(
         &self,
         what: &str,
         salt: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<(u16, Vec<u8>)> {
+        self.send_until(what, salt, build, |status, _| classify(status) != StatusClass::Retry)
+            .await
+    }
+
+    /// A health endpoint: any well-formed Engram health answer is an answer, whatever its status code (a real
+    /// server answers 503 with a full body while one internal probe is failing and every API works).
+    async fn send_health(&self, path: &'static str) -> Result<(u16, Vec<u8>)> {
+        self.send_until(
+            &format!("GET {path}"),
+            "health",
+            || self.request(reqwest::Method::GET, path),
+            |status, body| classify(status) != StatusClass::Retry || Health::parse(body).is_some(),
+        )
+        .await
+    }
+
+    /// `send`, with `answered(status, body)` deciding which answers end the retries.
+    async fn send_until(
+        &self,
+        what: &str,
+        salt: &str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+        answered: impl Fn(u16, &[u8]) -> bool,
     ) -> Result<(u16, Vec<u8>)> {
         let mut attempt = 0;
         loop {
@@ -163,9 +231,7 @@ impl HttpApi {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     match resp.bytes().await {
-                        Ok(body) if classify(status) != StatusClass::Retry => {
-                            return Ok((status, body.to_vec()))
-                        }
+                        Ok(body) if answered(status, &body) => return Ok((status, body.to_vec())),
                         Ok(body) => format!(
                             "HTTP {status}: {}",
                             String::from_utf8_lossy(&body[..body.len().min(200)])
@@ -193,17 +259,38 @@ impl HttpApi {
         }
     }
 
-    /// `GET /health`, retried: fails with a clear message when nothing answers.
-    pub async fn check_reachable(&self) -> Result<()> {
-        let (status, _) = self
-            .send("GET /health", "health", || {
-                self.request(reqwest::Method::GET, "/health")
-            })
-            .await?;
+    /// `GET /health`, retried: fails with a clear message when nothing answers, when the answer is not Engram's,
+    /// or when the credentials are refused. A degraded or unhealthy server that answers is reachable: its failing
+    /// checks are returned (and logged as a warning) and the load goes on, as its APIs decide.
+    pub async fn check_reachable(&self) -> Result<Health> {
+        let (status, body) = self.send_health("/health").await?;
         if classify(status) == StatusClass::Fatal {
             return Err(self.refused(status));
         }
-        Ok(())
+        let Some(mut health) = Health::parse(&body) else {
+            return Err(self.target_err(format!(
+                "GET /health answered HTTP {status} without Engram's health JSON ({}); is this an Engram server's \
+                 HTTP port?",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            )));
+        };
+        if !health.is_healthy() {
+            // /health names no checks; the system health answer does (and is as degraded, or not).
+            if let Ok((_, body)) = self.send_health("/api/v1/system/health").await {
+                if let Some(system) = Health::parse(&body) {
+                    health.failing.extend(system.failing);
+                }
+            }
+            tracing::warn!(
+                server = %self.base,
+                status = %health.status,
+                http_status = status,
+                failing = %health.failing.join("; "),
+                "Engram reports itself {}, but answers; going on (a failing API still stops the load)",
+                health.status
+            );
+        }
+        Ok(health)
     }
 
     /// Creates the spaces that do not exist yet, one by one: creating a space takes Engram ~15 s, better once
@@ -299,15 +386,20 @@ impl HttpApi {
 
     /// The server's count per space: `spaces[].memories` of `GET /api/v1/system/health`.
     pub async fn counts(&self) -> Result<std::collections::HashMap<String, u64>> {
-        let (status, body) = self
-            .send("GET /api/v1/system/health", "health", || {
-                self.request(reqwest::Method::GET, "/api/v1/system/health")
-            })
-            .await?;
+        // The counts are in the body whatever the status code (503 while a probe fails, see send_health).
+        let (status, body) = self.send_health("/api/v1/system/health").await?;
         if classify(status) == StatusClass::Fatal {
             return Err(self.refused(status));
         }
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if !v["spaces"].is_array() {
+            // Without the list every space would look empty and every memory missing: say so instead.
+            return Err(self.target_err(format!(
+                "GET /api/v1/system/health answered HTTP {status} without the per-space counts ({}); the \
+                 read-back cannot count what the server kept",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            )));
+        }
         Ok(v["spaces"]
             .as_array()
             .into_iter()
@@ -392,6 +484,26 @@ fn rejection(status: u16, body: &[u8]) -> Outcome {
 mod tests {
     use super::*;
 
+    /// The bodies a real server sends (read from its code, seen with status 503 on a busy machine).
+    #[test]
+    fn health_answers_are_read_whatever_the_status() {
+        let simple = br#"{"status":"unhealthy","service":"engram","version":"0.1.0","timestamp":"2026-11-24T00:00:00Z"}"#;
+        let h = Health::parse(simple).unwrap();
+        assert_eq!(h.status, "unhealthy");
+        assert!(!h.is_healthy());
+        let system = br#"{"status":"degraded","timestamp":"t","checks":[
+            {"name":"spreading","type":"cognitive","status":"unhealthy","message":"probe timed out"},
+            {"name":"memory","type":"memory","status":"healthy","message":"ok"}],
+            "spaces":[{"space":"default","memories":3,"pressure":0.0,"wal_lag_ms":0.0,"consolidation_rate":0.0}],
+            "cluster":null}"#;
+        let h = Health::parse(system).unwrap();
+        assert_eq!(h.failing, vec!["spreading: unhealthy (probe timed out)".to_string()]);
+        // Not Engram: a JSON status alone, HTML, nothing.
+        assert_eq!(Health::parse(br#"{"status":"ok"}"#), None);
+        assert_eq!(Health::parse(b"<html>503 Service Unavailable</html>"), None);
+        assert_eq!(Health::parse(b""), None);
+    }
+
     #[test]
     fn status_table_rows() {
         assert_eq!(classify(201), StatusClass::Ok);
@@ -400,7 +512,9 @@ mod tests {
         assert_eq!(classify(403), StatusClass::Fatal);
         assert_eq!(classify(400), StatusClass::Reject);
         assert_eq!(classify(404), StatusClass::Reject);
-        assert_eq!(classify(429), StatusClass::Reject);
+        assert_eq!(classify(429), StatusClass::Retry);
+        assert_eq!(classify(408), StatusClass::Retry);
+        assert_eq!(classify(422), StatusClass::Reject);
         assert_eq!(classify(500), StatusClass::Retry);
         assert_eq!(classify(503), StatusClass::Retry);
         assert_eq!(classify(302), StatusClass::Reject);
