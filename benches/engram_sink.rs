@@ -21,7 +21,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field};
 use criterion::{criterion_group, Criterion, Throughput};
 use engram_migrate::parquet_io::{PartLimits, RollingWriter};
-use engram_migrate::sink::bundle::{BundleManifest, EmbeddingInfo, PartSet, SpaceEntry};
+use engram_migrate::bundle::{BundleManifest, EmbeddingInfo, PartSet, SpaceEntry};
 use engram_migrate::sink::engram::{self, EngramTarget, LiveOptions, Memory};
 use prost::Message;
 

@@ -13,48 +13,14 @@ use crate::embed::{DiskCache, Embedder, EmbeddingProvider, HashingProvider, Mode
 use crate::error::{Error, Result};
 use crate::parquet_io::PartLimits;
 use crate::report::{EmbeddingLine, RunReport, SpaceLine, TableLine, Timer};
-use crate::sink::bundle::{self, LoadOptions};
+use crate::bundle::{self, writer::WriteOptions};
+use crate::embed::memories::EmbedStage;
+use crate::workdir::{RunKey, WorkDir, WorkLock};
 use crate::sink::Target;
 use crate::snapshot::{self, Manifest, SnapshotOptions};
 use crate::source::{self, Source};
 use crate::transform::{self, generic::MappingOptions, TransformSummary};
 use crate::validate::{self, ValidateOptions};
-
-/// Holds `<work-dir>/.lock` for the life of a command, so two runs never share a work directory.
-pub struct WorkLock(PathBuf);
-
-impl WorkLock {
-    pub fn acquire(work: &Path) -> Result<WorkLock> {
-        fs::create_dir_all(work).map_err(|e| {
-            Error::target_err(
-                work.display().to_string(),
-                format!("cannot create the work directory: {e}; check --work-dir"),
-            )
-        })?;
-        let path = work.join(".lock");
-        if let Ok(pid) = fs::read_to_string(&path) {
-            let pid = pid.trim();
-            // A lock left by a killed run (its process is gone) is taken over.
-            if !pid.is_empty()
-                && Path::new(&format!("/proc/{pid}")).exists()
-                && pid != std::process::id().to_string()
-            {
-                return Err(Error::usage(format!(
-                    "work directory {} is in use by process {pid}; wait for it or use another --work-dir",
-                    work.display()
-                )));
-            }
-        }
-        fs::write(&path, std::process::id().to_string()).map_err(Error::io("write", &path))?;
-        Ok(WorkLock(path))
-    }
-}
-
-impl Drop for WorkLock {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
 
 fn run_id() -> String {
     format!(
@@ -313,29 +279,8 @@ fn embedder(opts: &Options, work: &Path) -> Result<Embedder> {
 }
 
 fn fresh(opts: &Options, work: &Path) -> Result<()> {
-    for name in [
-        "spill",
-        "snapshot",
-        "transform",
-        "transform.partial",
-        "mapping.sql",
-        "checkpoint.json",
-        "report.json",
-    ] {
-        let p = work.join(name);
-        if p.is_dir() {
-            fs::remove_dir_all(&p).map_err(Error::io("remove", &p))?;
-        } else if p.exists() {
-            fs::remove_file(&p).map_err(Error::io("remove", &p))?;
-        }
-    }
-    if let Some(t) = &opts.target {
-        let partial = PathBuf::from(format!("{}.partial", t.trim_end_matches('/')));
-        if partial.exists() {
-            fs::remove_dir_all(&partial).map_err(Error::io("remove", &partial))?;
-        }
-    }
-    Ok(())
+    let bundle = opts.target.as_deref().map(|t| crate::sink::bundle_path(Path::new(t)));
+    WorkDir::new(work).fresh(bundle.as_deref())
 }
 
 /// State carried from stage to stage within one command.
@@ -481,33 +426,29 @@ impl Ctx {
             .checkpoint_file
             .clone()
             .unwrap_or_else(|| self.work.join("checkpoint.json"));
-        let lopts = LoadOptions {
+        let lopts = WriteOptions {
             batch_size: self.opts.batch_size(),
             run_id: self.report.run_id.clone(),
             source: self.report.source.clone(),
             mapping: origin.to_string(),
             overwrite: self.opts.overwrite,
             checkpoint_file,
-            run_key: format!(
-                "{}:{}:{}{}",
-                summary.key,
-                embedder.provider_name(),
-                target.display(),
-                if self.opts.reembed { ":reembed" } else { "" }
-            ),
-            reembed: self.opts.reembed,
+            run_key: RunKey::of(&[
+                ("transform", &summary.key),
+                ("provider", &embedder.provider_name()),
+                ("bundle", &target.display().to_string()),
+                ("reembed", if self.opts.reembed { "yes" } else { "no" }),
+            ]),
         };
         rayon::ThreadPoolBuilder::new()
             .num_threads(self.opts.workers())
             .build_global()
             .ok();
-        let res = bundle::load(
-            &self.work.join("transform"),
-            summary,
-            &target,
-            &mut embedder,
-            &lopts,
-        )?;
+        let mut stage = EmbedStage {
+            embedder: &mut embedder,
+            reembed: self.opts.reembed,
+        };
+        let res = bundle::writer::write(&self.work.join("transform"), summary, &target, &mut stage, &lopts)?;
         for s in &res.manifest.spaces {
             self.report.spaces.push(SpaceLine {
                 space: s.space.clone(),
@@ -515,7 +456,7 @@ impl Ctx {
                 edges: s.edges.rows,
             });
         }
-        let mut line = EmbeddingLine::new(embedder.provider_name(), res.embed);
+        let mut line = EmbeddingLine::new(embedder.provider_name(), embedder.stats());
         line.persistent_cache_entries = embedder.disk_cache().map(|d| d.len() as u64);
         self.report.embedding = Some(line);
         let note = if res.resumed_parts > 0 {

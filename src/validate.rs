@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 use crate::parquet_io;
 use crate::schema::{EDGE_SCHEMA, MEMORY_SCHEMA};
-use crate::sink::bundle::BundleManifest;
+use crate::bundle::BundleManifest;
 use crate::snapshot::{self, Manifest};
 use crate::source::Source;
 use crate::transform;

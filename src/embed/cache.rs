@@ -27,7 +27,7 @@ use arrow::buffer::ScalarBuffer;
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::stage::KeyMap;
+use super::key::KeyMap;
 use crate::error::{Error, Result};
 use crate::parquet_io::{self, PartLimits, RollingWriter};
 

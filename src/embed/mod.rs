@@ -7,6 +7,8 @@
 
 pub mod cache;
 pub mod hashing;
+pub mod key;
+pub mod memories;
 pub mod model2vec;
 pub mod openai;
 pub mod quality;

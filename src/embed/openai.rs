@@ -8,8 +8,8 @@
 //! - Batches: at most `request_size` texts per request (`--embedding-request-size`, default 128). A 413 (payload
 //!   too large) splits the request in half, recursively, and lowers the request size for the rest of the run; a
 //!   single text that is still too large is an error saying so.
-//! - Retries: 429 and 5xx answers and connection errors/timeouts are retried up to `max_retries` times with
-//!   exponential backoff (doubling from `initial_backoff`, capped at `max_backoff`, with jitter), or after the
+//! - Retries: 429 and 5xx answers and connection errors/timeouts are retried with the tool's one backoff policy
+//!   (`crate::retry::Backoff`: doubling, capped, with jitter; 6 retries from 0.5 s by default), or after the
 //!   server's `Retry-After` seconds when it sends one (also capped). Other 4xx answers are errors at once, with the
 //!   server's message: they need a change of key, model or URL.
 //! - Checks: every vector must have the dimension learnt from the first answer (a probe request when the provider
@@ -28,6 +28,7 @@ use serde_json::Value;
 
 use super::EmbeddingProvider;
 use crate::error::{Error, Result};
+use crate::retry::Backoff;
 use crate::schema::EMBEDDING_DIM;
 
 #[derive(Clone)]
@@ -38,9 +39,8 @@ pub struct OpenAiOptions {
     pub api_key: Option<String>,
     /// Most texts per request.
     pub request_size: usize,
-    pub max_retries: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
+    /// Retries of 429, 5xx and transport errors (the tool's one policy, `crate::retry`).
+    pub backoff: Backoff,
     /// Per request.
     pub timeout: Duration,
 }
@@ -63,9 +63,8 @@ impl Default for OpenAiOptions {
             model: String::new(),
             api_key: None,
             request_size: 128,
-            max_retries: 6,
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(30),
+            // Embedding servers recover slowly (a model reloading): longer waits than for Engram.
+            backoff: Backoff { attempts: 7, base: Duration::from_millis(500), cap: Duration::from_secs(30) },
             timeout: Duration::from_secs(120),
         }
     }
@@ -257,14 +256,14 @@ impl OpenAiProvider {
                     return Ok(a);
                 }
                 Err(Retry { wait, why }) => {
-                    if attempt >= self.opts.max_retries {
+                    if !self.opts.backoff.allows(attempt) {
                         return Err(self.server_err(format!(
-                            "{why}; gave up after {} retries",
-                            self.opts.max_retries
+                            "{why}; gave up after {attempt} retries"
                         )));
                     }
-                    let backoff = self.backoff(attempt, texts.len());
-                    let wait = wait.map_or(backoff, |w| w.min(self.opts.max_backoff));
+                    let backoff = self.opts.backoff.delay(attempt, &texts.len().to_string());
+                    // A server's Retry-After wins, within the policy's cap.
+                    let wait = wait.map_or(backoff, |w| w.min(self.opts.backoff.cap));
                     tracing::warn!(endpoint = %redact_url(&self.endpoint), %why, wait_ms = wait.as_millis() as u64, "embedding request failed; retrying");
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(wait);
@@ -273,20 +272,6 @@ impl OpenAiProvider {
                 Err(Fatal(e)) => return Err(e),
             }
         }
-    }
-
-    /// `initial × 2^attempt`, capped, with ±25% jitter (from the clock: no RNG needed for this).
-    fn backoff(&self, attempt: u32, salt: usize) -> Duration {
-        let base = self
-            .opts
-            .initial_backoff
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.opts.max_backoff);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() as usize);
-        let jitter = ((nanos ^ salt.wrapping_mul(0x9E37_79B9)) % 500) as f64 / 1000.0 + 0.75;
-        base.mul_f64(jitter).min(self.opts.max_backoff)
     }
 
     fn request_once(

@@ -21,8 +21,6 @@
 //! the run with an error naming it, instead of writing vectors that Engram would mis-rank.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{Array, FixedSizeListArray, Float32Array, StringArray};
@@ -31,6 +29,7 @@ use arrow::datatypes::DataType;
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::cache::DiskCache;
+use super::key::KeyMap;
 use super::EmbeddingProvider;
 use crate::error::{Error, Result};
 use crate::schema::{embedding_type, EMBEDDING_DIM};
@@ -76,28 +75,6 @@ enum Source {
     Miss(usize),
 }
 
-/// Map keyed by content hash. The keys are already XXH3-128 outputs, so the table hash just folds them to 64 bits
-/// instead of running SipHash over them again (which was ~8% of the stage's time). No HashDoS keying: the texts
-/// are the user's own source data, and a flood of bucket collisions would need chosen XXH3 preimages anyway.
-pub(crate) type KeyMap<V> = HashMap<u128, V, BuildHasherDefault<FoldHasher>>;
-
-#[derive(Default)]
-pub(crate) struct FoldHasher(u64);
-
-impl Hasher for FoldHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write_u128(&mut self, k: u128) {
-        self.0 = (k as u64) ^ ((k >> 64) as u64);
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Not used for u128 keys; a correct (if slow) fallback.
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-}
 
 /// Bounded FIFO cache of vectors of `dim` floats.
 struct VectorCache {

@@ -2,7 +2,6 @@
 //! directory), the live Engram server (`engram+http://`, `engram+grpc://`, loaded from a bundle); Neo4j and
 //! pgvector later.
 
-pub mod bundle;
 pub mod engram;
 
 use crate::error::{Error, Result};

@@ -153,9 +153,11 @@ fn http(url: &str) -> OpenAiOptions {
         url: url.to_string(),
         model: "test-embed".into(),
         request_size: 16,
-        max_retries: 3,
-        initial_backoff: std::time::Duration::from_millis(10),
-        max_backoff: std::time::Duration::from_millis(100),
+        backoff: engram_migrate::retry::Backoff {
+            attempts: 4,
+            base: std::time::Duration::from_millis(10),
+            cap: std::time::Duration::from_millis(100),
+        },
         ..Default::default()
     }
 }

@@ -16,7 +16,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema};
 use engram_migrate::parquet_io::{PartLimits, RollingWriter};
 use engram_migrate::schema::{memory, MEMORY_SCHEMA};
-use engram_migrate::sink::bundle::{BundleManifest, EmbeddingInfo, PartSet, SpaceEntry};
+use engram_migrate::bundle::{BundleManifest, EmbeddingInfo, PartSet, SpaceEntry};
 
 use crate::common::*;
 use crate::engram_standin::{Config, Standin};

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::parquet_io;
 use crate::schema::{is_valid_space_id, memory, EMBEDDING_DIM};
-use crate::sink::bundle::BundleManifest;
+use crate::bundle::BundleManifest;
 
 /// Environment variable that holds the API key (`engram_key_<id>_<secret>`) when the server has auth on.
 pub const DEFAULT_TOKEN_ENV: &str = "ENGRAM_API_KEY";
@@ -173,42 +173,8 @@ pub struct Rejection {
     pub message: String,
 }
 
-/// Retries with exponential backoff and full jitter: attempt n waits a random time in [d/2, d], d = base * 2^n
-/// capped; spreads the retries of many in-flight requests so they do not hit a recovering server together.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub attempts: u32,
-    pub base: Duration,
-    pub cap: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            attempts: 6,
-            base: Duration::from_millis(200),
-            cap: Duration::from_secs(5),
-        }
-    }
-}
-
-impl Backoff {
-    /// Delay before retry number `attempt` (0-based); `salt` makes requests differ (the memory id).
-    pub fn delay(&self, attempt: u32, salt: &str) -> Duration {
-        let d = self
-            .base
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.cap);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|t| t.subsec_nanos())
-            .unwrap_or(0);
-        let r =
-            xxhash_rust::xxh3::xxh3_64_with_seed(salt.as_bytes(), nanos as u64 ^ attempt as u64);
-        let frac = (r >> 11) as f64 / (1u64 << 53) as f64; // uniform in [0, 1)
-        d.mul_f64(0.5 + 0.5 * frac)
-    }
-}
+/// The one retry policy of the tool (also the embedder's).
+pub use crate::retry::Backoff;
 
 /// The memory_type names of the bundle and their Engram gRPC enum values (HTTP takes the name).
 pub const MEMORY_TYPES: &[(&str, proto::MemoryType)] = &[
@@ -704,19 +670,6 @@ mod tests {
         for (v, c) in rows {
             assert_eq!(confidence_category(v), c, "{v}");
         }
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
-        let b = Backoff::default();
-        for attempt in 0..10 {
-            let full = b.base.saturating_mul(1 << attempt).min(b.cap);
-            let d = b.delay(attempt, "id-1");
-            assert!(d >= full / 2 && d <= full, "{attempt}: {d:?} vs {full:?}");
-        }
-        let distinct: std::collections::HashSet<_> =
-            (0..20).map(|i| b.delay(3, &format!("id-{i}"))).collect();
-        assert!(distinct.len() > 10, "jitter spreads retries");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::http::HttpApi;
 use super::{cosine, memories_of, EngramTarget, Rejection, DUPLICATE_COSINE};
 use crate::error::Result;
 use crate::parquet_io;
-use crate::sink::bundle::BundleManifest;
+use crate::bundle::BundleManifest;
 
 /// Why a bundle memory is not on the server.
 #[derive(Debug, Clone, Serialize, PartialEq)]
