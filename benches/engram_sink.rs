@@ -22,7 +22,9 @@ use arrow::datatypes::{DataType, Field};
 use criterion::{criterion_group, Criterion, Throughput};
 use engram_migrate::parquet_io::{PartLimits, RollingWriter};
 use engram_migrate::bundle::{BundleManifest, EmbeddingInfo, PartSet, SpaceEntry};
-use engram_migrate::sink::engram::{self, EngramTarget, LiveOptions, Memory};
+use engram_migrate::sink::engram::{self, EngramSink, EngramTarget, LiveOptions, Memory};
+use engram_migrate::sink::{load, DeliverLimits, Sink};
+use engram_migrate::workdir::RunKey;
 use prost::Message;
 
 fn unit_vector(seed: u64) -> Vec<f32> {
@@ -188,22 +190,25 @@ fn full_load() {
         } else {
             standin.http_target()
         };
-        let target = EngramTarget::parse(&spec).unwrap();
-        let mut opts = LiveOptions::new(tmp.path().join(format!("ckpt-{grpc}.json")));
-        opts.parallel = parallel;
-        let res = rt
-            .block_on(engram::load_bundle(&bundle, &target, &opts))
-            .unwrap();
-        assert_eq!(res.verification.kept_total, n, "every memory kept");
+        // The sink through the tool's one loader, as `load --bundle` drives it.
+        let sink = EngramSink::new(EngramTarget::parse(&spec).unwrap(), LiveOptions::default()).unwrap();
+        let manifest = BundleManifest::load(&bundle).unwrap();
+        let limits = DeliverLimits { batch_rows: 1000, parallel };
+        let ckpt = tmp.path().join(format!("ckpt-{grpc}.json"));
+        let key = RunKey::of(&[("bench", &spec)]);
+        let started = Instant::now();
+        let out = rt.block_on(load::run(&bundle, &manifest, &sink, &limits, &ckpt, &key)).unwrap();
+        let rb = rt.block_on(sink.read_back(&bundle, &manifest, &out.rejected)).unwrap();
+        assert_eq!(rb.missing, 0, "every memory kept");
         assert_eq!(standin.state.total() as u64, n);
         println!(
             "engram_sink/load_{n}/{}: {:.0} memories/s (send {:.1} s; with read-back verification {:.1} s; {parallel} in flight)",
             if grpc { "grpc" } else { "http" },
-            res.memories_per_second,
-            n as f64 / res.memories_per_second,
-            res.seconds
+            out.rows_per_second,
+            out.seconds,
+            started.elapsed().as_secs_f64()
         );
-        rates.push(res.memories_per_second);
+        rates.push(out.rows_per_second);
     }
     println!(
         "engram_sink/load_{n}: gRPC / HTTP = {:.2}x",

@@ -12,7 +12,7 @@ use crate::embed::openai::OpenAiProvider;
 use crate::embed::{DiskCache, Embedder, EmbeddingProvider, HashingProvider, Model2VecProvider};
 use crate::error::{Error, Result};
 use crate::parquet_io::PartLimits;
-use crate::report::{EmbeddingLine, RunReport, SpaceLine, TableLine, Timer};
+use crate::report::{self, EmbeddingLine, RunReport, SpaceLine, TableLine, Timer};
 use crate::bundle::{self, writer::WriteOptions};
 use crate::embed::memories::EmbedStage;
 use crate::workdir::{RunKey, WorkDir, WorkLock};
@@ -586,8 +586,9 @@ fn require_complete(dir: &Path) -> Result<Manifest> {
 
 /// `load`: embed the staged memories and write the bundle, or send a finished bundle to a live Engram server.
 pub async fn load_cmd(opts: Options) -> Result<()> {
-    if let Target::Engram(t) = Target::parse(opts.require_target()?)? {
-        return load_live_cmd(opts, t).await;
+    let target = Target::parse(opts.require_target()?)?;
+    if matches!(target, Target::Live { .. }) {
+        return deliver_cmd(opts, &target).await;
     }
     if opts.bundle.is_some() {
         return Err(Error::usage(
@@ -616,59 +617,63 @@ pub async fn load_cmd(opts: Options) -> Result<()> {
     ctx.finish(started, r)
 }
 
-/// `load --bundle DIR --target engram+http://...`: send a finished bundle to a running Engram server, then read
-/// back what it kept. Work directory: `--work-dir`, else `<bundle>.work` (checkpoint and report go there).
-async fn load_live_cmd(opts: Options, target: crate::sink::engram::EngramTarget) -> Result<()> {
-    use crate::sink::engram;
+/// `load --bundle DIR --target URL`: send a finished bundle to a live target through its sink and the one
+/// loader, then read back what the target kept. Work directory: `--work-dir`, else `<bundle>.work`; the load's
+/// checkpoint and its section of `report.json` ("delivery") go there.
+async fn deliver_cmd(opts: Options, target: &Target) -> Result<()> {
     let bundle = opts.bundle.as_deref().map(crate::sink::bundle_path).ok_or_else(|| {
         Error::usage(format!(
             "--bundle DIR is required to load into {}: write one with `engram-migrate run --target DIR` first",
             target.describe()
         ))
     })?;
-    let work = opts.work_dir.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "{}.work",
-            bundle.display().to_string().trim_end_matches('/')
-        ))
-    });
-    let _lock = WorkLock::acquire(&work)?;
-    let mut lo = engram::LiveOptions::new(
-        opts.checkpoint_file
-            .clone()
-            .unwrap_or_else(|| work.join("engram-checkpoint.json")),
-    );
-    lo.batch_size = opts.batch_size.unwrap_or(1000).max(1);
-    // Requests in flight, not CPU threads: the default is higher than the core count.
-    lo.parallel = opts.parallel_workers.unwrap_or(16).max(1);
-    let res = engram::load_bundle(&bundle, &target, &lo).await?;
-    let report = work.join("engram-report.json");
-    crate::parquet_io::write_atomic(&report, &serde_json::to_vec_pretty(&res)?)?;
-    let v = &res.verification;
+    let work = opts.work_dir.clone().map(WorkDir::new).unwrap_or_else(|| WorkDir::beside(&bundle));
+    let _lock = work.lock()?;
+    let sink = target.open()?.ok_or_else(|| Error::Internal("deliver_cmd without a live target".into()))?;
+    let manifest = bundle::BundleManifest::load(&bundle)?;
+    // Everything that can be checked before the first write is checked first: nothing half-sent on bad input.
+    sink.accepts(&bundle, &manifest)?;
+    sink.healthcheck().await?;
+    let limits = crate::sink::DeliverLimits {
+        batch_rows: opts.batch_size.unwrap_or(1000).max(1),
+        // Requests in flight, not CPU threads: the default is higher than the core count.
+        parallel: opts.parallel_workers.unwrap_or(16).max(1),
+    };
+    let checkpoint_file = opts.checkpoint_file.clone().unwrap_or_else(|| work.load_checkpoint());
+    let checksums: Vec<&str> = manifest.spaces.iter().map(|s| s.memories.checksum.as_str()).collect();
+    let run_key = RunKey::of(&[
+        ("bundle", &manifest.run_id),
+        ("memories", &checksums.join(",")),
+        ("target", &sink.identity()),
+    ]);
+    let started = Timer::start();
+    let out = crate::sink::load::run(&bundle, &manifest, sink.as_ref(), &limits, &checkpoint_file, &run_key).await?;
+    let read_back = sink.read_back(&bundle, &manifest, &out.rejected).await?;
+    let delivery = report::Delivery::new(sink.as_ref(), &bundle, &out, &read_back, started.elapsed());
+    report::save_delivery(&work.report(), &delivery)?;
     println!(
-        "loaded {} into {} over {:?}: sent {} memories{} in {:.1} s ({:.0} memories/s)",
+        "loaded {} into {}: sent {} memories{} in {:.1} s ({:.0} memories/s)",
         bundle.display(),
-        res.target,
-        res.protocol,
-        res.sent,
-        if res.resumed > 0 {
-            format!(" (resumed: {} acknowledged before)", res.resumed)
+        sink.identity(),
+        out.sent,
+        if out.resumed > 0 {
+            format!(" (resumed: {} acknowledged before)", out.resumed)
         } else {
             String::new()
         },
-        res.seconds,
-        res.memories_per_second
+        out.seconds,
+        out.rows_per_second
     );
     println!("read-back verification:");
-    print!("{}", v.render(50));
-    println!("report: {}", report.display());
-    // The checkpoint is kept until verification is done: a load killed during it only verifies again.
-    let _ = fs::remove_file(&lo.checkpoint_file);
-    if !v.complete() {
+    print!("{}", read_back.rendered);
+    println!("report: {} (\"delivery\")", work.report().display());
+    // The checkpoint is kept until the read-back is done: a load killed during it only reads back again.
+    let _ = fs::remove_file(&checkpoint_file);
+    if read_back.missing > 0 {
         return Err(Error::ValidationFailed {
-            failed: v.not_kept.len() + v.embedding_differs.len(),
-            total: v.bundle_total as usize,
-            report: report.display().to_string(),
+            failed: read_back.missing as usize,
+            total: read_back.bundle_total as usize,
+            report: work.report().display().to_string(),
         });
     }
     Ok(())
@@ -692,29 +697,33 @@ pub async fn validate_cmd(opts: Options) -> Result<()> {
 
 /// `run`: every stage, resuming from whatever a killed earlier run committed.
 pub async fn run_cmd(opts: Options) -> Result<()> {
-    if let Target::Engram(live) = Target::parse(opts.require_target()?)? {
-        return run_live_cmd(opts, live).await;
+    let target = Target::parse(opts.require_target()?)?;
+    if matches!(target, Target::Live { .. }) {
+        return run_live_cmd(opts, &target).await;
     }
     run_bundle_cmd(opts).await
 }
 
-/// `run --target engram+http://... --bundle DIR`: the whole pipeline into the bundle first (the full truth: edges,
-/// decay rates, provenance, which the server has no API for), validated, and only then the bundle to the server
-/// with its read-back. A failed validation sends nothing. Started again, each half resumes.
-async fn run_live_cmd(opts: Options, live: crate::sink::engram::EngramTarget) -> Result<()> {
+/// `run --target URL --bundle DIR`: the whole pipeline into the bundle first (the full truth: edges, decay rates,
+/// provenance, which a live target may have no API for), validated, and only then the bundle to the target with
+/// its read-back. The target is checked (reachable, credentials) before the first stage, so an unreachable one
+/// costs seconds, not a snapshot. A failed validation sends nothing. Started again, each half resumes.
+async fn run_live_cmd(opts: Options, target: &Target) -> Result<()> {
     let bundle = opts.bundle.as_deref().map(crate::sink::bundle_path).ok_or_else(|| {
         Error::usage(format!(
             "run --target {}: give --bundle DIR, the directory where the bundle is written (and kept) before it is sent",
-            live.describe()
+            target.describe()
         ))
     })?;
+    let sink = target.open()?.ok_or_else(|| Error::Internal("run_live_cmd without a live target".into()))?;
+    sink.healthcheck().await?;
     let mut local = opts.clone();
     local.target = Some(bundle.display().to_string());
     local.bundle = None;
     // --checkpoint-file names the live load's checkpoint; the bundle stage keeps its own in the work dir.
     local.checkpoint_file = None;
     run_bundle_cmd(local).await?;
-    load_live_cmd(opts, live).await
+    deliver_cmd(opts, target).await
 }
 
 async fn run_bundle_cmd(opts: Options) -> Result<()> {

@@ -91,6 +91,9 @@ impl Timer {
     pub fn start() -> Self {
         Timer(Instant::now())
     }
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.0.elapsed()
+    }
     pub fn stage(&self, stage: &str, rows: u64, note: impl Into<String>) -> StageTiming {
         StageTiming {
             stage: stage.into(),
@@ -99,6 +102,60 @@ impl Timer {
             note: note.into(),
         }
     }
+}
+
+/// A live load's section of `report.json` ("delivery"): what was sent and what the target kept.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    pub sink: String,
+    pub target: String,
+    pub bundle: String,
+    pub finished_at: String,
+    pub sent: u64,
+    pub resumed: u64,
+    pub seconds: f64,
+    pub memories_per_second: f64,
+    pub rejected: u64,
+    pub complete: bool,
+    /// The sink's read-back findings (Engram: "protocol", "verification").
+    #[serde(flatten)]
+    pub read_back: Value,
+}
+
+impl Delivery {
+    pub fn new(
+        sink: &dyn crate::sink::Sink,
+        bundle: &Path,
+        out: &crate::sink::LoadOutcome,
+        rb: &crate::sink::ReadBack,
+        elapsed: std::time::Duration,
+    ) -> Delivery {
+        Delivery {
+            sink: sink.name().into(),
+            target: sink.identity(),
+            bundle: bundle.display().to_string(),
+            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            sent: out.sent,
+            resumed: out.resumed,
+            seconds: elapsed.as_secs_f64(),
+            memories_per_second: out.rows_per_second,
+            rejected: out.rejected.len() as u64,
+            complete: rb.missing == 0,
+            read_back: rb.details.clone(),
+        }
+    }
+}
+
+/// Puts a live load's section into `report.json`, next to the run's own sections (a run that wrote the bundle
+/// keeps its report; a `load` alone starts one).
+pub fn save_delivery(report: &Path, d: &Delivery) -> Result<()> {
+    let mut v: Value = std::fs::read(report)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({ "command": "load" }));
+    v["delivery"] = serde_json::to_value(d)?;
+    crate::parquet_io::write_atomic(report, &serde_json::to_vec_pretty(&v)?)
 }
 
 impl RunReport {

@@ -1,10 +1,20 @@
-//! Sinks write what the pipeline produced. The list is explicit: the Engram bundle (embedded default, a
-//! directory), the live Engram server (`engram+http://`, `engram+grpc://`, loaded from a bundle); Neo4j and
-//! pgvector later.
+//! Sinks deliver a finished bundle to a target. The bundle (`crate::bundle`) is the contract: the producing half
+//! writes it, every sink loads it through the one resumable loader (`load::run`) and reads back what the target
+//! kept. A sink implements only what is specific to its target ([`Sink`]); the sinks are listed once, by URL
+//! scheme, in [`registry`].
+//!
+//! Adding a sink: a folder `src/sink/<name>/` with a [`SinkFactory`] and a [`Sink`], one line in [`registry`].
 
 pub mod engram;
+pub mod load;
 
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+
+use crate::bundle::BundleManifest;
 use crate::error::{Error, Result};
+pub use load::{DeliverLimits, LoadOutcome, Rejection};
 
 /// A bundle directory as given (`--target out/`, `--bundle ./b//`) without trailing separators: its siblings
 /// `<dir>.partial`, `<dir>.old` and `<dir>.work` are then next to it, never inside it (a bundle built in
@@ -18,53 +28,136 @@ pub fn bundle_path(p: &std::path::Path) -> std::path::PathBuf {
     }
 }
 
-/// Where `--target` points.
+/// Rows of one bundle memory part that go out together (one request, one stream, one COPY), in bundle order.
 #[derive(Debug, Clone)]
+pub struct WriteUnit {
+    pub space: String,
+    /// `space/part-NNNNN.parquet`: the part's key in the checkpoint.
+    pub part: String,
+    /// The part file, for messages.
+    pub file: PathBuf,
+    /// The rows, in the bundle's memory schema.
+    pub batch: RecordBatch,
+    /// Set on the last unit of a batch: the batch's rows, checkpointed once this unit is answered.
+    pub ends_batch: Option<u64>,
+}
+
+/// What the target answered for one row of a unit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowOutcome {
+    Accepted,
+    /// Refused for this row (not retried; reported with the read-back).
+    Rejected { id: String, status: String, message: String },
+}
+
+/// What the target kept, read back after a load and compared with the bundle.
+#[derive(Debug, Clone)]
+pub struct ReadBack {
+    /// The sink's own findings for the report (Engram: protocol, per-space counts, every memory not kept and why).
+    pub details: serde_json::Value,
+    /// The same for people.
+    pub rendered: String,
+    /// Bundle memories the target does not hold as the bundle has them; 0 means the load is complete.
+    pub missing: u64,
+    pub bundle_total: u64,
+}
+
+/// A target that loads finished bundles. Writes must be idempotent (keyed by memory id): a resumed load sends
+/// the unacknowledged tail again.
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync {
+    /// Short name for progress lines and the report: "engram", ...
+    fn name(&self) -> &'static str;
+    /// The target as given, without secrets; part of the load's run key.
+    fn identity(&self) -> String;
+    /// Reachability and credentials, quick (a few seconds at most): run before any long stage of `run`.
+    async fn healthcheck(&self) -> Result<()>;
+    /// What can be decided from the bundle alone, before any write: a refusal is an error naming the fix.
+    fn accepts(&self, bundle: &Path, manifest: &BundleManifest) -> Result<()>;
+    /// Idempotent schema work before data (Engram: spaces).
+    async fn prepare(&self, manifest: &BundleManifest) -> Result<()>;
+    /// Rows per unit for this target.
+    fn unit_rows(&self, limits: &DeliverLimits) -> usize;
+    /// Sends one unit; one outcome per row, in order. An error stops the load (it resumes from the checkpoint).
+    async fn write(&self, unit: &WriteUnit) -> Result<Vec<RowOutcome>>;
+    /// After the last unit (indexes, analyze). Default: nothing.
+    async fn finish(&self, _manifest: &BundleManifest) -> Result<()> {
+        Ok(())
+    }
+    /// Reads back what the target holds and compares it with the bundle.
+    async fn read_back(&self, bundle: &Path, manifest: &BundleManifest, rejected: &[Rejection]) -> Result<ReadBack>;
+}
+
+/// Makes a sink from a `--target` URL. No I/O: parsing and checking the URL and its settings only; credentials
+/// come from the environment, never from the URL.
+pub trait SinkFactory: Sync {
+    fn name(&self) -> &'static str;
+    /// The URL schemes this sink answers to, with "://".
+    fn schemes(&self) -> &'static [&'static str];
+    fn open(&self, spec: &str) -> Result<Box<dyn Sink>>;
+}
+
+/// Every sink, by URL scheme: the one place a `--target` URL is matched.
+pub fn registry() -> &'static [&'static dyn SinkFactory] {
+    &[&engram::EngramFactory]
+}
+
+/// Target schemes that are planned but not built yet, so that they get a clear answer.
+const NOT_BUILT: &[&str] = &["engram://", "bolt://", "neo4j://", "postgres://", "postgresql://"];
+
+/// Where `--target` points: a directory for the bundle (the embedded default), or a registered live target that
+/// is loaded from a bundle.
+#[derive(Clone)]
 pub enum Target {
-    Bundle(std::path::PathBuf),
-    /// A running Engram server; `load --bundle DIR` sends a finished bundle there.
-    Engram(engram::EngramTarget),
+    Bundle(PathBuf),
+    Live { factory: &'static dyn SinkFactory, spec: String },
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl Target {
     pub fn parse(spec: &str) -> Result<Target> {
-        if spec.starts_with("engram+http://") || spec.starts_with("engram+grpc://") {
-            return Ok(Target::Engram(engram::EngramTarget::parse(spec)?));
+        if let Some(factory) = registry().iter().find(|f| f.schemes().iter().any(|s| spec.starts_with(s))) {
+            return Ok(Target::Live { factory: *factory, spec: spec.to_string() });
         }
-        for scheme in [
-            "engram://",
-            "bolt://",
-            "neo4j://",
-            "postgres://",
-            "postgresql://",
-        ] {
-            if spec.starts_with(scheme) {
-                return Err(Error::usage(format!(
-                    "target {scheme}...: this sink is not built yet; --target takes a directory for an Engram bundle, or engram+http:// / engram+grpc:// with `load --bundle`"
-                )));
-            }
+        if let Some(scheme) = NOT_BUILT.iter().find(|s| spec.starts_with(*s)) {
+            let live: Vec<&str> = registry().iter().flat_map(|f| f.schemes().iter().copied()).collect();
+            return Err(Error::usage(format!(
+                "target {scheme}...: this sink is not built yet; --target takes a directory for an Engram bundle, \
+                 or a live target ({}...) with `load --bundle` or `run --bundle`",
+                live.join("..., ")
+            )));
         }
-        Ok(Target::Bundle(bundle_path(std::path::Path::new(spec))))
+        Ok(Target::Bundle(bundle_path(Path::new(spec))))
     }
 
     pub fn describe(&self) -> String {
         match self {
             Target::Bundle(p) => p.display().to_string(),
-            Target::Engram(t) => t.describe(),
+            Target::Live { factory, spec } => format!("{spec} ({})", factory.name()),
         }
     }
 
-    /// The bundle directory of a bundle target; a live server is loaded from a finished bundle instead.
-    pub fn bundle_dir(self) -> Result<std::path::PathBuf> {
+    /// The sink of a live target (no I/O yet).
+    pub fn open(&self) -> Result<Option<Box<dyn Sink>>> {
+        match self {
+            Target::Bundle(_) => Ok(None),
+            Target::Live { factory, spec } => factory.open(spec).map(Some),
+        }
+    }
+
+    /// The bundle directory of a bundle target; a live target is loaded from a finished bundle instead.
+    pub fn bundle_dir(self) -> Result<PathBuf> {
         match self {
             Target::Bundle(p) => Ok(p),
-            Target::Engram(t) => Err(Error::usage(format!(
-                "--target {}: this command writes a bundle; use `engram-migrate run --bundle DIR --target {}` \
+            Target::Live { spec, .. } => Err(Error::usage(format!(
+                "--target {spec}: this command writes a bundle; use `engram-migrate run --bundle DIR --target {spec}` \
                  (writes the bundle, then sends it), or send a finished bundle with `engram-migrate load --bundle DIR \
-                 --target {}`",
-                t.describe(),
-                t.describe(),
-                t.describe()
+                 --target {spec}`"
             ))),
         }
     }

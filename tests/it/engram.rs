@@ -237,8 +237,11 @@ fn bundle_memories(bundle: &Path) -> BTreeMap<(String, String), Vec<f32>> {
     out
 }
 
+/// The live load's section of the work directory's report.json.
 fn report(bundle: &Path) -> serde_json::Value {
-    json(&PathBuf::from(format!("{}.work", bundle.display())).join("engram-report.json"))
+    let r = json(&PathBuf::from(format!("{}.work", bundle.display())).join("report.json"));
+    assert!(r["delivery"].is_object(), "report.json has no delivery section: {r}");
+    r["delivery"].clone()
 }
 
 /// The report's not-kept list as (space, id) -> reason object.
@@ -545,7 +548,7 @@ fn unreachable_server_wrong_token_and_non_768_embeddings_fail_clearly() {
         assert_eq!(code(&out), 0);
         assert!(!String::from_utf8_lossy(&out.stdout).contains("right-secret"));
         let rep = std::fs::read_to_string(
-            PathBuf::from(format!("{}.work", bundle.display())).join("engram-report.json"),
+            PathBuf::from(format!("{}.work", bundle.display())).join("report.json"),
         )
         .unwrap();
         assert!(!rep.contains("right-secret"));
@@ -616,7 +619,7 @@ fn a_killed_load_resumes_and_every_memory_lands_once() {
         .map(|i| mem(&format!("m{i:04}"), unit_vector(10_000 + i), 0.7))
         .collect();
     let bundle = write_bundle(&tmp.path().join("big.bundle"), &[("resume_a", mems)], 768);
-    let ckpt = PathBuf::from(format!("{}.work", bundle.display())).join("engram-checkpoint.json");
+    let ckpt = PathBuf::from(format!("{}.work", bundle.display())).join("load-checkpoint.json");
     for grpc in [false, true] {
         let standin = Standin::start(Config {
             delay: Duration::from_millis(4),
@@ -744,4 +747,26 @@ fn a_server_that_is_not_engram_is_refused_before_sending() {
     let out = load(&bundle, &format!("engram+http://{addr}"), &[]);
     assert_eq!(code(&out), 4, "{}", stderr(&out));
     assert!(stderr(&out).contains("is this an Engram server"), "{}", stderr(&out));
+}
+
+/// A live target that does not answer is found before the first stage: exit 4 within seconds, no snapshot
+/// started, no bundle written.
+#[test]
+fn run_into_an_unreachable_target_fails_before_the_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let bundle = tmp.path().join("b");
+    for scheme in ["engram+http", "engram+grpc"] {
+        let target = match scheme {
+            "engram+http" => format!("{scheme}://127.0.0.1:{port}"),
+            _ => format!("{scheme}://127.0.0.1:{port}?http_port={port}"),
+        };
+        let started = Instant::now();
+        let out = run(&["run", "--source", p(&fixture()), "--target", &target, "--bundle", p(&bundle)]);
+        let took = started.elapsed();
+        assert_eq!(code(&out), 4, "{scheme}: {}", stderr(&out));
+        assert!(took < Duration::from_secs(5), "{scheme}: took {took:?}");
+        assert!(!bundle.exists(), "{scheme}: a bundle was written");
+        assert!(!tmp.path().join("b.work/snapshot").exists(), "{scheme}: the snapshot was started");
+    }
 }

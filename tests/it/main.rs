@@ -16,3 +16,4 @@ mod openai_server;
 mod postgres;
 mod redis;
 mod resume;
+mod sink_api;

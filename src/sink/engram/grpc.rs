@@ -103,7 +103,7 @@ impl GrpcApi {
         let target_err = |m: String| Error::target_err(format!("Engram gRPC at {authority}"), m);
         let endpoint = Endpoint::from_shared(format!("http://{authority}"))
             .map_err(|e| target_err(format!("not a valid address: {e}")))?
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
             .timeout(timeout);
         let auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> = match token {
             Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {

@@ -161,7 +161,7 @@ impl HttpApi {
     ) -> Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
             // Engram listens on loopback or a private network; a proxy from the environment would only get in the way.
             .no_proxy()
             .pool_max_idle_per_host(256)
@@ -291,6 +291,21 @@ impl HttpApi {
             );
         }
         Ok(health)
+    }
+
+    /// `GET /api/v1/spaces`: is the key accepted (when the server has auth on)?
+    pub async fn check_credentials(&self) -> Result<()> {
+        let (status, body) = self
+            .send("GET /api/v1/spaces", "spaces", || self.request(reqwest::Method::GET, "/api/v1/spaces"))
+            .await?;
+        match classify(status) {
+            StatusClass::Ok => Ok(()),
+            StatusClass::Fatal => Err(self.refused(status)),
+            _ => Err(self.target_err(format!(
+                "GET /api/v1/spaces answered HTTP {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            ))),
+        }
     }
 
     /// Creates the spaces that do not exist yet, one by one: creating a space takes Engram ~15 s, better once

@@ -13,14 +13,12 @@ pub mod http;
 pub mod proto;
 pub mod verify;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float32Type, TimestampMicrosecondType};
-use futures::stream::{self, StreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::parquet_io;
@@ -164,14 +162,8 @@ pub enum Outcome {
     Rejected { status: String, message: String },
 }
 
-/// A memory the server refused, kept in the checkpoint so a resumed load still reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Rejection {
-    pub space: String,
-    pub id: String,
-    pub status: String,
-    pub message: String,
-}
+/// A memory the server refused (the loader keeps them in its checkpoint).
+pub use crate::sink::load::Rejection;
 
 /// The one retry policy of the tool (also the embedder's).
 pub use crate::retry::Backoff;
@@ -307,78 +299,30 @@ pub fn memories_of(batch: &RecordBatch, file: &Path) -> Result<Vec<Memory>> {
     Ok(out)
 }
 
-/// Progress of a live load, saved after every acknowledged batch.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct LoadCheckpoint {
-    /// Ties the checkpoint to one bundle and one target.
-    pub run_key: String,
-    /// Rows acknowledged per bundle part (`space/part-NNNNN.parquet`).
-    pub rows_done: BTreeMap<String, u64>,
-    pub rejected: Vec<Rejection>,
-    pub sent: u64,
-}
-
-impl LoadCheckpoint {
-    fn load_or_new(path: &Path, run_key: &str) -> Result<LoadCheckpoint> {
-        if let Ok(bytes) = std::fs::read(path) {
-            let c: LoadCheckpoint = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::usage(format!(
-                    "checkpoint {} is unreadable ({e}); delete it to start the load over",
-                    path.display()
-                ))
-            })?;
-            if c.run_key == run_key {
-                return Ok(c);
-            }
-            tracing::info!(checkpoint = %path.display(), "checkpoint belongs to another bundle or target; starting over");
-        }
-        Ok(LoadCheckpoint {
-            run_key: run_key.to_string(),
-            ..Default::default()
-        })
-    }
-
-    fn save(&self, path: &Path) -> Result<()> {
-        parquet_io::write_atomic(path, &serde_json::to_vec_pretty(self)?)
-    }
-}
-
+/// Request settings of the live sink.
+#[derive(Debug, Clone)]
 pub struct LiveOptions {
-    /// Memories per acknowledged batch (the resume unit).
-    pub batch_size: usize,
-    /// Requests (HTTP) or streams (gRPC) in flight.
-    pub parallel: usize,
-    pub checkpoint_file: PathBuf,
     pub backoff: Backoff,
     /// Per-request timeout. The first write to a new Engram space takes ~15 s (space creation).
     pub request_timeout: Duration,
 }
 
-impl LiveOptions {
-    pub fn new(checkpoint_file: PathBuf) -> Self {
+impl Default for LiveOptions {
+    fn default() -> Self {
         LiveOptions {
-            batch_size: 1000,
-            parallel: 16,
-            checkpoint_file,
             backoff: Backoff::default(),
             request_timeout: Duration::from_secs(60),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct LiveLoad {
-    pub target: String,
-    pub protocol: Protocol,
-    pub bundle: String,
-    /// Memories sent by this process (a resumed load counts only what it sent itself).
-    pub sent: u64,
-    /// Memories acknowledged in earlier, interrupted runs and skipped now.
-    pub resumed: u64,
-    pub seconds: f64,
-    pub memories_per_second: f64,
-    pub verification: verify::Verification,
-}
+/// The health check must answer within seconds (it runs before the long stages of `run`): two quick attempts.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);
+const HEALTHCHECK_BACKOFF: Backoff = Backoff {
+    attempts: 2,
+    base: Duration::from_millis(200),
+    cap: Duration::from_millis(500),
+};
 
 /// Either protocol, behind one `send`.
 pub enum Client {
@@ -402,216 +346,152 @@ impl Client {
     }
 }
 
-/// What goes out together: memories of one part, in bundle order. `ends_batch` is set on the last unit of a
-/// batch and holds the batch's row count, checkpointed once that unit is answered.
-struct Unit {
-    space: String,
-    rel: String,
-    mems: Vec<Memory>,
-    ends_batch: Option<u64>,
-}
+/// `engram+http://` and `engram+grpc://` in the sink registry.
+pub struct EngramFactory;
 
-/// The units of one bundle part, read batch by batch, the first `skip` rows (acknowledged before an
-/// interruption) left out.
-fn units_of_part<'a>(
-    space: &'a str,
-    rel: &'a str,
-    path: &'a Path,
-    mut skip: u64,
-    batch_size: usize,
-    unit_len: usize,
-) -> Box<dyn Iterator<Item = Result<Unit>> + 'a> {
-    let reader = match parquet_io::open_reader(path, batch_size) {
-        Ok(r) => r,
-        Err(e) => return Box::new(std::iter::once(Err(e))),
-    };
-    Box::new(reader.flat_map(move |batch| -> Vec<Result<Unit>> {
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                return vec![Err(Error::source_err(
-                    path.display().to_string(),
-                    e.to_string(),
-                ))]
-            }
-        };
-        // Batch boundaries may differ between runs: skip by rows, not by batches.
-        let n = batch.num_rows() as u64;
-        if skip >= n {
-            skip -= n;
-            return vec![];
-        }
-        let batch = batch.slice(skip as usize, (n - skip) as usize);
-        skip = 0;
-        let mut mems = match memories_of(&batch, path) {
-            Ok(m) => m,
-            Err(e) => return vec![Err(e)],
-        };
-        let rows = mems.len() as u64;
-        let mut units = vec![];
-        while !mems.is_empty() {
-            let rest = mems.split_off(unit_len.min(mems.len()));
-            units.push(Unit {
-                space: space.to_string(),
-                rel: rel.to_string(),
-                mems: std::mem::replace(&mut mems, rest),
-                ends_batch: None,
-            });
-        }
-        if let Some(last) = units.last_mut() {
-            last.ends_batch = Some(rows);
-        }
-        units.into_iter().map(Ok).collect()
-    }))
-}
-
-/// Loads the bundle in `bundle` into the server, then verifies what it kept.
-pub async fn load_bundle(
-    bundle: &Path,
-    target: &EngramTarget,
-    opts: &LiveOptions,
-) -> Result<LiveLoad> {
-    let started = Instant::now();
-    let manifest = BundleManifest::load(bundle)?;
-    // Everything that can be checked before the first write is checked here: nothing half-sent on bad input.
-    let mut spaces = vec![];
-    for s in &manifest.spaces {
-        if !is_valid_space_id(&s.space) {
-            return Err(Error::source_err(
-                bundle.display().to_string(),
-                format!("space {:?} is not a valid Engram space id (3 to 64 characters of a-z, 0-9, _ and -); fix the mapping and rebuild the bundle", s.space),
-            ));
-        }
-        if s.memories.rows > 0 {
-            spaces.push(s.space.clone());
-        }
+impl crate::sink::SinkFactory for EngramFactory {
+    fn name(&self) -> &'static str {
+        "engram"
     }
-    let parts: Vec<(String, String, PathBuf)> = manifest
-        .spaces
-        .iter()
-        .flat_map(|s| {
-            s.memories.files.iter().map(move |f| {
-                (
-                    s.space.clone(),
-                    format!("{}/{}", s.space, f.file),
-                    bundle
-                        .join("spaces")
-                        .join(&s.space)
-                        .join("memories")
-                        .join(&f.file),
-                )
+    fn schemes(&self) -> &'static [&'static str] {
+        &["engram+http://", "engram+grpc://"]
+    }
+    fn open(&self, spec: &str) -> Result<Box<dyn crate::sink::Sink>> {
+        Ok(Box::new(EngramSink::new(EngramTarget::parse(spec)?, LiveOptions::default())?))
+    }
+}
+
+/// A running Engram server as a sink. Spaces, counts and the read-back go over HTTP for both protocols.
+pub struct EngramSink {
+    target: EngramTarget,
+    opts: LiveOptions,
+    token: Option<String>,
+    http: http::HttpApi,
+    /// Made by `prepare` (gRPC connects then).
+    client: tokio::sync::OnceCell<Client>,
+}
+
+impl EngramSink {
+    pub fn new(target: EngramTarget, opts: LiveOptions) -> Result<EngramSink> {
+        let token = target.token();
+        let http = http::HttpApi::new(&target.http_base, token.clone(), opts.request_timeout, opts.backoff)?;
+        Ok(EngramSink { target, opts, token, http, client: tokio::sync::OnceCell::new() })
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.target.protocol
+    }
+
+    async fn client(&self) -> Result<&Client> {
+        self.client
+            .get_or_try_init(|| async {
+                Ok(match self.target.protocol {
+                    Protocol::Http => Client::Http(self.http.clone()),
+                    Protocol::Grpc => Client::Grpc(
+                        grpc::GrpcApi::connect(
+                            &self.target.authority,
+                            self.token.as_deref(),
+                            self.opts.request_timeout,
+                            self.opts.backoff,
+                        )
+                        .await?,
+                    ),
+                })
             })
-        })
-        .collect();
-    for (_, _, path) in &parts {
-        check_part_schema(path)?;
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::sink::Sink for EngramSink {
+    fn name(&self) -> &'static str {
+        "engram"
     }
 
-    let token = target.token();
-    let http = http::HttpApi::new(
-        &target.http_base,
-        token.clone(),
-        opts.request_timeout,
-        opts.backoff,
-    )?;
-    http.check_reachable().await?;
-    http.ensure_spaces(&spaces).await?;
-    let client = match target.protocol {
-        Protocol::Http => Client::Http(http.clone()),
-        Protocol::Grpc => Client::Grpc(
-            grpc::GrpcApi::connect(
-                &target.authority,
-                token.as_deref(),
-                opts.request_timeout,
-                opts.backoff,
-            )
-            .await?,
-        ),
-    };
+    fn identity(&self) -> String {
+        self.target.describe()
+    }
 
-    let run_key = format!(
-        "{}|{}|{}",
-        manifest.run_id,
-        manifest
+    /// `/health` (is Engram there, degraded or not) and `/api/v1/spaces` (is the key accepted); for gRPC also
+    /// the gRPC port. Quick attempts only: an unreachable server fails in seconds, before any long stage.
+    async fn healthcheck(&self) -> Result<()> {
+        let quick = http::HttpApi::new(&self.target.http_base, self.token.clone(), HEALTHCHECK_TIMEOUT, HEALTHCHECK_BACKOFF)?;
+        quick.check_reachable().await?;
+        quick.check_credentials().await?;
+        if self.target.protocol == Protocol::Grpc {
+            grpc::GrpcApi::connect(&self.target.authority, self.token.as_deref(), HEALTHCHECK_TIMEOUT, HEALTHCHECK_BACKOFF)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Engram's own rules, checked before anything is sent: space ids of 3 to 64 of `[a-z0-9_-]`, 768-float
+    /// embeddings (each row is checked again as it is sent).
+    fn accepts(&self, bundle: &Path, manifest: &BundleManifest) -> Result<()> {
+        for s in &manifest.spaces {
+            if !is_valid_space_id(&s.space) {
+                return Err(Error::source_err(
+                    bundle.display().to_string(),
+                    format!("space {:?} is not a valid Engram space id (3 to 64 characters of a-z, 0-9, _ and -); fix the mapping and rebuild the bundle", s.space),
+                ));
+            }
+        }
+        for path in manifest.memory_files(bundle) {
+            check_part_schema(&path)?;
+        }
+        Ok(())
+    }
+
+    async fn prepare(&self, manifest: &BundleManifest) -> Result<()> {
+        self.http.check_reachable().await?;
+        let spaces: Vec<String> = manifest
             .spaces
             .iter()
-            .map(|s| s.memories.checksum.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
-        target.describe()
-    );
-    let mut ckpt = LoadCheckpoint::load_or_new(&opts.checkpoint_file, &run_key)?;
-    let resumed: u64 = ckpt.rows_done.values().sum();
-    let total = manifest.totals.get("memories").copied().unwrap_or(0);
-    let pb = crate::progress::bar(total, "send to Engram", "memories");
-    pb.inc(resumed);
-    // One ordered stream of send units over every part and batch, at most `parallel` in flight: a batch is the
-    // resume unit (checkpointed once all its units are answered), not a barrier, so the slow tail of one batch
-    // overlaps the next instead of idling the connection. Units are pulled lazily: about two batches in memory.
-    let unit_len = match target.protocol {
-        Protocol::Http => 1,
-        Protocol::Grpc => opts.batch_size.div_ceil(opts.parallel.max(1)).max(1),
-    };
-    let skips: Vec<u64> = parts
-        .iter()
-        .map(|(_, rel, _)| ckpt.rows_done.get(rel).copied().unwrap_or(0))
-        .collect();
-    let units = parts
-        .iter()
-        .zip(skips)
-        .flat_map(|((space, rel, path), skip)| {
-            units_of_part(space, rel, path, skip, opts.batch_size.max(1), unit_len)
-        });
-    let client = &client;
-    let mut answers = stream::iter(units)
-        .map(|unit| async move {
-            let unit = unit?;
-            let outcomes = client.send(&unit.space, &unit.mems).await?;
-            Ok::<_, Error>((unit, outcomes))
-        })
-        .buffered(opts.parallel.max(1));
-    let mut sent = 0u64;
-    while let Some(answer) = answers.next().await {
-        let (unit, outcomes) = answer?;
-        for (m, o) in unit.mems.iter().zip(&outcomes) {
-            if let Outcome::Rejected { status, message } = o {
-                ckpt.rejected.push(Rejection {
-                    space: unit.space.clone(),
-                    id: m.id.clone(),
-                    status: status.clone(),
-                    message: message.clone(),
-                });
-            }
-        }
-        let done = unit.mems.len() as u64;
-        sent += done;
-        pb.inc(done);
-        // Units arrive in order, so when the last unit of a batch is answered the whole batch is.
-        if let Some(rows) = unit.ends_batch {
-            *ckpt.rows_done.entry(unit.rel.clone()).or_default() += rows;
-            ckpt.sent += rows;
-            ckpt.save(&opts.checkpoint_file)?;
+            .filter(|s| s.memories.rows > 0)
+            .map(|s| s.space.clone())
+            .collect();
+        self.http.ensure_spaces(&spaces).await?;
+        self.client().await?;
+        Ok(())
+    }
+
+    /// HTTP: one memory per request (Engram has no batch endpoint); gRPC: a batch split over the streams in flight.
+    fn unit_rows(&self, limits: &crate::sink::DeliverLimits) -> usize {
+        match self.target.protocol {
+            Protocol::Http => 1,
+            Protocol::Grpc => limits.batch_rows.div_ceil(limits.parallel.max(1)).max(1),
         }
     }
-    drop(answers);
-    pb.finish_and_clear();
-    let send_seconds = started.elapsed().as_secs_f64();
 
-    let verification = verify::run(&http, &manifest, bundle, &ckpt.rejected, target).await?;
-    Ok(LiveLoad {
-        target: target.describe(),
-        protocol: target.protocol,
-        bundle: bundle.display().to_string(),
-        sent,
-        resumed,
-        seconds: started.elapsed().as_secs_f64(),
-        memories_per_second: if send_seconds > 0.0 {
-            sent as f64 / send_seconds
-        } else {
-            0.0
-        },
-        verification,
-    })
+    async fn write(&self, unit: &crate::sink::WriteUnit) -> Result<Vec<crate::sink::RowOutcome>> {
+        let mems = memories_of(&unit.batch, &unit.file)?;
+        let outcomes = self.client().await?.send(&unit.space, &mems).await?;
+        Ok(mems
+            .into_iter()
+            .zip(outcomes)
+            .map(|(m, o)| match o {
+                Outcome::Accepted(_) => crate::sink::RowOutcome::Accepted,
+                Outcome::Rejected { status, message } => {
+                    crate::sink::RowOutcome::Rejected { id: m.id, status, message }
+                }
+            })
+            .collect())
+    }
+
+    async fn read_back(
+        &self,
+        bundle: &Path,
+        manifest: &BundleManifest,
+        rejected: &[Rejection],
+    ) -> Result<crate::sink::ReadBack> {
+        let v = verify::run(&self.http, manifest, bundle, rejected, &self.target).await?;
+        Ok(crate::sink::ReadBack {
+            rendered: v.render(50),
+            missing: (v.not_kept.len() + v.embedding_differs.len()) as u64,
+            bundle_total: v.bundle_total,
+            details: serde_json::json!({ "protocol": self.target.protocol, "verification": v }),
+        })
+    }
 }
 
 #[cfg(test)]

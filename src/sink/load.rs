@@ -1,0 +1,204 @@
+//! The one loader: sends a finished bundle to any [`Sink`], resumably. Every target (Engram over HTTP or gRPC,
+//! and the database targets after it) is driven by this loop; a sink only says how to write one unit.
+//!
+//! The bundle's memory parts are read batch by batch; each batch is cut into units of the sink's size and the
+//! units go out as one ordered stream, at most `parallel` in flight. A batch is the resume unit: once every
+//! unit of it is answered, the rows done per part and the refusals so far are checkpointed. A killed load
+//! started again skips the rows done; the sink's writes are keyed by memory id, so a unit sent twice lands once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use futures::stream::{self, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::{RowOutcome, Sink, WriteUnit};
+use crate::bundle::BundleManifest;
+use crate::error::{Error, Result};
+use crate::parquet_io;
+use crate::workdir::{Checkpoint, RunKey};
+
+/// How the loader paces a load.
+#[derive(Debug, Clone)]
+pub struct DeliverLimits {
+    /// Rows per acknowledged (checkpointed) batch.
+    pub batch_rows: usize,
+    /// Units in flight.
+    pub parallel: usize,
+}
+
+/// A row the target refused, kept in the checkpoint so a resumed load still reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Rejection {
+    pub space: String,
+    pub id: String,
+    pub status: String,
+    pub message: String,
+}
+
+/// The loader's progress, saved after every acknowledged batch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LoadProgress {
+    /// Rows acknowledged per bundle part (`space/part-NNNNN.parquet`).
+    pub rows_done: BTreeMap<String, u64>,
+    pub rejected: Vec<Rejection>,
+    pub sent: u64,
+}
+
+/// What one load did.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadOutcome {
+    /// Rows sent by this process (a resumed load counts only what it sent itself).
+    pub sent: u64,
+    /// Rows acknowledged in earlier, interrupted runs and skipped now.
+    pub resumed: u64,
+    pub rejected: Vec<Rejection>,
+    pub seconds: f64,
+    pub rows_per_second: f64,
+}
+
+/// One memory part of the bundle.
+struct Part {
+    space: String,
+    /// `space/part-NNNNN.parquet`: its key in the checkpoint.
+    rel: String,
+    path: PathBuf,
+}
+
+fn memory_parts(bundle: &Path, manifest: &BundleManifest) -> Vec<Part> {
+    manifest
+        .spaces
+        .iter()
+        .flat_map(|s| {
+            s.memories.files.iter().map(move |f| Part {
+                space: s.space.clone(),
+                rel: format!("{}/{}", s.space, f.file),
+                path: bundle.join("spaces").join(&s.space).join("memories").join(&f.file),
+            })
+        })
+        .collect()
+}
+
+/// The units of one part, read batch by batch, the first `skip` rows (acknowledged before an interruption) left
+/// out. `ends_batch` is set on the last unit of a batch: the batch's row count, checkpointed once it is answered.
+fn units_of_part<'a>(
+    part: &'a Part,
+    mut skip: u64,
+    batch_rows: usize,
+    unit_rows: usize,
+) -> Box<dyn Iterator<Item = Result<WriteUnit>> + 'a> {
+    let reader = match parquet_io::open_reader(&part.path, batch_rows) {
+        Ok(r) => r,
+        Err(e) => return Box::new(std::iter::once(Err(e))),
+    };
+    Box::new(reader.flat_map(move |batch| -> Vec<Result<WriteUnit>> {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => return vec![Err(Error::source_err(part.path.display().to_string(), e.to_string()))],
+        };
+        // Batch boundaries may differ between runs: skip by rows, not by batches.
+        let n = batch.num_rows() as u64;
+        if skip >= n {
+            skip -= n;
+            return vec![];
+        }
+        let batch = batch.slice(skip as usize, (n - skip) as usize);
+        skip = 0;
+        let rows = batch.num_rows();
+        let mut units = vec![];
+        let mut at = 0;
+        while at < rows {
+            let len = unit_rows.min(rows - at);
+            units.push(WriteUnit {
+                space: part.space.clone(),
+                part: part.rel.clone(),
+                file: part.path.clone(),
+                batch: batch.slice(at, len),
+                ends_batch: None,
+            });
+            at += len;
+        }
+        if let Some(last) = units.last_mut() {
+            last.ends_batch = Some(rows as u64);
+        }
+        units.into_iter().map(Ok).collect()
+    }))
+}
+
+/// Sends every memory of `bundle` to `sink`: `prepare` first, then the units in bundle order, then `finish`.
+/// Progress goes to `checkpoint_file` under `run_key`. The read-back is the caller's next step.
+pub async fn run(
+    bundle: &Path,
+    manifest: &BundleManifest,
+    sink: &dyn Sink,
+    limits: &DeliverLimits,
+    checkpoint_file: &Path,
+    run_key: &RunKey,
+) -> Result<LoadOutcome> {
+    let started = Instant::now();
+    sink.prepare(manifest).await?;
+    let mut ckpt: Checkpoint<LoadProgress> = Checkpoint::load_or_new(checkpoint_file, run_key)?;
+    let resumed: u64 = ckpt.state.rows_done.values().sum();
+    let total = manifest.totals.get("memories").copied().unwrap_or(0);
+    let pb = crate::progress::bar(total, &format!("send to {}", sink.name()), "memories");
+    pb.inc(resumed);
+    let parts = memory_parts(bundle, manifest);
+    let batch_rows = limits.batch_rows.max(1);
+    let unit_rows = sink.unit_rows(limits).max(1);
+    let skips: Vec<u64> = parts
+        .iter()
+        .map(|p| ckpt.state.rows_done.get(&p.rel).copied().unwrap_or(0))
+        .collect();
+    // One ordered stream of units over every part and batch, at most `parallel` in flight: a batch is the resume
+    // unit, not a barrier, so the slow tail of one batch overlaps the next. Units are pulled lazily: about two
+    // batches in memory.
+    let units = parts
+        .iter()
+        .zip(skips)
+        .flat_map(|(part, skip)| units_of_part(part, skip, batch_rows, unit_rows));
+    let mut answers = stream::iter(units)
+        .map(|unit| async move {
+            let unit = unit?;
+            let outcomes = sink.write(&unit).await?;
+            if outcomes.len() != unit.batch.num_rows() {
+                return Err(Error::Internal(format!(
+                    "sink {} answered {} outcomes for {} rows",
+                    sink.name(),
+                    outcomes.len(),
+                    unit.batch.num_rows()
+                )));
+            }
+            Ok::<_, Error>((unit, outcomes))
+        })
+        .buffered(limits.parallel.max(1));
+    let mut sent = 0u64;
+    while let Some(answer) = answers.next().await {
+        let (unit, outcomes) = answer?;
+        for o in outcomes {
+            if let RowOutcome::Rejected { id, status, message } = o {
+                ckpt.state.rejected.push(Rejection { space: unit.space.clone(), id, status, message });
+            }
+        }
+        let done = unit.batch.num_rows() as u64;
+        sent += done;
+        pb.inc(done);
+        // Units arrive in order, so when the last unit of a batch is answered the whole batch is.
+        if let Some(rows) = unit.ends_batch {
+            *ckpt.state.rows_done.entry(unit.part.clone()).or_default() += rows;
+            ckpt.state.sent += rows;
+            ckpt.save(checkpoint_file)?;
+        }
+    }
+    drop(answers);
+    pb.finish_and_clear();
+    sink.finish(manifest).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(LoadOutcome {
+        sent,
+        resumed,
+        rejected: ckpt.state.rejected,
+        seconds,
+        rows_per_second: if seconds > 0.0 { sent as f64 / seconds } else { 0.0 },
+    })
+}
