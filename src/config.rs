@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[derive(Debug, Clone, Default, clap::Args, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Options {
     /// What to migrate: a SQLite file (PATH or sqlite://PATH), a PostgreSQL URL
@@ -120,15 +120,23 @@ pub struct Options {
     #[arg(long)]
     pub partition_rows: Option<u64>,
 
-    /// Rows per record batch read from the source and per embedding batch [default: 8192]; for a live Engram
-    /// target, memories per acknowledged (checkpointed) batch [default: 1000].
+    /// Rows per record batch read from the source, run through SQL and embedded [default: 8192]. For `load
+    /// --bundle` into a live target (the old spelling, still accepted there): see --target-batch-size.
     #[arg(long)]
     pub batch_size: Option<usize>,
 
-    /// Worker threads for SQL and embeddings [default: number of cores]; for a live Engram target, requests
-    /// (HTTP) or streams (gRPC) in flight [default: 16].
+    /// Worker threads for SQL and embeddings [default: number of cores]. For `load --bundle` into a live target
+    /// (the old spelling, still accepted there): see --target-parallel.
     #[arg(long)]
     pub parallel_workers: Option<usize>,
+
+    /// Live target: memories per acknowledged (checkpointed) batch, the resume unit [default: 1000].
+    #[arg(long)]
+    pub target_batch_size: Option<usize>,
+
+    /// Live target: requests (HTTP) or streams (gRPC) in flight [default: 16].
+    #[arg(long)]
+    pub target_parallel: Option<usize>,
 
     /// Embedding provider: "hashing" (feature hashing, no model), "model2vec:DIR" (a local model2vec model
     /// directory: model.safetensors, tokenizer.json, config.json) or "openai:URL" (an OpenAI-compatible server's
@@ -241,72 +249,37 @@ pub struct Options {
     pub hash_field_memories: bool,
 }
 
-macro_rules! take {
-    ($cli:ident, $file:ident, $($f:ident),*) => { $( if $cli.$f.is_none() { $cli.$f = $file.$f.clone(); } )* };
-}
-
 impl Options {
-    /// Reads `--config` (if given) and fills in what the flags left unset.
-    pub fn with_config_file(mut self) -> Result<Options> {
+    /// Reads `--config` (if given) and fills in what the flags left unset. Generic over every field (through
+    /// serde), so a new option cannot be forgotten here: a value the flags did not set (absent, false, empty
+    /// list) is taken from the file. Fields the file may not hold (`config`, the API key) stay as the flags have them.
+    pub fn with_config_file(self) -> Result<Options> {
         let Some(path) = self.config.clone() else {
             return Ok(self);
         };
         let file = Self::read_file(&path)?;
-        take!(
-            self,
-            file,
-            source,
-            source_user,
-            source_password,
-            fetch_size,
-            label_to_space,
-            memory_space_prefix,
-            text_properties,
-            weight_property,
-            activation,
-            target,
-            bundle,
-            work_dir,
-            sql,
-            memory_space,
-            table_to_space,
-            text_columns,
-            timestamp_column,
-            include,
-            exclude,
-            partition_rows,
-            batch_size,
-            parallel_workers,
-            embedding_provider,
-            embedding_model,
-            embedding_request_size,
-            embedding_cache_mb,
-            cache_size,
-            confidence,
-            validate,
-            checkpoint_file,
-            sample_size,
-            sample_seed,
-            checks,
-            max_file_mb,
-            max_file_rows,
-            memory_limit_mb,
-            source_db,
-            use_rdb,
-            ttl_as_decay
-        );
-        self.hash_field_memories |= file.hash_field_memories;
-        if self.column_type.is_empty() {
-            self.column_type = file.column_type.clone();
+        let as_json = |o: &Options| {
+            serde_json::to_value(o).map_err(|e| Error::Internal(format!("options as JSON: {e}")))
+        };
+        let mut merged = as_json(&self)?;
+        let (Some(flags), serde_json::Value::Object(from_file)) = (merged.as_object_mut(), as_json(&file)?) else {
+            return Err(Error::Internal("options are not a JSON object".into()));
+        };
+        for (key, value) in from_file {
+            let unset = match flags.get(&key) {
+                None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => true,
+                Some(serde_json::Value::Array(a)) => a.is_empty(),
+                _ => false,
+            };
+            if unset {
+                flags.insert(key, value);
+            }
         }
-        self.skip_edges |= file.skip_edges;
-        self.bidirectional |= file.bidirectional;
-        self.reembed |= file.reembed;
-        self.dry_run |= file.dry_run;
-        self.overwrite |= file.overwrite;
-        self.fresh |= file.fresh;
-        self.quiet |= file.quiet;
-        Ok(self)
+        let mut out: Options = serde_json::from_value(merged)
+            .map_err(|e| Error::usage(format!("config {}: {e}", path.display())))?;
+        out.config = self.config;
+        out.embedding_api_key = self.embedding_api_key;
+        Ok(out)
     }
 
     fn read_file(path: &Path) -> Result<Options> {

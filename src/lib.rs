@@ -11,6 +11,7 @@ pub mod error;
 pub mod json;
 pub mod parquet_io;
 pub mod pipeline;
+pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod retry;

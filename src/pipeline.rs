@@ -19,7 +19,9 @@ use crate::workdir::{RunKey, WorkDir, WorkLock};
 use crate::sink::Target;
 use crate::snapshot::{self, Manifest, SnapshotOptions};
 use crate::source::{self, Source};
-use crate::transform::{self, generic::MappingOptions, TransformSummary};
+use crate::plan::{self, MappingPlan, RunPlan};
+use crate::source::SourceKind;
+use crate::transform::{self, TransformSummary};
 use crate::validate::{self, ValidateOptions};
 
 fn run_id() -> String {
@@ -87,142 +89,46 @@ pub fn snapshot_dir(opts: &Options) -> Result<PathBuf> {
     Ok(opts.work_dir()?.join("snapshot"))
 }
 
-fn mapping_options(opts: &Options) -> Result<MappingOptions> {
-    let mut m = MappingOptions::default();
-    if let Some(s) = &opts.memory_space {
-        if !crate::schema::is_valid_space_id(s) {
-            return Err(Error::usage(format!("--memory-space {s:?}: an Engram space id is 3 to 64 characters of a-z, 0-9, _ and -")));
-        }
-        m.memory_space = Some(s.clone());
-    }
-    m.table_to_space = config::parse_pairs("table-to-space", opts.table_to_space.as_deref())?;
-    for (t, s) in &m.table_to_space {
-        if !crate::schema::is_valid_space_id(s) {
-            return Err(Error::usage(format!("--table-to-space {t}:{s}: {s:?} is not a valid Engram space id (3-64 of a-z, 0-9, _, -)")));
-        }
-    }
-    m.text_columns = config::parse_table_lists("text-columns", opts.text_columns.as_deref())?;
-    m.timestamp_column = opts.timestamp_column.clone();
-    if let Some(c) = opts.confidence {
-        if !(0.0..=1.0).contains(&c) {
-            return Err(Error::usage(format!(
-                "--confidence {c}: must be between 0 and 1"
-            )));
-        }
-        m.confidence = c;
-    }
-    m.skip_edges = opts.skip_edges;
-    Ok(m)
+/// The mapping of this snapshot as the flags configure it (`plan::mapping_plan`, the one parser of the knobs).
+fn mapping_of(opts: &Options, manifest: &Manifest) -> Result<MappingPlan> {
+    let origin = SourceKind::of_description(&manifest.source).unwrap_or(SourceKind::Sqlite);
+    plan::mapping_plan(opts, origin)
 }
 
-/// The graph mapping's knobs (sql/neo4j.sql) from the flags.
-fn graph_mapping(opts: &Options) -> Result<transform::neo4j::GraphMapping> {
-    let mut g = transform::neo4j::GraphMapping::default();
-    let valid = |flag: &str, s: &str| -> Result<()> {
-        if crate::schema::is_valid_space_id(s) {
-            Ok(())
-        } else {
-            Err(Error::usage(format!("{flag} {s:?}: an Engram space id is 3 to 64 characters of a-z, 0-9, _ and -")))
+/// The mapping SQL to run and where it came from; a generated one is written to `<work>/mapping.sql`.
+pub fn mapping_sql(mapping: &MappingPlan, manifest: &Manifest, work: &Path) -> Result<(String, String)> {
+    let path = WorkDir::new(work).mapping_sql();
+    let (sql, from) = match mapping {
+        MappingPlan::File { path } => {
+            let sql = fs::read_to_string(path)
+                .map_err(|e| Error::usage(format!("--sql {}: {e}", path.display())))?;
+            return Ok((sql, path.display().to_string()));
+        }
+        MappingPlan::Redis(r) => (transform::redis::mapping(r)?, "sql/redis.sql"),
+        _ if manifest.tables.is_empty() => {
+            return Err(Error::source_err(manifest.source.to_string(), "has no tables to migrate"));
+        }
+        MappingPlan::Graph(g) => (transform::neo4j::generate(g), "generated from sql/neo4j.sql"),
+        MappingPlan::Generic(m) => {
+            for t in m.text_columns.keys().chain(m.table_to_space.keys()) {
+                if manifest.table(t).is_none() {
+                    return Err(Error::usage(format!(
+                        "table {t:?} named in a flag is not in the source; tables: {}",
+                        manifest.tables.iter().map(|t| t.info.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+            for (t, cols) in &m.text_columns {
+                let entry = manifest.table(t).expect("checked");
+                if let Some(c) = cols.iter().find(|c| entry.info.column(c).is_none()) {
+                    return Err(Error::usage(format!("--text-columns: table {t} has no column {c:?}")));
+                }
+            }
+            (transform::generic::generate(manifest, m), "generated")
         }
     };
-    if let Some(s) = &opts.memory_space {
-        valid("--memory-space", s)?;
-        g.memory_space = Some(s.clone());
-    }
-    for item in opts.label_to_space.as_deref().unwrap_or("").split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (label, space) = item.split_once(':').ok_or_else(|| {
-            Error::usage(format!("--label-to-space: {item:?} is not LABEL:SPACE (e.g. \"Person:people,Company:companies\")"))
-        })?;
-        valid(&format!("--label-to-space {label}:"), space.trim())?;
-        g.label_to_space.push((label.trim().to_string(), space.trim().to_string()));
-    }
-    if let Some(p) = &opts.memory_space_prefix {
-        if !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') || p.len() > 60 {
-            return Err(Error::usage(format!("--memory-space-prefix {p:?}: use a-z, 0-9, _ and - (at most 60)")));
-        }
-        g.space_prefix = p.clone();
-    }
-    g.text_properties = opts
-        .text_properties
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    g.time_property = opts.timestamp_column.clone();
-    g.weight_property = opts.weight_property.clone();
-    for (flag, v, slot) in [
-        ("--confidence", opts.confidence, &mut g.confidence),
-        ("--activation", opts.activation, &mut g.activation),
-    ] {
-        if let Some(v) = v {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(Error::usage(format!("{flag} {v}: must be between 0 and 1")));
-            }
-            *slot = v;
-        }
-    }
-    g.bidirectional = opts.bidirectional;
-    g.skip_edges = opts.skip_edges;
-    Ok(g)
-}
-
-/// The mapping SQL to run and where it came from.
-pub fn mapping_sql(opts: &Options, manifest: &Manifest, work: &Path) -> Result<(String, String)> {
-    if let Some(path) = &opts.sql {
-        let sql = fs::read_to_string(path)
-            .map_err(|e| Error::usage(format!("--sql {}: {e}", path.display())))?;
-        return Ok((sql, path.display().to_string()));
-    }
-    if transform::redis::is_redis(&manifest.source) {
-        let sql = transform::redis::mapping(&transform::redis::RedisMapping {
-            memory_space: opts.memory_space.clone(),
-            ttl_as_decay: opts.ttl_as_decay.unwrap_or(true),
-            hash_field_memories: opts.hash_field_memories,
-        })?;
-        let path = work.join("mapping.sql");
-        crate::parquet_io::write_atomic(&path, sql.as_bytes())?;
-        return Ok((sql, format!("{} (sql/redis.sql)", path.display())));
-    }
-    if manifest.tables.is_empty() {
-        return Err(Error::source_err(
-            manifest.source.to_string(),
-            "has no tables to migrate",
-        ));
-    }
-    if manifest.source.get("kind").and_then(|k| k.as_str()) == Some("neo4j") {
-        let sql = transform::neo4j::generate(&graph_mapping(opts)?);
-        let path = work.join("mapping.sql");
-        crate::parquet_io::write_atomic(&path, sql.as_bytes())?;
-        return Ok((sql, format!("{} (generated from sql/neo4j.sql)", path.display())));
-    }
-    let mopts = mapping_options(opts)?;
-    for t in mopts.text_columns.keys().chain(mopts.table_to_space.keys()) {
-        if manifest.table(t).is_none() {
-            return Err(Error::usage(format!(
-                "table {t:?} named in a flag is not in the source; tables: {}",
-                manifest
-                    .tables
-                    .iter()
-                    .map(|t| t.info.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-    }
-    for (t, cols) in &mopts.text_columns {
-        let entry = manifest.table(t).expect("checked");
-        if let Some(c) = cols.iter().find(|c| entry.info.column(c).is_none()) {
-            return Err(Error::usage(format!(
-                "--text-columns: table {t} has no column {c:?}"
-            )));
-        }
-    }
-    let sql = transform::generic::generate(manifest, &mopts);
-    let path = work.join("mapping.sql");
     crate::parquet_io::write_atomic(&path, sql.as_bytes())?;
-    Ok((sql, format!("{} (generated)", path.display())))
+    Ok((sql, format!("{} ({from})", path.display())))
 }
 
 fn provider(opts: &Options) -> Result<std::sync::Arc<dyn EmbeddingProvider>> {
@@ -358,7 +264,7 @@ impl Ctx {
         manifest: &Manifest,
     ) -> Result<(TransformSummary, String, String)> {
         let t = Timer::start();
-        let (sql, origin) = mapping_sql(&self.opts, manifest, &self.work)?;
+        let (sql, origin) = mapping_sql(&mapping_of(&self.opts, manifest)?, manifest, &self.work)?;
         self.report.mapping = origin.clone();
         let key = transform::transform_key(&sql, manifest);
         let out = self.work.join("transform");
@@ -588,7 +494,7 @@ fn require_complete(dir: &Path) -> Result<Manifest> {
 pub async fn load_cmd(opts: Options) -> Result<()> {
     let target = Target::parse(opts.require_target()?)?;
     if matches!(target, Target::Live { .. }) {
-        return deliver_cmd(opts, &target).await;
+        return load_live_cmd(opts, &target).await;
     }
     if opts.bundle.is_some() {
         return Err(Error::usage(
@@ -618,9 +524,8 @@ pub async fn load_cmd(opts: Options) -> Result<()> {
 }
 
 /// `load --bundle DIR --target URL`: send a finished bundle to a live target through its sink and the one
-/// loader, then read back what the target kept. Work directory: `--work-dir`, else `<bundle>.work`; the load's
-/// checkpoint and its section of `report.json` ("delivery") go there.
-async fn deliver_cmd(opts: Options, target: &Target) -> Result<()> {
+/// loader, then read back what the target kept. Work directory: `--work-dir`, else `<bundle>.work`.
+async fn load_live_cmd(opts: Options, target: &Target) -> Result<()> {
     let bundle = opts.bundle.as_deref().map(crate::sink::bundle_path).ok_or_else(|| {
         Error::usage(format!(
             "--bundle DIR is required to load into {}: write one with `engram-migrate run --target DIR` first",
@@ -628,18 +533,31 @@ async fn deliver_cmd(opts: Options, target: &Target) -> Result<()> {
         ))
     })?;
     let work = opts.work_dir.clone().map(WorkDir::new).unwrap_or_else(|| WorkDir::beside(&bundle));
-    let _lock = work.lock()?;
-    let sink = target.open()?.ok_or_else(|| Error::Internal("deliver_cmd without a live target".into()))?;
-    let manifest = bundle::BundleManifest::load(&bundle)?;
-    // Everything that can be checked before the first write is checked first: nothing half-sent on bad input.
-    sink.accepts(&bundle, &manifest)?;
-    sink.healthcheck().await?;
+    let sink = target.open()?.ok_or_else(|| Error::Internal("load_live_cmd without a live target".into()))?;
+    // `load` only delivers: the old spellings --batch-size/--parallel-workers still mean the target's here.
     let limits = crate::sink::DeliverLimits {
-        batch_rows: opts.batch_size.unwrap_or(1000).max(1),
-        // Requests in flight, not CPU threads: the default is higher than the core count.
-        parallel: opts.parallel_workers.unwrap_or(16).max(1),
+        batch_rows: opts.target_batch_size.or(opts.batch_size).unwrap_or(plan::DEFAULT_TARGET_BATCH_ROWS).max(1),
+        parallel: opts.target_parallel.or(opts.parallel_workers).unwrap_or(plan::DEFAULT_TARGET_PARALLEL).max(1),
     };
-    let checkpoint_file = opts.checkpoint_file.clone().unwrap_or_else(|| work.load_checkpoint());
+    let checkpoint = opts.checkpoint_file.clone().unwrap_or_else(|| work.load_checkpoint());
+    sink.accepts(&bundle, &bundle::BundleManifest::load(&bundle)?)?;
+    sink.healthcheck().await?;
+    deliver(&bundle, &work, sink.as_ref(), &limits, &checkpoint).await
+}
+
+/// Sends a finished bundle to a sink through the one loader, reads back what the target kept, and writes the
+/// "delivery" section of `report.json`. Exit 5 (validation failed) when the target does not hold every memory.
+async fn deliver(
+    bundle: &Path,
+    work: &WorkDir,
+    sink: &dyn crate::sink::Sink,
+    limits: &crate::sink::DeliverLimits,
+    checkpoint_file: &Path,
+) -> Result<()> {
+    let _lock = work.lock()?;
+    let manifest = bundle::BundleManifest::load(bundle)?;
+    // Everything that can be checked before the first write is checked first: nothing half-sent on bad input.
+    sink.accepts(bundle, &manifest)?;
     let checksums: Vec<&str> = manifest.spaces.iter().map(|s| s.memories.checksum.as_str()).collect();
     let run_key = RunKey::of(&[
         ("bundle", &manifest.run_id),
@@ -647,9 +565,9 @@ async fn deliver_cmd(opts: Options, target: &Target) -> Result<()> {
         ("target", &sink.identity()),
     ]);
     let started = Timer::start();
-    let out = crate::sink::load::run(&bundle, &manifest, sink.as_ref(), &limits, &checkpoint_file, &run_key).await?;
-    let read_back = sink.read_back(&bundle, &manifest, &out.rejected).await?;
-    let delivery = report::Delivery::new(sink.as_ref(), &bundle, &out, &read_back, started.elapsed());
+    let out = crate::sink::load::run(bundle, &manifest, sink, limits, checkpoint_file, &run_key).await?;
+    let read_back = sink.read_back(bundle, &manifest, &out.rejected).await?;
+    let delivery = report::Delivery::new(sink, bundle, &out, &read_back, started.elapsed());
     report::save_delivery(&work.report(), &delivery)?;
     println!(
         "loaded {} into {}: sent {} memories{} in {:.1} s ({:.0} memories/s)",
@@ -668,7 +586,7 @@ async fn deliver_cmd(opts: Options, target: &Target) -> Result<()> {
     print!("{}", read_back.rendered);
     println!("report: {} (\"delivery\")", work.report().display());
     // The checkpoint is kept until the read-back is done: a load killed during it only reads back again.
-    let _ = fs::remove_file(&checkpoint_file);
+    let _ = fs::remove_file(checkpoint_file);
     if read_back.missing > 0 {
         return Err(Error::ValidationFailed {
             failed: read_back.missing as usize,
@@ -687,7 +605,7 @@ pub async fn validate_cmd(opts: Options) -> Result<()> {
     let r = async {
         let dir = snapshot_dir(&ctx.opts)?;
         let manifest = require_complete(&dir)?;
-        let (sql, origin) = mapping_sql(&ctx.opts, &manifest, &ctx.work)?;
+        let (sql, origin) = mapping_sql(&mapping_of(&ctx.opts, &manifest)?, &manifest, &ctx.work)?;
         let failed = ctx.validate(&dir, &manifest, &sql, &origin).await?;
         failed_checks(failed, ctx.report.validation.len(), &ctx.work)
     }
@@ -695,46 +613,53 @@ pub async fn validate_cmd(opts: Options) -> Result<()> {
     ctx.finish(started, r)
 }
 
-/// `run`: every stage, resuming from whatever a killed earlier run committed.
+/// `run`: every stage, resuming from whatever a killed earlier run committed. The plan is made once from the
+/// flags, recorded in `<work>/plan.json`, and executed. With a live target (`--target URL --bundle DIR`) the
+/// target is checked (reachable, credentials) before the first stage, so an unreachable one costs seconds, not a
+/// snapshot; the bundle is written and validated first (the full truth: edges, decay rates, provenance, which a
+/// live target may have no API for), and only then sent, with its read-back. A failed validation sends nothing.
 pub async fn run_cmd(opts: Options) -> Result<()> {
-    let target = Target::parse(opts.require_target()?)?;
-    if matches!(target, Target::Live { .. }) {
-        return run_live_cmd(opts, &target).await;
-    }
-    run_bundle_cmd(opts).await
-}
-
-/// `run --target URL --bundle DIR`: the whole pipeline into the bundle first (the full truth: edges, decay rates,
-/// provenance, which a live target may have no API for), validated, and only then the bundle to the target with
-/// its read-back. The target is checked (reachable, credentials) before the first stage, so an unreachable one
-/// costs seconds, not a snapshot. A failed validation sends nothing. Started again, each half resumes.
-async fn run_live_cmd(opts: Options, target: &Target) -> Result<()> {
-    let bundle = opts.bundle.as_deref().map(crate::sink::bundle_path).ok_or_else(|| {
-        Error::usage(format!(
-            "run --target {}: give --bundle DIR, the directory where the bundle is written (and kept) before it is sent",
-            target.describe()
-        ))
-    })?;
-    let sink = target.open()?.ok_or_else(|| Error::Internal("run_live_cmd without a live target".into()))?;
-    sink.healthcheck().await?;
+    let plan = RunPlan::from_options(&opts)?;
+    let sink = match &plan.deliver {
+        Some(d) => {
+            let sink = Target::parse(&d.target)?
+                .open()?
+                .ok_or_else(|| Error::Internal("a deliver plan without a live target".into()))?;
+            sink.healthcheck().await?;
+            Some(sink)
+        }
+        None => None,
+    };
+    // The bundle half runs with the bundle as its target, in the plan's work directory.
     let mut local = opts.clone();
-    local.target = Some(bundle.display().to_string());
+    local.target = Some(plan.bundle.display().to_string());
     local.bundle = None;
-    // --checkpoint-file names the live load's checkpoint; the bundle stage keeps its own in the work dir.
-    local.checkpoint_file = None;
-    run_bundle_cmd(local).await?;
-    deliver_cmd(opts, target).await
+    local.work_dir = Some(plan.work_dir.root().to_path_buf());
+    if plan.deliver.is_some() {
+        // --checkpoint-file names the live load's checkpoint; the bundle stage keeps its own in the work dir.
+        local.checkpoint_file = None;
+    }
+    run_bundle_cmd(local, &plan).await?;
+    if let (Some(sink), Some(d)) = (sink, &plan.deliver) {
+        let limits = crate::sink::DeliverLimits { batch_rows: d.batch_rows, parallel: d.parallel };
+        deliver(&plan.bundle, &plan.work_dir, sink.as_ref(), &limits, &d.checkpoint).await?;
+    }
+    Ok(())
 }
 
-async fn run_bundle_cmd(opts: Options) -> Result<()> {
+/// What `run` records of its plan: the text `plan` prints, and the same as data.
+pub fn plan_record(plan: &RunPlan) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec_pretty(&serde_json::json!({ "rendered": plan.render(), "plan": plan }))?)
+}
+
+async fn run_bundle_cmd(opts: Options, plan: &RunPlan) -> Result<()> {
     let started = Timer::start();
-    let target = Target::parse(opts.require_target()?)?;
-    let target_dir = &target.clone().bundle_dir()?;
+    let target_dir = &plan.bundle;
     // Fail before the long stages when the target is in the way; an existing bundle may be this run's own,
     // finished just before a kill, which the load stage recognises.
     if target_dir.exists() && !opts.overwrite && !target_dir.join(bundle::BUNDLE_FILE).is_file() {
         return Err(Error::target_err(
-            target.describe(),
+            target_dir.display().to_string(),
             "already exists; pass --overwrite to replace it, or choose another --target",
         ));
     }
@@ -743,12 +668,13 @@ async fn run_bundle_cmd(opts: Options) -> Result<()> {
     if ctx.opts.fresh {
         fresh(&ctx.opts, &ctx.work)?;
     }
+    crate::parquet_io::write_atomic(&plan.work_dir.plan(), &plan_record(plan)?)?;
     let r = async {
         ctx.embedder = Some(embedder(&ctx.opts, &ctx.work)?);
         let (dir, manifest) = ctx.snapshot()?;
         let (summary, sql, origin) = ctx.transform(&dir, &manifest).await?;
         ctx.load(&summary, &origin)?;
-        if ctx.opts.validate.unwrap_or(true) {
+        if plan.validate.is_some() {
             let failed = ctx.validate(&dir, &manifest, &sql, &origin).await?;
             failed_checks(failed, ctx.report.validation.len(), &ctx.work)?;
         }
@@ -822,43 +748,19 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
     }
     let total: u64 = catalog.tables.iter().filter_map(|t| t.row_estimate).sum();
     println!("total rows: {total}");
-    let work = opts.work_dir().ok();
-    println!(
-        "work directory: {}",
-        work.as_ref()
-            .map(|w| w.display().to_string())
-            .unwrap_or("(none: give --work-dir or --target)".into())
-    );
-    if src.kind() == "snapshot" {
-        println!("snapshot: the source itself (nothing to stage)");
-    } else if let Some(w) = &work {
-        println!("snapshot: {}", w.join("snapshot").display());
-    }
-    println!(
-        "mapping: {}",
-        opts.sql
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| {
-                if src.kind() == "neo4j" {
-                    "generated from sql/neo4j.sql (node -> memory in its primary label's space, relationship -> edge)".into()
-                } else {
-                    "generated from the catalog (table -> space, row -> memory, foreign key -> edge)".into()
-                }
-            })
-    );
-    println!("embedding provider: {}", provider(&opts)?.name());
-    match &opts.target {
-        Some(t) => println!(
-            "target: {} (Engram bundle{})",
-            t,
-            if Path::new(t).exists() {
-                ", exists: needs --overwrite"
-            } else {
-                ""
+    // What `run` with these flags executes, made the way `run` makes it (and records in <work>/plan.json).
+    match RunPlan::from_options(&opts) {
+        Ok(plan) => {
+            // A provider that cannot be loaded (model directory, endpoint) fails here, as it would in `run`.
+            provider(&opts)?;
+            println!("plan:");
+            print!("{}", plan.render());
+            if plan.bundle.exists() && !plan.overwrite && !plan.bundle.join(bundle::BUNDLE_FILE).is_file() {
+                println!("note: {} exists: `run` needs --overwrite", plan.bundle.display());
             }
-        ),
-        None => println!("target: (none given)"),
+        }
+        Err(_) if opts.target.is_none() => println!("plan: give --target to see what `run` would execute"),
+        Err(e) => return Err(e),
     }
     Ok(())
 }

@@ -71,7 +71,8 @@ pub struct CheckResult {
 }
 
 /// How the target identifies a memory, which decides what `duplicate_ids` calls a duplicate.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum IdScope {
     /// Engram, the bundle and the live server alike: an id is unique within its space.
     #[default]

@@ -187,56 +187,150 @@ pub struct SourceOptions {
     pub neo4j: neo4j::Neo4jOptions,
 }
 
-/// Opens the source a `--source` value names.
-pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
-    let column_types = &opts.column_types;
-    let sqlite = |p: &Path| -> Result<Box<dyn Source>> {
-        let mut s = sqlite::SqliteSource::open(p)?;
-        s.set_overrides(column_types)?;
-        Ok(Box::new(s))
-    };
-    if let Some(rest) = spec.strip_prefix("sqlite://") {
-        return sqlite(Path::new(rest));
+/// The kinds of source, one per module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Sqlite,
+    Postgres,
+    Neo4j,
+    Redis,
+    /// A snapshot directory written by an earlier run: read as it is.
+    Snapshot,
+}
+
+impl SourceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Sqlite => "sqlite",
+            SourceKind::Postgres => "postgres",
+            SourceKind::Neo4j => "neo4j",
+            SourceKind::Redis => "redis",
+            SourceKind::Snapshot => "snapshot",
+        }
     }
-    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+
+    /// The kind a snapshot manifest's `source` description names (`kind`, or `of.kind` for a snapshot of one).
+    pub fn of_description(source: &serde_json::Value) -> Option<SourceKind> {
+        let k = source.pointer("/of/kind").or_else(|| source.get("kind"))?.as_str()?;
+        registry().iter().map(|f| f.kind()).find(|kind| kind.name() == k)
+    }
+}
+
+/// Opens one kind of source. `matches` decides by the `--source` value alone (a URL scheme, a file's first
+/// bytes), without connecting.
+pub trait SourceFactory: Sync {
+    fn kind(&self) -> SourceKind;
+    fn matches(&self, spec: &str) -> bool;
+    fn open(&self, spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>>;
+}
+
+struct PostgresFactory;
+impl SourceFactory for PostgresFactory {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Postgres
+    }
+    fn matches(&self, spec: &str) -> bool {
+        spec.starts_with("postgres://") || spec.starts_with("postgresql://")
+    }
+    fn open(&self, spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
         let mut s = postgres::PgSource::open(spec)?;
-        s.set_overrides(column_types)?;
+        s.set_overrides(&opts.column_types)?;
         if let Some(n) = opts.partition_rows {
             s.set_partition_rows(n);
         }
-        return Ok(Box::new(s));
+        Ok(Box::new(s))
     }
-    if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-        return Ok(Box::new(redis::RedisSource::open_live(
-            spec,
-            opts.redis_db,
-        )?));
+}
+
+struct Neo4jFactory;
+impl SourceFactory for Neo4jFactory {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Neo4j
     }
-    for scheme in ["bolt://", "bolt+s://", "bolt+ssc://", "neo4j://", "neo4j+s://", "neo4j+ssc://"] {
-        if spec.starts_with(scheme) {
-            return Ok(Box::new(neo4j::Neo4jSource::open(spec, &opts.neo4j)?));
+    fn matches(&self, spec: &str) -> bool {
+        ["bolt://", "bolt+s://", "bolt+ssc://", "neo4j://", "neo4j+s://", "neo4j+ssc://"]
+            .iter()
+            .any(|s| spec.starts_with(s))
+    }
+    fn open(&self, spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
+        Ok(Box::new(neo4j::Neo4jSource::open(spec, &opts.neo4j)?))
+    }
+}
+
+/// A live Redis (`redis://`, `rediss://`) or an RDB dump file (recognised by its `REDIS` magic).
+struct RedisFactory;
+impl SourceFactory for RedisFactory {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Redis
+    }
+    fn matches(&self, spec: &str) -> bool {
+        spec.starts_with("redis://") || spec.starts_with("rediss://") || {
+            let p = Path::new(spec);
+            p.is_file() && redis::is_rdb_file(p)
         }
+    }
+    fn open(&self, spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
+        if spec.starts_with("redis://") || spec.starts_with("rediss://") {
+            return Ok(Box::new(redis::RedisSource::open_live(spec, opts.redis_db)?));
+        }
+        Ok(Box::new(redis::RedisSource::open_rdb(Path::new(spec), opts.redis_db)?))
+    }
+}
+
+struct SnapshotFactory;
+impl SourceFactory for SnapshotFactory {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Snapshot
+    }
+    fn matches(&self, spec: &str) -> bool {
+        Path::new(spec).join(snapshot_dir::MANIFEST).is_file()
+    }
+    fn open(&self, spec: &str, _opts: &SourceOptions) -> Result<Box<dyn Source>> {
+        Ok(Box::new(snapshot_dir::SnapshotSource::open(Path::new(spec))?))
+    }
+}
+
+/// `sqlite://PATH`, or any other existing file (SQLite itself says whether it is a database).
+struct SqliteFactory;
+impl SourceFactory for SqliteFactory {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Sqlite
+    }
+    fn matches(&self, spec: &str) -> bool {
+        spec.starts_with("sqlite://") || Path::new(spec).is_file()
+    }
+    fn open(&self, spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
+        let mut s = sqlite::SqliteSource::open(Path::new(spec.strip_prefix("sqlite://").unwrap_or(spec)))?;
+        s.set_overrides(&opts.column_types)?;
+        Ok(Box::new(s))
+    }
+}
+
+/// Every source, in the order a `--source` value is tried: URL schemes, then files by their content, SQLite last.
+pub fn registry() -> &'static [&'static dyn SourceFactory] {
+    &[&PostgresFactory, &Neo4jFactory, &RedisFactory, &SnapshotFactory, &SqliteFactory]
+}
+
+/// The source a `--source` value names, without opening it.
+pub fn factory_for(spec: &str) -> Result<&'static dyn SourceFactory> {
+    if let Some(f) = registry().iter().find(|f| f.matches(spec)) {
+        return Ok(*f);
     }
     let path = Path::new(spec);
-    if path.is_dir() {
-        if path.join(snapshot_dir::MANIFEST).is_file() {
-            return Ok(Box::new(snapshot_dir::SnapshotSource::open(path)?));
-        }
-        return Err(Error::source_err(
-            spec,
-            "is a directory without manifest.json; --source takes a SQLite file or a snapshot directory written by `engram-migrate snapshot`",
-        ));
-    }
-    if !path.exists() {
-        return Err(Error::source_err(
-            spec,
-            "no such file; check the path (--source takes a SQLite file or a snapshot directory)",
-        ));
-    }
-    if redis::is_rdb_file(path) {
-        return Ok(Box::new(redis::RedisSource::open_rdb(path, opts.redis_db)?));
-    }
-    sqlite(path)
+    Err(Error::source_err(
+        spec,
+        if path.is_dir() {
+            "is a directory without manifest.json; --source takes a SQLite file or a snapshot directory written by `engram-migrate snapshot`"
+        } else {
+            "no such file; check the path (--source takes a SQLite file, a Redis dump, a snapshot directory, or a postgres://, bolt:// or redis:// URL)"
+        },
+    ))
+}
+
+/// Opens the source a `--source` value names.
+pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
+    factory_for(spec)?.open(spec, opts)
 }
 
 /// A connection URL with its password replaced by `***`, for messages, manifests and reports (every URL source).

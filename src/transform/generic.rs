@@ -12,7 +12,7 @@ use crate::snapshot::{Manifest, TableEntry};
 use crate::source::ForeignKey;
 
 /// Knobs of the generated mapping (the Engram team's flags).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct MappingOptions {
     /// Put every memory in this space instead of one space per table.
     pub memory_space: Option<String>,

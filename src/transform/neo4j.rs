@@ -11,7 +11,7 @@ pub const DEFAULT_TEXT_PROPERTIES: &[&str] = &["name", "title", "description", "
 /// Creation-time properties looked for, in order, when none is configured.
 pub const DEFAULT_TIME_PROPERTIES: &[&str] = &["created_at", "createdAt", "created"];
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct GraphMapping {
     /// Every node into this space.
     pub memory_space: Option<String>,

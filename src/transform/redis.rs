@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 
 pub const REDIS_SQL: &str = include_str!("../../sql/redis.sql");
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RedisMapping {
     pub memory_space: Option<String>,
     pub ttl_as_decay: bool,

@@ -13,6 +13,7 @@ mod engram_clients;
 mod engram_standin;
 mod faults;
 mod openai_server;
+mod plan;
 mod postgres;
 mod redis;
 mod resume;

@@ -14,7 +14,7 @@ use crate::common::*;
 const PASSWORD: &str = "engram";
 
 /// Starts (once per process) the server of `version` on its test port; returns (url, port).
-fn server(version: u32) -> (String, u16) {
+pub fn server(version: u32) -> (String, u16) {
     static R7: std::sync::OnceLock<(String, u16)> = std::sync::OnceLock::new();
     static R8: std::sync::OnceLock<(String, u16)> = std::sync::OnceLock::new();
     let (cell, port) = match version {
@@ -47,11 +47,11 @@ fn server(version: u32) -> (String, u16) {
     .clone()
 }
 
-fn con(url: &str) -> redis::Connection {
+pub fn con(url: &str) -> redis::Connection {
     redis::Client::open(url).unwrap().get_connection().unwrap()
 }
 
-fn cmd(c: &mut redis::Connection, args: &[&[u8]]) -> redis::Value {
+pub fn cmd(c: &mut redis::Connection, args: &[&[u8]]) -> redis::Value {
     let mut k = redis::cmd(std::str::from_utf8(args[0]).unwrap());
     for a in &args[1..] {
         k.arg(*a);
@@ -345,7 +345,7 @@ fn fill(url: &str, version: u32) {
 }
 
 /// Writes a dump (SAVE) and copies it to `to`.
-fn dump(url: &str, port: u16, to: &Path) {
+pub fn dump(url: &str, port: u16, to: &Path) {
     let mut c = con(url);
     cmd(&mut c, &[b"SAVE"]);
     std::fs::copy(format!("/tmp/engram-migrate-redis-{port}/dump.rdb"), to).unwrap();
@@ -401,7 +401,7 @@ fn snapshot(source: &str, work: &Path, extra: &[&str]) -> PathBuf {
 }
 
 /// Tests that fill a server take its lock: one fixture per server at a time.
-fn lock(version: u32) -> std::sync::MutexGuard<'static, ()> {
+pub fn lock(version: u32) -> std::sync::MutexGuard<'static, ()> {
     static L7: std::sync::Mutex<()> = std::sync::Mutex::new(());
     static L8: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let l = if version == 7 { &L7 } else { &L8 };

@@ -1,0 +1,392 @@
+//! The run plan: flags and the config file turned once into a checked, typed description of what a run does
+//! (ripgrep's low-level args -> high-level args). `plan` prints it, `run` executes it and records it in
+//! `<work>/plan.json`, so what was shown is what ran. Every default is resolved here, in one place.
+//!
+//! Secrets never enter the plan: source and target locations are redacted, passwords and keys stay in the
+//! options the sources and sinks read them from.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::{self, Options};
+use crate::error::{Error, Result};
+use crate::source::{self, SourceKind};
+use crate::transform::{generic::MappingOptions, neo4j::GraphMapping, redis::RedisMapping};
+use crate::validate::IdScope;
+use crate::workdir::WorkDir;
+
+/// Rows per batch read from the source, run through SQL and embedded.
+pub const DEFAULT_BATCH_ROWS: usize = 8192;
+/// Memories per acknowledged (checkpointed) batch of a live load.
+pub const DEFAULT_TARGET_BATCH_ROWS: usize = 1000;
+/// Requests or streams in flight to a live target.
+pub const DEFAULT_TARGET_PARALLEL: usize = 16;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunPlan {
+    pub source: SourcePlan,
+    pub work_dir: WorkDir,
+    /// Where the snapshot is: `<work>/snapshot`, or the source itself when it is a snapshot.
+    pub snapshot: PathBuf,
+    pub mapping: MappingPlan,
+    pub embedding: EmbeddingPlan,
+    /// The bundle directory: the target itself, or `--bundle` for a live target.
+    pub bundle: PathBuf,
+    /// A live target the bundle is then loaded into.
+    pub deliver: Option<DeliverPlan>,
+    /// None with `--validate false`.
+    pub validate: Option<ValidatePlan>,
+    pub limits: Limits,
+    pub fresh: bool,
+    pub overwrite: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourcePlan {
+    pub kind: SourceKind,
+    /// The `--source` value without its password.
+    pub location: String,
+    /// For a snapshot: the kind of source it was taken from (decides the shipped mapping).
+    pub origin: SourceKind,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub column_types: Vec<(String, String)>,
+    pub partition_rows: Option<u64>,
+    pub redis_db: Option<u64>,
+    pub fetch_size: Option<usize>,
+}
+
+/// Which mapping SQL runs, with every knob the flags set.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MappingPlan {
+    /// `--sql FILE`: the user's own.
+    File { path: PathBuf },
+    /// Generated from the catalog (table -> space, row -> memory, foreign key -> edge).
+    Generic(MappingOptions),
+    /// `sql/neo4j.sql` (node -> memory in its primary label's space, relationship -> edge).
+    Graph(GraphMapping),
+    /// `sql/redis.sql` (key -> memory, TTL -> decay, sorted sets -> members and edges).
+    Redis(RedisMapping),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbeddingPlan {
+    /// `hashing`, `model2vec:DIR` or `openai:URL`.
+    pub provider: String,
+    pub model: Option<String>,
+    pub request_size: usize,
+    /// Persistent cache bound in MiB (0: off).
+    pub cache_mb: u64,
+    /// In-memory cache entries.
+    pub cache_entries: usize,
+    pub reembed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliverPlan {
+    /// The `--target` URL (no credentials are allowed in it).
+    pub target: String,
+    pub sink: &'static str,
+    pub batch_rows: usize,
+    pub parallel: usize,
+    pub checkpoint: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidatePlan {
+    pub sample_size: usize,
+    pub sample_seed: u64,
+    pub checks: Option<PathBuf>,
+    /// What the target calls a duplicate id.
+    pub id_scope: IdScope,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    pub batch_rows: usize,
+    pub workers: usize,
+    pub memory_limit_mb: u64,
+    pub max_file_mb: u64,
+    pub max_file_rows: Option<u64>,
+}
+
+fn list(s: &Option<String>) -> Vec<String> {
+    s.as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+fn unit_interval(flag: &str, v: Option<f32>, default: f32) -> Result<f32> {
+    match v {
+        Some(v) if !(0.0..=1.0).contains(&v) => Err(Error::usage(format!("{flag} {v}: must be between 0 and 1"))),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
+fn space_id(flag: &str, s: &str) -> Result<()> {
+    if crate::schema::is_valid_space_id(s) {
+        Ok(())
+    } else {
+        Err(Error::usage(format!(
+            "{flag} {s:?}: an Engram space id is 3 to 64 characters of a-z, 0-9, _ and -"
+        )))
+    }
+}
+
+impl RunPlan {
+    /// The plan of `run` (and `plan`, `--dry-run`) for these options. Checks every flag; opens nothing.
+    pub fn from_options(o: &Options) -> Result<RunPlan> {
+        let spec = o.require_source()?;
+        let factory = source::factory_for(spec)?;
+        let kind = factory.kind();
+        let origin = if kind == SourceKind::Snapshot {
+            crate::snapshot::Manifest::load(Path::new(spec))
+                .ok()
+                .and_then(|m| SourceKind::of_description(&m.source))
+                .unwrap_or(SourceKind::Snapshot)
+        } else {
+            kind
+        };
+        let target = crate::sink::Target::parse(o.require_target()?)?;
+        let (bundle, deliver) = match &target {
+            crate::sink::Target::Bundle(dir) => (dir.clone(), None),
+            crate::sink::Target::Live { factory, spec } => {
+                let bundle = o.bundle.as_deref().map(crate::sink::bundle_path).ok_or_else(|| {
+                    Error::usage(format!(
+                        "run --target {spec}: give --bundle DIR, the directory where the bundle is written (and kept) before it is sent"
+                    ))
+                })?;
+                (bundle, Some((factory.name(), spec.clone())))
+            }
+        };
+        let work_dir = o.work_dir.clone().map(WorkDir::new).unwrap_or_else(|| WorkDir::beside(&bundle));
+        let snapshot = if kind == SourceKind::Snapshot { PathBuf::from(spec) } else { work_dir.snapshot() };
+        let workers = o.workers();
+        let deliver = deliver.map(|(sink, target)| DeliverPlan {
+            target,
+            sink,
+            batch_rows: o.target_batch_size.unwrap_or(DEFAULT_TARGET_BATCH_ROWS).max(1),
+            parallel: o.target_parallel.unwrap_or(DEFAULT_TARGET_PARALLEL).max(1),
+            checkpoint: o.checkpoint_file.clone().unwrap_or_else(|| work_dir.load_checkpoint()),
+        });
+        let provider = o.embedding_provider.clone().unwrap_or_else(|| "hashing".into());
+        let plan = RunPlan {
+            source: SourcePlan {
+                kind,
+                location: if spec.contains("://") { source::redact_url(spec) } else { spec.to_string() },
+                origin,
+                include: list(&o.include),
+                exclude: list(&o.exclude),
+                column_types: config::parse_column_types(&o.column_type)?,
+                partition_rows: o.partition_rows,
+                redis_db: o.source_db,
+                fetch_size: o.fetch_size,
+            },
+            mapping: mapping_plan(o, origin)?,
+            embedding: EmbeddingPlan {
+                // Feature hashing recomputes a vector about as fast as the cache would read it back.
+                cache_mb: o.embedding_cache_mb.unwrap_or(if provider == "hashing" { 0 } else { 1024 }),
+                provider,
+                model: o.embedding_model.clone(),
+                request_size: o.embedding_request_size.unwrap_or(128).max(1),
+                cache_entries: o.cache_size.unwrap_or(crate::embed::stage::DEFAULT_CACHE_CAPACITY),
+                reembed: o.reembed,
+            },
+            validate: o.validate.unwrap_or(true).then(|| ValidatePlan {
+                sample_size: o.sample_size.unwrap_or(1000),
+                sample_seed: o.sample_seed.unwrap_or(42),
+                checks: o.checks.clone(),
+                // Every target today is Engram (the bundle, or a live server loaded from it): ids are per space.
+                id_scope: IdScope::PerSpace,
+            }),
+            limits: Limits {
+                batch_rows: o.batch_size.unwrap_or(DEFAULT_BATCH_ROWS).max(1),
+                workers,
+                memory_limit_mb: o.memory_limit_mb.unwrap_or(2048).max(64),
+                max_file_mb: o.max_file_mb.unwrap_or(128).max(1),
+                max_file_rows: o.max_file_rows,
+            },
+            bundle,
+            deliver,
+            work_dir,
+            snapshot,
+            fresh: o.fresh,
+            overwrite: o.overwrite,
+        };
+        if plan.embedding.provider.starts_with("openai:") && plan.embedding.model.is_none() {
+            return Err(Error::usage(
+                "--embedding-provider openai:URL needs --embedding-model (or ENGRAM_EMBEDDING_MODEL)",
+            ));
+        }
+        Ok(plan)
+    }
+
+    /// The plan for people, one setting per line; `plan` prints exactly this, and `run` records it.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<12} {v}\n"));
+        let s = &self.source;
+        let mut src = format!("{} {}", s.kind.name(), s.location);
+        if s.kind == SourceKind::Snapshot {
+            src.push_str(&format!(" (a snapshot of {})", s.origin.name()));
+        }
+        for (k, v) in [
+            ("include", s.include.join(",")),
+            ("exclude", s.exclude.join(",")),
+        ] {
+            if !v.is_empty() {
+                src.push_str(&format!(", {k} {v}"));
+            }
+        }
+        if let Some(n) = s.partition_rows {
+            src.push_str(&format!(", partitions of {n} rows"));
+        }
+        if let Some(db) = s.redis_db {
+            src.push_str(&format!(", database {db} only"));
+        }
+        line("source", src);
+        line("work dir", self.work_dir.root().display().to_string());
+        line("snapshot", self.snapshot.display().to_string());
+        line("mapping", self.mapping.describe());
+        let e = &self.embedding;
+        line(
+            "embedding",
+            format!(
+                "{}{}, cache {} entries + {} MiB on disk{}",
+                e.provider,
+                e.model.as_deref().map(|m| format!(" model {m}")).unwrap_or_default(),
+                e.cache_entries,
+                e.cache_mb,
+                if e.reembed { ", re-embed existing vectors" } else { "" }
+            ),
+        );
+        line(
+            "bundle",
+            format!("{}{}", self.bundle.display(), if self.overwrite { " (--overwrite)" } else { "" }),
+        );
+        match &self.deliver {
+            Some(d) => line(
+                "deliver",
+                format!(
+                    "{} ({} sink), batches of {} memories, {} in flight, checked before the snapshot",
+                    d.target, d.sink, d.batch_rows, d.parallel
+                ),
+            ),
+            None => line("deliver", "no live target: the bundle is the target".into()),
+        }
+        match &self.validate {
+            Some(v) => line(
+                "validate",
+                format!(
+                    "built-in checks{}, sample of {} rows (seed {}), ids unique {}",
+                    v.checks.as_ref().map(|c| format!(" + {}", c.display())).unwrap_or_default(),
+                    v.sample_size,
+                    v.sample_seed,
+                    match v.id_scope {
+                        IdScope::PerSpace => "per space",
+                        IdScope::Global => "across spaces",
+                    }
+                ),
+            ),
+            None => line("validate", "off (--validate false)".into()),
+        }
+        let l = &self.limits;
+        line(
+            "limits",
+            format!(
+                "batches of {} rows, {} workers, SQL memory {} MiB, files up to {} MiB{}",
+                l.batch_rows,
+                l.workers,
+                l.memory_limit_mb,
+                l.max_file_mb,
+                l.max_file_rows.map(|r| format!(" / {r} rows")).unwrap_or_default()
+            ),
+        );
+        if self.fresh {
+            line("fresh", "earlier state of the work directory is thrown away first".into());
+        }
+        out
+    }
+}
+
+impl MappingPlan {
+    pub fn describe(&self) -> String {
+        // Serialised directly (not through serde_json::Value), so an f32 knob reads as given: 0.9, not 0.8999999761581421.
+        fn knobs<T: Serialize>(t: &T) -> String {
+            serde_json::to_string(t).unwrap_or_default()
+        }
+        match self {
+            MappingPlan::File { path } => format!("{} (--sql)", path.display()),
+            MappingPlan::Generic(m) => format!("generated from the catalog; {}", knobs(m)),
+            MappingPlan::Graph(g) => format!("sql/neo4j.sql; {}", knobs(g)),
+            MappingPlan::Redis(r) => format!("sql/redis.sql; {}", knobs(r)),
+        }
+    }
+}
+
+/// The mapping of a source of this kind, with the flags' knobs checked.
+pub fn mapping_plan(o: &Options, origin: SourceKind) -> Result<MappingPlan> {
+    if let Some(path) = &o.sql {
+        if !path.is_file() {
+            return Err(Error::usage(format!("--sql {}: no such file", path.display())));
+        }
+        return Ok(MappingPlan::File { path: path.clone() });
+    }
+    if let Some(s) = &o.memory_space {
+        space_id("--memory-space", s)?;
+    }
+    Ok(match origin {
+        SourceKind::Redis => MappingPlan::Redis(RedisMapping {
+            memory_space: o.memory_space.clone(),
+            ttl_as_decay: o.ttl_as_decay.unwrap_or(true),
+            hash_field_memories: o.hash_field_memories,
+        }),
+        SourceKind::Neo4j => {
+            let mut g = GraphMapping::default();
+            g.memory_space = o.memory_space.clone();
+            for item in o.label_to_space.as_deref().unwrap_or("").split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                let (label, space) = item.split_once(':').ok_or_else(|| {
+                    Error::usage(format!(
+                        "--label-to-space: {item:?} is not LABEL:SPACE (e.g. \"Person:people,Company:companies\")"
+                    ))
+                })?;
+                space_id(&format!("--label-to-space {label}:"), space.trim())?;
+                g.label_to_space.push((label.trim().to_string(), space.trim().to_string()));
+            }
+            if let Some(p) = &o.memory_space_prefix {
+                if !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') || p.len() > 60 {
+                    return Err(Error::usage(format!("--memory-space-prefix {p:?}: use a-z, 0-9, _ and - (at most 60)")));
+                }
+                g.space_prefix = p.clone();
+            }
+            g.text_properties = list(&o.text_properties);
+            g.time_property = o.timestamp_column.clone();
+            g.weight_property = o.weight_property.clone();
+            g.confidence = unit_interval("--confidence", o.confidence, g.confidence)?;
+            g.activation = unit_interval("--activation", o.activation, g.activation)?;
+            g.bidirectional = o.bidirectional;
+            g.skip_edges = o.skip_edges;
+            MappingPlan::Graph(g)
+        }
+        _ => {
+            let mut m = MappingOptions::default();
+            m.memory_space = o.memory_space.clone();
+            m.table_to_space = config::parse_pairs("table-to-space", o.table_to_space.as_deref())?;
+            for (t, s) in &m.table_to_space {
+                space_id(&format!("--table-to-space {t}:"), s)?;
+            }
+            m.text_columns = config::parse_table_lists("text-columns", o.text_columns.as_deref())?;
+            m.timestamp_column = o.timestamp_column.clone();
+            m.confidence = unit_interval("--confidence", o.confidence, m.confidence)?;
+            m.activation = unit_interval("--activation", o.activation, m.activation)?;
+            m.skip_edges = o.skip_edges;
+            MappingPlan::Generic(m)
+        }
+    })
+}
