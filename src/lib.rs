@@ -4,6 +4,7 @@
 //! Each stage exchanges Arrow record batches; `pipeline` wires them and owns order, checkpoints and progress.
 
 pub mod bundle;
+pub mod catalog;
 pub mod checksum;
 pub mod config;
 pub mod embed;

@@ -10,8 +10,8 @@ use serde_json::{json, Map, Value};
 use super::{Catalog, Emit, ReadEnd, Source, TableInfo};
 use crate::error::{Error, Result};
 use crate::parquet_io;
-pub use crate::snapshot::MANIFEST;
-use crate::snapshot::{self, Manifest};
+pub use crate::snapshot::format::MANIFEST;
+use crate::snapshot::format::{self as snapshot, Manifest};
 
 pub struct SnapshotSource {
     dir: PathBuf,
