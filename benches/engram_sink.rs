@@ -72,7 +72,7 @@ fn per_memory(c: &mut Criterion) {
 
 /// A bundle of `n` random-vector memories in spaces of `per_space`.
 fn write_bundle(dir: &Path, n: u64, per_space: u64) -> PathBuf {
-    let schema = engram_migrate::schema::MEMORY_SCHEMA.clone();
+    let schema = engram_migrate::schema::memory_schema(768);
     let mut entries = vec![];
     let spaces = n.div_ceil(per_space);
     for s in 0..spaces {
@@ -136,7 +136,7 @@ fn write_bundle(dir: &Path, n: u64, per_space: u64) -> PathBuf {
     let mut totals = BTreeMap::new();
     totals.insert("memories".to_string(), n);
     let m = BundleManifest {
-        format: "engram-bundle/1".into(),
+        format: "engram-bundle/2".into(),
         run_id: "bench".into(),
         created_at: "2026-11-22T00:00:00Z".into(),
         source: serde_json::json!({"kind": "bench"}),

@@ -96,7 +96,13 @@ fn mapping_of(opts: &Options, manifest: &Manifest) -> Result<MappingPlan> {
 }
 
 /// The mapping SQL to run and where it came from; a generated one is written to `<work>/mapping.sql`.
-pub fn mapping_sql(mapping: &MappingPlan, manifest: &Manifest, work: &Path) -> Result<(String, String)> {
+/// `embedding_dim` is the run's: a generic mapping uses source vectors of that size as they are.
+pub fn mapping_sql(
+    mapping: &MappingPlan,
+    manifest: &Manifest,
+    work: &Path,
+    embedding_dim: usize,
+) -> Result<(String, String)> {
     let path = WorkDir::new(work).mapping_sql();
     let (sql, from) = match mapping {
         MappingPlan::File { path } => {
@@ -124,7 +130,9 @@ pub fn mapping_sql(mapping: &MappingPlan, manifest: &Manifest, work: &Path) -> R
                     return Err(Error::usage(format!("--text-columns: table {t} has no column {c:?}")));
                 }
             }
-            (transform::generic::generate(manifest, m), "generated")
+            let mut m = m.clone();
+            m.embedding_dim = embedding_dim;
+            (transform::generic::generate(manifest, &m), "generated")
         }
     };
     crate::parquet_io::write_atomic(&path, sql.as_bytes())?;
@@ -219,6 +227,14 @@ impl Ctx {
         })
     }
 
+    /// The run's embedding dimension: the provider's own (made here if the command has not made it yet).
+    fn embedding_dim(&mut self) -> Result<usize> {
+        if self.embedder.is_none() {
+            self.embedder = Some(embedder(&self.opts, &self.work)?);
+        }
+        Ok(self.embedder.as_ref().map(|e| e.native_dimension()).unwrap_or(0))
+    }
+
     fn snapshot(&mut self) -> Result<(PathBuf, Manifest)> {
         let t = Timer::start();
         let dir = snapshot_dir(&self.opts)?;
@@ -264,9 +280,10 @@ impl Ctx {
         manifest: &Manifest,
     ) -> Result<(TransformSummary, String, String)> {
         let t = Timer::start();
-        let (sql, origin) = mapping_sql(&mapping_of(&self.opts, manifest)?, manifest, &self.work)?;
+        let dim = self.embedding_dim()?;
+        let (sql, origin) = mapping_sql(&mapping_of(&self.opts, manifest)?, manifest, &self.work, dim)?;
         self.report.mapping = origin.clone();
-        let key = transform::transform_key(&sql, manifest);
+        let key = transform::transform_key(&sql, manifest, dim);
         let out = self.work.join("transform");
         let reuse = TransformSummary::load(&out).ok().filter(|s| s.key == key);
         let (summary, note) = match reuse {
@@ -283,6 +300,7 @@ impl Ctx {
                     self.opts.batch_size(),
                     limits(&self.opts),
                     &sql_memory(&self.opts, &self.work),
+                    dim,
                 )
                 .await?;
                 (s, format!("mapping {origin}"))
@@ -605,7 +623,10 @@ pub async fn validate_cmd(opts: Options) -> Result<()> {
     let r = async {
         let dir = snapshot_dir(&ctx.opts)?;
         let manifest = require_complete(&dir)?;
-        let (sql, origin) = mapping_sql(&mapping_of(&ctx.opts, &manifest)?, &manifest, &ctx.work)?;
+        // The mapping as the run generated it: with the bundle's embedding dimension.
+        let bundle_dir = Target::parse(ctx.opts.require_target()?)?.bundle_dir()?;
+        let dim = bundle::BundleManifest::load(&bundle_dir)?.embedding.dimension;
+        let (sql, origin) = mapping_sql(&mapping_of(&ctx.opts, &manifest)?, &manifest, &ctx.work, dim)?;
         let failed = ctx.validate(&dir, &manifest, &sql, &origin).await?;
         failed_checks(failed, ctx.report.validation.len(), &ctx.work)
     }

@@ -5,8 +5,6 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-/// Engram accepts exactly 768 floats per embedding (see shared/ENGRAM.md).
-pub const EMBEDDING_DIM: usize = 768;
 
 /// Column names of a memory, in schema order.
 pub mod memory {
@@ -37,11 +35,10 @@ pub mod edge {
     pub const SOURCE_KEY: &str = "source_key";
 }
 
-pub fn embedding_type() -> DataType {
-    DataType::FixedSizeList(
-        Arc::new(Field::new("item", DataType::Float32, false)),
-        EMBEDDING_DIM as i32,
-    )
+/// An embedding of `dim` floats: the provider's own dimension. A target decides what it takes (the Engram sink
+/// zero-pads to Engram's 768; a vector database stores `vector(dim)`).
+pub fn embedding_type(dim: usize) -> DataType {
+    DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), dim as i32)
 }
 
 pub fn timestamp_type() -> DataType {
@@ -54,14 +51,15 @@ pub fn timestamp_type() -> DataType {
 /// - `text`: what was embedded (NULL means: the content was embedded instead).
 /// - `source_kind`/`source_name`/`source_key`: provenance: `sqlite`/`postgres`/`neo4j`/`redis`, the table, label or key
 ///   pattern, and the primary key as a JSON object.
-pub static MEMORY_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+/// - `embedding`: `dim` floats, the run's embedding dimension (recorded in the bundle's manifest).
+pub fn memory_schema(dim: usize) -> SchemaRef {
     use memory::*;
     Arc::new(Schema::new(vec![
         Field::new(SPACE, DataType::Utf8, false),
         Field::new(ID, DataType::Utf8, false),
         Field::new(CONTENT, DataType::Utf8, false),
         Field::new(TEXT, DataType::Utf8, true),
-        Field::new(EMBEDDING, embedding_type(), true),
+        Field::new(EMBEDDING, embedding_type(dim), true),
         Field::new(CONFIDENCE, DataType::Float32, false),
         Field::new(ACTIVATION, DataType::Float32, false),
         Field::new(DECAY_RATE, DataType::Float32, false),
@@ -71,7 +69,7 @@ pub static MEMORY_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new(SOURCE_NAME, DataType::Utf8, false),
         Field::new(SOURCE_KEY, DataType::Utf8, false),
     ]))
-});
+}
 
 /// An edge between two memories. Engram has no API that stores edges, so the bundle is where they live.
 /// `source_name`/`source_key` say which source row (table + key, relationship id) produced the edge.
@@ -92,7 +90,7 @@ pub static EDGE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// What a mapping must produce for memories: the memory schema without the embedding, which the embedding
 /// stage adds. A mapping may still produce an `embedding` column (vectors that already exist in the source).
 pub static MAPPED_MEMORY_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let fields: Vec<_> = MEMORY_SCHEMA
+    let fields: Vec<_> = memory_schema(1)
         .fields()
         .iter()
         .filter(|f| f.name() != memory::EMBEDDING)
@@ -144,16 +142,13 @@ mod tests {
     }
 
     #[test]
-    fn embedding_is_fixed_768() {
-        let f = MEMORY_SCHEMA.field_with_name(memory::EMBEDDING).unwrap();
-        assert_eq!(f.data_type(), &embedding_type());
-        assert!(MAPPED_MEMORY_SCHEMA
-            .field_with_name(memory::EMBEDDING)
-            .is_err());
-        assert_eq!(
-            MAPPED_MEMORY_SCHEMA.fields().len() + 1,
-            MEMORY_SCHEMA.fields().len()
-        );
+    fn embedding_has_the_runs_dimension() {
+        for dim in [256, 768, 1536] {
+            let f = memory_schema(dim).field_with_name(memory::EMBEDDING).unwrap().clone();
+            assert_eq!(f.data_type(), &embedding_type(dim));
+        }
+        assert!(MAPPED_MEMORY_SCHEMA.field_with_name(memory::EMBEDDING).is_err());
+        assert_eq!(MAPPED_MEMORY_SCHEMA.fields().len() + 1, memory_schema(768).fields().len());
     }
 }
 

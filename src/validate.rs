@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::parquet_io;
-use crate::schema::{EDGE_SCHEMA, MEMORY_SCHEMA};
+use crate::schema::{memory_schema, EDGE_SCHEMA};
 use crate::bundle::BundleManifest;
 use crate::snapshot::{self, Manifest};
 use crate::source::Source;
@@ -112,7 +112,7 @@ pub async fn run(
         &ctx,
         "bundle_memories",
         &bundle.memory_files(bundle_dir),
-        MEMORY_SCHEMA.clone(),
+        memory_schema(bundle.embedding.dimension),
     )
     .await?;
     register_files(
@@ -130,7 +130,7 @@ pub async fn run(
     )
     .await?;
 
-    register_target_rules(&ctx, opts.id_scope)?;
+    register_target_rules(&ctx, opts.id_scope, bundle.embedding.dimension)?;
 
     let pb = crate::progress::spinner("validate");
     let prep = std::time::Instant::now();
@@ -248,17 +248,18 @@ async fn register_files(
     Ok(())
 }
 
-/// `target_rules`: what the target requires of the bundle, as a one-row table the checks join.
-fn register_target_rules(ctx: &SessionContext, id_scope: IdScope) -> Result<()> {
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        "ids_unique_across_spaces",
-        DataType::Boolean,
-        false,
-    )]));
-    let col: ArrayRef = Arc::new(arrow::array::BooleanArray::from(vec![
-        id_scope == IdScope::Global,
+/// `target_rules`: what the target requires of the bundle, as a one-row table the checks join: whether ids
+/// must be unique across spaces, and the embedding dimension every memory must have (the bundle's own).
+fn register_target_rules(ctx: &SessionContext, id_scope: IdScope, embedding_dim: usize) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("ids_unique_across_spaces", DataType::Boolean, false),
+        Field::new("embedding_dim", DataType::Int64, false),
     ]));
-    mem_table(ctx, "target_rules", RecordBatch::try_new(schema, vec![col])?)
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(arrow::array::BooleanArray::from(vec![id_scope == IdScope::Global])),
+        Arc::new(arrow::array::Int64Array::from(vec![embedding_dim as i64])),
+    ];
+    mem_table(ctx, "target_rules", RecordBatch::try_new(schema, cols)?)
 }
 
 fn mem_table(ctx: &SessionContext, name: &str, batch: RecordBatch) -> Result<()> {
@@ -668,7 +669,7 @@ mod tests {
             )
             .unwrap();
             mem_table(&ctx, "bundle_memories", batch).unwrap();
-            register_target_rules(&ctx, scope).unwrap();
+            register_target_rules(&ctx, scope, 768).unwrap();
             let out = transform::collect(&ctx, check.trim().trim_end_matches(';'), "duplicate_ids")
                 .await
                 .unwrap();

@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 use crate::parquet_io::PartFile;
 
 pub const BUNDLE_FILE: &str = "bundle.json";
-pub const FORMAT: &str = "engram-bundle/1";
+/// 2: embeddings at the provider's own dimension (`embedding.dimension`); 1 padded them to 768 for Engram.
+pub const FORMAT: &str = "engram-bundle/2";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PartSet {

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::format::{BundleManifest, EmbeddingInfo, PartSet, SpaceEntry, BUNDLE_FILE, FORMAT};
 use crate::error::{Error, Result};
 use crate::parquet_io::{self, part_name, PartFile, PartLimits, RollingWriter};
-use crate::schema::MEMORY_SCHEMA;
+use crate::schema::memory_schema;
 use crate::transform::TransformSummary;
 use crate::workdir::{self, Checkpoint, RunKey};
 
@@ -76,6 +76,8 @@ pub fn write(
         )
     })?;
     let resumed_parts = checkpoint.state.parts.len();
+    // The bundle keeps the stage's vectors at their own dimension (recorded in bundle.json).
+    let dim = stage.embedding_info().dimension;
 
     let total = summary.memory_rows();
     let pb = crate::progress::bar(total, "embed + write", "memories");
@@ -109,7 +111,7 @@ pub fn write(
                 max_file_rows: u64::MAX,
                 row_group_rows: 8192,
             };
-            let mut w = RollingWriter::new(&dir, MEMORY_SCHEMA.clone(), limits, index)?;
+            let mut w = RollingWriter::new(&dir, memory_schema(dim), limits, index)?;
             let src = transform_dir.join("memories").join(space).join(&part.file);
             for b in parquet_io::open_reader(&src, opts.batch_size)? {
                 let b =

@@ -36,7 +36,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::EmbeddingProvider;
 use crate::error::{Error, Result};
-use crate::schema::EMBEDDING_DIM;
+
 
 /// Provider name recorded in provenance.
 pub const HASHING_NAME: &str = "hashing-v1";
@@ -56,7 +56,8 @@ pub const CHAR_NGRAM_MIN: usize = 3;
 /// Longest character n-gram.
 pub const CHAR_NGRAM_MAX: usize = 5;
 
-const DIM: usize = EMBEDDING_DIM;
+/// Engram's dimension, so hashed vectors go to an Engram server as they are.
+const DIM: usize = 768;
 
 /// Texts per rayon work item at least: one text costs about a microsecond, so smaller splits are all overhead.
 const MIN_TEXTS_PER_TASK: usize = 32;

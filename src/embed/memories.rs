@@ -14,7 +14,7 @@ use super::{EmbedStats, Embedder};
 use crate::bundle::writer::MemoryStage;
 use crate::bundle::EmbeddingInfo;
 use crate::error::{Error, Result};
-use crate::schema::{memory, EMBEDDING_DIM, MEMORY_SCHEMA};
+use crate::schema::{memory, memory_schema};
 
 /// The embedding stage of a run: the embedder and whether existing vectors are ignored (`--reembed`).
 pub struct EmbedStage<'a> {
@@ -35,9 +35,10 @@ impl MemoryStage for EmbedStage<'_> {
         let e = &self.embedder;
         EmbeddingInfo {
             provider: e.provider_name(),
-            dimension: EMBEDDING_DIM,
+            dimension: e.native_dimension(),
             native_dimension: e.native_dimension(),
-            zero_padding: EMBEDDING_DIM - e.native_dimension(),
+            // The bundle keeps the provider's vectors as they are; a target that needs another size pads (Engram).
+            zero_padding: 0,
             model: e.provider_model(),
             existing_vectors: e.stats().existing_vectors,
         }
@@ -77,7 +78,15 @@ pub fn embed_memories(
     batch: &RecordBatch,
     reembed: bool,
 ) -> Result<RecordBatch> {
-    let idx = MEMORY_SCHEMA.index_of(memory::EMBEDDING)?;
+    let schema = memory_schema(embedder.native_dimension());
+    let idx = schema.index_of(memory::EMBEDDING)?;
+    if batch.schema().field(idx).data_type() != schema.field(idx).data_type() {
+        return Err(Error::Internal(format!(
+            "staged memories have embeddings of type {}, the provider makes {}; transform again (--fresh)",
+            batch.schema().field(idx).data_type(),
+            schema.field(idx).data_type()
+        )));
+    }
     let n = batch.num_rows();
     let existing = if reembed {
         arrow::array::new_null_array(batch.column(idx).data_type(), n)
@@ -89,7 +98,7 @@ pub fn embed_memories(
     if keep_rows.len() == n && n > 0 {
         let mut cols = batch.columns().to_vec();
         cols[idx] = existing;
-        return Ok(RecordBatch::try_new(MEMORY_SCHEMA.clone(), cols)?);
+        return Ok(RecordBatch::try_new(schema, cols)?);
     }
     let texts = texts_to_embed(batch)?;
     let merged = if keep_rows.is_empty() {
@@ -120,7 +129,7 @@ pub fn embed_memories(
     };
     let mut cols = batch.columns().to_vec();
     cols[idx] = merged;
-    Ok(RecordBatch::try_new(MEMORY_SCHEMA.clone(), cols)?)
+    Ok(RecordBatch::try_new(schema, cols)?)
 }
 
 /// How far from 1 the norm of an existing vector may be and still be kept bit for bit (f32 rounding of a vector
@@ -182,6 +191,8 @@ mod tests {
     use crate::embed::{Embedder, HashingProvider};
     use crate::schema::{embedding_type, timestamp_type};
 
+    const EMBEDDING_DIM: usize = 768;
+
     /// Memories with texts "t0".."t3"; row 0 brings a non-unit vector, row 1 none, row 2 the zero vector, row 3 a
     /// unit vector.
     fn batch() -> RecordBatch {
@@ -191,7 +202,7 @@ mod tests {
         values[0] = 3.0;
         values[1] = 4.0;
         values[3 * EMBEDDING_DIM + 5] = 1.0;
-        let DataType::FixedSizeList(field, size) = embedding_type() else {
+        let DataType::FixedSizeList(field, size) = embedding_type(EMBEDDING_DIM) else {
             unreachable!()
         };
         let emb = FixedSizeListArray::try_new(
@@ -203,7 +214,7 @@ mod tests {
         .unwrap();
         let f = |v: f32| Arc::new(Float32Array::from(vec![v; n])) as ArrayRef;
         RecordBatch::try_new(
-            MEMORY_SCHEMA.clone(),
+            memory_schema(EMBEDDING_DIM),
             vec![
                 s("space"),
                 Arc::new(StringArray::from(vec!["a", "b", "c", "d"])),

@@ -29,7 +29,6 @@ use serde_json::Value;
 use super::EmbeddingProvider;
 use crate::error::{Error, Result};
 use crate::retry::Backoff;
-use crate::schema::EMBEDDING_DIM;
 
 #[derive(Clone)]
 pub struct OpenAiOptions {
@@ -41,6 +40,10 @@ pub struct OpenAiOptions {
     pub request_size: usize,
     /// Retries of 429, 5xx and transport errors (the tool's one policy, `crate::retry`).
     pub backoff: Backoff,
+    /// The longest vectors wanted: a model that answers longer ones is asked to shorten them (OpenAI's
+    /// text-embedding-3 models do on request). Engram's 768 by default, the bundle's usual destination; None
+    /// keeps the model's own dimension (for a target that stores any size).
+    pub max_dimensions: Option<usize>,
     /// Per request.
     pub timeout: Duration,
 }
@@ -65,6 +68,7 @@ impl Default for OpenAiOptions {
             request_size: 128,
             // Embedding servers recover slowly (a model reloading): longer waits than for Engram.
             backoff: Backoff { attempts: 7, base: Duration::from_millis(500), cap: Duration::from_secs(30) },
+            max_dimensions: Some(crate::sink::engram::ENGRAM_DIM),
             timeout: Duration::from_secs(120),
         }
     }
@@ -167,16 +171,16 @@ impl OpenAiProvider {
         let probe = ["dimension probe"];
         let mut v = p.on_own_thread(|client| p.request_with_retries(client, &probe))?;
         let mut dim = v.pop().map_or(0, |v| v.len());
-        if dim > EMBEDDING_DIM {
-            // Ask for 768 (OpenAI's text-embedding-3 models shorten their vectors on request).
+        let cap = p.opts.max_dimensions;
+        if let Some(cap) = cap.filter(|&c| dim > c) {
+            // Ask for `cap` (OpenAI's text-embedding-3 models shorten their vectors on request).
             p.ask_dimensions = true;
             let mut v = p.on_own_thread(|client| p.request_with_retries(client, &probe))?;
             dim = v.pop().map_or(0, |v| v.len());
-            if dim != EMBEDDING_DIM {
+            if dim != cap {
                 return Err(Error::usage(format!(
-                    "embedding model {:?} at {} returns vectors longer than Engram's {EMBEDDING_DIM} floats and \
-                     the server does not shorten them on request; choose a model of at most {EMBEDDING_DIM} \
-                     dimensions",
+                    "embedding model {:?} at {} returns vectors longer than {cap} floats (Engram's size) and \
+                     the server does not shorten them on request; choose a model of at most {cap} dimensions",
                     p.opts.model,
                     redact_url(&p.endpoint)
                 )));
@@ -290,8 +294,8 @@ impl OpenAiProvider {
             "input": input,
             "encoding_format": "float",
         });
-        if self.ask_dimensions {
-            body["dimensions"] = EMBEDDING_DIM.into();
+        if let Some(cap) = self.opts.max_dimensions.filter(|_| self.ask_dimensions) {
+            body["dimensions"] = cap.into();
         }
         let body = serde_json::to_vec(&body).map_err(|e| Fatal(e.into()))?;
         let mut req = client

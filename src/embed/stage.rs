@@ -1,4 +1,4 @@
-//! The embedding stage: a `StringArray` of texts in, a `FixedSizeList<Float32, 768>` column out.
+//! The embedding stage: a `StringArray` of texts in, a `FixedSizeList<Float32, dim>` column out, `dim` the provider's own.
 //!
 //! Around a provider it keeps a bounded cache keyed by content hash (XXH3-128 of the text's UTF-8 bytes), shared
 //! by all the batches one `Embedder` sees, and deduplicates texts within a batch, so each distinct text is embedded
@@ -32,7 +32,7 @@ use super::cache::DiskCache;
 use super::key::KeyMap;
 use super::EmbeddingProvider;
 use crate::error::{Error, Result};
-use crate::schema::{embedding_type, EMBEDDING_DIM};
+use crate::schema::embedding_type;
 
 /// Default number of cached vectors.
 pub const DEFAULT_CACHE_CAPACITY: usize = 32_768;
@@ -165,15 +165,12 @@ impl std::fmt::Debug for Embedder {
 
 impl Embedder {
     /// `cache_capacity` is a number of vectors (see [`DEFAULT_CACHE_CAPACITY`]); 0 disables the cache.
-    /// Fails if the provider's dimension is 0 or more than 768.
+    /// Fails if the provider's dimension is 0. What dimension a target takes is the target's rule (the Engram
+    /// sink pads to 768 and refuses more), checked before a load.
     pub fn new(provider: Arc<dyn EmbeddingProvider>, cache_capacity: usize) -> Result<Self> {
         let dim = provider.dimension();
-        if dim == 0 || dim > EMBEDDING_DIM {
-            return Err(Error::usage(format!(
-                "embedding provider {} has dimension {dim}; Engram needs vectors of 1 to {EMBEDDING_DIM} floats \
-                 (shorter ones are zero-padded)",
-                provider.name()
-            )));
+        if dim == 0 {
+            return Err(Error::usage(format!("embedding provider {} has dimension 0", provider.name())));
         }
         Ok(Embedder {
             provider,
@@ -225,9 +222,8 @@ impl Embedder {
     }
 
     /// Embed every row of `texts`. The result has exactly `texts.len()` rows, none NULL, of type
-    /// [`embedding_type`]. A NULL text is embedded as the empty string: callers that want a fallback (e.g. the
-    /// record's JSON content) substitute it before calling. Vectors of a provider with fewer than 768 dimensions
-    /// are zero-padded at the end (cosine similarity is unchanged).
+    /// [`embedding_type`] of the provider's dimension. A NULL text is embedded as the empty string: callers that
+    /// want a fallback (e.g. the record's JSON content) substitute it before calling.
     ///
     /// On a provider error nothing is cached and the stats are unchanged.
     pub fn embed_column(&mut self, texts: &StringArray) -> Result<FixedSizeListArray> {
@@ -281,7 +277,7 @@ impl Embedder {
         }
 
         // 3. Assemble the output sequentially (no zero-fill of the whole buffer first), then cache the misses.
-        let mut values: Vec<f32> = Vec::with_capacity(n * EMBEDDING_DIM);
+        let mut values: Vec<f32> = Vec::with_capacity(n * dim);
         for source in &sources {
             let v = match *source {
                 Source::Cached(slot) => self.cache.vector(slot),
@@ -293,9 +289,8 @@ impl Embedder {
                 Source::Miss(j) => &vectors[j * dim..(j + 1) * dim],
             };
             values.extend_from_slice(v);
-            values.resize(values.len() + (EMBEDDING_DIM - dim), 0.0);
         }
-        debug_assert_eq!(values.len(), n * EMBEDDING_DIM);
+        debug_assert_eq!(values.len(), n * dim);
         // New vectors go to the persistent cache; the FIFO keeps only those it has no room for. Entries that the
         // same batch would evict from the FIFO again are not inserted at all.
         let mut overflow: Vec<usize> = Vec::new();
@@ -322,7 +317,7 @@ impl Embedder {
             .as_ref()
             .map_or(0, |d| d.stats().hits_from_earlier_runs);
 
-        let DataType::FixedSizeList(field, size) = embedding_type() else {
+        let DataType::FixedSizeList(field, size) = embedding_type(dim) else {
             return Err(Error::Internal(
                 "schema::embedding_type() is not a FixedSizeList".into(),
             ));
@@ -467,7 +462,7 @@ mod tests {
     fn rows(a: &FixedSizeListArray) -> Vec<Vec<f32>> {
         let values = a.values().as_primitive::<Float32Type>().values();
         values
-            .chunks_exact(EMBEDDING_DIM)
+            .chunks_exact(a.value_length() as usize)
             .map(|r| r.to_vec())
             .collect()
     }
@@ -495,7 +490,7 @@ mod tests {
             .unwrap();
         assert_eq!(out.len(), 4);
         assert_eq!(out.null_count(), 0);
-        assert_eq!(out.data_type(), &embedding_type());
+        assert_eq!(out.data_type(), &embedding_type(768));
         assert_eq!(out.value_length(), 768);
         let r = rows(&out);
         // NULL is embedded as "".
@@ -506,7 +501,7 @@ mod tests {
         }
         let empty = e.embed_column(&column(&[])).unwrap();
         assert_eq!(empty.len(), 0);
-        assert_eq!(empty.data_type(), &embedding_type());
+        assert_eq!(empty.data_type(), &embedding_type(768));
     }
 
     #[test]
@@ -589,7 +584,7 @@ mod tests {
     }
 
     #[test]
-    fn padding_small_dimension() {
+    fn a_small_dimension_is_kept_as_it_is() {
         let mut e = Embedder::new(Arc::new(Tiny::default()), 10)
             .unwrap()
             .unchecked();
@@ -597,18 +592,14 @@ mod tests {
         let out = e
             .embed_column(&column(&[Some("hello"), Some("hi"), Some("hello")]))
             .unwrap();
-        assert_eq!(out.value_length(), 768);
+        // The provider's own dimension: no padding in the stage (a target pads if it needs to).
+        assert_eq!(out.value_length(), 4);
         let r = rows(&out);
-        assert_eq!(&r[0][..4], &[5.0, 1.0, 2.0, 3.0]);
-        assert_eq!(&r[1][..4], &[2.0, 1.0, 2.0, 3.0]);
+        assert_eq!(r[0], [5.0, 1.0, 2.0, 3.0]);
+        assert_eq!(r[1], [2.0, 1.0, 2.0, 3.0]);
         assert_eq!(r[2], r[0]);
-        for v in &r {
-            assert!(v[4..].iter().all(|&x| x == 0.0));
-        }
-        // Cached values are padded too.
         let r = rows(&e.embed_column(&column(&[Some("hi")])).unwrap());
-        assert_eq!(&r[0][..4], &[2.0, 1.0, 2.0, 3.0]);
-        assert!(r[0][4..].iter().all(|&x| x == 0.0));
+        assert_eq!(r[0], [2.0, 1.0, 2.0, 3.0]);
     }
 
     #[test]
@@ -669,7 +660,8 @@ mod tests {
     #[test]
     fn rejects_bad_dimensions_and_propagates_errors() {
         assert!(Embedder::new(Arc::new(Dim(0)), 10).is_err());
-        assert!(Embedder::new(Arc::new(Dim(769)), 10).is_err());
+        // Any positive dimension: 1536 is a vector database's business, Engram's limit is its sink's.
+        assert!(Embedder::new(Arc::new(Dim(1536)), 10).is_ok());
         assert!(Embedder::new(Arc::new(Dim(768)), 10).is_ok());
 
         let mut e = Embedder::new(Arc::new(Failing), 10).unwrap();

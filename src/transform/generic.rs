@@ -27,6 +27,10 @@ pub struct MappingOptions {
     pub decay_rate: f32,
     pub edge_weight: f32,
     pub skip_edges: bool,
+    /// The run's embedding dimension: a source column of exactly this many floats (pgvector `vector(N)`) becomes
+    /// the memory's embedding as it is. Set from the provider when the mapping is generated, not a flag.
+    #[serde(skip)]
+    pub embedding_dim: usize,
 }
 
 impl Default for MappingOptions {
@@ -41,6 +45,7 @@ impl Default for MappingOptions {
             decay_rate: 0.01,
             edge_weight: 0.8,
             skip_edges: false,
+            embedding_dim: 768,
         }
     }
 }
@@ -168,10 +173,11 @@ fn created_at_expr(t: &TableEntry, opts: &MappingOptions, alias: &str) -> String
     "CAST(NULL AS TIMESTAMP)".into()
 }
 
-/// A column that already holds Engram-sized vectors (pgvector `vector(768)`): they become the memory's
-/// embedding as they are, instead of an embedding of the text. Vectors of other sizes stay in the content only.
-pub fn embedding_column(t: &TableEntry) -> Option<&str> {
-    let wanted = format!("FixedSizeList({} x Float32)", crate::schema::EMBEDDING_DIM);
+/// A column that already holds vectors of the run's dimension (pgvector `vector(768)` with a 768-float provider):
+/// they become the memory's embedding as they are, instead of an embedding of the text. Vectors of other sizes
+/// stay in the content only.
+pub fn embedding_column(t: &TableEntry, dim: usize) -> Option<&str> {
+    let wanted = format!("FixedSizeList({dim} x Float32)");
     t.schema
         .iter()
         .find(|f| f.data_type == wanted)
@@ -179,8 +185,8 @@ pub fn embedding_column(t: &TableEntry) -> Option<&str> {
 }
 
 /// Vector columns of another size, reported in the mapping (they are embedded from text instead).
-pub fn other_vector_columns(t: &TableEntry) -> Vec<String> {
-    let wanted = format!("FixedSizeList({} x Float32)", crate::schema::EMBEDDING_DIM);
+pub fn other_vector_columns(t: &TableEntry, dim: usize) -> Vec<String> {
+    let wanted = format!("FixedSizeList({dim} x Float32)");
     t.schema
         .iter()
         .filter(|f| {
@@ -271,20 +277,21 @@ pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
             .filter(|c| !c.synthetic)
             .map(|c| format!("{}, {}", lit(&c.name), col("c", &c.name)))
             .collect();
-        let embedding = match embedding_column(t) {
+        let dim = opts.embedding_dim;
+        let embedding = match embedding_column(t, dim) {
             Some(c) => format!("CAST({} AS REAL[])", col("c", c)),
             None => "CAST(NULL AS REAL[])".into(),
         };
         let mut note = String::new();
-        if let Some(c) = embedding_column(t) {
+        if let Some(c) = embedding_column(t, dim) {
             note.push_str(&format!(
-                "-- column {c} holds 768-float vectors: used as the embedding as is\n"
+                "-- column {c} holds {dim}-float vectors (the embedding's dimension): used as the embedding as is\n"
             ));
         }
-        for v in other_vector_columns(t) {
-            tracing::warn!(table = %name, column = %v, "vector column is not Engram's 768 dimensions; kept in the content, the memory is embedded from its text");
+        for v in other_vector_columns(t, dim) {
+            tracing::warn!(table = %name, column = %v, "vector column is not of the embedding's {dim} dimensions; kept in the content, the memory is embedded from its text");
             note.push_str(&format!(
-                "-- column {v} is not 768 floats: kept in the content, the memory is embedded from its text\n"
+                "-- column {v} is not {dim} floats: kept in the content, the memory is embedded from its text\n"
             ));
         }
         memories.push(format!(

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::parquet_io::{self, PartFile, PartLimits, RollingWriter};
-use crate::schema::{self, EDGE_SCHEMA, MEMORY_SCHEMA};
+use crate::schema::{self, memory_schema, EDGE_SCHEMA};
 use crate::snapshot::{self, Manifest};
 
 /// Memory DataFusion may use for joins, aggregations and sorts, and where it spills beyond that.
@@ -259,8 +259,9 @@ impl TransformSummary {
 }
 
 /// The key of a transform: the mapping text and the snapshot's table checksums.
-pub fn transform_key(sql: &str, manifest: &Manifest) -> String {
-    let mut text = sql.to_string();
+pub fn transform_key(sql: &str, manifest: &Manifest, embedding_dim: usize) -> String {
+    // The staged memories' embedding column has the run's dimension: another provider's size stages again.
+    let mut text = format!("{sql}\nembedding_dim:{embedding_dim}");
     for t in &manifest.tables {
         text.push_str(&format!("\n{}:{}:{}", t.info.name, t.rows, t.checksum));
     }
@@ -280,6 +281,7 @@ pub async fn run(
     batch_size: usize,
     limits: PartLimits,
     memory: &SqlMemory,
+    embedding_dim: usize,
 ) -> Result<TransformSummary> {
     let ctx = session(workers, batch_size, memory)?;
     register_snapshot(&ctx, snapshot_dir, manifest).await?;
@@ -306,7 +308,7 @@ pub async fn run(
 
     let pb = crate::progress::bar(manifest.total_rows(), "transform", "rows");
     for (view, target) in [
-        ("memories", MEMORY_SCHEMA.clone()),
+        ("memories", memory_schema(embedding_dim)),
         ("edges", EDGE_SCHEMA.clone()),
     ] {
         for space in distinct_spaces(&ctx, view, origin).await? {

@@ -97,15 +97,16 @@ fn model2vec_run_validates_and_a_second_run_embeds_nothing() {
             .starts_with("model2vec:potion-base-8M:"),
         "{e}"
     );
-    assert_eq!(e["dimension"], 768);
+    // The bundle keeps the model's own 256 floats (a target pads if it must: the Engram sink to 768).
+    assert_eq!(e["dimension"], 256);
     assert_eq!(e["native_dimension"], 256);
-    assert_eq!(e["zero_padding"], 512);
+    assert_eq!(e["zero_padding"], 0);
     assert_eq!(e["model"], model.display().to_string());
-    // Read back by pyarrow: 768 floats, unit norm, and the padding is zeros (at most 256 non-zero components).
+    // Read back by pyarrow: 256 floats, unit norm.
     let prof = vector_profile(&target);
     assert_eq!(prof.len() as u64, b["totals"]["memories"].as_u64().unwrap());
     for (d, n, nz) in &prof {
-        assert_eq!(*d, 768);
+        assert_eq!(*d, 256);
         assert!((n - 1.0).abs() < 1e-3, "norm {n}");
         assert!(*nz > 1 && *nz <= 256, "{nz} non-zero components");
     }
@@ -362,9 +363,10 @@ fn http_provider_run_end_to_end_with_faults_and_a_cached_second_run() {
     }
     let b = json(&target.join("bundle.json"));
     assert_eq!(b["embedding"]["native_dimension"], 384);
-    assert_eq!(b["embedding"]["zero_padding"], 384);
+    assert_eq!(b["embedding"]["dimension"], 384);
+    assert_eq!(b["embedding"]["zero_padding"], 0);
     for (d, n, nz) in vector_profile(&target) {
-        assert_eq!(d, 768);
+        assert_eq!(d, 384);
         assert!((n - 1.0).abs() < 1e-3);
         assert!(nz <= 384);
     }

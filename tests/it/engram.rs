@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use arrow::array::{
     ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{DataType, Field};
 use engram_migrate::parquet_io::{PartLimits, RollingWriter};
-use engram_migrate::schema::{memory, MEMORY_SCHEMA};
+use engram_migrate::schema::memory_schema;
 use engram_migrate::bundle::{BundleManifest, EmbeddingInfo, PartSet, SpaceEntry};
 
 use crate::common::*;
@@ -91,29 +91,7 @@ pub fn write_bundle(dir: &Path, spaces: &[(&str, Vec<TestMemory>)], dim: i32) ->
     let mut entries = vec![];
     let mut total = 0;
     for (space, mems) in spaces {
-        let schema = if dim == 768 {
-            MEMORY_SCHEMA.clone()
-        } else {
-            let fields: Vec<Field> = MEMORY_SCHEMA
-                .fields()
-                .iter()
-                .map(|f| {
-                    if f.name() == memory::EMBEDDING {
-                        Field::new(
-                            memory::EMBEDDING,
-                            DataType::FixedSizeList(
-                                Arc::new(Field::new("item", DataType::Float32, false)),
-                                dim,
-                            ),
-                            true,
-                        )
-                    } else {
-                        f.as_ref().clone()
-                    }
-                })
-                .collect();
-            Arc::new(Schema::new(fields))
-        };
+        let schema = memory_schema(dim as usize);
         let n = mems.len();
         let s = |f: &dyn Fn(&TestMemory) -> String| -> ArrayRef {
             Arc::new(StringArray::from(mems.iter().map(f).collect::<Vec<_>>()))
@@ -178,7 +156,7 @@ pub fn write_bundle(dir: &Path, spaces: &[(&str, Vec<TestMemory>)], dim: i32) ->
     totals.insert("memories".to_string(), total);
     totals.insert("edges".to_string(), 0);
     let m = BundleManifest {
-        format: "engram-bundle/1".into(),
+        format: "engram-bundle/2".into(),
         run_id: format!("test-{}", dir.display()),
         created_at: "2026-11-22T00:00:00Z".into(),
         source: serde_json::json!({"kind": "test"}),
@@ -555,8 +533,8 @@ fn unreachable_server_wrong_token_and_non_768_embeddings_fail_clearly() {
     }
     assert_eq!(standin.state.ids("plain").len(), 5);
 
-    // A bundle with 16-float embeddings: refused before the first write.
-    let bad = write_bundle(&tmp.path().join("bad.bundle"), &[("plain", mems)], 16);
+    // A bundle with 1536-float embeddings (more than Engram's 768): refused before the first write.
+    let bad = write_bundle(&tmp.path().join("bad.bundle"), &[("plain", mems.clone())], 1536);
     let standin = Standin::start(Config::default());
     let out = load(&bad, standin.http_target().as_str(), &[]);
     assert_eq!(code(&out), 3);
@@ -768,5 +746,24 @@ fn run_into_an_unreachable_target_fails_before_the_snapshot() {
         assert!(took < Duration::from_secs(5), "{scheme}: took {took:?}");
         assert!(!bundle.exists(), "{scheme}: a bundle was written");
         assert!(!tmp.path().join("b.work/snapshot").exists(), "{scheme}: the snapshot was started");
+    }
+}
+
+/// A bundle at a provider's own dimension (256, as model2vec makes): the Engram sink zero-pads each vector to
+/// Engram's 768 when it sends it (cosine unchanged), and the read-back compares the padded vectors.
+#[test]
+fn a_bundle_of_256_float_embeddings_is_padded_for_engram_and_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mems: Vec<TestMemory> = (0..20).map(|i| mem(&format!("s{i}"), unit_vector(700 + i), 0.7)).collect();
+    let bundle = write_bundle(&tmp.path().join("small.bundle"), &[("small_dim", mems)], 256);
+    for grpc in [false, true] {
+        let standin = Standin::start(Config::default());
+        let target = if grpc { standin.grpc_target() } else { standin.http_target() };
+        let out = load(&bundle, &target, &[]);
+        assert_eq!(code(&out), 0, "grpc={grpc}: {}", stderr(&out));
+        assert_eq!(standin.state.ids("small_dim").len(), 20);
+        let r = report(&bundle);
+        assert_eq!(r["verification"]["kept_total"], 20);
+        assert_eq!(r["verification"]["embedding_differs"].as_array().unwrap().len(), 0);
     }
 }
