@@ -585,7 +585,18 @@ async fn deliver(
     let started = Timer::start();
     let out = crate::sink::load::run(bundle, &manifest, sink, limits, checkpoint_file, &run_key).await?;
     let read_back = sink.read_back(bundle, &manifest, &out.rejected).await?;
-    let delivery = report::Delivery::new(sink, bundle, &out, &read_back, started.elapsed());
+    // The verdict in SQL, the same checks for every sink (sql/validate/target_*.sql).
+    let vopts = ValidateOptions {
+        id_scope: validate::IdScope::PerSpace,
+        sample_size: 0,
+        sample_seed: 0,
+        extra_checks: None,
+        workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        batch_size: plan::DEFAULT_BATCH_ROWS,
+        memory: transform::SqlMemory { limit_bytes: 2048 << 20, spill_dir: work.spill() },
+    };
+    let checks = validate::check_target(bundle, &read_back, &vopts).await?;
+    let delivery = report::Delivery::new(sink, bundle, &out, &read_back, &checks, started.elapsed());
     report::save_delivery(&work.report(), &delivery)?;
     println!(
         "loaded {} into {}: sent {} memories{} in {:.1} s ({:.0} memories/s)",
@@ -602,13 +613,15 @@ async fn deliver(
     );
     println!("read-back verification:");
     print!("{}", read_back.rendered);
+    validate::print_results(&checks);
     println!("report: {} (\"delivery\")", work.report().display());
     // The checkpoint is kept until the read-back is done: a load killed during it only reads back again.
     let _ = fs::remove_file(checkpoint_file);
-    if read_back.missing > 0 {
+    let failed = validate::count_failed(&checks);
+    if failed > 0 {
         return Err(Error::ValidationFailed {
-            failed: read_back.missing as usize,
-            total: read_back.bundle_total as usize,
+            failed,
+            total: checks.len(),
             report: work.report().display().to_string(),
         });
     }

@@ -116,7 +116,10 @@ pub struct Delivery {
     pub seconds: f64,
     pub memories_per_second: f64,
     pub rejected: u64,
+    /// Every target check passed: the target holds every bundle memory as the bundle has it.
     pub complete: bool,
+    /// The target checks (sql/validate/target_*.sql) over the sink's read-back.
+    pub checks: Vec<CheckResult>,
     /// The sink's read-back findings (Engram: "protocol", "verification").
     #[serde(flatten)]
     pub read_back: Value,
@@ -128,6 +131,7 @@ impl Delivery {
         bundle: &Path,
         out: &crate::sink::LoadOutcome,
         rb: &crate::sink::ReadBack,
+        checks: &[CheckResult],
         elapsed: std::time::Duration,
     ) -> Delivery {
         Delivery {
@@ -140,7 +144,8 @@ impl Delivery {
             seconds: elapsed.as_secs_f64(),
             memories_per_second: out.rows_per_second,
             rejected: out.rejected.len() as u64,
-            complete: rb.missing == 0,
+            complete: checks.iter().all(|c| c.passed),
+            checks: checks.to_vec(),
             read_back: rb.details.clone(),
         }
     }

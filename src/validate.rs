@@ -2,6 +2,9 @@
 //! recomputed checksums, sampled source rows); each check is a query in `sql/validate/` that returns the
 //! offending rows, so empty means pass. Users add their own checks with `--checks DIR`.
 //!
+//! After a live load, `check_target` runs `sql/validate/target_*.sql` over the sink's read-back (`target_memories`,
+//! `target_explained`) and `bundle_memories`: one verdict in SQL for every sink.
+//!
 //! Tables a check can use: `bundle_memories`, `bundle_edges`, `bundle_orphans`, `source."<table>"` (snapshot),
 //! the mapping's views (`memories`, `edges`, `orphans`, `expected_counts`), `source_counts`, `integrity`,
 //! `sample_values`, `target_rules`; functions `vector_dim`, `vector_norm`, `to_json`.
@@ -190,12 +193,23 @@ pub async fn run(
             ));
         }
     }
+    let results = run_checks(&ctx, checks, &pb).await?;
+    pb.finish_and_clear();
+    Ok(results)
+}
+
+/// Runs each (name, SQL) check in `ctx`: a check's rows are its offending rows, none means it passed.
+async fn run_checks(
+    ctx: &SessionContext,
+    checks: Vec<(String, String)>,
+    pb: &indicatif::ProgressBar,
+) -> Result<Vec<CheckResult>> {
     let mut results = vec![];
     for (name, sql) in checks {
         pb.set_message(name.clone());
         let started = std::time::Instant::now();
         let query = sql.trim().trim_end_matches(';');
-        let batches = transform::collect(&ctx, query, &format!("validation check {name}")).await?;
+        let batches = transform::collect(ctx, query, &format!("validation check {name}")).await?;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let mut examples = vec![];
         'outer: for b in &batches {
@@ -221,6 +235,65 @@ pub async fn run(
             examples,
         });
     }
+    Ok(results)
+}
+
+/// The checks of what a live target holds, after a load; the same files for every sink.
+pub const TARGET_CHECKS: &[(&str, &str)] = &[
+    ("target_kept", include_str!("../sql/validate/target_kept.sql")),
+    ("target_embeddings", include_str!("../sql/validate/target_embeddings.sql")),
+];
+
+/// Checks a live target's read-back against the bundle in SQL: the sink gives what it holds
+/// (`target_memories`: space, id, embedding_matches) and why it lacks what it lacks (`target_explained`: space, id,
+/// reason, detail); `bundle_memories` is the bundle. Users' own checks can join the same tables.
+pub async fn check_target(
+    bundle_dir: &Path,
+    rb: &crate::sink::ReadBack,
+    opts: &ValidateOptions,
+) -> Result<Vec<CheckResult>> {
+    let bundle = BundleManifest::load(bundle_dir)?;
+    let ctx = transform::session(opts.workers, opts.batch_size, &opts.memory)?;
+    register_files(
+        &ctx,
+        "bundle_memories",
+        &bundle.memory_files(bundle_dir),
+        memory_schema(bundle.embedding.dimension),
+    )
+    .await?;
+    let held = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("space", DataType::Utf8, false),
+            Field::new("id", DataType::Utf8, false),
+            Field::new("embedding_matches", DataType::Boolean, true),
+        ])),
+        vec![
+            utf8(rb.held.iter().map(|h| Some(h.space.clone())).collect()),
+            utf8(rb.held.iter().map(|h| Some(h.id.clone())).collect()),
+            Arc::new(arrow::array::BooleanArray::from(
+                rb.held.iter().map(|h| h.embedding_matches).collect::<Vec<_>>(),
+            )),
+        ],
+    )?;
+    mem_table(&ctx, "target_memories", held)?;
+    let explained = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("space", DataType::Utf8, false),
+            Field::new("id", DataType::Utf8, false),
+            Field::new("reason", DataType::Utf8, false),
+            Field::new("detail", DataType::Utf8, false),
+        ])),
+        vec![
+            utf8(rb.explained.iter().map(|e| Some(e.space.clone())).collect()),
+            utf8(rb.explained.iter().map(|e| Some(e.id.clone())).collect()),
+            utf8(rb.explained.iter().map(|e| Some(e.reason.clone())).collect()),
+            utf8(rb.explained.iter().map(|e| Some(e.detail.clone())).collect()),
+        ],
+    )?;
+    mem_table(&ctx, "target_explained", explained)?;
+    let checks = TARGET_CHECKS.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect();
+    let pb = crate::progress::spinner("check the target");
+    let results = run_checks(&ctx, checks, &pb).await?;
     pb.finish_and_clear();
     Ok(results)
 }

@@ -50,16 +50,35 @@ pub enum RowOutcome {
     Rejected { id: String, status: String, message: String },
 }
 
-/// What the target kept, read back after a load and compared with the bundle.
+/// A bundle memory the target holds (`target_memories` of the target checks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldMemory {
+    pub space: String,
+    pub id: String,
+    /// Whether the target's embedding is the bundle's, as the sink compares them; None if it stores none.
+    pub embedding_matches: Option<bool>,
+}
+
+/// Why the target lacks a bundle memory, as the sink found out (`target_explained`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub space: String,
+    pub id: String,
+    /// A short key: `rejected`, `near_duplicate`, ...
+    pub reason: String,
+    pub detail: String,
+}
+
+/// What the target kept, read back after a load. The verdict is SQL (`validate::check_target` over these rows
+/// and the bundle), the same for every sink; the sink adds its own findings for the report.
 #[derive(Debug, Clone)]
 pub struct ReadBack {
+    pub held: Vec<HeldMemory>,
+    pub explained: Vec<Explanation>,
     /// The sink's own findings for the report (Engram: protocol, per-space counts, every memory not kept and why).
     pub details: serde_json::Value,
     /// The same for people.
     pub rendered: String,
-    /// Bundle memories the target does not hold as the bundle has them; 0 means the load is complete.
-    pub missing: u64,
-    pub bundle_total: u64,
 }
 
 /// A target that loads finished bundles. Writes must be idempotent (keyed by memory id): a resumed load sends

@@ -284,6 +284,10 @@ fn assert_report_matches_standin(bundle: &Path, standin: &Standin) {
         }
     }
     assert_eq!(r["verification"]["kept_total"].as_u64().unwrap(), kept);
+    // The SQL verdict (sql/validate/target_kept.sql over the read-back) agrees with the sink's own, row for row.
+    let target_kept = r["checks"].as_array().unwrap().iter().find(|c| c["name"] == "target_kept").unwrap();
+    assert_eq!(target_kept["offending_rows"].as_u64().unwrap(), nk.len() as u64, "{target_kept}");
+    assert_eq!(r["complete"], nk.is_empty());
     assert_eq!(
         r["verification"]["bundle_total"].as_u64().unwrap(),
         mems.len() as u64

@@ -13,7 +13,9 @@ use std::sync::Mutex;
 use arrow::array::{Array, AsArray};
 use engram_migrate::bundle::BundleManifest;
 use engram_migrate::schema::memory;
-use engram_migrate::sink::{load, DeliverLimits, ReadBack, Rejection, RowOutcome, Sink, WriteUnit};
+use engram_migrate::sink::{load, DeliverLimits, Explanation, HeldMemory, ReadBack, Rejection, RowOutcome, Sink, WriteUnit};
+use engram_migrate::transform::SqlMemory;
+use engram_migrate::validate::{self, IdScope, ValidateOptions};
 use engram_migrate::workdir::RunKey;
 use engram_migrate::{Error, Result};
 
@@ -69,12 +71,22 @@ impl Sink for MemorySink {
     async fn read_back(&self, _bundle: &Path, manifest: &BundleManifest, rejected: &[Rejection]) -> Result<ReadBack> {
         let held = self.held.lock().unwrap();
         let total: u64 = manifest.spaces.iter().map(|s| s.memories.rows).sum();
-        let kept = held.len() as u64;
         Ok(ReadBack {
-            details: serde_json::json!({ "kept": kept, "rejected": rejected.len() }),
-            rendered: format!("kept {kept} of {total}\n"),
-            missing: total - kept,
-            bundle_total: total,
+            held: held
+                .keys()
+                .map(|(space, id)| HeldMemory { space: space.clone(), id: id.clone(), embedding_matches: None })
+                .collect(),
+            explained: rejected
+                .iter()
+                .map(|r| Explanation {
+                    space: r.space.clone(),
+                    id: r.id.clone(),
+                    reason: "rejected".into(),
+                    detail: r.message.clone(),
+                })
+                .collect(),
+            details: serde_json::json!({ "kept": held.len(), "rejected": rejected.len() }),
+            rendered: format!("kept {} of {total}\n", held.len()),
         })
     }
 }
@@ -123,6 +135,21 @@ fn a_sink_from_outside_the_crate_loads_resumes_and_reads_back() {
     assert_eq!(out.rejected.len(), 1);
     assert_eq!(out.rejected[0].id, "m095-bad");
     assert_eq!(out.rejected[0].space, "space_a");
+    // The verdict is the same SQL as for every sink: one memory missing, with the sink's reason.
     let rb = rt.block_on(sink.read_back(&bundle, &manifest, &out.rejected)).unwrap();
-    assert_eq!((rb.missing, rb.bundle_total), (1, 126));
+    let vopts = ValidateOptions {
+        id_scope: IdScope::PerSpace,
+        sample_size: 0,
+        sample_seed: 0,
+        extra_checks: None,
+        workers: 2,
+        batch_size: 8192,
+        memory: SqlMemory { limit_bytes: 256 << 20, spill_dir: tmp.path().join("spill") },
+    };
+    let checks = rt.block_on(validate::check_target(&bundle, &rb, &vopts)).unwrap();
+    let kept = checks.iter().find(|c| c.name == "target_kept").unwrap();
+    assert_eq!((kept.passed, kept.offending_rows), (false, 1), "{kept:?}");
+    assert_eq!(kept.examples[0]["id"], "m095-bad");
+    assert_eq!(kept.examples[0]["reason"], "rejected");
+    assert!(checks.iter().find(|c| c.name == "target_embeddings").unwrap().passed);
 }

@@ -494,11 +494,22 @@ impl crate::sink::Sink for EngramSink {
         manifest: &BundleManifest,
         rejected: &[Rejection],
     ) -> Result<crate::sink::ReadBack> {
-        let v = verify::run(&self.http, manifest, bundle, rejected, &self.target).await?;
+        let mut v = verify::run(&self.http, manifest, bundle, rejected, &self.target).await?;
+        let explained = v
+            .not_kept
+            .iter()
+            .map(|n| crate::sink::Explanation {
+                space: n.space.clone(),
+                id: n.id.clone(),
+                reason: verify::reason_key(&n.reason).to_string(),
+                detail: n.reason.to_string(),
+            })
+            .collect();
+        let held = std::mem::take(&mut v.held);
         Ok(crate::sink::ReadBack {
+            held,
+            explained,
             rendered: v.render(50),
-            missing: (v.not_kept.len() + v.embedding_differs.len()) as u64,
-            bundle_total: v.bundle_total,
             details: serde_json::json!({ "protocol": self.target.protocol, "verification": v }),
         })
     }

@@ -87,6 +87,9 @@ pub struct Verification {
     pub reasons: std::collections::BTreeMap<String, u64>,
     /// What no Engram API stores: kept in the bundle only.
     pub bundle_only: BundleOnly,
+    /// The bundle memories the server holds (the target checks' `target_memories`); in the report as counts.
+    #[serde(skip)]
+    pub held: Vec<crate::sink::HeldMemory>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -151,7 +154,7 @@ impl Verification {
     }
 }
 
-fn reason_key(r: &Reason) -> &'static str {
+pub fn reason_key(r: &Reason) -> &'static str {
     match r {
         Reason::Rejected { .. } => "rejected",
         Reason::NearDuplicate { .. } => "near_duplicate",
@@ -263,6 +266,11 @@ pub async fn run(
                                 check.embedding_differs += 1;
                                 v.embedding_differs.push(format!("{}/{}", s.space, m.id));
                             }
+                            v.held.push(crate::sink::HeldMemory {
+                                space: s.space.clone(),
+                                id: m.id.clone(),
+                                embedding_matches: Some(same),
+                            });
                         }
                         None => missing.push((m.id.clone(), m.embedding)),
                     }
