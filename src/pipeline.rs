@@ -1,8 +1,7 @@
-//! The one pipeline: wires source -> snapshot -> transform -> embed + bundle -> validation, decides what can be
-//! reused from the work directory (resume), and writes the run report. Sources and sinks know nothing of each other.
-//!
-//! Work directory: `snapshot/` (unless the source is a snapshot), `mapping.sql` (generated), `transform/`
-//! (staged memories and edges), `checkpoint.json` (load progress), `report.json`, `.lock`.
+//! The one pipeline: sequences the stages of a plan (source -> snapshot -> transform -> embed + bundle ->
+//! validation -> delivery to a live target), decides what can be reused from the work directory (resume), and
+//! writes the run report. Sources and sinks know nothing of each other; the work directory's layout is
+//! `crate::workdir`'s, the plan `crate::plan`'s, the load loop `crate::sink::load`'s.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -41,14 +40,7 @@ fn limits(opts: &Options) -> PartLimits {
 }
 
 pub fn snapshot_options(opts: &Options) -> SnapshotOptions {
-    let list = |s: &Option<String>| -> Vec<String> {
-        s.as_deref()
-            .unwrap_or("")
-            .split(',')
-            .map(|x| x.trim().to_string())
-            .filter(|x| !x.is_empty())
-            .collect()
-    };
+    let list = plan::comma_list;
     SnapshotOptions {
         batch_size: opts.batch_size(),
         limits: limits(opts),
@@ -61,7 +53,7 @@ pub fn snapshot_options(opts: &Options) -> SnapshotOptions {
 fn sql_memory(opts: &Options, work: &Path) -> transform::SqlMemory {
     transform::SqlMemory {
         limit_bytes: (opts.memory_limit_mb.unwrap_or(2048).max(64) as usize) << 20,
-        spill_dir: work.join("spill"),
+        spill_dir: WorkDir::new(work).spill(),
     }
 }
 
@@ -86,7 +78,7 @@ pub fn snapshot_dir(opts: &Options) -> Result<PathBuf> {
     if p.is_dir() && p.join(snapshot::MANIFEST).is_file() {
         return Ok(p.to_path_buf());
     }
-    Ok(opts.work_dir()?.join("snapshot"))
+    Ok(WorkDir::new(opts.work_dir()?).snapshot())
 }
 
 /// The mapping of this snapshot as the flags configure it (`plan::mapping_plan`, the one parser of the knobs).
@@ -284,7 +276,7 @@ impl Ctx {
         let (sql, origin) = mapping_sql(&mapping_of(&self.opts, manifest)?, manifest, &self.work, dim)?;
         self.report.mapping = origin.clone();
         let key = transform::transform_key(&sql, manifest, dim);
-        let out = self.work.join("transform");
+        let out = WorkDir::new(&self.work).transform();
         let reuse = TransformSummary::load(&out).ok().filter(|s| s.key == key);
         let (summary, note) = match reuse {
             Some(s) => (s, "reused staged output".to_string()),
@@ -349,7 +341,7 @@ impl Ctx {
             .opts
             .checkpoint_file
             .clone()
-            .unwrap_or_else(|| self.work.join("checkpoint.json"));
+            .unwrap_or_else(|| WorkDir::new(&self.work).bundle_checkpoint());
         let lopts = WriteOptions {
             batch_size: self.opts.batch_size(),
             run_id: self.report.run_id.clone(),
@@ -372,7 +364,8 @@ impl Ctx {
             embedder: &mut embedder,
             reembed: self.opts.reembed,
         };
-        let res = bundle::writer::write(&self.work.join("transform"), summary, &target, &mut stage, &lopts)?;
+        let staged = WorkDir::new(&self.work).transform();
+        let res = bundle::writer::write(&staged, summary, &target, &mut stage, &lopts)?;
         for s in &res.manifest.spaces {
             self.report.spaces.push(SpaceLine {
                 space: s.space.clone(),
@@ -459,7 +452,7 @@ fn failed_checks(failed: usize, total: usize, work: &Path) -> Result<()> {
         return Err(Error::ValidationFailed {
             failed,
             total,
-            report: work.join("report.json").display().to_string(),
+            report: WorkDir::new(work).report().display().to_string(),
         });
     }
     Ok(())
@@ -523,7 +516,7 @@ pub async fn load_cmd(opts: Options) -> Result<()> {
     let mut ctx = Ctx::new("load", opts)?;
     let _lock = WorkLock::acquire(&ctx.work)?;
     let r = (|| {
-        let out = ctx.work.join("transform");
+        let out = WorkDir::new(&ctx.work).transform();
         let summary = TransformSummary::load(&out).map_err(|_| {
             Error::usage(format!(
                 "no staged transform output in {}; run `engram-migrate transform` first",
@@ -535,7 +528,7 @@ pub async fn load_cmd(opts: Options) -> Result<()> {
             .sql
             .as_ref()
             .map(|p| p.display().to_string())
-            .unwrap_or_else(|| ctx.work.join("mapping.sql").display().to_string());
+            .unwrap_or_else(|| WorkDir::new(&ctx.work).mapping_sql().display().to_string());
         ctx.load(&summary, &origin)
     })();
     ctx.finish(started, r)

@@ -112,7 +112,8 @@ pub struct Limits {
     pub max_file_rows: Option<u64>,
 }
 
-fn list(s: &Option<String>) -> Vec<String> {
+/// "a, b,,c" -> [a, b, c]: the comma lists of the flags (--include, --text-properties, ...).
+pub fn comma_list(s: &Option<String>) -> Vec<String> {
     s.as_deref()
         .unwrap_or("")
         .split(',')
@@ -181,8 +182,8 @@ impl RunPlan {
                 kind,
                 location: if spec.contains("://") { source::redact_url(spec) } else { spec.to_string() },
                 origin,
-                include: list(&o.include),
-                exclude: list(&o.exclude),
+                include: comma_list(&o.include),
+                exclude: comma_list(&o.exclude),
                 column_types: config::parse_column_types(&o.column_type)?,
                 partition_rows: o.partition_rows,
                 redis_db: o.source_db,
@@ -365,7 +366,7 @@ pub fn mapping_plan(o: &Options, origin: SourceKind) -> Result<MappingPlan> {
                 }
                 g.space_prefix = p.clone();
             }
-            g.text_properties = list(&o.text_properties);
+            g.text_properties = comma_list(&o.text_properties);
             g.time_property = o.timestamp_column.clone();
             g.weight_property = o.weight_property.clone();
             g.confidence = unit_interval("--confidence", o.confidence, g.confidence)?;

@@ -166,7 +166,7 @@ pub fn save_delivery(report: &Path, d: &Delivery) -> Result<()> {
 impl RunReport {
     pub fn save(&self, work_dir: &Path) -> Result<()> {
         crate::parquet_io::write_atomic(
-            &work_dir.join("report.json"),
+            &crate::workdir::WorkDir::new(work_dir).report(),
             &serde_json::to_vec_pretty(self)?,
         )
     }

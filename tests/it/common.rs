@@ -241,3 +241,14 @@ pub fn cypher(db: &str, statements: &[neo4rs::Query]) {
         }
     });
 }
+
+/// The validation check `name` of a run report.
+pub fn check(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["validation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in the report"))
+        .clone()
+}

@@ -31,14 +31,6 @@ const EDGE_DOUBLES: &[f64] = &[
     0.3333333333333333,
 ];
 
-fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["validation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no check {name} in the report"))
-}
 
 fn assert_all_passed(report: &Value) {
     for c in report["validation"].as_array().unwrap() {
@@ -158,7 +150,7 @@ c.commit()
     let o = run(&["validate", "--source", p(&db), "--target", p(&target), "--work-dir", p(&work)]);
     assert_eq!(code(&o), 5, "a one-ulp change passed validation: {}", stderr(&o));
     let report = json(&work.join("report.json"));
-    let sample = check(&report, "sample_values");
+    let sample = &check(&report, "sample_values");
     assert_eq!(sample["passed"], false, "{sample}");
     assert!(sample["examples"].to_string().contains("\"column_name\":\"value\""), "{sample}");
     // Only the values changed: the other checks still pass.
@@ -233,7 +225,7 @@ fn postgres_double_and_real_validate_exactly_and_a_change_fails() {
     let o = run(&["validate", "--source", &url, "--target", p(&target), "--work-dir", p(&work)]);
     assert_eq!(code(&o), 5, "changed doubles passed validation: {}", stderr(&o));
     let report = json(&work.join("report.json"));
-    let sample = check(&report, "sample_values");
+    let sample = &check(&report, "sample_values");
     assert_eq!(sample["passed"], false, "{sample}");
     assert!(sample["examples"].to_string().contains("\"column_name\":\"d\""), "{sample}");
 }
@@ -299,7 +291,7 @@ fn bolt_float_properties_validate_exactly_and_a_change_fails() {
     let o = run(&[&["validate", "--source", &url, "--target", p(&target), "--work-dir", p(&work)][..], &auth[..]].concat());
     assert_eq!(code(&o), 5, "changed Bolt floats passed validation: {}", stderr(&o));
     let report = json(&work.join("report.json"));
-    let sample = check(&report, "sample_values");
+    let sample = &check(&report, "sample_values");
     assert_eq!(sample["passed"], false, "{sample}");
     assert!(sample["examples"].to_string().contains("value"), "{sample}");
 }

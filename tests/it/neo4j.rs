@@ -40,15 +40,6 @@ fn props(row: &Map<String, Value>) -> Map<String, Value> {
     }
 }
 
-fn check(report: &Value, name: &str) -> Value {
-    report["validation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no check {name} in the report"))
-        .clone()
-}
 
 fn assert_no_password(out: &std::process::Output) {
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
