@@ -20,8 +20,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field};
 use criterion::{criterion_group, Criterion, Throughput};
-use engram_migrate::parquet_io::{PartLimits, RollingWriter};
 use engram_migrate::bundle::{BundleManifest, EmbeddingInfo, PartSet, SpaceEntry};
+use engram_migrate::parquet_io::{PartLimits, RollingWriter};
 use engram_migrate::sink::engram::{self, EngramSink, EngramTarget, LiveOptions, Memory};
 use engram_migrate::sink::{load, DeliverLimits, Sink};
 use engram_migrate::workdir::RunKey;
@@ -191,14 +191,22 @@ fn full_load() {
             standin.http_target()
         };
         // The sink through the tool's one loader, as `load --bundle` drives it.
-        let sink = EngramSink::new(EngramTarget::parse(&spec).unwrap(), LiveOptions::default()).unwrap();
+        let sink =
+            EngramSink::new(EngramTarget::parse(&spec).unwrap(), LiveOptions::default()).unwrap();
         let manifest = BundleManifest::load(&bundle).unwrap();
-        let limits = DeliverLimits { batch_rows: 1000, parallel };
+        let limits = DeliverLimits {
+            batch_rows: 1000,
+            parallel,
+        };
         let ckpt = tmp.path().join(format!("ckpt-{grpc}.json"));
         let key = RunKey::of(&[("bench", &spec)]);
         let started = Instant::now();
-        let out = rt.block_on(load::run(&bundle, &manifest, &sink, &limits, &ckpt, &key)).unwrap();
-        let rb = rt.block_on(sink.read_back(&bundle, &manifest, &out.rejected)).unwrap();
+        let out = rt
+            .block_on(load::run(&bundle, &manifest, &sink, &limits, &ckpt, &key))
+            .unwrap();
+        let rb = rt
+            .block_on(sink.read_back(&bundle, &manifest, &out.rejected))
+            .unwrap();
         assert_eq!(rb.held.len() as u64, n, "every memory kept");
         assert_eq!(standin.state.total() as u64, n);
         println!(

@@ -69,4 +69,3 @@ pub struct Partition {
     pub filter: String,
     pub row_estimate: u64,
 }
-

@@ -262,7 +262,9 @@ impl Options {
             serde_json::to_value(o).map_err(|e| Error::Internal(format!("options as JSON: {e}")))
         };
         let mut merged = as_json(&self)?;
-        let (Some(flags), serde_json::Value::Object(from_file)) = (merged.as_object_mut(), as_json(&file)?) else {
+        let (Some(flags), serde_json::Value::Object(from_file)) =
+            (merged.as_object_mut(), as_json(&file)?)
+        else {
             return Err(Error::Internal("options are not a JSON object".into()));
         };
         for (key, value) in from_file {

@@ -176,15 +176,29 @@ mod tests {
         let disk = E::IoError(std::io::Error::other("No space left on device"));
         assert_eq!(Error::sql("transform", disk).exit_code(), exit::TARGET);
         let wrapped = E::ArrowError(
-            Box::new(ArrowError::ExternalError(Box::new(E::IoError(std::io::Error::other("disk full"))))),
+            Box::new(ArrowError::ExternalError(Box::new(E::IoError(
+                std::io::Error::other("disk full"),
+            )))),
             None,
         );
         assert_eq!(Error::sql("transform", wrapped).exit_code(), exit::TARGET);
-        assert_eq!(Error::sql("t", E::Internal("bug".into())).exit_code(), exit::INTERNAL);
-        assert_eq!(Error::sql("t", E::Plan("no such column x".into())).exit_code(), exit::USAGE);
+        assert_eq!(
+            Error::sql("t", E::Internal("bug".into())).exit_code(),
+            exit::INTERNAL
+        );
+        assert_eq!(
+            Error::sql("t", E::Plan("no such column x".into())).exit_code(),
+            exit::USAGE
+        );
         // A message that merely mentions memory is not a memory error; a real one gets the hint, even wrapped.
-        let lookalike = Error::sql("t", E::Execution("Resources exhausted: in a string column".into()));
-        assert!(!lookalike.to_string().contains("--memory-limit-mb"), "{lookalike}");
+        let lookalike = Error::sql(
+            "t",
+            E::Execution("Resources exhausted: in a string column".into()),
+        );
+        assert!(
+            !lookalike.to_string().contains("--memory-limit-mb"),
+            "{lookalike}"
+        );
         let oom = E::Context(
             "sorting".into(),
             Box::new(E::ResourcesExhausted("Failed to allocate 1 GB".into())),
@@ -196,4 +210,3 @@ mod tests {
         assert!(ctx.to_string().contains("view memories: "), "{ctx}");
     }
 }
-

@@ -329,13 +329,32 @@ mod tests {
             1.0 / 3.0,
         ];
         // Random bit patterns (every exponent, sign and mantissa) and random values in the shape of real data.
-        doubles.extend(bits(7).take(200_000).map(f64::from_bits).filter(|f| f.is_finite()));
-        doubles.extend(bits(11).take(200_000).map(|b| (b >> 11) as f64 / (1u64 << 53) as f64 * 100.0));
+        doubles.extend(
+            bits(7)
+                .take(200_000)
+                .map(f64::from_bits)
+                .filter(|f| f.is_finite()),
+        );
+        doubles.extend(
+            bits(11)
+                .take(200_000)
+                .map(|b| (b >> 11) as f64 / (1u64 << 53) as f64 * 100.0),
+        );
         for f in doubles {
             let (written, parsed) = through_json(&Float64Array::from(vec![f]));
-            let back = parsed.as_f64().unwrap_or_else(|| panic!("{written} is not a number"));
-            assert_eq!(back.to_bits(), f.to_bits(), "{f:e} written as {written}, read back as {back:e}");
-            assert_eq!(parsed.to_string(), written, "{f:e}: the re-read text differs");
+            let back = parsed
+                .as_f64()
+                .unwrap_or_else(|| panic!("{written} is not a number"));
+            assert_eq!(
+                back.to_bits(),
+                f.to_bits(),
+                "{f:e} written as {written}, read back as {back:e}"
+            );
+            assert_eq!(
+                parsed.to_string(),
+                written,
+                "{f:e}: the re-read text differs"
+            );
         }
         let mut floats: Vec<f32> = vec![
             0.1,
@@ -348,14 +367,24 @@ mod tests {
             16_777_217.0,
             3.4028235e38,
         ];
-        floats.extend(bits(13).take(200_000).map(|b| f32::from_bits(b as u32)).filter(|f| f.is_finite()));
+        floats.extend(
+            bits(13)
+                .take(200_000)
+                .map(|b| f32::from_bits(b as u32))
+                .filter(|f| f.is_finite()),
+        );
         for f in floats {
             let (written, parsed) = through_json(&Float32Array::from(vec![f]));
-            let back = parsed.as_f64().unwrap_or_else(|| panic!("{written} is not a number"));
+            let back = parsed
+                .as_f64()
+                .unwrap_or_else(|| panic!("{written} is not a number"));
             // Written as the f32's shortest decimal, so the text reads like the source and parses to the same f32.
-            assert_eq!((back as f32).to_bits(), f.to_bits(), "{f:e} written as {written}");
+            assert_eq!(
+                (back as f32).to_bits(),
+                f.to_bits(),
+                "{f:e} written as {written}"
+            );
             assert_eq!(parsed.to_string(), written);
         }
     }
 }
-

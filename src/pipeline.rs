@@ -6,22 +6,22 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::bundle::{self, writer::WriteOptions};
 use crate::config::{self, Options};
+use crate::embed::memories::EmbedStage;
 use crate::embed::openai::OpenAiProvider;
 use crate::embed::{DiskCache, Embedder, EmbeddingProvider, HashingProvider, Model2VecProvider};
 use crate::error::{Error, Result};
 use crate::parquet_io::PartLimits;
+use crate::plan::{self, MappingPlan, RunPlan};
 use crate::report::{self, EmbeddingLine, RunReport, SpaceLine, TableLine, Timer};
-use crate::bundle::{self, writer::WriteOptions};
-use crate::embed::memories::EmbedStage;
-use crate::workdir::{RunKey, WorkDir, WorkLock};
 use crate::sink::Target;
 use crate::snapshot::{self, Manifest, SnapshotOptions};
-use crate::source::{self, Source};
-use crate::plan::{self, MappingPlan, RunPlan};
 use crate::source::SourceKind;
+use crate::source::{self, Source};
 use crate::transform::{self, TransformSummary};
 use crate::validate::{self, ValidateOptions};
+use crate::workdir::{RunKey, WorkDir, WorkLock};
 
 fn run_id() -> String {
     format!(
@@ -104,22 +104,35 @@ pub fn mapping_sql(
         }
         MappingPlan::Redis(r) => (transform::redis::mapping(r)?, "sql/redis.sql"),
         _ if manifest.tables.is_empty() => {
-            return Err(Error::source_err(manifest.source.to_string(), "has no tables to migrate"));
+            return Err(Error::source_err(
+                manifest.source.to_string(),
+                "has no tables to migrate",
+            ));
         }
-        MappingPlan::Graph(g) => (transform::neo4j::generate(g), "generated from sql/neo4j.sql"),
+        MappingPlan::Graph(g) => (
+            transform::neo4j::generate(g),
+            "generated from sql/neo4j.sql",
+        ),
         MappingPlan::Generic(m) => {
             for t in m.text_columns.keys().chain(m.table_to_space.keys()) {
                 if manifest.table(t).is_none() {
                     return Err(Error::usage(format!(
                         "table {t:?} named in a flag is not in the source; tables: {}",
-                        manifest.tables.iter().map(|t| t.info.name.as_str()).collect::<Vec<_>>().join(", ")
+                        manifest
+                            .tables
+                            .iter()
+                            .map(|t| t.info.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )));
                 }
             }
             for (t, cols) in &m.text_columns {
                 let entry = manifest.table(t).expect("checked");
                 if let Some(c) = cols.iter().find(|c| entry.info.column(c).is_none()) {
-                    return Err(Error::usage(format!("--text-columns: table {t} has no column {c:?}")));
+                    return Err(Error::usage(format!(
+                        "--text-columns: table {t} has no column {c:?}"
+                    )));
                 }
             }
             let mut m = m.clone();
@@ -185,7 +198,10 @@ fn embedder(opts: &Options, work: &Path) -> Result<Embedder> {
 }
 
 fn fresh(opts: &Options, work: &Path) -> Result<()> {
-    let bundle = opts.target.as_deref().map(|t| crate::sink::bundle_path(Path::new(t)));
+    let bundle = opts
+        .target
+        .as_deref()
+        .map(|t| crate::sink::bundle_path(Path::new(t)));
     WorkDir::new(work).fresh(bundle.as_deref())
 }
 
@@ -224,7 +240,11 @@ impl Ctx {
         if self.embedder.is_none() {
             self.embedder = Some(embedder(&self.opts, &self.work)?);
         }
-        Ok(self.embedder.as_ref().map(|e| e.native_dimension()).unwrap_or(0))
+        Ok(self
+            .embedder
+            .as_ref()
+            .map(|e| e.native_dimension())
+            .unwrap_or(0))
     }
 
     fn snapshot(&mut self) -> Result<(PathBuf, Manifest)> {
@@ -273,7 +293,12 @@ impl Ctx {
     ) -> Result<(TransformSummary, String, String)> {
         let t = Timer::start();
         let dim = self.embedding_dim()?;
-        let (sql, origin) = mapping_sql(&mapping_of(&self.opts, manifest)?, manifest, &self.work, dim)?;
+        let (sql, origin) = mapping_sql(
+            &mapping_of(&self.opts, manifest)?,
+            manifest,
+            &self.work,
+            dim,
+        )?;
         self.report.mapping = origin.clone();
         let key = transform::transform_key(&sql, manifest, dim);
         let out = WorkDir::new(&self.work).transform();
@@ -543,14 +568,31 @@ async fn load_live_cmd(opts: Options, target: &Target) -> Result<()> {
             target.describe()
         ))
     })?;
-    let work = opts.work_dir.clone().map(WorkDir::new).unwrap_or_else(|| WorkDir::beside(&bundle));
-    let sink = target.open()?.ok_or_else(|| Error::Internal("load_live_cmd without a live target".into()))?;
+    let work = opts
+        .work_dir
+        .clone()
+        .map(WorkDir::new)
+        .unwrap_or_else(|| WorkDir::beside(&bundle));
+    let sink = target
+        .open()?
+        .ok_or_else(|| Error::Internal("load_live_cmd without a live target".into()))?;
     // `load` only delivers: the old spellings --batch-size/--parallel-workers still mean the target's here.
     let limits = crate::sink::DeliverLimits {
-        batch_rows: opts.target_batch_size.or(opts.batch_size).unwrap_or(plan::DEFAULT_TARGET_BATCH_ROWS).max(1),
-        parallel: opts.target_parallel.or(opts.parallel_workers).unwrap_or(plan::DEFAULT_TARGET_PARALLEL).max(1),
+        batch_rows: opts
+            .target_batch_size
+            .or(opts.batch_size)
+            .unwrap_or(plan::DEFAULT_TARGET_BATCH_ROWS)
+            .max(1),
+        parallel: opts
+            .target_parallel
+            .or(opts.parallel_workers)
+            .unwrap_or(plan::DEFAULT_TARGET_PARALLEL)
+            .max(1),
     };
-    let checkpoint = opts.checkpoint_file.clone().unwrap_or_else(|| work.load_checkpoint());
+    let checkpoint = opts
+        .checkpoint_file
+        .clone()
+        .unwrap_or_else(|| work.load_checkpoint());
     sink.accepts(&bundle, &bundle::BundleManifest::load(&bundle)?)?;
     sink.healthcheck().await?;
     deliver(&bundle, &work, sink.as_ref(), &limits, &checkpoint).await
@@ -569,14 +611,19 @@ async fn deliver(
     let manifest = bundle::BundleManifest::load(bundle)?;
     // Everything that can be checked before the first write is checked first: nothing half-sent on bad input.
     sink.accepts(bundle, &manifest)?;
-    let checksums: Vec<&str> = manifest.spaces.iter().map(|s| s.memories.checksum.as_str()).collect();
+    let checksums: Vec<&str> = manifest
+        .spaces
+        .iter()
+        .map(|s| s.memories.checksum.as_str())
+        .collect();
     let run_key = RunKey::of(&[
         ("bundle", &manifest.run_id),
         ("memories", &checksums.join(",")),
         ("target", &sink.identity()),
     ]);
     let started = Timer::start();
-    let out = crate::sink::load::run(bundle, &manifest, sink, limits, checkpoint_file, &run_key).await?;
+    let out =
+        crate::sink::load::run(bundle, &manifest, sink, limits, checkpoint_file, &run_key).await?;
     let read_back = sink.read_back(bundle, &manifest, &out.rejected).await?;
     // The verdict in SQL, the same checks for every sink (sql/validate/target_*.sql).
     let vopts = ValidateOptions {
@@ -584,12 +631,18 @@ async fn deliver(
         sample_size: 0,
         sample_seed: 0,
         extra_checks: None,
-        workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        workers: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
         batch_size: plan::DEFAULT_BATCH_ROWS,
-        memory: transform::SqlMemory { limit_bytes: 2048 << 20, spill_dir: work.spill() },
+        memory: transform::SqlMemory {
+            limit_bytes: 2048 << 20,
+            spill_dir: work.spill(),
+        },
     };
     let checks = validate::check_target(bundle, &read_back, &vopts).await?;
-    let delivery = report::Delivery::new(sink, bundle, &out, &read_back, &checks, started.elapsed());
+    let delivery =
+        report::Delivery::new(sink, bundle, &out, &read_back, &checks, started.elapsed());
     report::save_delivery(&work.report(), &delivery)?;
     println!(
         "loaded {} into {}: sent {} memories{} in {:.1} s ({:.0} memories/s)",
@@ -631,8 +684,15 @@ pub async fn validate_cmd(opts: Options) -> Result<()> {
         let manifest = require_complete(&dir)?;
         // The mapping as the run generated it: with the bundle's embedding dimension.
         let bundle_dir = Target::parse(ctx.opts.require_target()?)?.bundle_dir()?;
-        let dim = bundle::BundleManifest::load(&bundle_dir)?.embedding.dimension;
-        let (sql, origin) = mapping_sql(&mapping_of(&ctx.opts, &manifest)?, &manifest, &ctx.work, dim)?;
+        let dim = bundle::BundleManifest::load(&bundle_dir)?
+            .embedding
+            .dimension;
+        let (sql, origin) = mapping_sql(
+            &mapping_of(&ctx.opts, &manifest)?,
+            &manifest,
+            &ctx.work,
+            dim,
+        )?;
         let failed = ctx.validate(&dir, &manifest, &sql, &origin).await?;
         failed_checks(failed, ctx.report.validation.len(), &ctx.work)
     }
@@ -668,15 +728,27 @@ pub async fn run_cmd(opts: Options) -> Result<()> {
     }
     run_bundle_cmd(local, &plan).await?;
     if let (Some(sink), Some(d)) = (sink, &plan.deliver) {
-        let limits = crate::sink::DeliverLimits { batch_rows: d.batch_rows, parallel: d.parallel };
-        deliver(&plan.bundle, &plan.work_dir, sink.as_ref(), &limits, &d.checkpoint).await?;
+        let limits = crate::sink::DeliverLimits {
+            batch_rows: d.batch_rows,
+            parallel: d.parallel,
+        };
+        deliver(
+            &plan.bundle,
+            &plan.work_dir,
+            sink.as_ref(),
+            &limits,
+            &d.checkpoint,
+        )
+        .await?;
     }
     Ok(())
 }
 
 /// What `run` records of its plan: the text `plan` prints, and the same as data.
 pub fn plan_record(plan: &RunPlan) -> Result<Vec<u8>> {
-    Ok(serde_json::to_vec_pretty(&serde_json::json!({ "rendered": plan.render(), "plan": plan }))?)
+    Ok(serde_json::to_vec_pretty(
+        &serde_json::json!({ "rendered": plan.render(), "plan": plan }),
+    )?)
 }
 
 async fn run_bundle_cmd(opts: Options, plan: &RunPlan) -> Result<()> {
@@ -782,11 +854,19 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
             provider(&opts)?;
             println!("plan:");
             print!("{}", plan.render());
-            if plan.bundle.exists() && !plan.overwrite && !plan.bundle.join(bundle::BUNDLE_FILE).is_file() {
-                println!("note: {} exists: `run` needs --overwrite", plan.bundle.display());
+            if plan.bundle.exists()
+                && !plan.overwrite
+                && !plan.bundle.join(bundle::BUNDLE_FILE).is_file()
+            {
+                println!(
+                    "note: {} exists: `run` needs --overwrite",
+                    plan.bundle.display()
+                );
             }
         }
-        Err(_) if opts.target.is_none() => println!("plan: give --target to see what `run` would execute"),
+        Err(_) if opts.target.is_none() => {
+            println!("plan: give --target to see what `run` would execute")
+        }
         Err(e) => return Err(e),
     }
     Ok(())

@@ -124,7 +124,9 @@ pub fn comma_list(s: &Option<String>) -> Vec<String> {
 
 fn unit_interval(flag: &str, v: Option<f32>, default: f32) -> Result<f32> {
     match v {
-        Some(v) if !(0.0..=1.0).contains(&v) => Err(Error::usage(format!("{flag} {v}: must be between 0 and 1"))),
+        Some(v) if !(0.0..=1.0).contains(&v) => {
+            Err(Error::usage(format!("{flag} {v}: must be between 0 and 1")))
+        }
         Some(v) => Ok(v),
         None => Ok(default),
     }
@@ -166,21 +168,42 @@ impl RunPlan {
                 (bundle, Some((factory.name(), spec.clone())))
             }
         };
-        let work_dir = o.work_dir.clone().map(WorkDir::new).unwrap_or_else(|| WorkDir::beside(&bundle));
-        let snapshot = if kind == SourceKind::Snapshot { PathBuf::from(spec) } else { work_dir.snapshot() };
+        let work_dir = o
+            .work_dir
+            .clone()
+            .map(WorkDir::new)
+            .unwrap_or_else(|| WorkDir::beside(&bundle));
+        let snapshot = if kind == SourceKind::Snapshot {
+            PathBuf::from(spec)
+        } else {
+            work_dir.snapshot()
+        };
         let workers = o.workers();
         let deliver = deliver.map(|(sink, target)| DeliverPlan {
             target,
             sink,
-            batch_rows: o.target_batch_size.unwrap_or(DEFAULT_TARGET_BATCH_ROWS).max(1),
+            batch_rows: o
+                .target_batch_size
+                .unwrap_or(DEFAULT_TARGET_BATCH_ROWS)
+                .max(1),
             parallel: o.target_parallel.unwrap_or(DEFAULT_TARGET_PARALLEL).max(1),
-            checkpoint: o.checkpoint_file.clone().unwrap_or_else(|| work_dir.load_checkpoint()),
+            checkpoint: o
+                .checkpoint_file
+                .clone()
+                .unwrap_or_else(|| work_dir.load_checkpoint()),
         });
-        let provider = o.embedding_provider.clone().unwrap_or_else(|| "hashing".into());
+        let provider = o
+            .embedding_provider
+            .clone()
+            .unwrap_or_else(|| "hashing".into());
         let plan = RunPlan {
             source: SourcePlan {
                 kind,
-                location: if spec.contains("://") { source::redact_url(spec) } else { spec.to_string() },
+                location: if spec.contains("://") {
+                    source::redact_url(spec)
+                } else {
+                    spec.to_string()
+                },
                 origin,
                 include: comma_list(&o.include),
                 exclude: comma_list(&o.exclude),
@@ -192,11 +215,17 @@ impl RunPlan {
             mapping: mapping_plan(o, origin)?,
             embedding: EmbeddingPlan {
                 // Feature hashing recomputes a vector about as fast as the cache would read it back.
-                cache_mb: o.embedding_cache_mb.unwrap_or(if provider == "hashing" { 0 } else { 1024 }),
+                cache_mb: o.embedding_cache_mb.unwrap_or(if provider == "hashing" {
+                    0
+                } else {
+                    1024
+                }),
                 provider,
                 model: o.embedding_model.clone(),
                 request_size: o.embedding_request_size.unwrap_or(128).max(1),
-                cache_entries: o.cache_size.unwrap_or(crate::embed::stage::DEFAULT_CACHE_CAPACITY),
+                cache_entries: o
+                    .cache_size
+                    .unwrap_or(crate::embed::stage::DEFAULT_CACHE_CAPACITY),
                 reembed: o.reembed,
             },
             validate: o.validate.unwrap_or(true).then(|| ValidatePlan {
@@ -261,15 +290,26 @@ impl RunPlan {
             format!(
                 "{}{}, cache {} entries + {} MiB on disk{}",
                 e.provider,
-                e.model.as_deref().map(|m| format!(" model {m}")).unwrap_or_default(),
+                e.model
+                    .as_deref()
+                    .map(|m| format!(" model {m}"))
+                    .unwrap_or_default(),
                 e.cache_entries,
                 e.cache_mb,
-                if e.reembed { ", re-embed existing vectors" } else { "" }
+                if e.reembed {
+                    ", re-embed existing vectors"
+                } else {
+                    ""
+                }
             ),
         );
         line(
             "bundle",
-            format!("{}{}", self.bundle.display(), if self.overwrite { " (--overwrite)" } else { "" }),
+            format!(
+                "{}{}",
+                self.bundle.display(),
+                if self.overwrite { " (--overwrite)" } else { "" }
+            ),
         );
         match &self.deliver {
             Some(d) => line(
@@ -286,7 +326,10 @@ impl RunPlan {
                 "validate",
                 format!(
                     "built-in checks{}, sample of {} rows (seed {}), ids unique {}",
-                    v.checks.as_ref().map(|c| format!(" + {}", c.display())).unwrap_or_default(),
+                    v.checks
+                        .as_ref()
+                        .map(|c| format!(" + {}", c.display()))
+                        .unwrap_or_default(),
                     v.sample_size,
                     v.sample_seed,
                     match v.id_scope {
@@ -306,11 +349,16 @@ impl RunPlan {
                 l.workers,
                 l.memory_limit_mb,
                 l.max_file_mb,
-                l.max_file_rows.map(|r| format!(" / {r} rows")).unwrap_or_default()
+                l.max_file_rows
+                    .map(|r| format!(" / {r} rows"))
+                    .unwrap_or_default()
             ),
         );
         if self.fresh {
-            line("fresh", "earlier state of the work directory is thrown away first".into());
+            line(
+                "fresh",
+                "earlier state of the work directory is thrown away first".into(),
+            );
         }
         out
     }
@@ -335,7 +383,10 @@ impl MappingPlan {
 pub fn mapping_plan(o: &Options, origin: SourceKind) -> Result<MappingPlan> {
     if let Some(path) = &o.sql {
         if !path.is_file() {
-            return Err(Error::usage(format!("--sql {}: no such file", path.display())));
+            return Err(Error::usage(format!(
+                "--sql {}: no such file",
+                path.display()
+            )));
         }
         return Ok(MappingPlan::File { path: path.clone() });
     }
@@ -351,18 +402,32 @@ pub fn mapping_plan(o: &Options, origin: SourceKind) -> Result<MappingPlan> {
         SourceKind::Neo4j => {
             let mut g = GraphMapping::default();
             g.memory_space = o.memory_space.clone();
-            for item in o.label_to_space.as_deref().unwrap_or("").split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            for item in o
+                .label_to_space
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|i| !i.is_empty())
+            {
                 let (label, space) = item.split_once(':').ok_or_else(|| {
                     Error::usage(format!(
                         "--label-to-space: {item:?} is not LABEL:SPACE (e.g. \"Person:people,Company:companies\")"
                     ))
                 })?;
                 space_id(&format!("--label-to-space {label}:"), space.trim())?;
-                g.label_to_space.push((label.trim().to_string(), space.trim().to_string()));
+                g.label_to_space
+                    .push((label.trim().to_string(), space.trim().to_string()));
             }
             if let Some(p) = &o.memory_space_prefix {
-                if !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') || p.len() > 60 {
-                    return Err(Error::usage(format!("--memory-space-prefix {p:?}: use a-z, 0-9, _ and - (at most 60)")));
+                if !p
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+                    || p.len() > 60
+                {
+                    return Err(Error::usage(format!(
+                        "--memory-space-prefix {p:?}: use a-z, 0-9, _ and - (at most 60)"
+                    )));
                 }
                 g.space_prefix = p.clone();
             }

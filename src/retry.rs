@@ -44,7 +44,8 @@ impl Backoff {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|t| t.subsec_nanos())
             .unwrap_or(0);
-        let r = xxhash_rust::xxh3::xxh3_64_with_seed(salt.as_bytes(), nanos as u64 ^ attempt as u64);
+        let r =
+            xxhash_rust::xxh3::xxh3_64_with_seed(salt.as_bytes(), nanos as u64 ^ attempt as u64);
         let frac = (r >> 11) as f64 / (1u64 << 53) as f64; // uniform in [0, 1)
         d.mul_f64(0.5 + 0.5 * frac)
     }

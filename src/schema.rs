@@ -5,7 +5,6 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-
 /// Column names of a memory, in schema order.
 pub mod memory {
     pub const SPACE: &str = "space";
@@ -38,7 +37,10 @@ pub mod edge {
 /// An embedding of `dim` floats: the provider's own dimension. A target decides what it takes (the Engram sink
 /// zero-pads to Engram's 768; a vector database stores `vector(dim)`).
 pub fn embedding_type(dim: usize) -> DataType {
-    DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), dim as i32)
+    DataType::FixedSizeList(
+        Arc::new(Field::new("item", DataType::Float32, false)),
+        dim as i32,
+    )
 }
 
 pub fn timestamp_type() -> DataType {
@@ -144,11 +146,19 @@ mod tests {
     #[test]
     fn embedding_has_the_runs_dimension() {
         for dim in [256, 768, 1536] {
-            let f = memory_schema(dim).field_with_name(memory::EMBEDDING).unwrap().clone();
+            let f = memory_schema(dim)
+                .field_with_name(memory::EMBEDDING)
+                .unwrap()
+                .clone();
             assert_eq!(f.data_type(), &embedding_type(dim));
         }
-        assert!(MAPPED_MEMORY_SCHEMA.field_with_name(memory::EMBEDDING).is_err());
-        assert_eq!(MAPPED_MEMORY_SCHEMA.fields().len() + 1, memory_schema(768).fields().len());
+        assert!(MAPPED_MEMORY_SCHEMA
+            .field_with_name(memory::EMBEDDING)
+            .is_err());
+        assert_eq!(
+            MAPPED_MEMORY_SCHEMA.fields().len() + 1,
+            memory_schema(768).fields().len()
+        );
     }
 }
 

@@ -20,10 +20,10 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::bundle::BundleManifest;
 use crate::error::{Error, Result};
 use crate::parquet_io;
 use crate::schema::{memory_schema, EDGE_SCHEMA};
-use crate::bundle::BundleManifest;
 use crate::snapshot::{self, Manifest};
 use crate::source::Source;
 use crate::transform;
@@ -240,8 +240,14 @@ async fn run_checks(
 
 /// The checks of what a live target holds, after a load; the same files for every sink.
 pub const TARGET_CHECKS: &[(&str, &str)] = &[
-    ("target_kept", include_str!("../sql/validate/target_kept.sql")),
-    ("target_embeddings", include_str!("../sql/validate/target_embeddings.sql")),
+    (
+        "target_kept",
+        include_str!("../sql/validate/target_kept.sql"),
+    ),
+    (
+        "target_embeddings",
+        include_str!("../sql/validate/target_embeddings.sql"),
+    ),
 ];
 
 /// Checks a live target's read-back against the bundle in SQL: the sink gives what it holds
@@ -271,7 +277,10 @@ pub async fn check_target(
             utf8(rb.held.iter().map(|h| Some(h.space.clone())).collect()),
             utf8(rb.held.iter().map(|h| Some(h.id.clone())).collect()),
             Arc::new(arrow::array::BooleanArray::from(
-                rb.held.iter().map(|h| h.embedding_matches).collect::<Vec<_>>(),
+                rb.held
+                    .iter()
+                    .map(|h| h.embedding_matches)
+                    .collect::<Vec<_>>(),
             )),
         ],
     )?;
@@ -286,12 +295,25 @@ pub async fn check_target(
         vec![
             utf8(rb.explained.iter().map(|e| Some(e.space.clone())).collect()),
             utf8(rb.explained.iter().map(|e| Some(e.id.clone())).collect()),
-            utf8(rb.explained.iter().map(|e| Some(e.reason.clone())).collect()),
-            utf8(rb.explained.iter().map(|e| Some(e.detail.clone())).collect()),
+            utf8(
+                rb.explained
+                    .iter()
+                    .map(|e| Some(e.reason.clone()))
+                    .collect(),
+            ),
+            utf8(
+                rb.explained
+                    .iter()
+                    .map(|e| Some(e.detail.clone()))
+                    .collect(),
+            ),
         ],
     )?;
     mem_table(&ctx, "target_explained", explained)?;
-    let checks = TARGET_CHECKS.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect();
+    let checks = TARGET_CHECKS
+        .iter()
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect();
     let pb = crate::progress::spinner("check the target");
     let results = run_checks(&ctx, checks, &pb).await?;
     pb.finish_and_clear();
@@ -323,13 +345,19 @@ async fn register_files(
 
 /// `target_rules`: what the target requires of the bundle, as a one-row table the checks join: whether ids
 /// must be unique across spaces, and the embedding dimension every memory must have (the bundle's own).
-fn register_target_rules(ctx: &SessionContext, id_scope: IdScope, embedding_dim: usize) -> Result<()> {
+fn register_target_rules(
+    ctx: &SessionContext,
+    id_scope: IdScope,
+    embedding_dim: usize,
+) -> Result<()> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("ids_unique_across_spaces", DataType::Boolean, false),
         Field::new("embedding_dim", DataType::Int64, false),
     ]));
     let cols: Vec<ArrayRef> = vec![
-        Arc::new(arrow::array::BooleanArray::from(vec![id_scope == IdScope::Global])),
+        Arc::new(arrow::array::BooleanArray::from(vec![
+            id_scope == IdScope::Global,
+        ])),
         Arc::new(arrow::array::Int64Array::from(vec![embedding_dim as i64])),
     ];
     mem_table(ctx, "target_rules", RecordBatch::try_new(schema, cols)?)
@@ -400,15 +428,25 @@ async fn register_group_counts(
     let mut rows: BTreeMap<(String, String, String), (Option<u64>, Option<u64>)> = BTreeMap::new();
     let mut columns: Vec<(String, String)> = vec![];
     for g in &groups {
-        rows.entry((g.table.clone(), g.column.clone(), g.value.clone())).or_default().0 = Some(g.rows);
+        rows.entry((g.table.clone(), g.column.clone(), g.value.clone()))
+            .or_default()
+            .0 = Some(g.rows);
         if !columns.contains(&(g.table.clone(), g.column.clone())) {
             columns.push((g.table.clone(), g.column.clone()));
         }
     }
     for (table, column) in &columns {
-        let Some(entry) = manifest.table(table) else { continue };
-        let is_list = entry.schema.iter().any(|f| &f.name == column && f.data_type.contains("List"));
-        let (t, c) = (transform::generic::ident(table), transform::generic::ident(column));
+        let Some(entry) = manifest.table(table) else {
+            continue;
+        };
+        let is_list = entry
+            .schema
+            .iter()
+            .any(|f| &f.name == column && f.data_type.contains("List"));
+        let (t, c) = (
+            transform::generic::ident(table),
+            transform::generic::ident(column),
+        );
         let q = if is_list {
             format!("SELECT CAST(v AS VARCHAR) AS v, count(*) AS n FROM (SELECT unnest({c}) AS v FROM source.{t}) GROUP BY v")
         } else {
@@ -419,7 +457,15 @@ async fn register_group_counts(
             let v = v.as_string::<i32>();
             let n = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
             for i in 0..b.num_rows() {
-                let key = (table.clone(), column.clone(), if v.is_null(i) { String::new() } else { v.value(i).to_string() });
+                let key = (
+                    table.clone(),
+                    column.clone(),
+                    if v.is_null(i) {
+                        String::new()
+                    } else {
+                        v.value(i).to_string()
+                    },
+                );
                 rows.entry(key).or_default().1 = Some(n.value(i) as u64);
             }
         }
@@ -639,11 +685,14 @@ fn register_sample(
         let rows = source.fetch_rows(&entry.info, &keys)?;
         for ((_, key_text, content), row) in items.iter().zip(rows) {
             for c in entry.info.columns.iter().filter(|c| !c.synthetic) {
-                let src_v = row.as_ref().map(|r| r.get(&c.name).cloned().unwrap_or(Value::Null));
+                let src_v = row
+                    .as_ref()
+                    .map(|r| r.get(&c.name).cloned().unwrap_or(Value::Null));
                 let bun_v = content.get(&c.name);
                 // Two objects (a graph's property map) are compared key by key, so a failure names the property.
                 if let (Some(Value::Object(sm)), Some(Value::Object(bm))) = (&src_v, bun_v) {
-                    let keys: std::collections::BTreeSet<&String> = sm.keys().chain(bm.keys()).collect();
+                    let keys: std::collections::BTreeSet<&String> =
+                        sm.keys().chain(bm.keys()).collect();
                     for k in keys {
                         t_col.push(Some(table.clone()));
                         k_col.push(Some(key_text.clone()));
@@ -717,7 +766,11 @@ mod tests {
             .find(|(n, _)| *n == "duplicate_ids")
             .unwrap()
             .1;
-        let rows = [("redis_db0", "redis_k"), ("redis_db3", "redis_k"), ("redis_db3", "redis_j")];
+        let rows = [
+            ("redis_db0", "redis_k"),
+            ("redis_db3", "redis_k"),
+            ("redis_db3", "redis_j"),
+        ];
         for (scope, twice_in_one_space, want) in [
             (IdScope::PerSpace, false, 0usize),
             (IdScope::Global, false, 1),
@@ -747,7 +800,10 @@ mod tests {
                 .await
                 .unwrap();
             let n: usize = out.iter().map(|b| b.num_rows()).sum();
-            assert_eq!(n, want, "{scope:?}, twice in one space: {twice_in_one_space}");
+            assert_eq!(
+                n, want,
+                "{scope:?}, twice in one space: {twice_in_one_space}"
+            );
         }
     }
 }

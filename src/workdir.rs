@@ -253,9 +253,21 @@ mod tests {
         let mut c: Checkpoint<Progress> = Checkpoint::load_or_new(&f, &a).unwrap();
         c.state.rows = 7;
         c.save(&f).unwrap();
-        assert_eq!(Checkpoint::<Progress>::load_or_new(&f, &a).unwrap().state.rows, 7);
+        assert_eq!(
+            Checkpoint::<Progress>::load_or_new(&f, &a)
+                .unwrap()
+                .state
+                .rows,
+            7
+        );
         let b = RunKey::of(&[("input", "x"), ("target", "u")]);
-        assert_eq!(Checkpoint::<Progress>::load_or_new(&f, &b).unwrap().state.rows, 0);
+        assert_eq!(
+            Checkpoint::<Progress>::load_or_new(&f, &b)
+                .unwrap()
+                .state
+                .rows,
+            0
+        );
         std::fs::write(&f, "not json").unwrap();
         assert!(Checkpoint::<Progress>::load_or_new(&f, &a).is_err());
     }
@@ -270,7 +282,9 @@ mod tests {
         let bundle = dir.path().join("b");
         fs::create_dir_all(bundle_partial(&bundle)).unwrap();
         w.fresh(Some(&bundle)).unwrap();
-        assert!(!w.snapshot().exists() && !w.report().exists() && !bundle_partial(&bundle).exists());
+        assert!(
+            !w.snapshot().exists() && !w.report().exists() && !bundle_partial(&bundle).exists()
+        );
         assert!(w.root().join("embed-cache").exists());
     }
 }

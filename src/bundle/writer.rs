@@ -65,7 +65,8 @@ pub fn write(
         ));
     }
     let partial = workdir::bundle_partial(target);
-    let mut checkpoint: Checkpoint<BundleParts> = Checkpoint::load_or_new(&opts.checkpoint_file, &opts.run_key)?;
+    let mut checkpoint: Checkpoint<BundleParts> =
+        Checkpoint::load_or_new(&opts.checkpoint_file, &opts.run_key)?;
     if checkpoint.state.parts.is_empty() && partial.exists() {
         fs::remove_dir_all(&partial).map_err(Error::io("remove", &partial))?;
     }

@@ -37,7 +37,6 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 use super::EmbeddingProvider;
 use crate::error::{Error, Result};
 
-
 /// Provider name recorded in provenance.
 pub const HASHING_NAME: &str = "hashing-v1";
 

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float32Array, RecordBatch,
+    StringArray,
 };
 use arrow::compute::kernels::zip::zip;
 use arrow::datatypes::DataType;
@@ -180,7 +181,6 @@ fn usable_vectors(col: &ArrayRef) -> Result<ArrayRef> {
     )?))
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -291,4 +291,3 @@ mod tests {
         assert_eq!((e.stats().texts, e.stats().existing_vectors), (0, 1));
     }
 }
-

@@ -67,7 +67,11 @@ impl Default for OpenAiOptions {
             api_key: None,
             request_size: 128,
             // Embedding servers recover slowly (a model reloading): longer waits than for Engram.
-            backoff: Backoff { attempts: 7, base: Duration::from_millis(500), cap: Duration::from_secs(30) },
+            backoff: Backoff {
+                attempts: 7,
+                base: Duration::from_millis(500),
+                cap: Duration::from_secs(30),
+            },
             max_dimensions: Some(crate::sink::engram::ENGRAM_DIM),
             timeout: Duration::from_secs(120),
         }
@@ -261,9 +265,9 @@ impl OpenAiProvider {
                 }
                 Err(Retry { wait, why }) => {
                     if !self.opts.backoff.allows(attempt) {
-                        return Err(self.server_err(format!(
-                            "{why}; gave up after {attempt} retries"
-                        )));
+                        return Err(
+                            self.server_err(format!("{why}; gave up after {attempt} retries"))
+                        );
                     }
                     let backoff = self.opts.backoff.delay(attempt, &texts.len().to_string());
                     // A server's Retry-After wins, within the policy's cap.

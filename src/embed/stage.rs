@@ -75,7 +75,6 @@ enum Source {
     Miss(usize),
 }
 
-
 /// Bounded FIFO cache of vectors of `dim` floats.
 struct VectorCache {
     capacity: usize,
@@ -170,7 +169,10 @@ impl Embedder {
     pub fn new(provider: Arc<dyn EmbeddingProvider>, cache_capacity: usize) -> Result<Self> {
         let dim = provider.dimension();
         if dim == 0 {
-            return Err(Error::usage(format!("embedding provider {} has dimension 0", provider.name())));
+            return Err(Error::usage(format!(
+                "embedding provider {} has dimension 0",
+                provider.name()
+            )));
         }
         Ok(Embedder {
             provider,

@@ -74,7 +74,11 @@ fn memory_parts(bundle: &Path, manifest: &BundleManifest) -> Vec<Part> {
             s.memories.files.iter().map(move |f| Part {
                 space: s.space.clone(),
                 rel: format!("{}/{}", s.space, f.file),
-                path: bundle.join("spaces").join(&s.space).join("memories").join(&f.file),
+                path: bundle
+                    .join("spaces")
+                    .join(&s.space)
+                    .join("memories")
+                    .join(&f.file),
             })
         })
         .collect()
@@ -95,7 +99,12 @@ fn units_of_part<'a>(
     Box::new(reader.flat_map(move |batch| -> Vec<Result<WriteUnit>> {
         let batch = match batch {
             Ok(b) => b,
-            Err(e) => return vec![Err(Error::source_err(part.path.display().to_string(), e.to_string()))],
+            Err(e) => {
+                return vec![Err(Error::source_err(
+                    part.path.display().to_string(),
+                    e.to_string(),
+                ))]
+            }
         };
         // Batch boundaries may differ between runs: skip by rows, not by batches.
         let n = batch.num_rows() as u64;
@@ -176,8 +185,18 @@ pub async fn run(
     while let Some(answer) = answers.next().await {
         let (unit, outcomes) = answer?;
         for o in outcomes {
-            if let RowOutcome::Rejected { id, status, message } = o {
-                ckpt.state.rejected.push(Rejection { space: unit.space.clone(), id, status, message });
+            if let RowOutcome::Rejected {
+                id,
+                status,
+                message,
+            } = o
+            {
+                ckpt.state.rejected.push(Rejection {
+                    space: unit.space.clone(),
+                    id,
+                    status,
+                    message,
+                });
             }
         }
         let done = unit.batch.num_rows() as u64;
@@ -199,6 +218,10 @@ pub async fn run(
         resumed,
         rejected: ckpt.state.rejected,
         seconds,
-        rows_per_second: if seconds > 0.0 { sent as f64 / seconds } else { 0.0 },
+        rows_per_second: if seconds > 0.0 {
+            sent as f64 / seconds
+        } else {
+            0.0
+        },
     })
 }

@@ -47,7 +47,11 @@ pub struct WriteUnit {
 pub enum RowOutcome {
     Accepted,
     /// Refused for this row (not retried; reported with the read-back).
-    Rejected { id: String, status: String, message: String },
+    Rejected {
+        id: String,
+        status: String,
+        message: String,
+    },
 }
 
 /// A bundle memory the target holds (`target_memories` of the target checks).
@@ -104,7 +108,12 @@ pub trait Sink: Send + Sync {
         Ok(())
     }
     /// Reads back what the target holds and compares it with the bundle.
-    async fn read_back(&self, bundle: &Path, manifest: &BundleManifest, rejected: &[Rejection]) -> Result<ReadBack>;
+    async fn read_back(
+        &self,
+        bundle: &Path,
+        manifest: &BundleManifest,
+        rejected: &[Rejection],
+    ) -> Result<ReadBack>;
 }
 
 /// Makes a sink from a `--target` URL. No I/O: parsing and checking the URL and its settings only; credentials
@@ -122,14 +131,23 @@ pub fn registry() -> &'static [&'static dyn SinkFactory] {
 }
 
 /// Target schemes that are planned but not built yet, so that they get a clear answer.
-const NOT_BUILT: &[&str] = &["engram://", "bolt://", "neo4j://", "postgres://", "postgresql://"];
+const NOT_BUILT: &[&str] = &[
+    "engram://",
+    "bolt://",
+    "neo4j://",
+    "postgres://",
+    "postgresql://",
+];
 
 /// Where `--target` points: a directory for the bundle (the embedded default), or a registered live target that
 /// is loaded from a bundle.
 #[derive(Clone)]
 pub enum Target {
     Bundle(PathBuf),
-    Live { factory: &'static dyn SinkFactory, spec: String },
+    Live {
+        factory: &'static dyn SinkFactory,
+        spec: String,
+    },
 }
 
 impl std::fmt::Debug for Target {
@@ -140,11 +158,20 @@ impl std::fmt::Debug for Target {
 
 impl Target {
     pub fn parse(spec: &str) -> Result<Target> {
-        if let Some(factory) = registry().iter().find(|f| f.schemes().iter().any(|s| spec.starts_with(s))) {
-            return Ok(Target::Live { factory: *factory, spec: spec.to_string() });
+        if let Some(factory) = registry()
+            .iter()
+            .find(|f| f.schemes().iter().any(|s| spec.starts_with(s)))
+        {
+            return Ok(Target::Live {
+                factory: *factory,
+                spec: spec.to_string(),
+            });
         }
         if let Some(scheme) = NOT_BUILT.iter().find(|s| spec.starts_with(*s)) {
-            let live: Vec<&str> = registry().iter().flat_map(|f| f.schemes().iter().copied()).collect();
+            let live: Vec<&str> = registry()
+                .iter()
+                .flat_map(|f| f.schemes().iter().copied())
+                .collect();
             return Err(Error::usage(format!(
                 "target {scheme}...: this sink is not built yet; --target takes a directory for an Engram bundle, \
                  or a live target ({}...) with `load --bundle` or `run --bundle`",
@@ -189,7 +216,13 @@ mod tests {
 
     #[test]
     fn a_bundle_target_has_no_trailing_separator() {
-        for (given, want) in [("out/", "out"), ("a/b//", "a/b"), ("./x/", "./x"), ("/tmp/b", "/tmp/b"), ("b", "b")] {
+        for (given, want) in [
+            ("out/", "out"),
+            ("a/b//", "a/b"),
+            ("./x/", "./x"),
+            ("/tmp/b", "/tmp/b"),
+            ("b", "b"),
+        ] {
             let t = Target::parse(given).unwrap().bundle_dir().unwrap();
             assert_eq!(t, Path::new(want), "--target {given}");
             assert_eq!(bundle_path(Path::new(given)), Path::new(want));

@@ -6,10 +6,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::format::*;
 use crate::checksum::Checksum;
 use crate::error::{Error, Result};
 use crate::parquet_io::{PartFile, PartLimits, RollingWriter};
-use super::format::*;
 use crate::source::{Partition, PartitionReader, ReadEnd, Source};
 
 #[derive(Debug, Clone)]

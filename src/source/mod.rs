@@ -147,8 +147,14 @@ impl SourceKind {
 
     /// The kind a snapshot manifest's `source` description names (`kind`, or `of.kind` for a snapshot of one).
     pub fn of_description(source: &serde_json::Value) -> Option<SourceKind> {
-        let k = source.pointer("/of/kind").or_else(|| source.get("kind"))?.as_str()?;
-        registry().iter().map(|f| f.kind()).find(|kind| kind.name() == k)
+        let k = source
+            .pointer("/of/kind")
+            .or_else(|| source.get("kind"))?
+            .as_str()?;
+        registry()
+            .iter()
+            .map(|f| f.kind())
+            .find(|kind| kind.name() == k)
     }
 }
 
@@ -184,9 +190,16 @@ impl SourceFactory for Neo4jFactory {
         SourceKind::Neo4j
     }
     fn matches(&self, spec: &str) -> bool {
-        ["bolt://", "bolt+s://", "bolt+ssc://", "neo4j://", "neo4j+s://", "neo4j+ssc://"]
-            .iter()
-            .any(|s| spec.starts_with(s))
+        [
+            "bolt://",
+            "bolt+s://",
+            "bolt+ssc://",
+            "neo4j://",
+            "neo4j+s://",
+            "neo4j+ssc://",
+        ]
+        .iter()
+        .any(|s| spec.starts_with(s))
     }
     fn open(&self, spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
         Ok(Box::new(neo4j::Neo4jSource::open(spec, &opts.neo4j)?))
@@ -207,9 +220,15 @@ impl SourceFactory for RedisFactory {
     }
     fn open(&self, spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
         if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-            return Ok(Box::new(redis::RedisSource::open_live(spec, opts.redis_db)?));
+            return Ok(Box::new(redis::RedisSource::open_live(
+                spec,
+                opts.redis_db,
+            )?));
         }
-        Ok(Box::new(redis::RedisSource::open_rdb(Path::new(spec), opts.redis_db)?))
+        Ok(Box::new(redis::RedisSource::open_rdb(
+            Path::new(spec),
+            opts.redis_db,
+        )?))
     }
 }
 
@@ -222,7 +241,9 @@ impl SourceFactory for SnapshotFactory {
         Path::new(spec).join(snapshot_dir::MANIFEST).is_file()
     }
     fn open(&self, spec: &str, _opts: &SourceOptions) -> Result<Box<dyn Source>> {
-        Ok(Box::new(snapshot_dir::SnapshotSource::open(Path::new(spec))?))
+        Ok(Box::new(snapshot_dir::SnapshotSource::open(Path::new(
+            spec,
+        ))?))
     }
 }
 
@@ -236,7 +257,8 @@ impl SourceFactory for SqliteFactory {
         spec.starts_with("sqlite://") || Path::new(spec).is_file()
     }
     fn open(&self, spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
-        let mut s = sqlite::SqliteSource::open(Path::new(spec.strip_prefix("sqlite://").unwrap_or(spec)))?;
+        let mut s =
+            sqlite::SqliteSource::open(Path::new(spec.strip_prefix("sqlite://").unwrap_or(spec)))?;
         s.set_overrides(&opts.column_types)?;
         Ok(Box::new(s))
     }
@@ -244,7 +266,13 @@ impl SourceFactory for SqliteFactory {
 
 /// Every source, in the order a `--source` value is tried: URL schemes, then files by their content, SQLite last.
 pub fn registry() -> &'static [&'static dyn SourceFactory] {
-    &[&PostgresFactory, &Neo4jFactory, &RedisFactory, &SnapshotFactory, &SqliteFactory]
+    &[
+        &PostgresFactory,
+        &Neo4jFactory,
+        &RedisFactory,
+        &SnapshotFactory,
+        &SqliteFactory,
+    ]
 }
 
 /// The source a `--source` value names, without opening it.

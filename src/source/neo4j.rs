@@ -42,22 +42,58 @@ pub const TYPE_TABLE: &[(&str, &str)] = &[
     ("Null", "null"),
     ("Boolean", "true / false"),
     ("Integer", "number (64-bit, exact)"),
-    ("Float (finite)", "number, always with a fraction or exponent (1.0), so it reads back as a float"),
-    ("Float (NaN, ±Infinity)", r#"{"$type":"float","value":"NaN" | "Infinity" | "-Infinity"}"#),
+    (
+        "Float (finite)",
+        "number, always with a fraction or exponent (1.0), so it reads back as a float",
+    ),
+    (
+        "Float (NaN, ±Infinity)",
+        r#"{"$type":"float","value":"NaN" | "Infinity" | "-Infinity"}"#,
+    ),
     ("String", "string"),
     ("List", "array of typed values"),
-    ("Map", r#"object of typed values, keys sorted; a map that has a "$type" key is wrapped: {"$type":"map","value":{...}}"#),
+    (
+        "Map",
+        r#"object of typed values, keys sorted; a map that has a "$type" key is wrapped: {"$type":"map","value":{...}}"#,
+    ),
     ("Bytes", r#"{"$type":"bytes","base64":"..."}"#),
     ("Date", r#"{"$type":"date","value":"2024-02-29"}"#),
-    ("Time (with offset)", r#"{"$type":"time","value":"12:34:56.789+01:00"}"#),
-    ("LocalTime", r#"{"$type":"local_time","value":"12:34:56.789"}"#),
-    ("DateTime (with offset)", r#"{"$type":"datetime","value":"2024-02-29T12:34:56.789+01:00"}"#),
-    ("DateTime (with zone id)", r#"{"$type":"datetime","value":"2024-02-29T12:34:56+01:00[Europe/Paris]"}"#),
-    ("LocalDateTime", r#"{"$type":"local_datetime","value":"2024-02-29T12:34:56.789"}"#),
-    ("Duration", r#"{"$type":"duration","months":14,"days":3,"seconds":3723,"nanoseconds":0,"value":"P14M3DT3723S"}"#),
-    ("Point (2D)", r#"{"$type":"point","srid":4326,"x":2.35,"y":48.85}"#),
-    ("Point (3D)", r#"{"$type":"point","srid":9157,"x":1.0,"y":2.0,"z":3.0}"#),
-    ("Node, Relationship, Path (not property values)", r#"{"$type":"node" | ..., "$fallback":"..."} (cannot occur in properties)"#),
+    (
+        "Time (with offset)",
+        r#"{"$type":"time","value":"12:34:56.789+01:00"}"#,
+    ),
+    (
+        "LocalTime",
+        r#"{"$type":"local_time","value":"12:34:56.789"}"#,
+    ),
+    (
+        "DateTime (with offset)",
+        r#"{"$type":"datetime","value":"2024-02-29T12:34:56.789+01:00"}"#,
+    ),
+    (
+        "DateTime (with zone id)",
+        r#"{"$type":"datetime","value":"2024-02-29T12:34:56+01:00[Europe/Paris]"}"#,
+    ),
+    (
+        "LocalDateTime",
+        r#"{"$type":"local_datetime","value":"2024-02-29T12:34:56.789"}"#,
+    ),
+    (
+        "Duration",
+        r#"{"$type":"duration","months":14,"days":3,"seconds":3723,"nanoseconds":0,"value":"P14M3DT3723S"}"#,
+    ),
+    (
+        "Point (2D)",
+        r#"{"$type":"point","srid":4326,"x":2.35,"y":48.85}"#,
+    ),
+    (
+        "Point (3D)",
+        r#"{"$type":"point","srid":9157,"x":1.0,"y":2.0,"z":3.0}"#,
+    ),
+    (
+        "Node, Relationship, Path (not property values)",
+        r#"{"$type":"node" | ..., "$fallback":"..."} (cannot occur in properties)"#,
+    ),
 ];
 
 pub fn nodes_schema() -> SchemaRef {
@@ -199,7 +235,10 @@ impl Neo4jSource {
             Ok(g) => g,
             Err(e) => {
                 rt.shutdown_background();
-                return Err(Error::source_err(&location, scrub(&e.to_string(), &password)));
+                return Err(Error::source_err(
+                    &location,
+                    scrub(&e.to_string(), &password),
+                ));
             }
         };
         let handle = rt.handle().clone();
@@ -215,7 +254,12 @@ impl Neo4jSource {
         };
         // The first query connects and authenticates; its error says which of the two failed.
         src.single_i64("RETURN 1 AS x", "x")?;
-        src.has_element_id = src.single_i64("MATCH (n) WITH n LIMIT 1 RETURN count(elementId(n)) AS x", "x").is_ok();
+        src.has_element_id = src
+            .single_i64(
+                "MATCH (n) WITH n LIMIT 1 RETURN count(elementId(n)) AS x",
+                "x",
+            )
+            .is_ok();
         Ok(src)
     }
 
@@ -292,7 +336,8 @@ impl Neo4jSource {
         let row = rows
             .first()
             .ok_or_else(|| self.err(format!("{q}: no row returned")))?;
-        row.get::<i64>(col).map_err(|e| self.err(format!("{q}: {e}")))
+        row.get::<i64>(col)
+            .map_err(|e| self.err(format!("{q}: {e}")))
     }
 
     fn eid(&self, var: &str) -> String {
@@ -348,7 +393,9 @@ impl Neo4jSource {
         match self.rows(neo4rs::query(list)) {
             Ok(rows) => {
                 for r in rows {
-                    let name: String = r.get("name").map_err(|e| self.err(format!("{list}: {e}")))?;
+                    let name: String = r
+                        .get("name")
+                        .map_err(|e| self.err(format!("{list}: {e}")))?;
                     let c = self.single_i64(&count_one(&name), "c")?;
                     if c > 0 {
                         out.push((name, c as u64));
@@ -357,7 +404,9 @@ impl Neo4jSource {
             }
             Err(_) => {
                 for r in self.rows(neo4rs::query(scan))? {
-                    let name: String = r.get("name").map_err(|e| self.err(format!("{scan}: {e}")))?;
+                    let name: String = r
+                        .get("name")
+                        .map_err(|e| self.err(format!("{scan}: {e}")))?;
                     let c: i64 = r.get("c").map_err(|e| self.err(format!("{scan}: {e}")))?;
                     out.push((name, c as u64));
                 }
@@ -369,10 +418,16 @@ impl Neo4jSource {
 
     fn rec_from_row(row: &neo4rs::Row, rels: bool) -> std::result::Result<Rec, String> {
         let id: i64 = row.get("id").map_err(|e| format!("id: {e}"))?;
-        let element_id: String = row.get("eid").map_err(|e| format!("element id of {id}: {e}"))?;
-        let mut names: Vec<String> = row.get("names").map_err(|e| format!("labels of {id}: {e}"))?;
+        let element_id: String = row
+            .get("eid")
+            .map_err(|e| format!("element id of {id}: {e}"))?;
+        let mut names: Vec<String> = row
+            .get("names")
+            .map_err(|e| format!("labels of {id}: {e}"))?;
         names.sort();
-        let props: BoltType = row.get("props").map_err(|e| format!("properties of {id}: {e}"))?;
+        let props: BoltType = row
+            .get("props")
+            .map_err(|e| format!("properties of {id}: {e}"))?;
         let mut flagged = vec![];
         let value = match &props {
             BoltType::Map(m) => map_to_json(m, &mut flagged),
@@ -437,7 +492,10 @@ impl Neo4jSource {
             let (mut seid, mut teid) = (StringBuilder::new(), StringBuilder::new());
             for r in recs {
                 typ.append_value(r.names.first().map(String::as_str).unwrap_or(""));
-                let (s, t) = (r.start.clone().unwrap_or_default(), r.end.clone().unwrap_or_default());
+                let (s, t) = (
+                    r.start.clone().unwrap_or_default(),
+                    r.end.clone().unwrap_or_default(),
+                );
                 sid.append_value(s.0);
                 seid.append_value(&s.1);
                 tid.append_value(t.0);
@@ -454,7 +512,11 @@ impl Neo4jSource {
                 Arc::new(props.finish()),
             ]
         };
-        let schema = if table == NODES { nodes_schema() } else { relationships_schema() };
+        let schema = if table == NODES {
+            nodes_schema()
+        } else {
+            relationships_schema()
+        };
         Ok(RecordBatch::try_new(schema, cols)?)
     }
 
@@ -466,7 +528,10 @@ impl Neo4jSource {
             m.insert("labels".into(), json!(r.names));
         } else {
             m.insert("type".into(), json!(r.names.first()));
-            let (s, t) = (r.start.clone().unwrap_or_default(), r.end.clone().unwrap_or_default());
+            let (s, t) = (
+                r.start.clone().unwrap_or_default(),
+                r.end.clone().unwrap_or_default(),
+            );
             m.insert("start_id".into(), json!(s.0));
             m.insert("end_id".into(), json!(t.0));
             m.insert("start_element_id".into(), json!(s.1));
@@ -519,7 +584,13 @@ fn scrub(text: &str, password: &str) -> String {
     }
 }
 
-fn column(name: &str, source_type: &str, arrow: &str, mapped_as: &str, fidelity: &str) -> ColumnInfo {
+fn column(
+    name: &str,
+    source_type: &str,
+    arrow: &str,
+    mapped_as: &str,
+    fidelity: &str,
+) -> ColumnInfo {
     ColumnInfo {
         name: name.into(),
         source_type: source_type.into(),
@@ -559,7 +630,11 @@ impl Source for Neo4jSource {
     fn catalog(&mut self) -> Result<Catalog> {
         let nodes = self.single_i64("MATCH (n) RETURN count(n) AS c", "c")?;
         let rels = self.single_i64("MATCH ()-[r]->() RETURN count(r) AS c", "c")?;
-        let eid_type = if self.has_element_id { "STRING (elementId)" } else { "STRING (toString(id))" };
+        let eid_type = if self.has_element_id {
+            "STRING (elementId)"
+        } else {
+            "STRING (toString(id))"
+        };
         let ids = "exact (ArcadeDB: large sparse integers)";
         Ok(Catalog {
             tables: vec![
@@ -568,8 +643,20 @@ impl Source for Neo4jSource {
                     columns: vec![
                         column("id", "INTEGER (id(n))", "Int64", "integer", ids),
                         column("element_id", eid_type, "Utf8", "text", "exact"),
-                        column("labels", "LIST<STRING> (labels(n))", "List(Utf8)", "labels", "exact (sorted)"),
-                        column("properties", "MAP (properties(n))", "Utf8", "typed_json", PROPS_FIDELITY),
+                        column(
+                            "labels",
+                            "LIST<STRING> (labels(n))",
+                            "List(Utf8)",
+                            "labels",
+                            "exact (sorted)",
+                        ),
+                        column(
+                            "properties",
+                            "MAP (properties(n))",
+                            "Utf8",
+                            "typed_json",
+                            PROPS_FIDELITY,
+                        ),
                     ],
                     primary_key: vec!["id".into()],
                     foreign_keys: vec![],
@@ -581,11 +668,29 @@ impl Source for Neo4jSource {
                         column("id", "INTEGER (id(r))", "Int64", "integer", ids),
                         column("element_id", eid_type, "Utf8", "text", "exact"),
                         column("type", "STRING (type(r))", "Utf8", "text", "exact"),
-                        column("start_id", "INTEGER (id(startNode(r)))", "Int64", "integer", ids),
-                        column("end_id", "INTEGER (id(endNode(r)))", "Int64", "integer", ids),
+                        column(
+                            "start_id",
+                            "INTEGER (id(startNode(r)))",
+                            "Int64",
+                            "integer",
+                            ids,
+                        ),
+                        column(
+                            "end_id",
+                            "INTEGER (id(endNode(r)))",
+                            "Int64",
+                            "integer",
+                            ids,
+                        ),
                         column("start_element_id", eid_type, "Utf8", "text", "exact"),
                         column("end_element_id", eid_type, "Utf8", "text", "exact"),
-                        column("properties", "MAP (properties(r))", "Utf8", "typed_json", PROPS_FIDELITY),
+                        column(
+                            "properties",
+                            "MAP (properties(r))",
+                            "Utf8",
+                            "typed_json",
+                            PROPS_FIDELITY,
+                        ),
                     ],
                     primary_key: vec!["id".into()],
                     foreign_keys: vec![],
@@ -636,7 +741,11 @@ impl Source for Neo4jSource {
                     .await
                     .map_err(|e| scrub(&e.to_string(), &password))?;
                 let mut chunk = Vec::with_capacity(batch_size);
-                while let Some(row) = stream.next().await.map_err(|e| scrub(&e.to_string(), &password))? {
+                while let Some(row) = stream
+                    .next()
+                    .await
+                    .map_err(|e| scrub(&e.to_string(), &password))?
+                {
                     chunk.push(Self::rec_from_row(&row, rels)?);
                     if chunk.len() >= batch_size {
                         let full = std::mem::replace(&mut chunk, Vec::with_capacity(batch_size));
@@ -679,7 +788,11 @@ impl Source for Neo4jSource {
         let base = self.table_query(&table.name)?;
         // Re-read by id: the same RETURN clause as the snapshot, so values go through the same conversion.
         let q = if rels {
-            base.replacen("MATCH (a)-[r]->(b)", "UNWIND $ids AS i MATCH (a)-[r]->(b) WHERE id(r) = i", 1)
+            base.replacen(
+                "MATCH (a)-[r]->(b)",
+                "UNWIND $ids AS i MATCH (a)-[r]->(b) WHERE id(r) = i",
+                1,
+            )
         } else {
             base.replacen("MATCH (n)", "UNWIND $ids AS i MATCH (n) WHERE id(n) = i", 1)
         };
@@ -698,10 +811,20 @@ impl Source for Neo4jSource {
         let (labels, types) = self.label_and_type_counts()?;
         let mut out = vec![];
         for (name, n) in labels {
-            out.push(super::GroupCount { table: NODES.into(), column: "labels".into(), value: name, rows: n });
+            out.push(super::GroupCount {
+                table: NODES.into(),
+                column: "labels".into(),
+                value: name,
+                rows: n,
+            });
         }
         for (name, n) in types {
-            out.push(super::GroupCount { table: RELATIONSHIPS.into(), column: "type".into(), value: name, rows: n });
+            out.push(super::GroupCount {
+                table: RELATIONSHIPS.into(),
+                column: "type".into(),
+                value: name,
+                rows: n,
+            });
         }
         Ok(out)
     }
@@ -710,7 +833,9 @@ impl Source for Neo4jSource {
 fn float_json(f: f64) -> Value {
     if f.is_finite() {
         // serde_json writes finite floats with a fraction or exponent ("1.0"), so they read back as floats.
-        serde_json::Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)
+        serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)
     } else {
         let v = if f.is_nan() {
             "NaN"
@@ -724,7 +849,8 @@ fn float_json(f: f64) -> Value {
 }
 
 fn map_to_json(m: &neo4rs::BoltMap, flagged: &mut Vec<String>) -> Value {
-    let mut entries: Vec<(&str, &BoltType)> = m.value.iter().map(|(k, v)| (k.value.as_str(), v)).collect();
+    let mut entries: Vec<(&str, &BoltType)> =
+        m.value.iter().map(|(k, v)| (k.value.as_str(), v)).collect();
     entries.sort_by(|a, b| a.0.cmp(b.0));
     let mut out = Map::with_capacity(entries.len());
     for (k, v) in entries {
@@ -749,7 +875,11 @@ fn fallback(kind: &str, raw: Value, why: &str, flagged: &mut Vec<String>) -> Val
 fn iso_duration(months: i64, days: i64, seconds: i64, nanos: i64) -> String {
     let mut s = format!("P{months}M{days}DT{seconds}");
     if nanos != 0 {
-        s.push_str(&format!(".{:09}", nanos.unsigned_abs()).trim_end_matches('0').to_string());
+        s.push_str(
+            &format!(".{:09}", nanos.unsigned_abs())
+                .trim_end_matches('0')
+                .to_string(),
+        );
     }
     s.push('S');
     s
@@ -779,48 +909,105 @@ pub fn to_json(v: &BoltType, flagged: &mut Vec<String>) -> Value {
                 .collect(),
         ),
         BoltType::Map(m) => map_to_json(m, flagged),
-        BoltType::Bytes(b) => json!({"$type": "bytes", "base64": base64::engine::general_purpose::STANDARD.encode(&b.value)}),
+        BoltType::Bytes(b) => {
+            json!({"$type": "bytes", "base64": base64::engine::general_purpose::STANDARD.encode(&b.value)})
+        }
         BoltType::Date(d) => match chrono::NaiveDate::try_from(d) {
             Ok(d) => json!({"$type": "date", "value": d.format("%Y-%m-%d").to_string()}),
-            Err(_) => fallback("date", raw_fields(v), "outside the years chrono can render", flagged),
+            Err(_) => fallback(
+                "date",
+                raw_fields(v),
+                "outside the years chrono can render",
+                flagged,
+            ),
         },
         BoltType::Time(_) => match time_fields(v) {
             Ok((nanos, offset)) => match local_time(nanos) {
                 Some(t) => {
                     let off = offset.unwrap_or(0);
                     match chrono::FixedOffset::east_opt(off as i32) {
-                        Some(o) => json!({"$type": "time", "value": format!("{}{}", fmt_time(t), o)}),
-                        None => fallback("time", json!({"nanoseconds": nanos, "tz_offset_seconds": off}), "offset out of range", flagged),
+                        Some(o) => {
+                            json!({"$type": "time", "value": format!("{}{}", fmt_time(t), o)})
+                        }
+                        None => fallback(
+                            "time",
+                            json!({"nanoseconds": nanos, "tz_offset_seconds": off}),
+                            "offset out of range",
+                            flagged,
+                        ),
                     }
                 }
-                None => fallback("time", json!({"nanoseconds": nanos, "tz_offset_seconds": offset}), "time of day out of range", flagged),
+                None => fallback(
+                    "time",
+                    json!({"nanoseconds": nanos, "tz_offset_seconds": offset}),
+                    "time of day out of range",
+                    flagged,
+                ),
             },
-            Err(e) => fallback("time", Value::String(e.to_string()), "unreadable Bolt time", flagged),
+            Err(e) => fallback(
+                "time",
+                Value::String(e.to_string()),
+                "unreadable Bolt time",
+                flagged,
+            ),
         },
         BoltType::LocalTime(_) => match time_fields(v) {
             Ok((nanos, _)) => match local_time(nanos) {
                 Some(t) => json!({"$type": "local_time", "value": fmt_time(t)}),
-                None => fallback("local_time", json!({"nanoseconds": nanos}), "time of day out of range", flagged),
+                None => fallback(
+                    "local_time",
+                    json!({"nanoseconds": nanos}),
+                    "time of day out of range",
+                    flagged,
+                ),
             },
-            Err(e) => fallback("local_time", Value::String(e.to_string()), "unreadable Bolt time", flagged),
+            Err(e) => fallback(
+                "local_time",
+                Value::String(e.to_string()),
+                "unreadable Bolt time",
+                flagged,
+            ),
         },
         BoltType::DateTime(dt) => match chrono::DateTime::<chrono::FixedOffset>::try_from(dt) {
-            Ok(d) => json!({"$type": "datetime", "value": d.to_rfc3339_opts(SecondsFormat::AutoSi, false)}),
-            Err(_) => fallback("datetime", raw_fields(v), "outside the years chrono can render", flagged),
+            Ok(d) => {
+                json!({"$type": "datetime", "value": d.to_rfc3339_opts(SecondsFormat::AutoSi, false)})
+            }
+            Err(_) => fallback(
+                "datetime",
+                raw_fields(v),
+                "outside the years chrono can render",
+                flagged,
+            ),
         },
         BoltType::LocalDateTime(dt) => match chrono::NaiveDateTime::try_from(dt) {
-            Ok(d) => json!({"$type": "local_datetime", "value": d.format("%Y-%m-%dT%H:%M:%S%.f").to_string()}),
-            Err(_) => fallback("local_datetime", raw_fields(v), "outside the years chrono can render", flagged),
+            Ok(d) => {
+                json!({"$type": "local_datetime", "value": d.format("%Y-%m-%dT%H:%M:%S%.f").to_string()})
+            }
+            Err(_) => fallback(
+                "local_datetime",
+                raw_fields(v),
+                "outside the years chrono can render",
+                flagged,
+            ),
         },
         BoltType::DateTimeZoneId(dt) => {
             let zone = dt.tz_id().to_string();
             match chrono::DateTime::<chrono::FixedOffset>::try_from(dt) {
-                Ok(d) => json!({"$type": "datetime", "value": format!("{}[{zone}]", d.to_rfc3339_opts(SecondsFormat::AutoSi, false))}),
+                Ok(d) => {
+                    json!({"$type": "datetime", "value": format!("{}[{zone}]", d.to_rfc3339_opts(SecondsFormat::AutoSi, false))})
+                }
                 // Unknown zone name or a wall time that does not exist or is ambiguous in the zone: keep the wall
                 // time and the zone, without offset.
                 Err(_) => match chrono::NaiveDateTime::try_from(dt) {
-                    Ok(local) => json!({"$type": "datetime", "value": format!("{}[{zone}]", local.format("%Y-%m-%dT%H:%M:%S%.f"))}),
-                    Err(_) => fallback("datetime", raw_fields(v), "outside the years chrono can render", flagged),
+                    Ok(local) => {
+                        json!({"$type": "datetime", "value": format!("{}[{zone}]", local.format("%Y-%m-%dT%H:%M:%S%.f"))})
+                    }
+                    Err(_) => fallback(
+                        "datetime",
+                        raw_fields(v),
+                        "outside the years chrono can render",
+                        flagged,
+                    ),
                 },
             }
         }
@@ -829,15 +1016,37 @@ pub fn to_json(v: &BoltType, flagged: &mut Vec<String>) -> Value {
                 "$type": "duration", "months": months, "days": days, "seconds": seconds, "nanoseconds": nanos,
                 "value": iso_duration(months, days, seconds, nanos),
             }),
-            Err(e) => fallback("duration", Value::String(e.to_string()), "unreadable Bolt duration", flagged),
+            Err(e) => fallback(
+                "duration",
+                Value::String(e.to_string()),
+                "unreadable Bolt duration",
+                flagged,
+            ),
         },
-        BoltType::Point2D(p) => json!({"$type": "point", "srid": p.sr_id.value, "x": float_json(p.x.value), "y": float_json(p.y.value)}),
-        BoltType::Point3D(p) => json!({"$type": "point", "srid": p.sr_id.value, "x": float_json(p.x.value), "y": float_json(p.y.value), "z": float_json(p.z.value)}),
-        BoltType::Node(_) => fallback("node", Value::Null, "a node is not a property value", flagged),
-        BoltType::Relation(_) | BoltType::UnboundedRelation(_) => {
-            fallback("relationship", Value::Null, "a relationship is not a property value", flagged)
+        BoltType::Point2D(p) => {
+            json!({"$type": "point", "srid": p.sr_id.value, "x": float_json(p.x.value), "y": float_json(p.y.value)})
         }
-        BoltType::Path(_) => fallback("path", Value::Null, "a path is not a property value", flagged),
+        BoltType::Point3D(p) => {
+            json!({"$type": "point", "srid": p.sr_id.value, "x": float_json(p.x.value), "y": float_json(p.y.value), "z": float_json(p.z.value)})
+        }
+        BoltType::Node(_) => fallback(
+            "node",
+            Value::Null,
+            "a node is not a property value",
+            flagged,
+        ),
+        BoltType::Relation(_) | BoltType::UnboundedRelation(_) => fallback(
+            "relationship",
+            Value::Null,
+            "a relationship is not a property value",
+            flagged,
+        ),
+        BoltType::Path(_) => fallback(
+            "path",
+            Value::Null,
+            "a path is not a property value",
+            flagged,
+        ),
     }
 }
 
@@ -877,10 +1086,12 @@ fn time_fields(v: &BoltType) -> std::result::Result<(i64, Option<i64>), String> 
         BoltType::LocalTime(t) => format!("{t:?}"),
         other => return Err(format!("not a time: {other:?}")),
     };
-    let mut numbers = debug
-        .split("value: ")
-        .skip(1)
-        .map(|s| s.split(|c: char| c != '-' && !c.is_ascii_digit()).next().unwrap_or("").parse::<i64>());
+    let mut numbers = debug.split("value: ").skip(1).map(|s| {
+        s.split(|c: char| c != '-' && !c.is_ascii_digit())
+            .next()
+            .unwrap_or("")
+            .parse::<i64>()
+    });
     let nanos = match numbers.next() {
         Some(Ok(n)) => n,
         _ => return Err(format!("unreadable Bolt time {debug}")),

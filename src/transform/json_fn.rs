@@ -11,10 +11,14 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::{exec_err, Result as DfResult};
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 use datafusion::prelude::SessionContext;
 use serde_json::Value;
 
@@ -62,7 +66,9 @@ pub fn as_timestamp_micros(v: &Value) -> Option<i64> {
     let parse_rfc3339 = |s: &str| {
         // A zone id in brackets after the offset ("...+02:00[Europe/Paris]") adds nothing to the instant.
         let s = s.split('[').next().unwrap_or(s);
-        chrono::DateTime::parse_from_rfc3339(s).ok().map(|d| d.timestamp_micros())
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|d| d.timestamp_micros())
     };
     match v {
         Value::Number(n) => n.as_i64().and_then(|ms| ms.checked_mul(1000)),
@@ -77,9 +83,11 @@ pub fn as_timestamp_micros(v: &Value) -> Option<i64> {
                         .ok()
                         .map(|d| d.and_utc().timestamp_micros())
                 }),
-                "local_datetime" => chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S%.f")
-                    .ok()
-                    .map(|d| d.and_utc().timestamp_micros()),
+                "local_datetime" => {
+                    chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S%.f")
+                        .ok()
+                        .map(|d| d.and_utc().timestamp_micros())
+                }
                 "date" => chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d")
                     .ok()
                     .and_then(|d| d.and_hms_opt(0, 0, 0))
@@ -153,14 +161,24 @@ impl ScalarUDFImpl for JsonFn {
                     }
                     let mut obj = match serde_json::from_str::<Value>(strs[0].value(row)) {
                         Ok(Value::Object(m)) => m,
-                        _ => return exec_err!("json_insert: the first argument is not a JSON object: {}", strs[0].value(row)),
+                        _ => {
+                            return exec_err!(
+                                "json_insert: the first argument is not a JSON object: {}",
+                                strs[0].value(row)
+                            )
+                        }
                     };
                     let value = if strs[2].is_null(row) {
                         Value::Null
                     } else {
                         match serde_json::from_str::<Value>(strs[2].value(row)) {
                             Ok(v) => v,
-                            Err(e) => return exec_err!("json_insert: the value is not JSON ({e}): {}", strs[2].value(row)),
+                            Err(e) => {
+                                return exec_err!(
+                                    "json_insert: the value is not JSON ({e}): {}",
+                                    strs[2].value(row)
+                                )
+                            }
                         }
                     };
                     obj.insert(strs[1].value(row).to_string(), value);
@@ -183,11 +201,25 @@ mod tests {
     fn text_and_timestamps_of_typed_values() {
         assert_eq!(as_text(&serde_json::json!("x")), "x");
         assert_eq!(as_text(&serde_json::json!(1.5)), "1.5");
-        assert_eq!(as_text(&serde_json::json!({"$type":"date","value":"2024-01-02"})), "2024-01-02");
+        assert_eq!(
+            as_text(&serde_json::json!({"$type":"date","value":"2024-01-02"})),
+            "2024-01-02"
+        );
         let us = |v: Value| as_timestamp_micros(&v);
-        assert_eq!(us(serde_json::json!({"$type":"datetime","value":"2024-07-01T12:00:00+02:00[Europe/Paris]"})), Some(1_719_828_000_000_000));
-        assert_eq!(us(serde_json::json!({"$type":"local_datetime","value":"1970-01-01T00:00:01.5"})), Some(1_500_000));
-        assert_eq!(us(serde_json::json!({"$type":"date","value":"1970-01-02"})), Some(86_400_000_000));
+        assert_eq!(
+            us(
+                serde_json::json!({"$type":"datetime","value":"2024-07-01T12:00:00+02:00[Europe/Paris]"})
+            ),
+            Some(1_719_828_000_000_000)
+        );
+        assert_eq!(
+            us(serde_json::json!({"$type":"local_datetime","value":"1970-01-01T00:00:01.5"})),
+            Some(1_500_000)
+        );
+        assert_eq!(
+            us(serde_json::json!({"$type":"date","value":"1970-01-02"})),
+            Some(86_400_000_000)
+        );
         assert_eq!(us(serde_json::json!(1000)), Some(1_000_000));
         assert_eq!(us(serde_json::json!("1970-01-01T00:00:00Z")), Some(0));
         assert_eq!(us(serde_json::json!("yesterday")), None);
@@ -196,7 +228,10 @@ mod tests {
     #[tokio::test]
     async fn functions_work_in_sql() {
         let dir = tempfile::tempdir().unwrap();
-        let mem = SqlMemory { limit_bytes: 64 << 20, spill_dir: dir.path().into() };
+        let mem = SqlMemory {
+            limit_bytes: 64 << 20,
+            spill_dir: dir.path().into(),
+        };
         let ctx = session(1, 1024, &mem).unwrap();
         let b = collect(
             &ctx,

@@ -109,11 +109,10 @@ pub async fn run_statements(ctx: &SessionContext, sql: &str, origin: &str) -> Re
             Statement::Statement(s) => s.to_string(),
             other => other.to_string(),
         };
-        let plan = ctx
-            .state()
-            .statement_to_plan(st)
-            .await
-            .map_err(|e| Error::sql_in(origin, &format!("statement `{}`", shorten(&text)), e))?;
+        let plan =
+            ctx.state().statement_to_plan(st).await.map_err(|e| {
+                Error::sql_in(origin, &format!("statement `{}`", shorten(&text)), e)
+            })?;
         let df = ctx
             .execute_logical_plan(plan)
             .await

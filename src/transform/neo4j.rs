@@ -61,7 +61,11 @@ pub fn generate(m: &GraphMapping) -> String {
         None => {
             let mut e = String::from("CASE\n");
             for (label, space) in &m.label_to_space {
-                e.push_str(&format!("    WHEN array_has(n.labels, {}) THEN {}\n", lit(label), lit(space)));
+                e.push_str(&format!(
+                    "    WHEN array_has(n.labels, {}) THEN {}\n",
+                    lit(label),
+                    lit(space)
+                ));
             }
             e.push_str(&format!(
                 "    WHEN cardinality(n.labels) = 0 THEN {}\n    ELSE {}\n  END",
@@ -71,7 +75,10 @@ pub fn generate(m: &GraphMapping) -> String {
             e
         }
     };
-    let mut text_props: Vec<String> = DEFAULT_TEXT_PROPERTIES.iter().map(|s| s.to_string()).collect();
+    let mut text_props: Vec<String> = DEFAULT_TEXT_PROPERTIES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     for p in &m.text_properties {
         if !text_props.contains(p) {
             text_props.push(p.clone());
@@ -81,7 +88,11 @@ pub fn generate(m: &GraphMapping) -> String {
         "concat_ws(' | ',\n{}\n  )",
         text_props
             .iter()
-            .map(|p| format!("    {} || json_get(n.properties, {})", lit(&format!("{p}: ")), lit(p)))
+            .map(|p| format!(
+                "    {} || json_get(n.properties, {})",
+                lit(&format!("{p}: ")),
+                lit(p)
+            ))
             .collect::<Vec<_>>()
             .join(",\n")
     );
@@ -89,7 +100,10 @@ pub fn generate(m: &GraphMapping) -> String {
     let text = format!("nullif({text}, '')");
     let time_props: Vec<String> = match &m.time_property {
         Some(p) => vec![p.clone()],
-        None => DEFAULT_TIME_PROPERTIES.iter().map(|s| s.to_string()).collect(),
+        None => DEFAULT_TIME_PROPERTIES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     };
     let times: Vec<String> = time_props
         .iter()
@@ -127,7 +141,10 @@ pub fn generate(m: &GraphMapping) -> String {
         .replace("{{WEIGHT}}", &weight)
         .replace("{{ORPHAN_SPACE}}", &orphan_space.replace('\'', "''"))
         .replace("{{EDGES_ON}}", if m.skip_edges { "FALSE" } else { "TRUE" })
-        .replace("{{BIDIRECTIONAL}}", if m.bidirectional { "TRUE" } else { "FALSE" })
+        .replace(
+            "{{BIDIRECTIONAL}}",
+            if m.bidirectional { "TRUE" } else { "FALSE" },
+        )
 }
 
 #[cfg(test)]
@@ -141,7 +158,10 @@ mod tests {
             weight_property: Some("w".into()),
             ..Default::default()
         });
-        let body: String = sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect();
+        let body: String = sql
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect();
         assert!(!body.contains("{{"), "{body}");
         assert!(sql.contains("WHEN array_has(n.labels, 'Person') THEN 'people'"));
         assert!(sql.contains("json_get_float(r.properties, 'w')"));

@@ -226,7 +226,10 @@ pub fn arcadedb_fixture(db: &str, fixture: &str) -> String {
 
 /// Runs Cypher statements on a database of the test ArcadeDB through the neo4rs driver (with parameters).
 pub fn cypher(db: &str, statements: &[neo4rs::Query]) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let cfg = neo4rs::ConfigBuilder::new()
             .uri(format!("bolt://127.0.0.1:{}", arcadedb_port()))

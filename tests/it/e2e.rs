@@ -270,13 +270,24 @@ fn a_target_with_a_trailing_slash_names_the_same_directory() {
     let target = format!("{}/out/", p(tmp.path()));
     let o = run(&["run", "--source", p(&fixture()), "--target", &target]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert!(tmp.path().join("out/bundle.json").exists(), "no bundle in out/");
+    assert!(
+        tmp.path().join("out/bundle.json").exists(),
+        "no bundle in out/"
+    );
     for stray in ["out/.partial", "out/.old", "out.partial", "out/.work"] {
         assert!(!tmp.path().join(stray).exists(), "{stray} left behind");
     }
     assert!(tmp.path().join("out.work/report.json").exists());
     // And again with --overwrite: the old bundle is replaced, not nested.
-    let o = run(&["run", "--source", p(&fixture()), "--target", &target, "--overwrite", "--fresh"]);
+    let o = run(&[
+        "run",
+        "--source",
+        p(&fixture()),
+        "--target",
+        &target,
+        "--overwrite",
+        "--fresh",
+    ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(tmp.path().join("out/bundle.json").exists());
     assert!(!tmp.path().join("out/.old").exists() && !tmp.path().join("out.old").exists());

@@ -14,9 +14,9 @@ use arrow::array::{
     ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field};
+use engram_migrate::bundle::{BundleManifest, EmbeddingInfo, PartSet, SpaceEntry};
 use engram_migrate::parquet_io::{PartLimits, RollingWriter};
 use engram_migrate::schema::memory_schema;
-use engram_migrate::bundle::{BundleManifest, EmbeddingInfo, PartSet, SpaceEntry};
 
 use crate::common::*;
 use crate::engram_standin::{Config, Standin};
@@ -218,7 +218,10 @@ fn bundle_memories(bundle: &Path) -> BTreeMap<(String, String), Vec<f32>> {
 /// The live load's section of the work directory's report.json.
 fn report(bundle: &Path) -> serde_json::Value {
     let r = json(&PathBuf::from(format!("{}.work", bundle.display())).join("report.json"));
-    assert!(r["delivery"].is_object(), "report.json has no delivery section: {r}");
+    assert!(
+        r["delivery"].is_object(),
+        "report.json has no delivery section: {r}"
+    );
     r["delivery"].clone()
 }
 
@@ -285,8 +288,17 @@ fn assert_report_matches_standin(bundle: &Path, standin: &Standin) {
     }
     assert_eq!(r["verification"]["kept_total"].as_u64().unwrap(), kept);
     // The SQL verdict (sql/validate/target_kept.sql over the read-back) agrees with the sink's own, row for row.
-    let target_kept = r["checks"].as_array().unwrap().iter().find(|c| c["name"] == "target_kept").unwrap();
-    assert_eq!(target_kept["offending_rows"].as_u64().unwrap(), nk.len() as u64, "{target_kept}");
+    let target_kept = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "target_kept")
+        .unwrap();
+    assert_eq!(
+        target_kept["offending_rows"].as_u64().unwrap(),
+        nk.len() as u64,
+        "{target_kept}"
+    );
     assert_eq!(r["complete"], nk.is_empty());
     assert_eq!(
         r["verification"]["bundle_total"].as_u64().unwrap(),
@@ -412,7 +424,10 @@ fn each_silent_drop_is_reported_with_its_reason_over_http_and_grpc() {
         assert_eq!(nk[&("dups".to_string(), "d_copy0".to_string())]["of"], "d0");
         assert_eq!(nk[&("dups".to_string(), "d_copy1".to_string())]["of"], "d1");
         assert_eq!(nk[&("dups".to_string(), "d_copy2".to_string())]["of"], "d1");
-        assert_eq!(nk[&("dups".to_string(), "d4".to_string())]["of"], "d_better");
+        assert_eq!(
+            nk[&("dups".to_string(), "d4".to_string())]["of"],
+            "d_better"
+        );
         let rej = &nk[&("rejects".to_string(), "r_big".to_string())];
         assert!(
             rej["status"]
@@ -538,7 +553,11 @@ fn unreachable_server_wrong_token_and_non_768_embeddings_fail_clearly() {
     assert_eq!(standin.state.ids("plain").len(), 5);
 
     // A bundle with 1536-float embeddings (more than Engram's 768): refused before the first write.
-    let bad = write_bundle(&tmp.path().join("bad.bundle"), &[("plain", mems.clone())], 1536);
+    let bad = write_bundle(
+        &tmp.path().join("bad.bundle"),
+        &[("plain", mems.clone())],
+        1536,
+    );
     let standin = Standin::start(Config::default());
     let out = load(&bad, standin.http_target().as_str(), &[]);
     assert_eq!(code(&out), 3);
@@ -578,14 +597,34 @@ fn run_into_a_live_target_writes_the_bundle_then_loads_it() {
         let tmp = tempfile::tempdir().unwrap();
         let bundle = tmp.path().join("run.bundle");
         let standin = Standin::start(Config::default());
-        let target = if grpc { standin.grpc_target() } else { standin.http_target() };
-        let out = run(&["run", "--source", p(&fixture()), "--bundle", p(&bundle), "--target", target.as_str()]);
+        let target = if grpc {
+            standin.grpc_target()
+        } else {
+            standin.http_target()
+        };
+        let out = run(&[
+            "run",
+            "--source",
+            p(&fixture()),
+            "--bundle",
+            p(&bundle),
+            "--target",
+            target.as_str(),
+        ]);
         let r = report(&bundle);
         let dropped = r["verification"]["not_kept"].as_array().unwrap().len();
-        assert_eq!(code(&out), if dropped > 0 { 5 } else { 0 }, "grpc={grpc}: {}", stderr(&out));
+        assert_eq!(
+            code(&out),
+            if dropped > 0 { 5 } else { 0 },
+            "grpc={grpc}: {}",
+            stderr(&out)
+        );
         assert!(bundle.join("bundle.json").is_file(), "the bundle is kept");
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.contains("validation:") && stdout.contains("read-back verification"), "{stdout}");
+        assert!(
+            stdout.contains("validation:") && stdout.contains("read-back verification"),
+            "{stdout}"
+        );
         assert_report_matches_standin(&bundle, &standin);
         let bundle_total = r["verification"]["bundle_total"].as_u64().unwrap();
         assert!(bundle_total > 0);
@@ -691,24 +730,37 @@ fn a_killed_load_resumes_and_every_memory_lands_once() {
 #[test]
 fn a_degraded_server_answering_503_with_a_body_is_loaded_and_verified() {
     let tmp = tempfile::tempdir().unwrap();
-    let mems: Vec<TestMemory> = (0..30).map(|i| mem(&format!("d{i}"), unit_vector(500 + i), 0.7)).collect();
+    let mems: Vec<TestMemory> = (0..30)
+        .map(|i| mem(&format!("d{i}"), unit_vector(500 + i), 0.7))
+        .collect();
     let bundle = write_bundle(&tmp.path().join("deg.bundle"), &[("degraded", mems)], 768);
     for grpc in [false, true] {
         let standin = Standin::start(Config::default());
         standin.state.config.unhealthy.store(true, Ordering::SeqCst);
-        let target = if grpc { standin.grpc_target() } else { standin.http_target() };
+        let target = if grpc {
+            standin.grpc_target()
+        } else {
+            standin.http_target()
+        };
         let mut c = Command::new(bin());
-        c.args(["load", "--bundle", p(&bundle), "--target", &target]).env_remove("ENGRAM_API_KEY");
+        c.args(["load", "--bundle", p(&bundle), "--target", &target])
+            .env_remove("ENGRAM_API_KEY");
         let out = c.output().unwrap();
         let err = stderr(&out);
         eprintln!("{}\n{err}", String::from_utf8_lossy(&out.stdout));
         assert_eq!(code(&out), 0, "grpc={grpc}: {err}");
-        assert!(err.contains("spreading"), "grpc={grpc}: the failing check is not named: {err}");
+        assert!(
+            err.contains("spreading"),
+            "grpc={grpc}: the failing check is not named: {err}"
+        );
         assert_eq!(standin.state.ids("degraded").len(), 30);
         let r = report(&bundle);
         assert_eq!(r["verification"]["kept_total"], 30, "grpc={grpc}");
         let space = &r["verification"]["spaces"][0];
-        assert_eq!(space["server_count"], 30, "grpc={grpc}: counts read from the 503 body");
+        assert_eq!(
+            space["server_count"], 30,
+            "grpc={grpc}: counts read from the 503 body"
+        );
     }
 }
 
@@ -717,10 +769,14 @@ fn a_degraded_server_answering_503_with_a_body_is_loaded_and_verified() {
 #[test]
 fn a_server_that_is_not_engram_is_refused_before_sending() {
     let tmp = tempfile::tempdir().unwrap();
-    let mems: Vec<TestMemory> = (0..3).map(|i| mem(&format!("n{i}"), unit_vector(900 + i), 0.7)).collect();
+    let mems: Vec<TestMemory> = (0..3)
+        .map(|i| mem(&format!("n{i}"), unit_vector(900 + i), 0.7))
+        .collect();
     let bundle = write_bundle(&tmp.path().join("n.bundle"), &[("nothere", mems)], 768);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     rt.spawn(async move {
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
@@ -728,7 +784,11 @@ fn a_server_that_is_not_engram_is_refused_before_sending() {
     });
     let out = load(&bundle, &format!("engram+http://{addr}"), &[]);
     assert_eq!(code(&out), 4, "{}", stderr(&out));
-    assert!(stderr(&out).contains("is this an Engram server"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is this an Engram server"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// A live target that does not answer is found before the first stage: exit 4 within seconds, no snapshot
@@ -736,7 +796,11 @@ fn a_server_that_is_not_engram_is_refused_before_sending() {
 #[test]
 fn run_into_an_unreachable_target_fails_before_the_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let bundle = tmp.path().join("b");
     for scheme in ["engram+http", "engram+grpc"] {
         let target = match scheme {
@@ -744,12 +808,23 @@ fn run_into_an_unreachable_target_fails_before_the_snapshot() {
             _ => format!("{scheme}://127.0.0.1:{port}?http_port={port}"),
         };
         let started = Instant::now();
-        let out = run(&["run", "--source", p(&fixture()), "--target", &target, "--bundle", p(&bundle)]);
+        let out = run(&[
+            "run",
+            "--source",
+            p(&fixture()),
+            "--target",
+            &target,
+            "--bundle",
+            p(&bundle),
+        ]);
         let took = started.elapsed();
         assert_eq!(code(&out), 4, "{scheme}: {}", stderr(&out));
         assert!(took < Duration::from_secs(5), "{scheme}: took {took:?}");
         assert!(!bundle.exists(), "{scheme}: a bundle was written");
-        assert!(!tmp.path().join("b.work/snapshot").exists(), "{scheme}: the snapshot was started");
+        assert!(
+            !tmp.path().join("b.work/snapshot").exists(),
+            "{scheme}: the snapshot was started"
+        );
     }
 }
 
@@ -758,16 +833,32 @@ fn run_into_an_unreachable_target_fails_before_the_snapshot() {
 #[test]
 fn a_bundle_of_256_float_embeddings_is_padded_for_engram_and_verified() {
     let tmp = tempfile::tempdir().unwrap();
-    let mems: Vec<TestMemory> = (0..20).map(|i| mem(&format!("s{i}"), unit_vector(700 + i), 0.7)).collect();
-    let bundle = write_bundle(&tmp.path().join("small.bundle"), &[("small_dim", mems)], 256);
+    let mems: Vec<TestMemory> = (0..20)
+        .map(|i| mem(&format!("s{i}"), unit_vector(700 + i), 0.7))
+        .collect();
+    let bundle = write_bundle(
+        &tmp.path().join("small.bundle"),
+        &[("small_dim", mems)],
+        256,
+    );
     for grpc in [false, true] {
         let standin = Standin::start(Config::default());
-        let target = if grpc { standin.grpc_target() } else { standin.http_target() };
+        let target = if grpc {
+            standin.grpc_target()
+        } else {
+            standin.http_target()
+        };
         let out = load(&bundle, &target, &[]);
         assert_eq!(code(&out), 0, "grpc={grpc}: {}", stderr(&out));
         assert_eq!(standin.state.ids("small_dim").len(), 20);
         let r = report(&bundle);
         assert_eq!(r["verification"]["kept_total"], 20);
-        assert_eq!(r["verification"]["embedding_differs"].as_array().unwrap().len(), 0);
+        assert_eq!(
+            r["verification"]["embedding_differs"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
     }
 }

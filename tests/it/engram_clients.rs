@@ -177,24 +177,48 @@ fn rate_limited_answers_are_retried_not_rejected() {
     s.state.config.rate_limited.store(true, Ordering::SeqCst);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let http = HttpApi::new(&format!("http://{}", s.http), None, Duration::from_secs(10), quick()).unwrap();
-        http.ensure_spaces(&["rate_http".to_string()]).await.unwrap();
+        let http = HttpApi::new(
+            &format!("http://{}", s.http),
+            None,
+            Duration::from_secs(10),
+            quick(),
+        )
+        .unwrap();
+        http.ensure_spaces(&["rate_http".to_string()])
+            .await
+            .unwrap();
         let mems: Vec<Memory> = (100..110).map(|i| mem(&format!("h{i}"), unit(i))).collect();
         s.state.config.fail_next.store(2, Ordering::SeqCst);
         let out = http.remember_batch("rate_http", mems, 2).await.unwrap();
-        assert!(out.iter().all(|o| matches!(o, Outcome::Accepted(_))), "{out:?}");
+        assert!(
+            out.iter().all(|o| matches!(o, Outcome::Accepted(_))),
+            "{out:?}"
+        );
         assert_eq!(s.state.ids("rate_http").len(), 10);
-        assert_eq!(s.state.config.fail_next.load(Ordering::SeqCst), 0, "the faults were injected");
+        assert_eq!(
+            s.state.config.fail_next.load(Ordering::SeqCst),
+            0,
+            "the faults were injected"
+        );
 
-        let g = GrpcApi::connect(&s.grpc.to_string(), None, Duration::from_secs(10), quick()).await.unwrap();
+        let g = GrpcApi::connect(&s.grpc.to_string(), None, Duration::from_secs(10), quick())
+            .await
+            .unwrap();
         for (space, streaming) in [("rate_stream", true), ("rate_unary", false)] {
             s.state.config.streaming.store(streaming, Ordering::SeqCst);
             let mems: Vec<Memory> = (200..210).map(|i| mem(&format!("g{i}"), unit(i))).collect();
             s.state.config.fail_next.store(2, Ordering::SeqCst);
             let out = g.remember_batch(space, mems, 3).await.unwrap();
-            assert!(out.iter().all(|o| matches!(o, Outcome::Accepted(_))), "{space}: {out:?}");
+            assert!(
+                out.iter().all(|o| matches!(o, Outcome::Accepted(_))),
+                "{space}: {out:?}"
+            );
             assert_eq!(s.state.ids(space).len(), 10, "{space}");
-            assert_eq!(s.state.config.fail_next.load(Ordering::SeqCst), 0, "{space}: the faults were injected");
+            assert_eq!(
+                s.state.config.fail_next.load(Ordering::SeqCst),
+                0,
+                "{space}: the faults were injected"
+            );
         }
     });
 }

@@ -309,8 +309,10 @@ macro_rules! auth {
 /// with this body.
 async fn health(AxState(st): AxState<Shared>) -> Response {
     let unhealthy = st.config.unhealthy.load(Ordering::SeqCst);
-    let body = Json(json!({"status": if unhealthy { "unhealthy" } else { "healthy" }, "service": "engram",
-                           "version": "0.1.0", "timestamp": now()}));
+    let body = Json(
+        json!({"status": if unhealthy { "unhealthy" } else { "healthy" }, "service": "engram",
+                           "version": "0.1.0", "timestamp": now()}),
+    );
     if unhealthy {
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     } else {

@@ -31,7 +31,6 @@ const EDGE_DOUBLES: &[f64] = &[
     0.3333333333333333,
 ];
 
-
 fn assert_all_passed(report: &Value) {
     for c in report["validation"].as_array().unwrap() {
         assert_eq!(c["passed"], true, "check failed on correct data: {c}");
@@ -51,11 +50,14 @@ fn contents(bundle: &Path) -> BTreeMap<String, Vec<Map<String, Value>>> {
             for b in engram_migrate::parquet_io::read_all(&f).unwrap() {
                 for r in 0..b.num_rows() {
                     let row = engram_migrate::json::row_object(&b, r).unwrap();
-                    let Value::Object(c) = serde_json::from_str(row["content"].as_str().unwrap()).unwrap()
+                    let Value::Object(c) =
+                        serde_json::from_str(row["content"].as_str().unwrap()).unwrap()
                     else {
                         panic!("content is not an object")
                     };
-                    out.entry(row["source_name"].as_str().unwrap().to_string()).or_default().push(c);
+                    out.entry(row["source_name"].as_str().unwrap().to_string())
+                        .or_default()
+                        .push(c);
                 }
             }
         }
@@ -64,8 +66,17 @@ fn contents(bundle: &Path) -> BTreeMap<String, Vec<Map<String, Value>>> {
 }
 
 fn python_script(script: &str, args: &[&str]) {
-    let out = Command::new(python()).arg("-c").arg(script).args(args).output().unwrap();
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A REAL column of `random.random() * 100` (the shape of the bug report), 50k rows; a table of edge-case and
@@ -97,12 +108,29 @@ c.executemany("INSERT INTO no_key VALUES (?, ?)",
               [(random.uniform(-1e6, 1e6) if i % 5 else None, None if i % 7 else "n%d" % i) for i in range(2000)])
 c.commit()
 "#,
-        &[&[p(&db)][..], &edges.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat(),
+        &[
+            &[p(&db)][..],
+            &edges.iter().map(String::as_str).collect::<Vec<_>>()[..],
+        ]
+        .concat(),
     );
     let target = tmp.path().join("b");
     let work = tmp.path().join("b.work");
-    let o = run(&["run", "--source", p(&db), "--target", p(&target), "--sample-size", "100000"]);
-    assert_eq!(code(&o), 0, "a correct migration of doubles failed: {}", stderr(&o));
+    let o = run(&[
+        "run",
+        "--source",
+        p(&db),
+        "--target",
+        p(&target),
+        "--sample-size",
+        "100000",
+    ]);
+    assert_eq!(
+        code(&o),
+        0,
+        "a correct migration of doubles failed: {}",
+        stderr(&o)
+    );
     let report = json(&work.join("report.json"));
     assert_all_passed(&report);
 
@@ -110,7 +138,10 @@ c.commit()
     let conn = rusqlite::Connection::open(&db).unwrap();
     let mut want: BTreeMap<i64, f64> = BTreeMap::new();
     let mut st = conn.prepare("SELECT id, value FROM readings").unwrap();
-    for r in st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))).unwrap() {
+    for r in st
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?)))
+        .unwrap()
+    {
         let (id, v) = r.unwrap();
         want.insert(id, v);
     }
@@ -120,7 +151,12 @@ c.commit()
     for c in readings {
         let id = c["id"].as_i64().unwrap();
         let v = c["value"].as_f64().unwrap();
-        assert_eq!(v.to_bits(), want[&id].to_bits(), "readings {id}: bundle {v:e}, source {:e}", want[&id]);
+        assert_eq!(
+            v.to_bits(),
+            want[&id].to_bits(),
+            "readings {id}: bundle {v:e}, source {:e}",
+            want[&id]
+        );
     }
     let edge_rows = &got["edge_doubles"];
     assert_eq!(edge_rows.len(), 3000);
@@ -128,8 +164,18 @@ c.commit()
         let c = edge_rows.iter().find(|c| c["id"] == i).unwrap();
         let v = c["v"].as_f64().unwrap();
         // SQLite keeps -0.0 as 0.0 (it stores integral reals as integers): compare what SQLite holds.
-        let held: f64 = conn.query_row("SELECT v FROM edge_doubles WHERE id = ?1", [i as i64], |r| r.get(0)).unwrap();
-        assert_eq!(v.to_bits(), held.to_bits(), "edge value {f:e}: bundle {v:e}, sqlite {held:e}");
+        let held: f64 = conn
+            .query_row(
+                "SELECT v FROM edge_doubles WHERE id = ?1",
+                [i as i64],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            v.to_bits(),
+            held.to_bits(),
+            "edge value {f:e}: bundle {v:e}, sqlite {held:e}"
+        );
         if *f != 0.0 {
             assert_eq!(v.to_bits(), f.to_bits(), "edge value {f:e} became {v:e}");
         }
@@ -147,12 +193,30 @@ c.commit()
 "#,
         &[p(&db)],
     );
-    let o = run(&["validate", "--source", p(&db), "--target", p(&target), "--work-dir", p(&work)]);
-    assert_eq!(code(&o), 5, "a one-ulp change passed validation: {}", stderr(&o));
+    let o = run(&[
+        "validate",
+        "--source",
+        p(&db),
+        "--target",
+        p(&target),
+        "--work-dir",
+        p(&work),
+    ]);
+    assert_eq!(
+        code(&o),
+        5,
+        "a one-ulp change passed validation: {}",
+        stderr(&o)
+    );
     let report = json(&work.join("report.json"));
     let sample = &check(&report, "sample_values");
     assert_eq!(sample["passed"], false, "{sample}");
-    assert!(sample["examples"].to_string().contains("\"column_name\":\"value\""), "{sample}");
+    assert!(
+        sample["examples"]
+            .to_string()
+            .contains("\"column_name\":\"value\""),
+        "{sample}"
+    );
     // Only the values changed: the other checks still pass.
     assert_eq!(check(&report, "counts_source")["passed"], true);
 }
@@ -160,7 +224,10 @@ c.commit()
 /// A PostgreSQL database of its own on the test server, (re)created.
 fn pg_database(name: &str) -> String {
     let url = postgres_fixture();
-    psql("postgres", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    psql(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    );
     psql("postgres", &format!("CREATE DATABASE {name}"));
     let base = url.rsplit_once('/').unwrap().0;
     format!("{base}/{name}")
@@ -171,7 +238,10 @@ fn pg_database(name: &str) -> String {
 #[test]
 fn postgres_double_and_real_validate_exactly_and_a_change_fails() {
     let url = pg_database("it_floats");
-    let edges: Vec<String> = EDGE_DOUBLES.iter().map(|f| format!("({f:e}::float8)")).collect();
+    let edges: Vec<String> = EDGE_DOUBLES
+        .iter()
+        .map(|f| format!("({f:e}::float8)"))
+        .collect();
     psql(
         "it_floats",
         &format!(
@@ -192,25 +262,51 @@ fn postgres_double_and_real_validate_exactly_and_a_change_fails() {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("b");
     let work = tmp.path().join("b.work");
-    let o = run(&["run", "--source", &url, "--target", p(&target), "--sample-size", "100000"]);
-    assert_eq!(code(&o), 0, "a correct migration of doubles and reals failed: {}", stderr(&o));
+    let o = run(&[
+        "run",
+        "--source",
+        &url,
+        "--target",
+        p(&target),
+        "--sample-size",
+        "100000",
+    ]);
+    assert_eq!(
+        code(&o),
+        0,
+        "a correct migration of doubles and reals failed: {}",
+        stderr(&o)
+    );
     assert_all_passed(&json(&work.join("report.json")));
 
     // Independently: the bundle's values are the server's, bit for bit (float8 as f64, float4 as f32).
-    let server: BTreeMap<i64, (Option<f64>, Option<f32>)> = psql("it_floats", "SELECT id, d, r FROM measures")
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split('|').collect();
-            (f[0].parse().unwrap(), (f[1].parse().ok(), f[2].parse().ok()))
-        })
-        .collect();
+    let server: BTreeMap<i64, (Option<f64>, Option<f32>)> =
+        psql("it_floats", "SELECT id, d, r FROM measures")
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split('|').collect();
+                (
+                    f[0].parse().unwrap(),
+                    (f[1].parse().ok(), f[2].parse().ok()),
+                )
+            })
+            .collect();
     let got = contents(&target);
-    let rows = got.iter().find(|(k, _)| k.ends_with("measures")).expect("measures memories").1;
+    let rows = got
+        .iter()
+        .find(|(k, _)| k.ends_with("measures"))
+        .expect("measures memories")
+        .1;
     assert_eq!(rows.len(), server.len());
     for c in rows {
         let id = c["id"].as_i64().unwrap();
         let (d, r) = server[&id];
-        assert_eq!(c["d"].as_f64().map(f64::to_bits), d.map(f64::to_bits), "measures {id}: d {}", c["d"]);
+        assert_eq!(
+            c["d"].as_f64().map(f64::to_bits),
+            d.map(f64::to_bits),
+            "measures {id}: d {}",
+            c["d"]
+        );
         assert_eq!(
             c["r"].as_f64().map(|x| (x as f32).to_bits()),
             r.map(f32::to_bits),
@@ -221,13 +317,34 @@ fn postgres_double_and_real_validate_exactly_and_a_change_fails() {
     // The edge cases arrived (not filtered out by the guards above).
     assert!(server.len() > 20_000 + EDGE_DOUBLES.len());
 
-    psql("it_floats", "UPDATE measures SET d = d * (1 + 1e-15) + 1e-300 WHERE id <= 20000");
-    let o = run(&["validate", "--source", &url, "--target", p(&target), "--work-dir", p(&work)]);
-    assert_eq!(code(&o), 5, "changed doubles passed validation: {}", stderr(&o));
+    psql(
+        "it_floats",
+        "UPDATE measures SET d = d * (1 + 1e-15) + 1e-300 WHERE id <= 20000",
+    );
+    let o = run(&[
+        "validate",
+        "--source",
+        &url,
+        "--target",
+        p(&target),
+        "--work-dir",
+        p(&work),
+    ]);
+    assert_eq!(
+        code(&o),
+        5,
+        "changed doubles passed validation: {}",
+        stderr(&o)
+    );
     let report = json(&work.join("report.json"));
     let sample = &check(&report, "sample_values");
     assert_eq!(sample["passed"], false, "{sample}");
-    assert!(sample["examples"].to_string().contains("\"column_name\":\"d\""), "{sample}");
+    assert!(
+        sample["examples"]
+            .to_string()
+            .contains("\"column_name\":\"d\""),
+        "{sample}"
+    );
 }
 
 /// Bolt floats (always 64-bit) as node properties: random values and edge cases, through ArcadeDB.
@@ -257,9 +374,31 @@ fn bolt_float_properties_validate_exactly_and_a_change_fails() {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("b");
     let work = tmp.path().join("b.work");
-    let auth = ["--source-user", "root", "--source-password", ARCADEDB_PASSWORD];
-    let o = run(&[&["run", "--source", &url, "--target", p(&target), "--sample-size", "100000"][..], &auth[..]].concat());
-    assert_eq!(code(&o), 0, "a correct migration of Bolt floats failed: {}", stderr(&o));
+    let auth = [
+        "--source-user",
+        "root",
+        "--source-password",
+        ARCADEDB_PASSWORD,
+    ];
+    let o = run(&[
+        &[
+            "run",
+            "--source",
+            &url,
+            "--target",
+            p(&target),
+            "--sample-size",
+            "100000",
+        ][..],
+        &auth[..],
+    ]
+    .concat());
+    assert_eq!(
+        code(&o),
+        0,
+        "a correct migration of Bolt floats failed: {}",
+        stderr(&o)
+    );
     assert_all_passed(&json(&work.join("report.json")));
 
     // Independently: each Reading's value in the bundle is the double the test sent.
@@ -272,8 +411,10 @@ fn bolt_float_properties_validate_exactly_and_a_change_fails() {
             Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_default(),
             _ => continue,
         };
-        let (Some(i), Some(v)) = (props.get("idx").and_then(Value::as_i64), props.get("value").and_then(Value::as_f64))
-        else {
+        let (Some(i), Some(v)) = (
+            props.get("idx").and_then(Value::as_i64),
+            props.get("value").and_then(Value::as_f64),
+        ) else {
             continue;
         };
         if props.get("half").is_none() {
@@ -281,15 +422,41 @@ fn bolt_float_properties_validate_exactly_and_a_change_fails() {
         }
         let want = values[i as usize];
         if want != 0.0 {
-            assert_eq!(v.to_bits(), want.to_bits(), "Reading {i}: bundle {v:e}, sent {want:e}");
+            assert_eq!(
+                v.to_bits(),
+                want.to_bits(),
+                "Reading {i}: bundle {v:e}, sent {want:e}"
+            );
         }
         seen += 1;
     }
     assert_eq!(seen, values.len(), "every Reading in the bundle");
 
-    cypher("it_floats", &[neo4rs::query("MATCH (r:Reading) WHERE r.idx >= 100 SET r.value = r.value * 1.0000000001")]);
-    let o = run(&[&["validate", "--source", &url, "--target", p(&target), "--work-dir", p(&work)][..], &auth[..]].concat());
-    assert_eq!(code(&o), 5, "changed Bolt floats passed validation: {}", stderr(&o));
+    cypher(
+        "it_floats",
+        &[neo4rs::query(
+            "MATCH (r:Reading) WHERE r.idx >= 100 SET r.value = r.value * 1.0000000001",
+        )],
+    );
+    let o = run(&[
+        &[
+            "validate",
+            "--source",
+            &url,
+            "--target",
+            p(&target),
+            "--work-dir",
+            p(&work),
+        ][..],
+        &auth[..],
+    ]
+    .concat());
+    assert_eq!(
+        code(&o),
+        5,
+        "changed Bolt floats passed validation: {}",
+        stderr(&o)
+    );
     let report = json(&work.join("report.json"));
     let sample = &check(&report, "sample_values");
     assert_eq!(sample["passed"], false, "{sample}");

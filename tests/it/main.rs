@@ -5,13 +5,13 @@
 mod bad_input;
 mod common;
 mod e2e;
-mod exact;
-mod neo4j;
 mod embed;
 mod engram;
 mod engram_clients;
 mod engram_standin;
+mod exact;
 mod faults;
+mod neo4j;
 mod openai_server;
 mod plan;
 mod postgres;

@@ -20,7 +20,9 @@ fn staged_rows(snapshot: &Path, table: &str) -> Vec<Map<String, Value>> {
         .find(|t| t["name"] == table)
         .unwrap_or_else(|| panic!("table {table} not in the manifest"))
         .clone();
-    let dir = snapshot.join("tables").join(entry["folder"].as_str().unwrap());
+    let dir = snapshot
+        .join("tables")
+        .join(entry["folder"].as_str().unwrap());
     let mut rows = vec![];
     for f in entry["files"].as_array().unwrap() {
         let path = dir.join(f["file"].as_str().unwrap());
@@ -40,9 +42,12 @@ fn props(row: &Map<String, Value>) -> Map<String, Value> {
     }
 }
 
-
 fn assert_no_password(out: &std::process::Output) {
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!all.contains(PW), "the password was printed:\n{all}");
 }
 
@@ -53,17 +58,36 @@ fn every_bolt_type_keeps_its_type() {
     let url = arcadedb_fixture("it_types", "types.cypher");
     cypher(
         "it_types",
-        &[neo4rs::query("MATCH (n:Typed {key: 'all'}) SET n.bytes = $b")
-            .param("b", neo4rs::BoltType::Bytes(neo4rs::BoltBytes::new(vec![0u8, 1, 254, 255].into())))],
+        &[
+            neo4rs::query("MATCH (n:Typed {key: 'all'}) SET n.bytes = $b").param(
+                "b",
+                neo4rs::BoltType::Bytes(neo4rs::BoltBytes::new(vec![0u8, 1, 254, 255].into())),
+            ),
+        ],
     );
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path().join("w");
-    let out = run(&["snapshot", "--source", &url, "--source-user", "root", "--source-password", PW, "--work-dir", p(&work)]);
+    let out = run(&[
+        "snapshot",
+        "--source",
+        &url,
+        "--source-user",
+        "root",
+        "--source-password",
+        PW,
+        "--work-dir",
+        p(&work),
+    ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_no_password(&out);
     let rows = staged_rows(&work.join("snapshot"), "nodes");
     assert_eq!(rows.len(), 4);
-    let by_key = |k: &str| rows.iter().find(|r| props(r)["key"] == k).unwrap_or_else(|| panic!("no node {k}")).clone();
+    let by_key = |k: &str| {
+        rows.iter()
+            .find(|r| props(r)["key"] == k)
+            .unwrap_or_else(|| panic!("no node {k}"))
+            .clone()
+    };
     let all = props(&by_key("all"));
     let expected: Vec<(&str, Value)> = vec![
         ("i", json!(42)),
@@ -84,34 +108,67 @@ fn every_bolt_type_keeps_its_type() {
         ("bytes", json!({"$type": "bytes", "base64": "AAH+/w=="})),
         ("d", json!({"$type": "date", "value": "2024-02-29"})),
         ("t", json!({"$type": "time", "value": "12:34:56.789+01:00"})),
-        ("lt", json!({"$type": "local_time", "value": "12:34:56.789"})),
-        ("dt", json!({"$type": "datetime", "value": "2024-02-29T12:34:56.789+01:00"})),
-        ("dtz", json!({"$type": "datetime", "value": "2024-07-01T12:00:00+02:00[Europe/Paris]"})),
-        ("ldt", json!({"$type": "local_datetime", "value": "2024-02-29T12:34:56.789"})),
-        ("du", json!({"$type": "duration", "months": 14, "days": 3, "seconds": 3723, "nanoseconds": 500000000, "value": "P14M3DT3723.5S"})),
-        ("p", json!({"$type": "point", "srid": 4326, "x": 2.35, "y": 48.85})),
-        ("p3", json!({"$type": "point", "srid": 9157, "x": 1.0, "y": 2.0, "z": 3.0})),
+        (
+            "lt",
+            json!({"$type": "local_time", "value": "12:34:56.789"}),
+        ),
+        (
+            "dt",
+            json!({"$type": "datetime", "value": "2024-02-29T12:34:56.789+01:00"}),
+        ),
+        (
+            "dtz",
+            json!({"$type": "datetime", "value": "2024-07-01T12:00:00+02:00[Europe/Paris]"}),
+        ),
+        (
+            "ldt",
+            json!({"$type": "local_datetime", "value": "2024-02-29T12:34:56.789"}),
+        ),
+        (
+            "du",
+            json!({"$type": "duration", "months": 14, "days": 3, "seconds": 3723, "nanoseconds": 500000000, "value": "P14M3DT3723.5S"}),
+        ),
+        (
+            "p",
+            json!({"$type": "point", "srid": 4326, "x": 2.35, "y": 48.85}),
+        ),
+        (
+            "p3",
+            json!({"$type": "point", "srid": 9157, "x": 1.0, "y": 2.0, "z": 3.0}),
+        ),
     ];
     for (k, v) in &expected {
         assert_eq!(all.get(*k), Some(v), "property {k}: {:?}", all.get(*k));
     }
     // Integers stay integers and floats stay floats in the JSON text itself.
     let text = by_key("all")["properties"].as_str().unwrap().to_string();
-    assert!(text.contains(r#""f":1.0"#) && text.contains(r#""i":42"#), "{text}");
+    assert!(
+        text.contains(r#""f":1.0"#) && text.contains(r#""i":42"#),
+        "{text}"
+    );
     let nf = props(&by_key("nonfinite"));
     assert_eq!(nf["nan"], json!({"$type": "float", "value": "NaN"}));
     assert_eq!(nf["inf"], json!({"$type": "float", "value": "Infinity"}));
     assert_eq!(nf["ninf"], json!({"$type": "float", "value": "-Infinity"}));
     assert_eq!(by_key("bare")["labels"], json!([]));
-    assert_eq!(by_key("multi")["labels"], json!(["Admin", "Employee", "Person"]));
+    assert_eq!(
+        by_key("multi")["labels"],
+        json!(["Admin", "Employee", "Person"])
+    );
     // ArcadeDB: id() is a large integer and elementId() a record id "#bucket:position".
-    assert!(by_key("all")["element_id"].as_str().unwrap().starts_with('#'));
+    assert!(by_key("all")["element_id"]
+        .as_str()
+        .unwrap()
+        .starts_with('#'));
     let rels = staged_rows(&work.join("snapshot"), "relationships");
     assert_eq!(rels.len(), 1);
     assert_eq!(rels[0]["type"], "LINKS");
     assert_eq!(rels[0]["start_id"], by_key("all")["id"]);
     assert_eq!(rels[0]["end_id"], by_key("multi")["id"]);
-    assert_eq!(props(&rels[0])["since"], json!({"$type": "date", "value": "2020-01-01"}));
+    assert_eq!(
+        props(&rels[0])["since"],
+        json!({"$type": "date", "value": "2020-01-01"})
+    );
     // The manifest says how properties are staged.
     let m = json(&work.join("snapshot/manifest.json"));
     assert!(m.to_string().contains("typed JSON"), "{m}");
@@ -143,7 +200,15 @@ fn codegraph_run_validates_with_counts_per_label_and_type() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["space"].as_str().unwrap().to_string(), (s["memories"].as_u64().unwrap(), s["edges"].as_u64().unwrap())))
+        .map(|s| {
+            (
+                s["space"].as_str().unwrap().to_string(),
+                (
+                    s["memories"].as_u64().unwrap(),
+                    s["edges"].as_u64().unwrap(),
+                ),
+            )
+        })
         .collect();
     // File nodes that are also Test: placed by their alphabetically first label, File.
     assert_eq!(spaces["neo4j_file"].0, 12);
@@ -156,7 +221,17 @@ fn codegraph_run_validates_with_counts_per_label_and_type() {
     assert!(report["mapping"].as_str().unwrap().contains("neo4j.sql"));
 
     // plan shows the counts per label and type, as the server has them.
-    let plan = run(&["plan", "--source", &url, "--source-user", "root", "--source-password", PW, "--target", p(&tmp.path().join("x"))]);
+    let plan = run(&[
+        "plan",
+        "--source",
+        &url,
+        "--source-user",
+        "root",
+        "--source-password",
+        PW,
+        "--target",
+        p(&tmp.path().join("x")),
+    ]);
     assert_eq!(code(&plan), 0);
     let text = String::from_utf8_lossy(&plan.stdout).to_string();
     for line in [
@@ -183,10 +258,24 @@ fn mapping_flags_place_nodes_and_shape_edges() {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("b");
     let out = run(&[
-        "run", "--source", &url, "--source-user", "root", "--source-password", PW, "--target", p(&target),
-        "--label-to-space", "Test:code_tests,File:code_files,Class:code_classes",
-        "--memory-space-prefix", "cg_", "--bidirectional", "--weight-property", "weight",
-        "--text-properties", "signature",
+        "run",
+        "--source",
+        &url,
+        "--source-user",
+        "root",
+        "--source-password",
+        PW,
+        "--target",
+        p(&target),
+        "--label-to-space",
+        "Test:code_tests,File:code_files,Class:code_classes",
+        "--memory-space-prefix",
+        "cg_",
+        "--bidirectional",
+        "--weight-property",
+        "weight",
+        "--text-properties",
+        "signature",
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let report = json(&Path::new(&format!("{}.work", p(&target))).join("report.json"));
@@ -194,7 +283,15 @@ fn mapping_flags_place_nodes_and_shape_edges() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["space"].as_str().unwrap().to_string(), (s["memories"].as_u64().unwrap(), s["edges"].as_u64().unwrap())))
+        .map(|s| {
+            (
+                s["space"].as_str().unwrap().to_string(),
+                (
+                    s["memories"].as_u64().unwrap(),
+                    s["edges"].as_u64().unwrap(),
+                ),
+            )
+        })
         .collect();
     assert_eq!(spaces["code_tests"].0, 3);
     assert_eq!(spaces["code_files"].0, 9);
@@ -210,14 +307,20 @@ fn mapping_flags_place_nodes_and_shape_edges() {
         let space = entry.unwrap().path();
         for kind in ["edges", "memories"] {
             let dir = space.join(kind);
-            let Ok(files) = std::fs::read_dir(&dir) else { continue };
+            let Ok(files) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for f in files {
                 for b in engram_migrate::parquet_io::read_all(&f.unwrap().path()).unwrap() {
                     for r in 0..b.num_rows() {
                         let row = engram_migrate::json::row_object(&b, r).unwrap();
                         if kind == "edges" {
                             let w = row["weight"].as_f64().unwrap();
-                            if row["edge_type"] == "CALLS" { calls.push(w) } else { others.push(w) }
+                            if row["edge_type"] == "CALLS" {
+                                calls.push(w)
+                            } else {
+                                others.push(w)
+                            }
                         } else if row["text"].is_string() {
                             texts.push(row["text"].as_str().unwrap().to_string());
                         }
@@ -227,16 +330,40 @@ fn mapping_flags_place_nodes_and_shape_edges() {
         }
     }
     assert_eq!(calls.len(), 2 * 96);
-    let (lo, hi) = calls.iter().fold((f64::MAX, f64::MIN), |(l, h), w| (l.min(*w), h.max(*w)));
+    let (lo, hi) = calls
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), w| (l.min(*w), h.max(*w)));
     assert_eq!((lo, hi), (0.0, 1.0));
     assert!(others.iter().all(|w| (*w - 0.7).abs() < 1e-6));
-    assert!(texts.iter().any(|t| t.starts_with("name: größe_🚀 | signature: def f5(")), "{:?}", &texts[..3]);
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("name: größe_🚀 | signature: def f5(")),
+        "{:?}",
+        &texts[..3]
+    );
 
     let target2 = tmp.path().join("b2");
-    let out = run(&["run", "--source", &url, "--source-user", "root", "--source-password", PW, "--target", p(&target2), "--skip-edges"]);
+    let out = run(&[
+        "run",
+        "--source",
+        &url,
+        "--source-user",
+        "root",
+        "--source-password",
+        PW,
+        "--target",
+        p(&target2),
+        "--skip-edges",
+    ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let report = json(&Path::new(&format!("{}.work", p(&target2))).join("report.json"));
-    let edges: u64 = report["spaces"].as_array().unwrap().iter().map(|s| s["edges"].as_u64().unwrap()).sum();
+    let edges: u64 = report["spaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["edges"].as_u64().unwrap())
+        .sum();
     assert_eq!(edges, 0);
 }
 
@@ -248,7 +375,16 @@ fn validation_fails_when_the_server_changed() {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("b");
     let work = format!("{}.work", p(&target));
-    let base = ["--source", url.as_str(), "--source-user", "root", "--source-password", PW, "--target", p(&target)];
+    let base = [
+        "--source",
+        url.as_str(),
+        "--source-user",
+        "root",
+        "--source-password",
+        PW,
+        "--target",
+        p(&target),
+    ];
     let out = run(&[&["run"][..], &base[..]].concat());
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     cypher(
@@ -263,7 +399,10 @@ fn validation_fails_when_the_server_changed() {
     let report = json(&Path::new(&work).join("report.json"));
     let sample = check(&report, "sample_values");
     assert_eq!(sample["passed"], false);
-    assert!(sample["examples"].to_string().contains("properties.name"), "{sample}");
+    assert!(
+        sample["examples"].to_string().contains("properties.name"),
+        "{sample}"
+    );
     let groups = check(&report, "counts_groups");
     assert_eq!(groups["passed"], false);
     assert!(groups["examples"].to_string().contains("File"), "{groups}");
@@ -277,9 +416,23 @@ fn wrong_password_is_a_source_error_and_never_printed() {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("b");
     let bad = "not-the-Pa55word";
-    let out = run(&["run", "--source", &url, "--source-user", "root", "--source-password", bad, "--target", p(&target)]);
+    let out = run(&[
+        "run",
+        "--source",
+        &url,
+        "--source-user",
+        "root",
+        "--source-password",
+        bad,
+        "--target",
+        p(&target),
+    ]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
-    assert!(stderr(&out).contains("authentication failed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("authentication failed"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!stderr(&out).contains(bad) && !String::from_utf8_lossy(&out.stdout).contains(bad));
     assert!(!target.exists());
     // The same password in the URL: still never printed.
@@ -295,16 +448,40 @@ fn unreachable_server_and_missing_database_and_missing_password() {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("b");
     // A loopback port nothing listens on.
-    let out = run(&["run", "--source", "bolt://127.0.0.1:1/x", "--source-user", "root", "--source-password", PW, "--target", p(&target)]);
+    let out = run(&[
+        "run",
+        "--source",
+        "bolt://127.0.0.1:1/x",
+        "--source-user",
+        "root",
+        "--source-password",
+        PW,
+        "--target",
+        p(&target),
+    ]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
     let url = format!("bolt://127.0.0.1:{}/no_such_db", arcadedb_port());
-    let out = run(&["run", "--source", &url, "--source-user", "root", "--source-password", PW, "--target", p(&target)]);
+    let out = run(&[
+        "run",
+        "--source",
+        &url,
+        "--source-user",
+        "root",
+        "--source-password",
+        PW,
+        "--target",
+        p(&target),
+    ]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
     assert_no_password(&out);
     let out = std::process::Command::new(bin())
-        .args(["plan", "--source", &format!("bolt://127.0.0.1:{}/x", arcadedb_port())])
+        .args([
+            "plan",
+            "--source",
+            &format!("bolt://127.0.0.1:{}/x", arcadedb_port()),
+        ])
         .env_remove("ENGRAM_MIGRATE_SOURCE_PASSWORD")
         .env_remove("NEO4J_PASSWORD")
         .output()
@@ -323,13 +500,30 @@ fn a_snapshot_of_another_database_with_equal_counts_is_not_reused() {
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path().join("w");
     let auth = ["--source-user", "root", "--source-password", PW];
-    let o = run(&[&["snapshot", "--source", a.as_str(), "--work-dir", p(&work)][..], &auth[..]].concat());
+    let o = run(&[
+        &["snapshot", "--source", a.as_str(), "--work-dir", p(&work)][..],
+        &auth[..],
+    ]
+    .concat());
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let o = run(&[&["snapshot", "--source", b.as_str(), "--work-dir", p(&work)][..], &auth[..]].concat());
-    assert_eq!(code(&o), 2, "the snapshot of it_ident_a was reused for it_ident_b: {}", stderr(&o));
+    let o = run(&[
+        &["snapshot", "--source", b.as_str(), "--work-dir", p(&work)][..],
+        &auth[..],
+    ]
+    .concat());
+    assert_eq!(
+        code(&o),
+        2,
+        "the snapshot of it_ident_a was reused for it_ident_b: {}",
+        stderr(&o)
+    );
     assert!(stderr(&o).contains("another source"), "{}", stderr(&o));
     assert_no_password(&o);
     // The same database again reuses it.
-    let o = run(&[&["snapshot", "--source", a.as_str(), "--work-dir", p(&work)][..], &auth[..]].concat());
+    let o = run(&[
+        &["snapshot", "--source", a.as_str(), "--work-dir", p(&work)][..],
+        &auth[..],
+    ]
+    .concat());
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }

@@ -41,7 +41,11 @@ fn plan_then_run_exiting(args: &[&str], work: &Path, exit: i32) -> String {
     let ran = run(&[&["run"][..], args].concat());
     assert_eq!(code(&ran), exit, "run: {}", stderr(&ran));
     let recorded = json(&work.join("plan.json"));
-    assert_eq!(recorded["rendered"].as_str().unwrap(), shown, "plan showed one plan, run executed another");
+    assert_eq!(
+        recorded["rendered"].as_str().unwrap(),
+        shown,
+        "plan showed one plan, run executed another"
+    );
     shown
 }
 
@@ -54,43 +58,95 @@ fn plan_shows_the_plan_run_executes_for_every_source_and_target_kind() {
     // SQLite into a bundle, with mapping knobs.
     let fx = fixture();
     let shown = plan_then_run(
-        &["--source", p(&fx), "--target", p(&t("sq")), "--memory-space", "code", "--confidence", "0.9"],
+        &[
+            "--source",
+            p(&fx),
+            "--target",
+            p(&t("sq")),
+            "--memory-space",
+            "code",
+            "--confidence",
+            "0.9",
+        ],
         &work("sq"),
     );
     assert!(shown.contains("source       sqlite "), "{shown}");
-    assert!(shown.contains("generated from the catalog") && shown.contains("\"memory_space\":\"code\""), "{shown}");
+    assert!(
+        shown.contains("generated from the catalog") && shown.contains("\"memory_space\":\"code\""),
+        "{shown}"
+    );
     assert!(shown.contains("\"confidence\":0.9"), "{shown}");
     assert!(shown.contains("no live target"), "{shown}");
 
     // The snapshot of that run as a source: a snapshot of sqlite, mapped as sqlite.
     let snap = work("sq").join("snapshot");
     let shown = plan_then_run(
-        &["--source", p(&snap), "--target", p(&t("snap")), "--work-dir", p(&work("snap"))],
+        &[
+            "--source",
+            p(&snap),
+            "--target",
+            p(&t("snap")),
+            "--work-dir",
+            p(&work("snap")),
+        ],
         &work("snap"),
     );
-    assert!(shown.contains("source       snapshot ") && shown.contains("(a snapshot of sqlite)"), "{shown}");
+    assert!(
+        shown.contains("source       snapshot ") && shown.contains("(a snapshot of sqlite)"),
+        "{shown}"
+    );
 
     // PostgreSQL.
     let url = postgres_fixture();
     let shown = plan_then_run(
-        &["--source", &url, "--target", p(&t("pg")), "--partition-rows", "5000", "--validate", "false"],
+        &[
+            "--source",
+            &url,
+            "--target",
+            p(&t("pg")),
+            "--partition-rows",
+            "5000",
+            "--validate",
+            "false",
+        ],
         &work("pg"),
     );
-    assert!(shown.contains("source       postgres ") && shown.contains("partitions of 5000 rows"), "{shown}");
+    assert!(
+        shown.contains("source       postgres ") && shown.contains("partitions of 5000 rows"),
+        "{shown}"
+    );
     assert!(shown.contains("validate     off"), "{shown}");
-    assert!(!shown.contains("engram@") && !shown.contains(":engram@"), "a password in the plan: {shown}");
+    assert!(
+        !shown.contains("engram@") && !shown.contains(":engram@"),
+        "a password in the plan: {shown}"
+    );
 
     // Neo4j (Bolt), graph mapping knobs.
     let bolt = arcadedb_fixture("it_plan", "codegraph.cypher");
     let shown = plan_then_run(
         &[
-            "--source", &bolt, "--source-user", "root", "--source-password", ARCADEDB_PASSWORD,
-            "--target", p(&t("bolt")), "--bidirectional", "--label-to-space", "File:files",
+            "--source",
+            &bolt,
+            "--source-user",
+            "root",
+            "--source-password",
+            ARCADEDB_PASSWORD,
+            "--target",
+            p(&t("bolt")),
+            "--bidirectional",
+            "--label-to-space",
+            "File:files",
         ],
         &work("bolt"),
     );
-    assert!(shown.contains("source       neo4j ") && shown.contains("sql/neo4j.sql"), "{shown}");
-    assert!(shown.contains("\"bidirectional\":true") && shown.contains("files"), "{shown}");
+    assert!(
+        shown.contains("source       neo4j ") && shown.contains("sql/neo4j.sql"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("\"bidirectional\":true") && shown.contains("files"),
+        "{shown}"
+    );
     assert!(!shown.contains(ARCADEDB_PASSWORD));
 
     // Redis, live and from a dump (both "redis", mapped by sql/redis.sql).
@@ -103,28 +159,58 @@ fn plan_shows_the_plan_run_executes_for_every_source_and_target_kind() {
     let rdb = tmp.path().join("dump.rdb");
     crate::redis::dump(&rurl, port, &rdb);
     for (name, src) in [("rlive", rurl.as_str()), ("rdump", p(&rdb))] {
-        let shown = plan_then_run(&["--source", src, "--target", p(&t(name)), "--hash-field-memories"], &work(name));
-        assert!(shown.contains("source       redis ") && shown.contains("sql/redis.sql"), "{name}: {shown}");
-        assert!(shown.contains("\"hash_field_memories\":true"), "{name}: {shown}");
+        let shown = plan_then_run(
+            &[
+                "--source",
+                src,
+                "--target",
+                p(&t(name)),
+                "--hash-field-memories",
+            ],
+            &work(name),
+        );
+        assert!(
+            shown.contains("source       redis ") && shown.contains("sql/redis.sql"),
+            "{name}: {shown}"
+        );
+        assert!(
+            shown.contains("\"hash_field_memories\":true"),
+            "{name}: {shown}"
+        );
     }
 
     // A live target, both protocols: the plan names the sink and the delivery limits (new flags).
     for grpc in [false, true] {
         let standin = Standin::start(Config::default());
-        let target = if grpc { standin.grpc_target() } else { standin.http_target() };
+        let target = if grpc {
+            standin.grpc_target()
+        } else {
+            standin.http_target()
+        };
         let name = if grpc { "live_grpc" } else { "live_http" };
         // Exit 5: the stand-in drops near-duplicate hashing embeddings of the fixture, as Engram does.
         let shown = plan_then_run_exiting(
             &[
-                "--source", p(&fx), "--target", &target, "--bundle", p(&t(name)),
-                "--target-batch-size", "50", "--target-parallel", "3",
+                "--source",
+                p(&fx),
+                "--target",
+                &target,
+                "--bundle",
+                p(&t(name)),
+                "--target-batch-size",
+                "50",
+                "--target-parallel",
+                "3",
             ],
             &work(name),
             5,
         );
         let delivery = &json(&work(name).join("report.json"))["delivery"];
         assert_eq!(delivery["sink"], "engram", "{delivery}");
-        assert!(shown.contains("(engram sink), batches of 50 memories, 3 in flight"), "{shown}");
+        assert!(
+            shown.contains("(engram sink), batches of 50 memories, 3 in flight"),
+            "{shown}"
+        );
         assert!(standin.state.total() > 0, "the run delivered");
     }
 }
@@ -141,8 +227,15 @@ fn config_file_options_reach_the_plan_and_flags_win() {
     )
     .unwrap();
     let out = run(&[
-        "plan", "--source", p(&fixture()), "--target", p(&tmp.path().join("b")), "--config", p(&cfg),
-        "--batch-size", "111",
+        "plan",
+        "--source",
+        p(&fixture()),
+        "--target",
+        p(&tmp.path().join("b")),
+        "--config",
+        p(&cfg),
+        "--batch-size",
+        "111",
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let shown = plan_section(&String::from_utf8_lossy(&out.stdout));
@@ -152,7 +245,15 @@ fn config_file_options_reach_the_plan_and_flags_win() {
     assert!(shown.contains("/ 1234 rows"), "{shown}");
     assert!(shown.contains("batches of 111 rows"), "flags win: {shown}");
     std::fs::write(&cfg, "memory-spcae = \"typo\"\n").unwrap();
-    let out = run(&["plan", "--source", p(&fixture()), "--target", p(&tmp.path().join("b")), "--config", p(&cfg)]);
+    let out = run(&[
+        "plan",
+        "--source",
+        p(&fixture()),
+        "--target",
+        p(&tmp.path().join("b")),
+        "--config",
+        p(&cfg),
+    ]);
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("memory-spcae"), "{}", stderr(&out));
 }

@@ -657,7 +657,9 @@ fn full_runs(version: u32) {
         let ttl = keys.iter().find(|r| r["key"] == k).unwrap()["ttl_ms"]
             .as_i64()
             .unwrap() as f64;
-        let d = by_id(&format!("redis_db0_{k}"))["decay_rate"].as_f64().unwrap();
+        let d = by_id(&format!("redis_db0_{k}"))["decay_rate"]
+            .as_f64()
+            .unwrap();
         let formula = 1.0 / ((ttl / 1000.0) / 3600.0);
         assert!(
             ((d - formula) / formula).abs() < 1e-6,
@@ -842,7 +844,12 @@ fn same_keys_in_two_databases_and_random_scores_validate() {
     let (url, port) = server(7);
     let mut c = con(&url);
     cmd(&mut c, &[b"FLUSHALL"]);
-    let names: [&[u8]; 4] = [b"shared:text", "shared:\u{e9}t\u{e9}\u{1F600}".as_bytes(), b"shared:\xff\x00bin", b"scores"];
+    let names: [&[u8]; 4] = [
+        b"shared:text",
+        "shared:\u{e9}t\u{e9}\u{1F600}".as_bytes(),
+        b"shared:\xff\x00bin",
+        b"scores",
+    ];
     let mut x = 0x5eed_u64;
     let mut score = || {
         x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -860,9 +867,17 @@ fn same_keys_in_two_databases_and_random_scores_validate() {
         for i in 0..300 {
             // Rust's shortest form; Redis parses it exactly and answers %.17g, which must read back the same.
             let s = format!("{:?}", score());
-            cmd(&mut c, &[b"ZADD", names[3], s.as_bytes(), format!("m{i}").as_bytes()]);
+            cmd(
+                &mut c,
+                &[b"ZADD", names[3], s.as_bytes(), format!("m{i}").as_bytes()],
+            );
         }
-        for (s, m) in [("5e-324", "tiny"), ("-0", "negzero"), ("1.7976931348623157e308", "max"), ("9007199254740993", "big")] {
+        for (s, m) in [
+            ("5e-324", "tiny"),
+            ("-0", "negzero"),
+            ("1.7976931348623157e308", "max"),
+            ("9007199254740993", "big"),
+        ] {
             cmd(&mut c, &[b"ZADD", names[3], s.as_bytes(), m.as_bytes()]);
         }
     }
@@ -874,14 +889,37 @@ fn same_keys_in_two_databases_and_random_scores_validate() {
     for (label, source, extra) in [
         ("live", url.as_str(), vec![]),
         ("dump", p(&rdb), vec![]),
-        ("live, one space", url.as_str(), vec!["--memory-space", "everything"]),
-        ("dump, one space", p(&rdb), vec!["--memory-space", "everything"]),
+        (
+            "live, one space",
+            url.as_str(),
+            vec!["--memory-space", "everything"],
+        ),
+        (
+            "dump, one space",
+            p(&rdb),
+            vec!["--memory-space", "everything"],
+        ),
     ] {
-        let target = dir.path().join(format!("{}.bundle", label.replace([',', ' '], "_")));
-        let mut args = vec!["run", "--source", source, "--target", p(&target), "--sample-size", "100000"];
+        let target = dir
+            .path()
+            .join(format!("{}.bundle", label.replace([',', ' '], "_")));
+        let mut args = vec![
+            "run",
+            "--source",
+            source,
+            "--target",
+            p(&target),
+            "--sample-size",
+            "100000",
+        ];
         args.extend(&extra);
         let o = run(&args);
-        assert_eq!(code(&o), 0, "{label}: a correct migration failed: {}", stderr(&o));
+        assert_eq!(
+            code(&o),
+            0,
+            "{label}: a correct migration failed: {}",
+            stderr(&o)
+        );
         let report = json(&Path::new(&format!("{}.work", p(&target))).join("report.json"));
         for check in report["validation"].as_array().unwrap() {
             assert_eq!(check["passed"], true, "{label}: {check}");
@@ -892,41 +930,97 @@ fn same_keys_in_two_databases_and_random_scores_validate() {
         assert_eq!(key_mems.len(), 8, "{label}");
         let ids: BTreeSet<(String, String)> = key_mems
             .iter()
-            .map(|m| (m["space"].as_str().unwrap().to_string(), m["id"].as_str().unwrap().to_string()))
+            .map(|m| {
+                (
+                    m["space"].as_str().unwrap().to_string(),
+                    m["id"].as_str().unwrap().to_string(),
+                )
+            })
             .collect();
         assert_eq!(ids.len(), 8, "{label}: ids collide: {ids:?}");
         for db in [0, 3] {
             let in_db: Vec<_> = key_mems
                 .iter()
-                .filter(|m| m["id"].as_str().unwrap().starts_with(&format!("redis_db{db}_")))
+                .filter(|m| {
+                    m["id"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(&format!("redis_db{db}_"))
+                })
                 .collect();
             assert_eq!(in_db.len(), 4, "{label}: keys of database {db}: {ids:?}");
             for m in in_db {
                 let content: Value = serde_json::from_str(m["content"].as_str().unwrap()).unwrap();
-                assert_eq!(content["db"], db, "{label}: {} holds another database's key", m["id"]);
+                assert_eq!(
+                    content["db"], db,
+                    "{label}: {} holds another database's key",
+                    m["id"]
+                );
             }
         }
-        assert!(ids.iter().any(|(_, id)| id.starts_with("redis_db3_b64_")), "{label}: binary key id {ids:?}");
-        let spaces: BTreeSet<&str> = key_mems.iter().map(|m| m["space"].as_str().unwrap()).collect();
+        assert!(
+            ids.iter().any(|(_, id)| id.starts_with("redis_db3_b64_")),
+            "{label}: binary key id {ids:?}"
+        );
+        let spaces: BTreeSet<&str> = key_mems
+            .iter()
+            .map(|m| m["space"].as_str().unwrap())
+            .collect();
         if extra.is_empty() {
-            assert_eq!(spaces, BTreeSet::from(["redis_db0", "redis_db3"]), "{label}");
+            assert_eq!(
+                spaces,
+                BTreeSet::from(["redis_db0", "redis_db3"]),
+                "{label}"
+            );
         } else {
             assert_eq!(spaces, BTreeSet::from(["everything"]), "{label}");
         }
         // 304 members per database, each score in the bundle exactly as the server holds it.
-        assert_eq!(mems.iter().filter(|m| m["source_name"] == "members").count(), 608, "{label}");
+        assert_eq!(
+            mems.iter()
+                .filter(|m| m["source_name"] == "members")
+                .count(),
+            608,
+            "{label}"
+        );
     }
 
     // A genuinely changed score fails the sample.
     let target = dir.path().join("live.bundle");
     for i in 0..300 {
-        cmd(&mut c, &[b"ZINCRBY", names[3], b"0.000001", format!("m{i}").as_bytes()]);
+        cmd(
+            &mut c,
+            &[
+                b"ZINCRBY",
+                names[3],
+                b"0.000001",
+                format!("m{i}").as_bytes(),
+            ],
+        );
     }
     let work = format!("{}.work", p(&target));
-    let o = run(&["validate", "--source", &url, "--target", p(&target), "--work-dir", &work]);
-    assert_eq!(code(&o), 5, "changed scores passed validation: {}", stderr(&o));
+    let o = run(&[
+        "validate",
+        "--source",
+        &url,
+        "--target",
+        p(&target),
+        "--work-dir",
+        &work,
+    ]);
+    assert_eq!(
+        code(&o),
+        5,
+        "changed scores passed validation: {}",
+        stderr(&o)
+    );
     let report = json(&Path::new(&work).join("report.json"));
-    let sample = report["validation"].as_array().unwrap().iter().find(|c| c["name"] == "sample_values").unwrap();
+    let sample = report["validation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sample_values")
+        .unwrap();
     assert_eq!(sample["passed"], false, "{sample}");
     assert!(sample["examples"].to_string().contains("score"), "{sample}");
 }

@@ -13,7 +13,9 @@ use std::sync::Mutex;
 use arrow::array::{Array, AsArray};
 use engram_migrate::bundle::BundleManifest;
 use engram_migrate::schema::memory;
-use engram_migrate::sink::{load, DeliverLimits, Explanation, HeldMemory, ReadBack, Rejection, RowOutcome, Sink, WriteUnit};
+use engram_migrate::sink::{
+    load, DeliverLimits, Explanation, HeldMemory, ReadBack, Rejection, RowOutcome, Sink, WriteUnit,
+};
 use engram_migrate::transform::SqlMemory;
 use engram_migrate::validate::{self, IdScope, ValidateOptions};
 use engram_migrate::workdir::RunKey;
@@ -55,26 +57,43 @@ impl Sink for MemorySink {
         }
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.unit_sizes.lock().unwrap().push(unit.batch.num_rows());
-        let ids = unit.batch.column_by_name(memory::ID).unwrap().as_string::<i32>();
+        let ids = unit
+            .batch
+            .column_by_name(memory::ID)
+            .unwrap()
+            .as_string::<i32>();
         let mut held = self.held.lock().unwrap();
         Ok((0..ids.len())
             .map(|i| {
                 let id = ids.value(i).to_string();
                 if id.ends_with("-bad") {
-                    return RowOutcome::Rejected { id, status: "400".into(), message: "refused".into() };
+                    return RowOutcome::Rejected {
+                        id,
+                        status: "400".into(),
+                        message: "refused".into(),
+                    };
                 }
                 *held.entry((unit.space.clone(), id)).or_default() += 1;
                 RowOutcome::Accepted
             })
             .collect())
     }
-    async fn read_back(&self, _bundle: &Path, manifest: &BundleManifest, rejected: &[Rejection]) -> Result<ReadBack> {
+    async fn read_back(
+        &self,
+        _bundle: &Path,
+        manifest: &BundleManifest,
+        rejected: &[Rejection],
+    ) -> Result<ReadBack> {
         let held = self.held.lock().unwrap();
         let total: u64 = manifest.spaces.iter().map(|s| s.memories.rows).sum();
         Ok(ReadBack {
             held: held
                 .keys()
-                .map(|(space, id)| HeldMemory { space: space.clone(), id: id.clone(), embedding_matches: None })
+                .map(|(space, id)| HeldMemory {
+                    space: space.clone(),
+                    id: id.clone(),
+                    embedding_matches: None,
+                })
                 .collect(),
             explained: rejected
                 .iter()
@@ -94,14 +113,25 @@ impl Sink for MemorySink {
 #[test]
 fn a_sink_from_outside_the_crate_loads_resumes_and_reads_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut mems: Vec<TestMemory> = (0..95).map(|i| mem(&format!("m{i:03}"), vec![1.0; 768], 0.7)).collect();
+    let mut mems: Vec<TestMemory> = (0..95)
+        .map(|i| mem(&format!("m{i:03}"), vec![1.0; 768], 0.7))
+        .collect();
     mems.push(mem("m095-bad", vec![1.0; 768], 0.7));
-    let other: Vec<TestMemory> = (0..30).map(|i| mem(&format!("o{i:03}"), vec![1.0; 768], 0.7)).collect();
-    let bundle = write_bundle(&tmp.path().join("b.bundle"), &[("space_a", mems), ("space_b", other)], 768);
+    let other: Vec<TestMemory> = (0..30)
+        .map(|i| mem(&format!("o{i:03}"), vec![1.0; 768], 0.7))
+        .collect();
+    let bundle = write_bundle(
+        &tmp.path().join("b.bundle"),
+        &[("space_a", mems), ("space_b", other)],
+        768,
+    );
     let manifest = BundleManifest::load(&bundle).unwrap();
     let ckpt = tmp.path().join("load-checkpoint.json");
     let key = RunKey::of(&[("bundle", &manifest.run_id), ("target", "memory://test")]);
-    let limits = DeliverLimits { batch_rows: 20, parallel: 3 };
+    let limits = DeliverLimits {
+        batch_rows: 20,
+        parallel: 3,
+    };
     let sink = MemorySink {
         held: Mutex::new(BTreeMap::new()),
         unit_sizes: Mutex::new(vec![]),
@@ -111,32 +141,50 @@ fn a_sink_from_outside_the_crate_loads_resumes_and_reads_back() {
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     // The 9th unit fails: the load stops with an error, having checkpointed only whole batches.
-    let e = rt.block_on(load::run(&bundle, &manifest, &sink, &limits, &ckpt, &key)).unwrap_err();
+    let e = rt
+        .block_on(load::run(&bundle, &manifest, &sink, &limits, &ckpt, &key))
+        .unwrap_err();
     assert!(e.to_string().contains("injected failure"), "{e}");
-    let done: u64 = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&ckpt).unwrap()).unwrap()["rows_done"]
+    let done: u64 = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&ckpt).unwrap())
+        .unwrap()["rows_done"]
         .as_object()
         .unwrap()
         .values()
         .map(|v| v.as_u64().unwrap())
         .sum();
-    assert!(done > 0 && done % 20 == 0, "whole batches checkpointed: {done}");
+    assert!(
+        done > 0 && done % 20 == 0,
+        "whole batches checkpointed: {done}"
+    );
 
     // Resumed: everything lands; only the unacknowledged tail (less than one batch per unit in flight) twice.
     sink.fail_in.store(i64::MAX, Ordering::SeqCst);
-    let out = rt.block_on(load::run(&bundle, &manifest, &sink, &limits, &ckpt, &key)).unwrap();
+    let out = rt
+        .block_on(load::run(&bundle, &manifest, &sink, &limits, &ckpt, &key))
+        .unwrap();
     assert_eq!(out.resumed, done);
     assert_eq!(out.sent + out.resumed, 126);
     let held = sink.held.lock().unwrap().clone();
     assert_eq!(held.len(), 125, "every memory but the refused one");
     let twice = held.values().filter(|&&n| n > 1).count();
-    assert!(twice < 20 * 2, "only the unacknowledged tail is sent again: {twice}");
+    assert!(
+        twice < 20 * 2,
+        "only the unacknowledged tail is sent again: {twice}"
+    );
     // Units: at most the sink's size, never across batches.
-    assert!(sink.unit_sizes.lock().unwrap().iter().all(|&n| (1..=7).contains(&n)));
+    assert!(sink
+        .unit_sizes
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|&n| (1..=7).contains(&n)));
     assert_eq!(out.rejected.len(), 1);
     assert_eq!(out.rejected[0].id, "m095-bad");
     assert_eq!(out.rejected[0].space, "space_a");
     // The verdict is the same SQL as for every sink: one memory missing, with the sink's reason.
-    let rb = rt.block_on(sink.read_back(&bundle, &manifest, &out.rejected)).unwrap();
+    let rb = rt
+        .block_on(sink.read_back(&bundle, &manifest, &out.rejected))
+        .unwrap();
     let vopts = ValidateOptions {
         id_scope: IdScope::PerSpace,
         sample_size: 0,
@@ -144,12 +192,23 @@ fn a_sink_from_outside_the_crate_loads_resumes_and_reads_back() {
         extra_checks: None,
         workers: 2,
         batch_size: 8192,
-        memory: SqlMemory { limit_bytes: 256 << 20, spill_dir: tmp.path().join("spill") },
+        memory: SqlMemory {
+            limit_bytes: 256 << 20,
+            spill_dir: tmp.path().join("spill"),
+        },
     };
-    let checks = rt.block_on(validate::check_target(&bundle, &rb, &vopts)).unwrap();
+    let checks = rt
+        .block_on(validate::check_target(&bundle, &rb, &vopts))
+        .unwrap();
     let kept = checks.iter().find(|c| c.name == "target_kept").unwrap();
     assert_eq!((kept.passed, kept.offending_rows), (false, 1), "{kept:?}");
     assert_eq!(kept.examples[0]["id"], "m095-bad");
     assert_eq!(kept.examples[0]["reason"], "rejected");
-    assert!(checks.iter().find(|c| c.name == "target_embeddings").unwrap().passed);
+    assert!(
+        checks
+            .iter()
+            .find(|c| c.name == "target_embeddings")
+            .unwrap()
+            .passed
+    );
 }

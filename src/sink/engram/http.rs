@@ -58,7 +58,8 @@ impl Health {
         let v: serde_json::Value = serde_json::from_slice(body).ok()?;
         let status = v.get("status")?.as_str()?.to_string();
         let engram = v.get("service").and_then(|s| s.as_str()) == Some("engram")
-            || (v.get("checks").is_some_and(|c| c.is_array()) && v.get("spaces").is_some_and(|s| s.is_array()));
+            || (v.get("checks").is_some_and(|c| c.is_array())
+                && v.get("spaces").is_some_and(|s| s.is_array()));
         if !engram {
             return None;
         }
@@ -201,8 +202,10 @@ impl HttpApi {
         salt: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<(u16, Vec<u8>)> {
-        self.send_until(what, salt, build, |status, _| classify(status) != StatusClass::Retry)
-            .await
+        self.send_until(what, salt, build, |status, _| {
+            classify(status) != StatusClass::Retry
+        })
+        .await
     }
 
     /// A health endpoint: any well-formed Engram health answer is an answer, whatever its status code (a real
@@ -296,7 +299,9 @@ impl HttpApi {
     /// `GET /api/v1/spaces`: is the key accepted (when the server has auth on)?
     pub async fn check_credentials(&self) -> Result<()> {
         let (status, body) = self
-            .send("GET /api/v1/spaces", "spaces", || self.request(reqwest::Method::GET, "/api/v1/spaces"))
+            .send("GET /api/v1/spaces", "spaces", || {
+                self.request(reqwest::Method::GET, "/api/v1/spaces")
+            })
             .await?;
         match classify(status) {
             StatusClass::Ok => Ok(()),
@@ -512,7 +517,10 @@ mod tests {
             "spaces":[{"space":"default","memories":3,"pressure":0.0,"wal_lag_ms":0.0,"consolidation_rate":0.0}],
             "cluster":null}"#;
         let h = Health::parse(system).unwrap();
-        assert_eq!(h.failing, vec!["spreading: unhealthy (probe timed out)".to_string()]);
+        assert_eq!(
+            h.failing,
+            vec!["spreading: unhealthy (probe timed out)".to_string()]
+        );
         // Not Engram: a JSON status alone, HTML, nothing.
         assert_eq!(Health::parse(br#"{"status":"ok"}"#), None);
         assert_eq!(Health::parse(b"<html>503 Service Unavailable</html>"), None);

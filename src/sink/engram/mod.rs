@@ -20,10 +20,10 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float32Type, TimestampMicrosecondType};
 use serde::Serialize;
 
+use crate::bundle::BundleManifest;
 use crate::error::{Error, Result};
 use crate::parquet_io;
 use crate::schema::{is_valid_space_id, memory};
-use crate::bundle::BundleManifest;
 
 /// Engram stores exactly this many floats per embedding. Shorter bundle vectors are zero-padded when sent (cosine
 /// similarity is unchanged); longer ones are refused before anything is sent.
@@ -367,7 +367,10 @@ impl crate::sink::SinkFactory for EngramFactory {
         &["engram+http://", "engram+grpc://"]
     }
     fn open(&self, spec: &str) -> Result<Box<dyn crate::sink::Sink>> {
-        Ok(Box::new(EngramSink::new(EngramTarget::parse(spec)?, LiveOptions::default())?))
+        Ok(Box::new(EngramSink::new(
+            EngramTarget::parse(spec)?,
+            LiveOptions::default(),
+        )?))
     }
 }
 
@@ -384,8 +387,19 @@ pub struct EngramSink {
 impl EngramSink {
     pub fn new(target: EngramTarget, opts: LiveOptions) -> Result<EngramSink> {
         let token = target.token();
-        let http = http::HttpApi::new(&target.http_base, token.clone(), opts.request_timeout, opts.backoff)?;
-        Ok(EngramSink { target, opts, token, http, client: tokio::sync::OnceCell::new() })
+        let http = http::HttpApi::new(
+            &target.http_base,
+            token.clone(),
+            opts.request_timeout,
+            opts.backoff,
+        )?;
+        Ok(EngramSink {
+            target,
+            opts,
+            token,
+            http,
+            client: tokio::sync::OnceCell::new(),
+        })
     }
 
     pub fn protocol(&self) -> Protocol {
@@ -425,12 +439,22 @@ impl crate::sink::Sink for EngramSink {
     /// `/health` (is Engram there, degraded or not) and `/api/v1/spaces` (is the key accepted); for gRPC also
     /// the gRPC port. Quick attempts only: an unreachable server fails in seconds, before any long stage.
     async fn healthcheck(&self) -> Result<()> {
-        let quick = http::HttpApi::new(&self.target.http_base, self.token.clone(), HEALTHCHECK_TIMEOUT, HEALTHCHECK_BACKOFF)?;
+        let quick = http::HttpApi::new(
+            &self.target.http_base,
+            self.token.clone(),
+            HEALTHCHECK_TIMEOUT,
+            HEALTHCHECK_BACKOFF,
+        )?;
         quick.check_reachable().await?;
         quick.check_credentials().await?;
         if self.target.protocol == Protocol::Grpc {
-            grpc::GrpcApi::connect(&self.target.authority, self.token.as_deref(), HEALTHCHECK_TIMEOUT, HEALTHCHECK_BACKOFF)
-                .await?;
+            grpc::GrpcApi::connect(
+                &self.target.authority,
+                self.token.as_deref(),
+                HEALTHCHECK_TIMEOUT,
+                HEALTHCHECK_BACKOFF,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -481,9 +505,11 @@ impl crate::sink::Sink for EngramSink {
             .zip(outcomes)
             .map(|(m, o)| match o {
                 Outcome::Accepted(_) => crate::sink::RowOutcome::Accepted,
-                Outcome::Rejected { status, message } => {
-                    crate::sink::RowOutcome::Rejected { id: m.id, status, message }
-                }
+                Outcome::Rejected { status, message } => crate::sink::RowOutcome::Rejected {
+                    id: m.id,
+                    status,
+                    message,
+                },
             })
             .collect())
     }

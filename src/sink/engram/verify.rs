@@ -12,9 +12,9 @@ use serde::Serialize;
 
 use super::http::HttpApi;
 use super::{cosine, memories_of, EngramTarget, Rejection, DUPLICATE_COSINE};
+use crate::bundle::BundleManifest;
 use crate::error::Result;
 use crate::parquet_io;
-use crate::bundle::BundleManifest;
 
 /// Why a bundle memory is not on the server.
 #[derive(Debug, Clone, Serialize, PartialEq)]

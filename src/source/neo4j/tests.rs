@@ -2,7 +2,10 @@
 //! written to a real ArcadeDB by fixtures/neo4j/types.cypher and read back in tests/it/neo4j.rs.
 
 use super::*;
-use neo4rs::{BoltBoolean, BoltBytes, BoltDuration, BoltFloat, BoltInteger, BoltList, BoltMap, BoltNull, BoltString};
+use neo4rs::{
+    BoltBoolean, BoltBytes, BoltDuration, BoltFloat, BoltInteger, BoltList, BoltMap, BoltNull,
+    BoltString,
+};
 
 fn j(v: BoltType) -> Value {
     let mut flagged = vec![];
@@ -33,7 +36,10 @@ fn type_boolean() {
 
 #[test]
 fn type_integer_is_exact_at_the_extremes() {
-    assert_eq!(j(BoltType::Integer(BoltInteger::new(i64::MAX))).to_string(), "9223372036854775807");
+    assert_eq!(
+        j(BoltType::Integer(BoltInteger::new(i64::MAX))).to_string(),
+        "9223372036854775807"
+    );
     assert_eq!(j(BoltType::Integer(BoltInteger::new(-1))).to_string(), "-1");
 }
 
@@ -47,8 +53,14 @@ fn type_float_keeps_a_fraction() {
 
 #[test]
 fn type_float_non_finite_is_tagged() {
-    assert_eq!(j(BoltType::Float(BoltFloat::new(f64::NAN))), json!({"$type":"float","value":"NaN"}));
-    assert_eq!(j(BoltType::Float(BoltFloat::new(f64::NEG_INFINITY))), json!({"$type":"float","value":"-Infinity"}));
+    assert_eq!(
+        j(BoltType::Float(BoltFloat::new(f64::NAN))),
+        json!({"$type":"float","value":"NaN"})
+    );
+    assert_eq!(
+        j(BoltType::Float(BoltFloat::new(f64::NEG_INFINITY))),
+        json!({"$type":"float","value":"-Infinity"})
+    );
 }
 
 #[test]
@@ -58,7 +70,11 @@ fn type_string() {
 
 #[test]
 fn type_list_is_typed_per_element() {
-    let l = BoltList::from(vec![BoltType::Integer(BoltInteger::new(1)), BoltType::Float(BoltFloat::new(2.0)), s("x")]);
+    let l = BoltList::from(vec![
+        BoltType::Integer(BoltInteger::new(1)),
+        BoltType::Float(BoltFloat::new(2.0)),
+        s("x"),
+    ]);
     assert_eq!(j(BoltType::List(l)).to_string(), r#"[1,2.0,"x"]"#);
 }
 
@@ -70,7 +86,10 @@ fn type_map_keys_sorted_and_dollar_type_wrapped() {
     assert_eq!(j(BoltType::Map(m)).to_string(), r#"{"a":"x","b":2}"#);
     let mut m = BoltMap::new();
     m.put(BoltString::new("$type"), s("user data"));
-    assert_eq!(j(BoltType::Map(m)), json!({"$type":"map","value":{"$type":"user data"}}));
+    assert_eq!(
+        j(BoltType::Map(m)),
+        json!({"$type":"map","value":{"$type":"user data"}})
+    );
 }
 
 #[test]
@@ -95,26 +114,44 @@ fn type_time_with_offset() {
 #[test]
 fn type_local_time() {
     let t = chrono::NaiveTime::from_hms_nano_opt(1, 2, 3, 4).unwrap();
-    assert_eq!(j(BoltType::LocalTime(t.into())), json!({"$type":"local_time","value":"01:02:03.000000004"}));
+    assert_eq!(
+        j(BoltType::LocalTime(t.into())),
+        json!({"$type":"local_time","value":"01:02:03.000000004"})
+    );
 }
 
 #[test]
 fn type_datetime_with_offset() {
     let d = chrono::DateTime::parse_from_rfc3339("2024-02-29T12:34:56.789+01:00").unwrap();
-    assert_eq!(j(BoltType::DateTime(d.into())), json!({"$type":"datetime","value":"2024-02-29T12:34:56.789+01:00"}));
+    assert_eq!(
+        j(BoltType::DateTime(d.into())),
+        json!({"$type":"datetime","value":"2024-02-29T12:34:56.789+01:00"})
+    );
 }
 
 #[test]
 fn type_datetime_with_zone_id() {
-    let local = chrono::NaiveDate::from_ymd_opt(2024, 7, 1).unwrap().and_hms_opt(12, 0, 0).unwrap();
+    let local = chrono::NaiveDate::from_ymd_opt(2024, 7, 1)
+        .unwrap()
+        .and_hms_opt(12, 0, 0)
+        .unwrap();
     let v = BoltType::DateTimeZoneId((local, "Europe/Paris").into());
-    assert_eq!(j(v), json!({"$type":"datetime","value":"2024-07-01T12:00:00+02:00[Europe/Paris]"}));
+    assert_eq!(
+        j(v),
+        json!({"$type":"datetime","value":"2024-07-01T12:00:00+02:00[Europe/Paris]"})
+    );
 }
 
 #[test]
 fn type_local_datetime() {
-    let d = chrono::NaiveDate::from_ymd_opt(1969, 12, 31).unwrap().and_hms_micro_opt(23, 59, 59, 5).unwrap();
-    assert_eq!(j(BoltType::LocalDateTime(d.into())), json!({"$type":"local_datetime","value":"1969-12-31T23:59:59.000005"}));
+    let d = chrono::NaiveDate::from_ymd_opt(1969, 12, 31)
+        .unwrap()
+        .and_hms_micro_opt(23, 59, 59, 5)
+        .unwrap();
+    assert_eq!(
+        j(BoltType::LocalDateTime(d.into())),
+        json!({"$type":"local_datetime","value":"1969-12-31T23:59:59.000005"})
+    );
 }
 
 #[test]
@@ -128,14 +165,29 @@ fn type_duration_keeps_months_days_seconds_nanos() {
 
 #[test]
 fn type_point_2d() {
-    let p = neo4rs::BoltPoint2D { sr_id: 4326.into(), x: BoltFloat::new(2.35), y: BoltFloat::new(48.85) };
-    assert_eq!(j(BoltType::Point2D(p)), json!({"$type":"point","srid":4326,"x":2.35,"y":48.85}));
+    let p = neo4rs::BoltPoint2D {
+        sr_id: 4326.into(),
+        x: BoltFloat::new(2.35),
+        y: BoltFloat::new(48.85),
+    };
+    assert_eq!(
+        j(BoltType::Point2D(p)),
+        json!({"$type":"point","srid":4326,"x":2.35,"y":48.85})
+    );
 }
 
 #[test]
 fn type_point_3d() {
-    let p = neo4rs::BoltPoint3D { sr_id: 9157.into(), x: BoltFloat::new(1.0), y: BoltFloat::new(2.0), z: BoltFloat::new(3.0) };
-    assert_eq!(j(BoltType::Point3D(p)).to_string(), r#"{"$type":"point","srid":9157,"x":1.0,"y":2.0,"z":3.0}"#);
+    let p = neo4rs::BoltPoint3D {
+        sr_id: 9157.into(),
+        x: BoltFloat::new(1.0),
+        y: BoltFloat::new(2.0),
+        z: BoltFloat::new(3.0),
+    };
+    assert_eq!(
+        j(BoltType::Point3D(p)).to_string(),
+        r#"{"$type":"point","srid":9157,"x":1.0,"y":2.0,"z":3.0}"#
+    );
 }
 
 #[test]
@@ -153,7 +205,11 @@ fn redact_removes_the_password() {
     let r = super::super::redact_url("bolt://root:s3cret@127.0.0.1:7687/db");
     assert!(!r.contains("s3cret"), "{r}");
     assert!(r.contains("127.0.0.1:7687/db"));
-    let o = Neo4jOptions { user: Some("u".into()), password: Some("s3cret".into()), fetch_size: None };
+    let o = Neo4jOptions {
+        user: Some("u".into()),
+        password: Some("s3cret".into()),
+        fetch_size: None,
+    };
     assert!(!format!("{o:?}").contains("s3cret"));
     assert_eq!(scrub("bad s3cret here", "s3cret"), "bad *** here");
 }
