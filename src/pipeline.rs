@@ -13,11 +13,10 @@ use crate::embed::openai::OpenAiProvider;
 use crate::embed::{DiskCache, Embedder, EmbeddingProvider, HashingProvider, Model2VecProvider};
 use crate::error::{Error, Result};
 use crate::parquet_io::PartLimits;
-use crate::plan::{self, MappingPlan, RunPlan};
+use crate::plan::{self, Command, MappingPlan, RunPlan};
 use crate::report::{self, EmbeddingLine, RunReport, SpaceLine, TableLine, Timer};
 use crate::sink::Target;
 use crate::snapshot::{self, Manifest, SnapshotOptions};
-use crate::source::SourceKind;
 use crate::source::{self, Source};
 use crate::transform::{self, TransformSummary};
 use crate::validate::{self, ValidateOptions};
@@ -31,29 +30,33 @@ fn run_id() -> String {
     )
 }
 
-fn limits(opts: &Options) -> PartLimits {
+fn limits(plan: &RunPlan) -> PartLimits {
     PartLimits {
-        max_file_bytes: opts.max_file_mb.unwrap_or(128).max(1) << 20,
-        max_file_rows: opts.max_file_rows.unwrap_or(u64::MAX).max(1),
+        max_file_bytes: plan.limits.max_file_mb << 20,
+        max_file_rows: plan.limits.max_file_rows.unwrap_or(u64::MAX).max(1),
         row_group_rows: 65_536,
     }
 }
 
-pub fn snapshot_options(opts: &Options) -> SnapshotOptions {
-    let list = plan::comma_list;
+pub fn snapshot_options(plan: &RunPlan) -> SnapshotOptions {
+    let (include, exclude) = plan
+        .source
+        .as_ref()
+        .map(|s| (s.include.clone(), s.exclude.clone()))
+        .unwrap_or_default();
     SnapshotOptions {
-        batch_size: opts.batch_size(),
-        limits: limits(opts),
-        workers: opts.workers(),
-        include: list(&opts.include),
-        exclude: list(&opts.exclude),
+        batch_size: plan.limits.batch_rows,
+        limits: limits(plan),
+        workers: plan.limits.workers,
+        include,
+        exclude,
     }
 }
 
-fn sql_memory(opts: &Options, work: &Path) -> transform::SqlMemory {
+fn sql_memory(plan: &RunPlan) -> transform::SqlMemory {
     transform::SqlMemory {
-        limit_bytes: (opts.memory_limit_mb.unwrap_or(2048).max(64) as usize) << 20,
-        spill_dir: WorkDir::new(work).spill(),
+        limit_bytes: (plan.limits.memory_limit_mb as usize) << 20,
+        spill_dir: plan.work_dir.spill(),
     }
 }
 
@@ -69,22 +72,6 @@ pub fn open_source(opts: &Options) -> Result<Box<dyn Source>> {
         },
     };
     source::open(opts.require_source()?, &so)
-}
-
-/// The snapshot a run works from: the source itself when it is a snapshot directory, else `<work>/snapshot`.
-pub fn snapshot_dir(opts: &Options) -> Result<PathBuf> {
-    let src = opts.require_source()?;
-    let p = Path::new(src);
-    if p.is_dir() && p.join(snapshot::MANIFEST).is_file() {
-        return Ok(p.to_path_buf());
-    }
-    Ok(WorkDir::new(opts.work_dir()?).snapshot())
-}
-
-/// The mapping of this snapshot as the flags configure it (`plan::mapping_plan`, the one parser of the knobs).
-fn mapping_of(opts: &Options, manifest: &Manifest) -> Result<MappingPlan> {
-    let origin = SourceKind::of_description(&manifest.source).unwrap_or(SourceKind::Sqlite);
-    plan::mapping_plan(opts, origin)
 }
 
 /// The mapping SQL to run and where it came from; a generated one is written to `<work>/mapping.sql`.
@@ -197,16 +184,15 @@ fn embedder(opts: &Options, work: &Path) -> Result<Embedder> {
     e.with_disk_cache(disk)
 }
 
-fn fresh(opts: &Options, work: &Path) -> Result<()> {
-    let bundle = opts
-        .target
-        .as_deref()
-        .map(|t| crate::sink::bundle_path(Path::new(t)));
-    WorkDir::new(work).fresh(bundle.as_deref())
+fn fresh(plan: &RunPlan) -> Result<()> {
+    plan.work_dir.fresh(plan.bundle.as_deref())
 }
 
 /// State carried from stage to stage within one command.
 struct Ctx {
+    /// What this command executes.
+    plan: RunPlan,
+    /// Kept for what the plan holds no copy of: credentials of the source and the embedding provider.
     opts: Options,
     work: PathBuf,
     report: RunReport,
@@ -216,22 +202,48 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn new(command: &str, opts: Options) -> Result<Ctx> {
-        let work = opts.work_dir()?;
+    fn new(command: Command, opts: Options) -> Result<Ctx> {
+        let plan = RunPlan::for_command(&opts, command)?;
+        Ok(Ctx::from_plan(plan, opts))
+    }
+
+    fn from_plan(plan: RunPlan, opts: Options) -> Ctx {
+        let work = plan.work_dir.root().to_path_buf();
         let report = RunReport {
-            command: command.into(),
+            command: serde_json::to_value(plan.command)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
             run_id: run_id(),
             started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            target: opts.target.clone().unwrap_or_default(),
+            target: plan
+                .bundle
+                .as_ref()
+                .map(|b| b.display().to_string())
+                .unwrap_or_default(),
             work_dir: work.display().to_string(),
             ..Default::default()
         };
-        Ok(Ctx {
+        Ctx {
+            plan,
             opts,
             work,
             report,
             source: None,
             embedder: None,
+        }
+    }
+
+    fn bundle_dir(&self) -> Result<PathBuf> {
+        self.plan
+            .bundle
+            .clone()
+            .ok_or_else(|| Error::usage("--target is required (a directory for the Engram bundle)"))
+    }
+
+    fn snapshot_dir(&self) -> Result<PathBuf> {
+        self.plan.snapshot.clone().ok_or_else(|| {
+            Error::usage("--source is required (a SQLite file, a URL or a snapshot directory)")
         })
     }
 
@@ -249,13 +261,13 @@ impl Ctx {
 
     fn snapshot(&mut self) -> Result<(PathBuf, Manifest)> {
         let t = Timer::start();
-        let dir = snapshot_dir(&self.opts)?;
+        let dir = self.snapshot_dir()?;
         let mut src = open_source(&self.opts)?;
         self.report.source = src.describe();
         let manifest = if src.kind() == "snapshot" {
             Manifest::load(&dir)?
         } else {
-            let m = snapshot::take(src.as_mut(), &dir, &snapshot_options(&self.opts))?;
+            let m = snapshot::take(src.as_mut(), &dir, &snapshot_options(&self.plan))?;
             self.source = Some(src);
             m
         };
@@ -294,7 +306,10 @@ impl Ctx {
         let t = Timer::start();
         let dim = self.embedding_dim()?;
         let (sql, origin) = mapping_sql(
-            &mapping_of(&self.opts, manifest)?,
+            self.plan
+                .mapping
+                .as_ref()
+                .ok_or_else(|| Error::usage("--source is required to know the mapping"))?,
             manifest,
             &self.work,
             dim,
@@ -313,10 +328,10 @@ impl Ctx {
                     &sql,
                     &origin,
                     &out,
-                    self.opts.workers(),
-                    self.opts.batch_size(),
-                    limits(&self.opts),
-                    &sql_memory(&self.opts, &self.work),
+                    self.plan.limits.workers,
+                    self.plan.limits.batch_rows,
+                    limits(&self.plan),
+                    &sql_memory(&self.plan),
                     dim,
                 )
                 .await?;
@@ -334,14 +349,14 @@ impl Ctx {
 
     fn load(&mut self, summary: &TransformSummary, origin: &str) -> Result<()> {
         let t = Timer::start();
-        let target = Target::parse(self.opts.require_target()?)?.bundle_dir()?;
+        let target = self.bundle_dir()?;
         let mut embedder = match self.embedder.take() {
             Some(e) => e,
             None => embedder(&self.opts, &self.work)?,
         };
         // A run killed after its bundle was renamed into place (but before it finished) left a complete bundle
         // of this very input: keep it instead of asking for --overwrite.
-        if target.join(bundle::BUNDLE_FILE).is_file() && !self.opts.overwrite {
+        if target.join(bundle::BUNDLE_FILE).is_file() && !self.plan.overwrite {
             if let Ok(done) = bundle::BundleManifest::load(&target) {
                 if done.transform_key == summary.key
                     && done.embedding.provider == embedder.provider_name()
@@ -368,26 +383,33 @@ impl Ctx {
             .clone()
             .unwrap_or_else(|| WorkDir::new(&self.work).bundle_checkpoint());
         let lopts = WriteOptions {
-            batch_size: self.opts.batch_size(),
+            batch_size: self.plan.limits.batch_rows,
             run_id: self.report.run_id.clone(),
             source: self.report.source.clone(),
             mapping: origin.to_string(),
-            overwrite: self.opts.overwrite,
+            overwrite: self.plan.overwrite,
             checkpoint_file,
             run_key: RunKey::of(&[
                 ("transform", &summary.key),
                 ("provider", &embedder.provider_name()),
                 ("bundle", &target.display().to_string()),
-                ("reembed", if self.opts.reembed { "yes" } else { "no" }),
+                (
+                    "reembed",
+                    if self.plan.embedding.reembed {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                ),
             ]),
         };
         rayon::ThreadPoolBuilder::new()
-            .num_threads(self.opts.workers())
+            .num_threads(self.plan.limits.workers)
             .build_global()
             .ok();
         let mut stage = EmbedStage {
             embedder: &mut embedder,
-            reembed: self.opts.reembed,
+            reembed: self.plan.embedding.reembed,
         };
         let staged = WorkDir::new(&self.work).transform();
         let res = bundle::writer::write(&staged, summary, &target, &mut stage, &lopts)?;
@@ -422,22 +444,26 @@ impl Ctx {
         origin: &str,
     ) -> Result<usize> {
         let t = Timer::start();
-        let target = Target::parse(self.opts.require_target()?)?.bundle_dir()?;
+        let target = self.bundle_dir()?;
         if self.source.is_none() {
             let src = open_source(&self.opts)?;
             if src.kind() != "snapshot" {
                 self.source = Some(src);
             }
         }
+        let v = self
+            .plan
+            .validate
+            .clone()
+            .ok_or_else(|| Error::Internal("validate without a validation plan".into()))?;
         let vopts = ValidateOptions {
-            // Every target today is Engram (the bundle, or a live server loaded from it): ids are per space.
-            id_scope: validate::IdScope::PerSpace,
-            sample_size: self.opts.sample_size.unwrap_or(1000),
-            sample_seed: self.opts.sample_seed.unwrap_or(42),
-            extra_checks: self.opts.checks.clone(),
-            workers: self.opts.workers(),
-            batch_size: self.opts.batch_size(),
-            memory: sql_memory(&self.opts, &self.work),
+            id_scope: v.id_scope,
+            sample_size: v.sample_size,
+            sample_seed: v.sample_seed,
+            extra_checks: v.checks,
+            workers: self.plan.limits.workers,
+            batch_size: self.plan.limits.batch_rows,
+            memory: sql_memory(&self.plan),
         };
         let src: Option<&mut dyn Source> = match self.source.as_mut() {
             Some(s) => Some(s.as_mut()),
@@ -486,10 +512,10 @@ fn failed_checks(failed: usize, total: usize, work: &Path) -> Result<()> {
 /// `snapshot`: stage the source into `<work>/snapshot`.
 pub async fn snapshot_cmd(opts: Options) -> Result<()> {
     let started = Timer::start();
-    let mut ctx = Ctx::new("snapshot", opts)?;
+    let mut ctx = Ctx::new(Command::Snapshot, opts)?;
     let _lock = WorkLock::acquire(&ctx.work)?;
-    if ctx.opts.fresh {
-        fresh(&ctx.opts, &ctx.work)?;
+    if ctx.plan.fresh {
+        fresh(&ctx.plan)?;
     }
     let r = ctx.snapshot().map(|_| ());
     ctx.finish(started, r)
@@ -498,10 +524,10 @@ pub async fn snapshot_cmd(opts: Options) -> Result<()> {
 /// `transform`: run the mapping over the snapshot.
 pub async fn transform_cmd(opts: Options) -> Result<()> {
     let started = Timer::start();
-    let mut ctx = Ctx::new("transform", opts)?;
+    let mut ctx = Ctx::new(Command::Transform, opts)?;
     let _lock = WorkLock::acquire(&ctx.work)?;
     let r = async {
-        let dir = snapshot_dir(&ctx.opts)?;
+        let dir = ctx.snapshot_dir()?;
         let manifest = require_complete(&dir)?;
         ctx.transform(&dir, &manifest).await.map(|_| ())
     }
@@ -538,7 +564,7 @@ pub async fn load_cmd(opts: Options) -> Result<()> {
         ));
     }
     let started = Timer::start();
-    let mut ctx = Ctx::new("load", opts)?;
+    let mut ctx = Ctx::new(Command::Load, opts)?;
     let _lock = WorkLock::acquire(&ctx.work)?;
     let r = (|| {
         let out = WorkDir::new(&ctx.work).transform();
@@ -562,40 +588,35 @@ pub async fn load_cmd(opts: Options) -> Result<()> {
 /// `load --bundle DIR --target URL`: send a finished bundle to a live target through its sink and the one
 /// loader, then read back what the target kept. Work directory: `--work-dir`, else `<bundle>.work`.
 async fn load_live_cmd(opts: Options, target: &Target) -> Result<()> {
-    let bundle = opts.bundle.as_deref().map(crate::sink::bundle_path).ok_or_else(|| {
-        Error::usage(format!(
+    if opts.bundle.is_none() {
+        return Err(Error::usage(format!(
             "--bundle DIR is required to load into {}: write one with `engram-migrate run --target DIR` first",
             target.describe()
-        ))
-    })?;
-    let work = opts
-        .work_dir
-        .clone()
-        .map(WorkDir::new)
-        .unwrap_or_else(|| WorkDir::beside(&bundle));
+        )));
+    }
+    let plan = RunPlan::for_command(&opts, Command::Load)?;
+    let (Some(bundle), Some(d)) = (&plan.bundle, &plan.deliver) else {
+        return Err(Error::Internal(
+            "a live load's plan without bundle or target".into(),
+        ));
+    };
     let sink = target
         .open()?
         .ok_or_else(|| Error::Internal("load_live_cmd without a live target".into()))?;
-    // `load` only delivers: the old spellings --batch-size/--parallel-workers still mean the target's here.
     let limits = crate::sink::DeliverLimits {
-        batch_rows: opts
-            .target_batch_size
-            .or(opts.batch_size)
-            .unwrap_or(plan::DEFAULT_TARGET_BATCH_ROWS)
-            .max(1),
-        parallel: opts
-            .target_parallel
-            .or(opts.parallel_workers)
-            .unwrap_or(plan::DEFAULT_TARGET_PARALLEL)
-            .max(1),
+        batch_rows: d.batch_rows,
+        parallel: d.parallel,
     };
-    let checkpoint = opts
-        .checkpoint_file
-        .clone()
-        .unwrap_or_else(|| work.load_checkpoint());
-    sink.accepts(&bundle, &bundle::BundleManifest::load(&bundle)?)?;
+    sink.accepts(bundle, &bundle::BundleManifest::load(bundle)?)?;
     sink.healthcheck().await?;
-    deliver(&bundle, &work, sink.as_ref(), &limits, &checkpoint).await
+    deliver(
+        bundle,
+        &plan.work_dir,
+        sink.as_ref(),
+        &limits,
+        &d.checkpoint,
+    )
+    .await
 }
 
 /// Sends a finished bundle to a sink through the one loader, reads back what the target kept, and writes the
@@ -677,22 +698,21 @@ async fn deliver(
 /// `validate`: re-check a finished run.
 pub async fn validate_cmd(opts: Options) -> Result<()> {
     let started = Timer::start();
-    let mut ctx = Ctx::new("validate", opts)?;
+    let mut ctx = Ctx::new(Command::Validate, opts)?;
     let _lock = WorkLock::acquire(&ctx.work)?;
     let r = async {
-        let dir = snapshot_dir(&ctx.opts)?;
+        let dir = ctx.snapshot_dir()?;
         let manifest = require_complete(&dir)?;
         // The mapping as the run generated it: with the bundle's embedding dimension.
-        let bundle_dir = Target::parse(ctx.opts.require_target()?)?.bundle_dir()?;
-        let dim = bundle::BundleManifest::load(&bundle_dir)?
+        let dim = bundle::BundleManifest::load(&ctx.bundle_dir()?)?
             .embedding
             .dimension;
-        let (sql, origin) = mapping_sql(
-            &mapping_of(&ctx.opts, &manifest)?,
-            &manifest,
-            &ctx.work,
-            dim,
-        )?;
+        let mapping = ctx
+            .plan
+            .mapping
+            .clone()
+            .ok_or_else(|| Error::usage("--source is required to validate"))?;
+        let (sql, origin) = mapping_sql(&mapping, &manifest, &ctx.work, dim)?;
         let failed = ctx.validate(&dir, &manifest, &sql, &origin).await?;
         failed_checks(failed, ctx.report.validation.len(), &ctx.work)
     }
@@ -706,7 +726,7 @@ pub async fn validate_cmd(opts: Options) -> Result<()> {
 /// snapshot; the bundle is written and validated first (the full truth: edges, decay rates, provenance, which a
 /// live target may have no API for), and only then sent, with its read-back. A failed validation sends nothing.
 pub async fn run_cmd(opts: Options) -> Result<()> {
-    let plan = RunPlan::from_options(&opts)?;
+    let plan = RunPlan::for_command(&opts, Command::Run)?;
     let sink = match &plan.deliver {
         Some(d) => {
             let sink = Target::parse(&d.target)?
@@ -717,23 +737,18 @@ pub async fn run_cmd(opts: Options) -> Result<()> {
         }
         None => None,
     };
-    // The bundle half runs with the bundle as its target, in the plan's work directory.
-    let mut local = opts.clone();
-    local.target = Some(plan.bundle.display().to_string());
-    local.bundle = None;
-    local.work_dir = Some(plan.work_dir.root().to_path_buf());
-    if plan.deliver.is_some() {
-        // --checkpoint-file names the live load's checkpoint; the bundle stage keeps its own in the work dir.
-        local.checkpoint_file = None;
-    }
-    run_bundle_cmd(local, &plan).await?;
+    let bundle_dir = plan
+        .bundle
+        .clone()
+        .ok_or_else(|| Error::Internal("a run plan without a bundle".into()))?;
+    run_bundle(opts, plan.clone(), &bundle_dir).await?;
     if let (Some(sink), Some(d)) = (sink, &plan.deliver) {
         let limits = crate::sink::DeliverLimits {
             batch_rows: d.batch_rows,
             parallel: d.parallel,
         };
         deliver(
-            &plan.bundle,
+            &bundle_dir,
             &plan.work_dir,
             sink.as_ref(),
             &limits,
@@ -751,29 +766,34 @@ pub fn plan_record(plan: &RunPlan) -> Result<Vec<u8>> {
     )?)
 }
 
-async fn run_bundle_cmd(opts: Options, plan: &RunPlan) -> Result<()> {
+/// The bundle half of `run`: snapshot, transform, embed + bundle, validate, as the plan says.
+async fn run_bundle(mut opts: Options, plan: RunPlan, bundle_dir: &Path) -> Result<()> {
     let started = Timer::start();
-    let target_dir = &plan.bundle;
     // Fail before the long stages when the target is in the way; an existing bundle may be this run's own,
     // finished just before a kill, which the load stage recognises.
-    if target_dir.exists() && !opts.overwrite && !target_dir.join(bundle::BUNDLE_FILE).is_file() {
+    if bundle_dir.exists() && !plan.overwrite && !bundle_dir.join(bundle::BUNDLE_FILE).is_file() {
         return Err(Error::target_err(
-            target_dir.display().to_string(),
+            bundle_dir.display().to_string(),
             "already exists; pass --overwrite to replace it, or choose another --target",
         ));
     }
-    let mut ctx = Ctx::new("run", opts)?;
-    let _lock = WorkLock::acquire(&ctx.work)?;
-    if ctx.opts.fresh {
-        fresh(&ctx.opts, &ctx.work)?;
+    if plan.deliver.is_some() {
+        // --checkpoint-file names the live load's checkpoint; the bundle stage keeps its own in the work dir.
+        opts.checkpoint_file = None;
     }
-    crate::parquet_io::write_atomic(&plan.work_dir.plan(), &plan_record(plan)?)?;
+    let record = plan_record(&plan)?;
+    let mut ctx = Ctx::from_plan(plan, opts);
+    let _lock = WorkLock::acquire(&ctx.work)?;
+    if ctx.plan.fresh {
+        fresh(&ctx.plan)?;
+    }
+    crate::parquet_io::write_atomic(&ctx.plan.work_dir.plan(), &record)?;
     let r = async {
         ctx.embedder = Some(embedder(&ctx.opts, &ctx.work)?);
         let (dir, manifest) = ctx.snapshot()?;
         let (summary, sql, origin) = ctx.transform(&dir, &manifest).await?;
         ctx.load(&summary, &origin)?;
-        if plan.validate.is_some() {
+        if ctx.plan.validate.is_some() {
             let failed = ctx.validate(&dir, &manifest, &sql, &origin).await?;
             failed_checks(failed, ctx.report.validation.len(), &ctx.work)?;
         }
@@ -787,8 +807,12 @@ async fn run_bundle_cmd(opts: Options, plan: &RunPlan) -> Result<()> {
 pub async fn plan_cmd(opts: Options) -> Result<()> {
     let mut src = open_source(&opts)?;
     let mut catalog = src.catalog()?;
-    let so = snapshot_options(&opts);
-    source::filter_catalog(&mut catalog, &so.include, &so.exclude)?;
+    let workers = opts.workers();
+    let (include, exclude) = (
+        plan::comma_list(&opts.include),
+        plan::comma_list(&opts.exclude),
+    );
+    source::filter_catalog(&mut catalog, &include, &exclude)?;
     println!("source: {}", src.describe());
     println!("tables, in dependency order (parents first):");
     for t in &catalog.tables {
@@ -798,11 +822,11 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
             t.row_estimate.map(|n| n.to_string()).unwrap_or("?".into()),
             t.primary_key.join(", ")
         );
-        if let Some(parts) = src.partitions(t, so.workers)? {
+        if let Some(parts) = src.partitions(t, workers)? {
             println!(
                 "      read in {} partition(s), {} in parallel: {}",
                 parts.len(),
-                so.workers.min(parts.len()),
+                workers.min(parts.len()),
                 parts.first().map(|p| p.filter.as_str()).unwrap_or("")
             );
         }
@@ -854,14 +878,10 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
             provider(&opts)?;
             println!("plan:");
             print!("{}", plan.render());
-            if plan.bundle.exists()
-                && !plan.overwrite
-                && !plan.bundle.join(bundle::BUNDLE_FILE).is_file()
-            {
-                println!(
-                    "note: {} exists: `run` needs --overwrite",
-                    plan.bundle.display()
-                );
+            if let Some(b) = plan.bundle.as_ref().filter(|b| b.exists()) {
+                if !plan.overwrite && !b.join(bundle::BUNDLE_FILE).is_file() {
+                    println!("note: {} exists: `run` needs --overwrite", b.display());
+                }
             }
         }
         Err(_) if opts.target.is_none() => {

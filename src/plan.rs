@@ -23,16 +23,30 @@ pub const DEFAULT_TARGET_BATCH_ROWS: usize = 1000;
 /// Requests or streams in flight to a live target.
 pub const DEFAULT_TARGET_PARALLEL: usize = 16;
 
+/// The commands that execute a plan. `run` is every stage; the others are one stage each, on the same plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Command {
+    Run,
+    Snapshot,
+    Transform,
+    Load,
+    Validate,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunPlan {
-    pub source: SourcePlan,
+    pub command: Command,
+    /// None only for `load` of a finished bundle into a live target (nothing is read from a source).
+    pub source: Option<SourcePlan>,
     pub work_dir: WorkDir,
     /// Where the snapshot is: `<work>/snapshot`, or the source itself when it is a snapshot.
-    pub snapshot: PathBuf,
-    pub mapping: MappingPlan,
+    pub snapshot: Option<PathBuf>,
+    pub mapping: Option<MappingPlan>,
     pub embedding: EmbeddingPlan,
-    /// The bundle directory: the target itself, or `--bundle` for a live target.
-    pub bundle: PathBuf,
+    /// The bundle directory: the target itself, or `--bundle` for a live target; None for `snapshot` and
+    /// `transform` given only a work directory.
+    pub bundle: Option<PathBuf>,
     /// A live target the bundle is then loaded into.
     pub deliver: Option<DeliverPlan>,
     /// None with `--validate false`.
@@ -145,48 +159,90 @@ fn space_id(flag: &str, s: &str) -> Result<()> {
 impl RunPlan {
     /// The plan of `run` (and `plan`, `--dry-run`) for these options. Checks every flag; opens nothing.
     pub fn from_options(o: &Options) -> Result<RunPlan> {
-        let spec = o.require_source()?;
-        let factory = source::factory_for(spec)?;
-        let kind = factory.kind();
-        let origin = if kind == SourceKind::Snapshot {
-            crate::snapshot::Manifest::load(Path::new(spec))
-                .ok()
-                .and_then(|m| SourceKind::of_description(&m.source))
-                .unwrap_or(SourceKind::Snapshot)
+        Self::for_command(o, Command::Run)
+    }
+
+    /// The plan a command executes: what it needs is required, the rest resolved where the flags give it.
+    pub fn for_command(o: &Options, command: Command) -> Result<RunPlan> {
+        let target = o
+            .target
+            .as_deref()
+            .map(crate::sink::Target::parse)
+            .transpose()?;
+        // `load` reads no source: it embeds the staged transform output, or sends a finished bundle.
+        let needs_source = command != Command::Load;
+        let source_spec = if needs_source {
+            Some(o.require_source()?)
         } else {
-            kind
+            None
         };
-        let target = crate::sink::Target::parse(o.require_target()?)?;
+        if matches!(command, Command::Run | Command::Load | Command::Validate) && target.is_none() {
+            o.require_target()?;
+        }
         let (bundle, deliver) = match &target {
-            crate::sink::Target::Bundle(dir) => (dir.clone(), None),
-            crate::sink::Target::Live { factory, spec } => {
+            None => (None, None),
+            Some(crate::sink::Target::Bundle(dir)) => (Some(dir.clone()), None),
+            Some(crate::sink::Target::Live { factory, spec }) => {
+                if matches!(
+                    command,
+                    Command::Snapshot | Command::Transform | Command::Validate
+                ) {
+                    return Err(Error::usage(format!(
+                        "--target {spec}: `{}` works on the bundle; give the bundle directory as --target (or use \
+                         `run --bundle DIR --target {spec}`)",
+                        serde_json::to_value(command).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+                    )));
+                }
                 let bundle = o.bundle.as_deref().map(crate::sink::bundle_path).ok_or_else(|| {
                     Error::usage(format!(
-                        "run --target {spec}: give --bundle DIR, the directory where the bundle is written (and kept) before it is sent"
+                        "--target {spec}: give --bundle DIR, the bundle to send (`run`: where it is written and kept \
+                         before it is sent)"
                     ))
                 })?;
-                (bundle, Some((factory.name(), spec.clone())))
+                (Some(bundle), Some((factory.name(), spec.clone())))
             }
         };
-        let work_dir = o
-            .work_dir
-            .clone()
-            .map(WorkDir::new)
-            .unwrap_or_else(|| WorkDir::beside(&bundle));
-        let snapshot = if kind == SourceKind::Snapshot {
-            PathBuf::from(spec)
-        } else {
-            work_dir.snapshot()
+        let work_dir = match (&o.work_dir, &bundle) {
+            (Some(w), _) => WorkDir::new(w),
+            (None, Some(b)) => WorkDir::beside(b),
+            (None, None) => {
+                return Err(Error::usage(
+                    "--work-dir is required when there is no --target",
+                ))
+            }
+        };
+        let source = match source_spec {
+            Some(spec) => Some(source_plan(o, spec)?),
+            None => None,
+        };
+        let snapshot = source.as_ref().map(|s| {
+            if s.kind == SourceKind::Snapshot {
+                PathBuf::from(o.require_source().unwrap_or_default())
+            } else {
+                work_dir.snapshot()
+            }
+        });
+        let mapping = match &source {
+            Some(s) => Some(mapping_plan(o, s.origin)?),
+            None => None,
         };
         let workers = o.workers();
         let deliver = deliver.map(|(sink, target)| DeliverPlan {
             target,
             sink,
-            batch_rows: o
-                .target_batch_size
-                .unwrap_or(DEFAULT_TARGET_BATCH_ROWS)
-                .max(1),
-            parallel: o.target_parallel.unwrap_or(DEFAULT_TARGET_PARALLEL).max(1),
+            // `load` only delivers: the old spellings --batch-size/--parallel-workers still mean the target's there.
+            batch_rows: match command {
+                Command::Load => o.target_batch_size.or(o.batch_size),
+                _ => o.target_batch_size,
+            }
+            .unwrap_or(DEFAULT_TARGET_BATCH_ROWS)
+            .max(1),
+            parallel: match command {
+                Command::Load => o.target_parallel.or(o.parallel_workers),
+                _ => o.target_parallel,
+            }
+            .unwrap_or(DEFAULT_TARGET_PARALLEL)
+            .max(1),
             checkpoint: o
                 .checkpoint_file
                 .clone()
@@ -197,22 +253,9 @@ impl RunPlan {
             .clone()
             .unwrap_or_else(|| "hashing".into());
         let plan = RunPlan {
-            source: SourcePlan {
-                kind,
-                location: if spec.contains("://") {
-                    source::redact_url(spec)
-                } else {
-                    spec.to_string()
-                },
-                origin,
-                include: comma_list(&o.include),
-                exclude: comma_list(&o.exclude),
-                column_types: config::parse_column_types(&o.column_type)?,
-                partition_rows: o.partition_rows,
-                redis_db: o.source_db,
-                fetch_size: o.fetch_size,
-            },
-            mapping: mapping_plan(o, origin)?,
+            command,
+            source,
+            mapping,
             embedding: EmbeddingPlan {
                 // Feature hashing recomputes a vector about as fast as the cache would read it back.
                 cache_mb: o.embedding_cache_mb.unwrap_or(if provider == "hashing" {
@@ -228,7 +271,13 @@ impl RunPlan {
                     .unwrap_or(crate::embed::stage::DEFAULT_CACHE_CAPACITY),
                 reembed: o.reembed,
             },
-            validate: o.validate.unwrap_or(true).then(|| ValidatePlan {
+            // `run` validates unless told not to; `validate` always; the other commands never.
+            validate: match command {
+                Command::Run => o.validate.unwrap_or(true),
+                Command::Validate => true,
+                _ => false,
+            }
+            .then(|| ValidatePlan {
                 sample_size: o.sample_size.unwrap_or(1000),
                 sample_seed: o.sample_seed.unwrap_or(42),
                 checks: o.checks.clone(),
@@ -261,29 +310,44 @@ impl RunPlan {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<12} {v}\n"));
-        let s = &self.source;
-        let mut src = format!("{} {}", s.kind.name(), s.location);
-        if s.kind == SourceKind::Snapshot {
-            src.push_str(&format!(" (a snapshot of {})", s.origin.name()));
-        }
-        for (k, v) in [
-            ("include", s.include.join(",")),
-            ("exclude", s.exclude.join(",")),
-        ] {
-            if !v.is_empty() {
-                src.push_str(&format!(", {k} {v}"));
+        match &self.source {
+            Some(s) => {
+                let mut src = format!("{} {}", s.kind.name(), s.location);
+                if s.kind == SourceKind::Snapshot {
+                    src.push_str(&format!(" (a snapshot of {})", s.origin.name()));
+                }
+                for (k, v) in [
+                    ("include", s.include.join(",")),
+                    ("exclude", s.exclude.join(",")),
+                ] {
+                    if !v.is_empty() {
+                        src.push_str(&format!(", {k} {v}"));
+                    }
+                }
+                if let Some(n) = s.partition_rows {
+                    src.push_str(&format!(", partitions of {n} rows"));
+                }
+                if let Some(db) = s.redis_db {
+                    src.push_str(&format!(", database {db} only"));
+                }
+                line("source", src);
             }
+            None => line("source", "none: a finished bundle is sent".into()),
         }
-        if let Some(n) = s.partition_rows {
-            src.push_str(&format!(", partitions of {n} rows"));
-        }
-        if let Some(db) = s.redis_db {
-            src.push_str(&format!(", database {db} only"));
-        }
-        line("source", src);
         line("work dir", self.work_dir.root().display().to_string());
-        line("snapshot", self.snapshot.display().to_string());
-        line("mapping", self.mapping.describe());
+        let shown = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        line("snapshot", shown(&self.snapshot));
+        line(
+            "mapping",
+            self.mapping
+                .as_ref()
+                .map(MappingPlan::describe)
+                .unwrap_or_else(|| "-".into()),
+        );
         let e = &self.embedding;
         line(
             "embedding",
@@ -307,7 +371,7 @@ impl RunPlan {
             "bundle",
             format!(
                 "{}{}",
-                self.bundle.display(),
+                shown(&self.bundle),
                 if self.overwrite { " (--overwrite)" } else { "" }
             ),
         );
@@ -315,7 +379,7 @@ impl RunPlan {
             Some(d) => line(
                 "deliver",
                 format!(
-                    "{} ({} sink), batches of {} memories, {} in flight, checked before the snapshot",
+                    "{} ({} sink), batches of {} memories, {} in flight, health-checked before anything is read",
                     d.target, d.sink, d.batch_rows, d.parallel
                 ),
             ),
@@ -377,6 +441,34 @@ impl MappingPlan {
             MappingPlan::Redis(r) => format!("sql/redis.sql; {}", knobs(r)),
         }
     }
+}
+
+/// The source a `--source` value names, without opening it: its kind (and for a snapshot, what it was taken of).
+fn source_plan(o: &Options, spec: &str) -> Result<SourcePlan> {
+    let kind = source::factory_for(spec)?.kind();
+    let origin = if kind == SourceKind::Snapshot {
+        crate::snapshot::Manifest::load(Path::new(spec))
+            .ok()
+            .and_then(|m| SourceKind::of_description(&m.source))
+            .unwrap_or(SourceKind::Snapshot)
+    } else {
+        kind
+    };
+    Ok(SourcePlan {
+        kind,
+        location: if spec.contains("://") {
+            source::redact_url(spec)
+        } else {
+            spec.to_string()
+        },
+        origin,
+        include: comma_list(&o.include),
+        exclude: comma_list(&o.exclude),
+        column_types: config::parse_column_types(&o.column_type)?,
+        partition_rows: o.partition_rows,
+        redis_db: o.source_db,
+        fetch_size: o.fetch_size,
+    })
 }
 
 /// The mapping of a source of this kind, with the flags' knobs checked.
