@@ -38,6 +38,9 @@ enum Command {
     Validate(Options),
     /// All stages: snapshot, transform, load, validate. Started again after a crash, it resumes.
     Run(Options),
+    /// Remove from a live target (--target URL) what loading the bundle (--bundle DIR) put there, where the target
+    /// can; a target that cannot says so and changes nothing. The bundle itself is never touched.
+    Rollback(Options),
 }
 
 fn main() {
@@ -70,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Load(o) => ("load", o),
         Command::Validate(o) => ("validate", o),
         Command::Run(o) => ("run", o),
+        Command::Rollback(o) => ("rollback", o),
     };
     let opts = opts.with_config_file()?;
     engram_migrate::progress::set_quiet(opts.quiet);
@@ -85,6 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             "transform" => pipeline::transform_cmd(opts).await,
             "load" => pipeline::load_cmd(opts).await,
             "validate" => pipeline::validate_cmd(opts).await,
+            "rollback" => pipeline::rollback_cmd(opts).await,
             _ => pipeline::run_cmd(opts).await,
         }
     })?;

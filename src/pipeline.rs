@@ -891,3 +891,31 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
     }
     Ok(())
 }
+
+/// `rollback --bundle DIR --target URL`: asks the live target's sink to remove what loading the bundle put there.
+pub async fn rollback_cmd(opts: Options) -> Result<()> {
+    let target = Target::parse(opts.require_target()?)?;
+    let Some(sink) = target.open()? else {
+        return Err(Error::usage(format!(
+            "rollback works on a live target (--target URL --bundle DIR); a bundle directory ({}) is rolled back by \
+             deleting it, and its work directory with it",
+            target.describe()
+        )));
+    };
+    let bundle = opts
+        .bundle
+        .as_deref()
+        .map(crate::sink::bundle_path)
+        .ok_or_else(|| {
+            Error::usage("--bundle DIR is required: the bundle whose load is rolled back")
+        })?;
+    let manifest = bundle::BundleManifest::load(&bundle)?;
+    sink.healthcheck().await?;
+    let removed = sink.rollback(&bundle, &manifest).await?;
+    println!(
+        "rolled back {}: removed {removed} memories of {}",
+        sink.identity(),
+        bundle.display()
+    );
+    Ok(())
+}

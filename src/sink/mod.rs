@@ -107,6 +107,14 @@ pub trait Sink: Send + Sync {
     async fn finish(&self, _manifest: &BundleManifest) -> Result<()> {
         Ok(())
     }
+    /// Removes what loading this bundle put into the target (the bundle's memories, by id), where the target can;
+    /// returns how many it removed. A target that cannot refuses with an error that says so and changes nothing.
+    async fn rollback(&self, _bundle: &Path, _manifest: &BundleManifest) -> Result<u64> {
+        Err(Error::usage(format!(
+            "{}: this target cannot roll back a load; nothing was changed",
+            self.identity()
+        )))
+    }
     /// Reads back what the target holds and compares it with the bundle.
     async fn read_back(
         &self,

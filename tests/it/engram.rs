@@ -862,3 +862,41 @@ fn a_bundle_of_256_float_embeddings_is_padded_for_engram_and_verified() {
         );
     }
 }
+
+/// Engram deletes nothing (its DELETE answers 200 "not_supported"): `rollback` says so, exits 2 and changes
+/// nothing on the server.
+#[test]
+fn rollback_of_an_engram_load_is_refused_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mems: Vec<TestMemory> = (0..5)
+        .map(|i| mem(&format!("r{i}"), unit_vector(900 + i), 0.7))
+        .collect();
+    let bundle = write_bundle(&tmp.path().join("rb.bundle"), &[("roll_back", mems)], 768);
+    let standin = Standin::start(Config::default());
+    let out = load(&bundle, &standin.http_target(), &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run_env(
+        &[
+            "rollback",
+            "--bundle",
+            p(&bundle),
+            "--target",
+            &standin.http_target(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not_supported") && stderr(&out).contains("nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(standin.state.ids("roll_back").len(), 5);
+    // A bundle directory as the target: told how a bundle is rolled back.
+    let out = run_env(
+        &["rollback", "--bundle", p(&bundle), "--target", p(&bundle)],
+        &[],
+    );
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("deleting it"), "{}", stderr(&out));
+}

@@ -78,6 +78,23 @@ impl Sink for MemorySink {
             })
             .collect())
     }
+    /// This target can: it removes the bundle's memories it holds.
+    async fn rollback(&self, bundle: &Path, manifest: &BundleManifest) -> Result<u64> {
+        let mut held = self.held.lock().unwrap();
+        let mut removed = 0;
+        for f in manifest.memory_files(bundle) {
+            for b in engram_migrate::parquet_io::read_all(&f)? {
+                let ids = b.column_by_name(memory::ID).unwrap().as_string::<i32>();
+                let space = b.column_by_name(memory::SPACE).unwrap().as_string::<i32>();
+                for i in 0..b.num_rows() {
+                    let key = (space.value(i).to_string(), ids.value(i).to_string());
+                    removed += held.remove(&key).is_some() as u64;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     async fn read_back(
         &self,
         _bundle: &Path,
@@ -211,4 +228,7 @@ fn a_sink_from_outside_the_crate_loads_resumes_and_reads_back() {
             .unwrap()
             .passed
     );
+    // Rollback, where the target can: every memory the load put there is removed.
+    assert_eq!(rt.block_on(sink.rollback(&bundle, &manifest)).unwrap(), 125);
+    assert!(sink.held.lock().unwrap().is_empty());
 }

@@ -514,6 +514,18 @@ impl crate::sink::Sink for EngramSink {
             .collect())
     }
 
+    /// Engram deletes nothing: `DELETE /api/v1/memories/{id}` answers 200 with `"status": "not_supported"` and
+    /// keeps the memory (its handler, read from the server's code). So a load is not undone here; it says how.
+    async fn rollback(&self, bundle: &Path, _manifest: &BundleManifest) -> Result<u64> {
+        Err(Error::usage(format!(
+            "{}: Engram cannot delete memories (DELETE /api/v1/memories/ID answers 200 \"not_supported\" and keeps \
+             the memory), so a load into it cannot be rolled back; nothing was changed. To start over, load {} into \
+             fresh spaces (a mapping with other space names) or into a server with an empty data directory",
+            self.target.describe(),
+            bundle.display()
+        )))
+    }
+
     async fn read_back(
         &self,
         bundle: &Path,
