@@ -138,6 +138,12 @@ pub struct Options {
     #[arg(long)]
     pub target_parallel: Option<usize>,
 
+    /// Live target: the largest share of the bundle's memories the target may be predicted to drop silently
+    /// (Engram: near-duplicate embeddings, the per-space limit, contents over 100 KB over HTTP) before the load
+    /// refuses to send anything, 0..1 [default: 0.01]. 1 sends whatever is predicted; the bundle keeps everything.
+    #[arg(long)]
+    pub max_predicted_loss: Option<f64>,
+
     /// Embedding provider: "hashing" (feature hashing, no model), "model2vec:DIR" (a local model2vec model
     /// directory: model.safetensors, tokenizer.json, config.json) or "openai:URL" (an OpenAI-compatible server's
     /// base URL, e.g. http://127.0.0.1:11434; POST URL/v1/embeddings) [default: hashing].

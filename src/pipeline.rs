@@ -603,20 +603,9 @@ async fn load_live_cmd(opts: Options, target: &Target) -> Result<()> {
     let sink = target
         .open()?
         .ok_or_else(|| Error::Internal("load_live_cmd without a live target".into()))?;
-    let limits = crate::sink::DeliverLimits {
-        batch_rows: d.batch_rows,
-        parallel: d.parallel,
-    };
     sink.accepts(bundle, &bundle::BundleManifest::load(bundle)?)?;
     sink.healthcheck().await?;
-    deliver(
-        bundle,
-        &plan.work_dir,
-        sink.as_ref(),
-        &limits,
-        &d.checkpoint,
-    )
-    .await
+    deliver(bundle, &plan.work_dir, sink.as_ref(), d).await
 }
 
 /// Sends a finished bundle to a sink through the one loader, reads back what the target kept, and writes the
@@ -625,13 +614,46 @@ async fn deliver(
     bundle: &Path,
     work: &WorkDir,
     sink: &dyn crate::sink::Sink,
-    limits: &crate::sink::DeliverLimits,
-    checkpoint_file: &Path,
+    d: &plan::DeliverPlan,
 ) -> Result<()> {
     let _lock = work.lock()?;
+    let limits = &crate::sink::DeliverLimits {
+        batch_rows: d.batch_rows,
+        parallel: d.parallel,
+    };
+    let checkpoint_file = d.checkpoint.as_path();
     let manifest = bundle::BundleManifest::load(bundle)?;
     // Everything that can be checked before the first write is checked first: nothing half-sent on bad input.
     sink.accepts(bundle, &manifest)?;
+    // What the target would drop while answering "ok": shown, and a load over the limit is refused.
+    let prediction = sink.predict_loss(bundle, &manifest)?;
+    if let Some(p) = &prediction {
+        if p.lost > 0 {
+            println!("predicted silent loss in {}:", sink.identity());
+            print!("{}", p.rendered);
+        }
+        let share = if p.total == 0 {
+            0.0
+        } else {
+            p.lost as f64 / p.total as f64
+        };
+        if share > d.max_predicted_loss {
+            return Err(Error::usage(format!(
+                "{}: {} of {} memories ({:.1}%) are predicted to be dropped silently, over --max-predicted-loss {} \
+                 ({}%); nothing was sent.\n  {}\n  Fix: give each memory a text that tells it apart (--text-columns \
+                 with the columns that differ between rows, e.g. the key; or --sql with your own text), or a real \
+                 embedding model (--embedding-provider model2vec:DIR); or send anyway with --max-predicted-loss 1 \
+                 (the bundle keeps every memory)",
+                sink.identity(),
+                p.lost,
+                p.total,
+                100.0 * share,
+                d.max_predicted_loss,
+                100.0 * d.max_predicted_loss,
+                p.worst.join("\n  ")
+            )));
+        }
+    }
     let checksums: Vec<&str> = manifest
         .spaces
         .iter()
@@ -662,8 +684,9 @@ async fn deliver(
         },
     };
     let checks = validate::check_target(bundle, &read_back, &vopts).await?;
-    let delivery =
+    let mut delivery =
         report::Delivery::new(sink, bundle, &out, &read_back, &checks, started.elapsed());
+    delivery.predicted_lost = prediction.map(|p| p.lost);
     report::save_delivery(&work.report(), &delivery)?;
     println!(
         "loaded {} into {}: sent {} memories{} in {:.1} s ({:.0} memories/s)",
@@ -743,18 +766,7 @@ pub async fn run_cmd(opts: Options) -> Result<()> {
         .ok_or_else(|| Error::Internal("a run plan without a bundle".into()))?;
     run_bundle(opts, plan.clone(), &bundle_dir).await?;
     if let (Some(sink), Some(d)) = (sink, &plan.deliver) {
-        let limits = crate::sink::DeliverLimits {
-            batch_rows: d.batch_rows,
-            parallel: d.parallel,
-        };
-        deliver(
-            &bundle_dir,
-            &plan.work_dir,
-            sink.as_ref(),
-            &limits,
-            &d.checkpoint,
-        )
-        .await?;
+        deliver(&bundle_dir, &plan.work_dir, sink.as_ref(), d).await?;
     }
     Ok(())
 }

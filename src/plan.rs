@@ -20,6 +20,8 @@ use crate::workdir::WorkDir;
 pub const DEFAULT_BATCH_ROWS: usize = 8192;
 /// Memories per acknowledged (checkpointed) batch of a live load.
 pub const DEFAULT_TARGET_BATCH_ROWS: usize = 1000;
+/// The seed's own threshold: a load that would silently lose more than 1% is refused unless told otherwise.
+pub const DEFAULT_MAX_PREDICTED_LOSS: f64 = 0.01;
 /// Requests or streams in flight to a live target.
 pub const DEFAULT_TARGET_PARALLEL: usize = 16;
 
@@ -102,6 +104,8 @@ pub struct EmbeddingPlan {
 pub struct DeliverPlan {
     /// The `--target` URL (no credentials are allowed in it).
     pub target: String,
+    /// The load refuses when the sink predicts a larger share of silent drops.
+    pub max_predicted_loss: f64,
     pub sink: &'static str,
     pub batch_rows: usize,
     pub parallel: usize,
@@ -227,8 +231,18 @@ impl RunPlan {
             None => None,
         };
         let workers = o.workers();
+        let max_predicted_loss = match o.max_predicted_loss {
+            Some(f) if !(0.0..=1.0).contains(&f) => {
+                return Err(Error::usage(format!(
+                    "--max-predicted-loss {f}: must be between 0 and 1"
+                )))
+            }
+            Some(f) => f,
+            None => DEFAULT_MAX_PREDICTED_LOSS,
+        };
         let deliver = deliver.map(|(sink, target)| DeliverPlan {
             target,
+            max_predicted_loss,
             sink,
             // `load` only delivers: the old spellings --batch-size/--parallel-workers still mean the target's there.
             batch_rows: match command {
@@ -379,8 +393,9 @@ impl RunPlan {
             Some(d) => line(
                 "deliver",
                 format!(
-                    "{} ({} sink), batches of {} memories, {} in flight, health-checked before anything is read",
-                    d.target, d.sink, d.batch_rows, d.parallel
+                    "{} ({} sink), batches of {} memories, {} in flight, health-checked before anything is read, \
+                     refused if over {}% of the memories are predicted lost",
+                    d.target, d.sink, d.batch_rows, d.parallel, 100.0 * d.max_predicted_loss
                 ),
             ),
             None => line("deliver", "no live target: the bundle is the target".into()),

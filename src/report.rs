@@ -116,6 +116,8 @@ pub struct Delivery {
     pub seconds: f64,
     pub memories_per_second: f64,
     pub rejected: u64,
+    /// What the sink predicted the target would drop silently, before sending (None: no prediction).
+    pub predicted_lost: Option<u64>,
     /// Every target check passed: the target holds every bundle memory as the bundle has it.
     pub complete: bool,
     /// The target checks (sql/validate/target_*.sql) over the sink's read-back.
@@ -144,6 +146,7 @@ impl Delivery {
             seconds: elapsed.as_secs_f64(),
             memories_per_second: out.rows_per_second,
             rejected: out.rejected.len() as u64,
+            predicted_lost: None,
             complete: checks.iter().all(|c| c.passed),
             checks: checks.to_vec(),
             read_back: rb.details.clone(),

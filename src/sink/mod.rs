@@ -85,6 +85,17 @@ pub struct ReadBack {
     pub rendered: String,
 }
 
+/// What a target is predicted to lose silently of a bundle, before anything is sent.
+#[derive(Debug, Clone)]
+pub struct LossPrediction {
+    pub lost: u64,
+    pub total: u64,
+    /// The table for people.
+    pub rendered: String,
+    /// One line per space that loses something, worst first as the sink orders them.
+    pub worst: Vec<String>,
+}
+
 /// A target that loads finished bundles. Writes must be idempotent (keyed by memory id): a resumed load sends
 /// the unacknowledged tail again.
 #[async_trait::async_trait]
@@ -97,6 +108,15 @@ pub trait Sink: Send + Sync {
     async fn healthcheck(&self) -> Result<()>;
     /// What can be decided from the bundle alone, before any write: a refusal is an error naming the fix.
     fn accepts(&self, bundle: &Path, manifest: &BundleManifest) -> Result<()>;
+    /// What the target would silently drop of this bundle (a target that answers "ok" and keeps less), predicted
+    /// from the bundle alone. Default: nothing is predicted.
+    fn predict_loss(
+        &self,
+        _bundle: &Path,
+        _manifest: &BundleManifest,
+    ) -> Result<Option<LossPrediction>> {
+        Ok(None)
+    }
     /// Idempotent schema work before data (Engram: spaces).
     async fn prepare(&self, manifest: &BundleManifest) -> Result<()>;
     /// Rows per unit for this target.

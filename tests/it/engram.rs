@@ -332,7 +332,8 @@ fn fixture_bundle_over_http_and_grpc_report_matches_the_standin() {
         } else {
             standin.http_target()
         };
-        let out = load(&bundle, &target, &[]);
+        // Past the default limit on predicted loss: the hashing embeddings of the fixture collapse.
+        let out = load(&bundle, &target, &["--max-predicted-loss", "1"]);
         let r = report(&bundle);
         let dropped = r["verification"]["not_kept"].as_array().unwrap().len();
         // Exit 5 exactly when the server did not keep everything; the report says why.
@@ -406,7 +407,14 @@ fn each_silent_drop_is_reported_with_its_reason_over_http_and_grpc() {
         let out = load(
             &bundle,
             &target,
-            &["--batch-size", "7", "--parallel-workers", "1"],
+            &[
+                "--batch-size",
+                "7",
+                "--parallel-workers",
+                "1",
+                "--max-predicted-loss",
+                "1",
+            ],
         );
         assert_eq!(code(&out), 5, "memories were dropped: validation exit code");
         let r = report(&bundle);
@@ -602,16 +610,52 @@ fn run_into_a_live_target_writes_the_bundle_then_loads_it() {
         } else {
             standin.http_target()
         };
-        let out = run(&[
+        // By default the predicted loss (hashing embeddings of the fixture collapse) stops the load: exit 2,
+        // the bundle written and validated, nothing sent.
+        let fx = fixture();
+        let args = [
             "run",
             "--source",
-            p(&fixture()),
+            p(&fx),
             "--bundle",
             p(&bundle),
             "--target",
             target.as_str(),
-        ]);
+        ];
+        let out = run(&args);
+        assert_eq!(code(&out), 2, "grpc={grpc}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("predicted to be dropped silently"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("--max-predicted-loss 1"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(
+            standin.state.requests.load(Ordering::SeqCst),
+            0,
+            "nothing sent"
+        );
+        assert!(bundle.join("bundle.json").is_file());
+        // Told to send anyway: the same command resumes (the bundle is done) and loads, one write at a time so
+        // the server sees the bundle's order (with writes in flight together, which of two near-duplicates in a
+        // chain arrives first varies, and so does the count by a few).
+        let out = run(&[
+            &args[..],
+            &["--max-predicted-loss", "1", "--target-parallel", "1"][..],
+        ]
+        .concat());
         let r = report(&bundle);
+        // The prediction was right: what the stand-in dropped is what was predicted (within 1%).
+        let predicted = r["predicted_lost"].as_u64().unwrap();
+        let dropped = r["verification"]["not_kept"].as_array().unwrap().len() as u64;
+        assert!(
+            predicted.abs_diff(dropped) * 100 <= dropped.max(1),
+            "predicted {predicted}, dropped {dropped}"
+        );
         let dropped = r["verification"]["not_kept"].as_array().unwrap().len();
         assert_eq!(
             code(&out),

@@ -201,6 +201,8 @@ fn plan_shows_the_plan_run_executes_for_every_source_and_target_kind() {
                 "50",
                 "--target-parallel",
                 "3",
+                "--max-predicted-loss",
+                "1",
             ],
             &work(name),
             5,

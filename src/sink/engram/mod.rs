@@ -10,6 +10,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod predict;
 pub mod proto;
 pub mod verify;
 
@@ -512,6 +513,42 @@ impl crate::sink::Sink for EngramSink {
                 },
             })
             .collect())
+    }
+
+    /// Replays Engram's near-duplicate filter and per-space limit over the bundle (and the HTTP size limit).
+    fn predict_loss(
+        &self,
+        bundle: &Path,
+        manifest: &BundleManifest,
+    ) -> Result<Option<crate::sink::LossPrediction>> {
+        let p = predict::predict(bundle, manifest, self.target.space_limit)?;
+        let protocol = self.target.protocol;
+        Ok(Some(crate::sink::LossPrediction {
+            lost: p.lost(protocol),
+            total: p.memories,
+            rendered: p.render(protocol),
+            worst: p
+                .spaces
+                .iter()
+                .filter(|s| s.lost(protocol) > 0)
+                .map(|s| {
+                    format!(
+                        "{}: {} of {} ({} near-duplicates, {} of them identical embeddings; {} over the limit{})",
+                        s.space,
+                        s.lost(protocol),
+                        s.memories,
+                        s.near_duplicates,
+                        s.identical,
+                        s.over_limit,
+                        if protocol == Protocol::Http && s.too_large_for_http > 0 {
+                            format!("; {} contents over 100 KB, which gRPC accepts", s.too_large_for_http)
+                        } else {
+                            String::new()
+                        }
+                    )
+                })
+                .collect(),
+        }))
     }
 
     /// Engram deletes nothing: `DELETE /api/v1/memories/{id}` answers 200 with `"status": "not_supported"` and
