@@ -944,3 +944,38 @@ fn rollback_of_an_engram_load_is_refused_and_changes_nothing() {
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("deleting it"), "{}", stderr(&out));
 }
+
+/// Every space of the bundle is created before the first memory is sent, several at once (a real server takes
+/// ~14 s per space), and each memory lands in its space.
+#[test]
+fn spaces_are_created_up_front_and_concurrently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spaces: Vec<(String, Vec<TestMemory>)> = (0..8)
+        .map(|s| {
+            (
+                format!("space_{s}"),
+                (0..3)
+                    .map(|i| mem(&format!("m{s}_{i}"), unit_vector(3000 + s * 10 + i), 0.7))
+                    .collect(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, Vec<TestMemory>)> = spaces
+        .iter()
+        .map(|(n, m)| (n.as_str(), m.clone()))
+        .collect();
+    let bundle = write_bundle(&tmp.path().join("spaces.bundle"), &refs, 768);
+    let standin = Standin::start(Config {
+        space_creation: Duration::from_millis(300),
+        ..Default::default()
+    });
+    let out = load(&bundle, &standin.http_target(), &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        standin.state.max_creating_at_once.load(Ordering::SeqCst) >= 2,
+        "spaces were created one by one"
+    );
+    for (name, _) in &spaces {
+        assert_eq!(standin.state.ids(name).len(), 3, "{name}");
+    }
+}

@@ -68,6 +68,8 @@ pub struct Config {
     /// Health endpoints answer 503 with a well-formed body ("unhealthy" / "degraded", the "spreading" check
     /// failing) while every other API works: what a real server on a busy machine did for minutes.
     pub unhealthy: AtomicBool,
+    /// How long creating a space takes (a real server: ~14 s).
+    pub space_creation: Duration,
     pub delay: Duration,
     pub streaming: AtomicBool,
 }
@@ -80,6 +82,7 @@ impl Default for Config {
             fail_next: AtomicUsize::new(0),
             rate_limited: AtomicBool::new(false),
             unhealthy: AtomicBool::new(false),
+            space_creation: Duration::ZERO,
             delay: Duration::ZERO,
             streaming: AtomicBool::new(true),
         }
@@ -97,6 +100,9 @@ pub struct State {
     /// Remember requests received, including refused and failed ones.
     pub requests: AtomicU64,
     seq: AtomicU64,
+    /// Space creations in progress now, and the most there were at once.
+    creating: AtomicU64,
+    pub max_creating_at_once: AtomicU64,
 }
 
 fn valid_space(s: &str) -> bool {
@@ -136,6 +142,8 @@ impl State {
             spaces: Mutex::new(BTreeMap::new()),
             writes: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
+            creating: AtomicU64::new(0),
+            max_creating_at_once: AtomicU64::new(0),
             seq: AtomicU64::new(0),
         }
     }
@@ -341,6 +349,11 @@ async fn create_space(
     if !valid_space(&id) {
         return error(400, "INVALID_MEMORY_SPACE", "invalid memory space id");
     }
+    let now_creating = st.creating.fetch_add(1, Ordering::SeqCst) + 1;
+    st.max_creating_at_once
+        .fetch_max(now_creating, Ordering::SeqCst);
+    tokio::time::sleep(st.config.space_creation).await;
+    st.creating.fetch_sub(1, Ordering::SeqCst);
     st.spaces
         .lock()
         .unwrap()
