@@ -220,12 +220,7 @@ async fn run_checks(
                 examples.push(crate::json::row_object(b, r)?);
             }
         }
-        let description = sql
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("--"))
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let description = description_of(&sql);
         results.push(CheckResult {
             name,
             description,
@@ -731,6 +726,36 @@ fn register_sample(
 }
 
 /// Prints one line per check and up to 3 offending rows of each failed one.
+/// A check's description: its leading comment block, whole (a description cut at the first line's end stopped
+/// mid-sentence).
+fn description_of(sql: &str) -> String {
+    sql.lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .map_while(|l| l.strip_prefix("--"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let last = lines.last_mut().expect("one line");
+        if !last.is_empty() && last.chars().count() + 1 + word.chars().count() > width {
+            lines.push(word.to_string());
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(word);
+        }
+    }
+    lines
+}
+
 pub fn print_results(results: &[CheckResult]) {
     println!("validation:");
     for r in results {
@@ -739,10 +764,15 @@ pub fn print_results(results: &[CheckResult]) {
         } else {
             format!("FAIL ({} rows)", r.offending_rows)
         };
+        // The description wraps under its column instead of being cut.
+        let text = wrap(&r.description, 72);
         println!(
             "  {:<20} {:<14} {:>6.1}s  {}",
-            r.name, status, r.seconds, r.description
+            r.name, status, r.seconds, text[0]
         );
+        for more in &text[1..] {
+            println!("  {:<20} {:<14} {:>6}   {more}", "", "", "");
+        }
         for e in r.examples.iter().take(3) {
             println!("      {}", Value::Object(e.clone()));
         }
@@ -756,6 +786,25 @@ pub fn count_failed(results: &[CheckResult]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptions_are_whole_and_wrap() {
+        for (name, sql) in BUILTIN_CHECKS.iter().chain(TARGET_CHECKS) {
+            let d = description_of(sql);
+            assert!(
+                d.ends_with('.') || d.ends_with(')'),
+                "{name}: description cut: {d:?}"
+            );
+            assert!(!d.contains("--"), "{name}: {d:?}");
+            for line in wrap(&d, 72) {
+                assert!(
+                    line.chars().count() <= 72 || !line.contains(' '),
+                    "{name}: {line:?}"
+                );
+            }
+            assert_eq!(wrap(&d, 72).join(" "), d, "{name}: wrapping loses nothing");
+        }
+    }
 
     /// duplicate_ids follows the target's rule: the same id in two spaces is fine in Engram, a duplicate in a
     /// graph target; the same id twice in one space is a duplicate in both.
