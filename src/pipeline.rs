@@ -210,10 +210,7 @@ impl Ctx {
     fn from_plan(plan: RunPlan, opts: Options) -> Ctx {
         let work = plan.work_dir.root().to_path_buf();
         let report = RunReport {
-            command: serde_json::to_value(plan.command)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
+            command: plan.command.name().into(),
             run_id: run_id(),
             started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             target: plan

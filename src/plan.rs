@@ -36,6 +36,18 @@ pub enum Command {
     Validate,
 }
 
+impl Command {
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Run => "run",
+            Command::Snapshot => "snapshot",
+            Command::Transform => "transform",
+            Command::Load => "load",
+            Command::Validate => "validate",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunPlan {
     pub command: Command,
@@ -194,7 +206,7 @@ impl RunPlan {
                     return Err(Error::usage(format!(
                         "--target {spec}: `{}` works on the bundle; give the bundle directory as --target (or use \
                          `run --bundle DIR --target {spec}`)",
-                        serde_json::to_value(command).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+                        command.name()
                     )));
                 }
                 let bundle = o.bundle.as_deref().map(crate::sink::bundle_path).ok_or_else(|| {
@@ -219,13 +231,11 @@ impl RunPlan {
             Some(spec) => Some(source_plan(o, spec)?),
             None => None,
         };
-        let snapshot = source.as_ref().map(|s| {
-            if s.kind == SourceKind::Snapshot {
-                PathBuf::from(o.require_source().unwrap_or_default())
-            } else {
-                work_dir.snapshot()
-            }
-        });
+        let snapshot = match (&source, source_spec) {
+            (Some(s), Some(spec)) if s.kind == SourceKind::Snapshot => Some(PathBuf::from(spec)),
+            (Some(_), _) => Some(work_dir.snapshot()),
+            _ => None,
+        };
         let mapping = match &source {
             Some(s) => Some(mapping_plan(o, s.origin)?),
             None => None,
