@@ -179,7 +179,8 @@ pub struct Options {
     #[arg(long)]
     pub cache_size: Option<usize>,
 
-    /// Confidence of every memory, 0..1 [default: 0.7].
+    /// Confidence of every memory, 0..1 [default: 0.7; graph (Bolt) sources: 0.5, Engram's MEDIUM, as the Engram
+    /// team's Neo4j plan has it].
     #[arg(long)]
     pub confidence: Option<f32>,
 
@@ -195,7 +196,8 @@ pub struct Options {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Checkpoint file of the load stage [default: <work-dir>/checkpoint.json].
+    /// Checkpoint file of the load stage [default: <work-dir>/checkpoint.json; of a live load:
+    /// <work-dir>/load-checkpoint.json].
     #[arg(long)]
     pub checkpoint_file: Option<PathBuf>,
 

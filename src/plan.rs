@@ -573,3 +573,82 @@ pub fn mapping_plan(o: &Options, origin: SourceKind) -> Result<MappingPlan> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Args;
+
+    /// The `[default: N]` of a flag's help, as `--help` prints it.
+    fn help_default(flag: &str) -> String {
+        let cmd = Options::augment_args(clap::Command::new("t"));
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag))
+            .unwrap_or_else(|| panic!("--{flag}"));
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let at = help
+            .find("[default: ")
+            .unwrap_or_else(|| panic!("--{flag} states no default: {help}"));
+        help[at + 10..]
+            .split([']', ';'])
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// One source of truth for defaults: what --help says is what a plan made without flags uses, and what the
+    /// shipped mappings use.
+    #[test]
+    fn help_defaults_are_the_defaults_that_run() {
+        let plan = |o: Options| RunPlan::from_options(&o).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("x.sqlite");
+        std::fs::write(&db, b"").unwrap();
+        let o = Options {
+            source: Some(db.display().to_string()),
+            target: Some(dir.path().join("b").display().to_string()),
+            ..Default::default()
+        };
+        let p = plan(o.clone());
+        let v = p.validate.clone().unwrap();
+        for (flag, used) in [
+            ("batch-size", p.limits.batch_rows.to_string()),
+            ("sample-size", v.sample_size.to_string()),
+            ("sample-seed", v.sample_seed.to_string()),
+            ("memory-limit-mb", p.limits.memory_limit_mb.to_string()),
+            ("max-file-mb", p.limits.max_file_mb.to_string()),
+            ("max-predicted-loss", DEFAULT_MAX_PREDICTED_LOSS.to_string()),
+            ("target-batch-size", DEFAULT_TARGET_BATCH_ROWS.to_string()),
+            ("target-parallel", DEFAULT_TARGET_PARALLEL.to_string()),
+            ("embedding-provider", p.embedding.provider.clone()),
+            (
+                "embedding-request-size",
+                p.embedding.request_size.to_string(),
+            ),
+        ] {
+            assert_eq!(help_default(flag), used, "--{flag}");
+        }
+        let MappingPlan::Generic(m) = &p.mapping.as_ref().unwrap() else {
+            panic!("a SQLite file maps generically")
+        };
+        assert_eq!(help_default("confidence"), m.confidence.to_string());
+        assert_eq!(help_default("activation"), m.activation.to_string());
+        let g = GraphMapping::default();
+        assert_eq!(g.activation.to_string(), help_default("activation"));
+        let cmd = Options::augment_args(clap::Command::new("t"));
+        let confidence = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some("confidence"))
+            .unwrap();
+        assert!(
+            confidence
+                .get_help()
+                .unwrap()
+                .to_string()
+                .contains(&format!("graph (Bolt) sources: {}", g.confidence)),
+            "the graph default in --help is the graph mapping's"
+        );
+    }
+}
