@@ -131,8 +131,12 @@ pub fn mapping_sql(
     Ok((sql, format!("{} ({from})", path.display())))
 }
 
-fn provider(opts: &Options) -> Result<std::sync::Arc<dyn EmbeddingProvider>> {
-    let spec = opts.embedding_provider.as_deref().unwrap_or("hashing");
+/// The plan's embedding provider; the API key (never in the plan) comes from the options.
+fn provider(
+    e: &plan::EmbeddingPlan,
+    opts: &Options,
+) -> Result<std::sync::Arc<dyn EmbeddingProvider>> {
+    let spec = e.provider.as_str();
     if spec == "hashing" {
         return Ok(std::sync::Arc::new(HashingProvider::new()));
     }
@@ -142,14 +146,14 @@ fn provider(opts: &Options) -> Result<std::sync::Arc<dyn EmbeddingProvider>> {
         ))?));
     }
     if let Some(url) = spec.strip_prefix("openai:") {
-        let model = opts.embedding_model.clone().ok_or_else(|| {
+        let model = e.model.clone().ok_or_else(|| {
             Error::usage("--embedding-provider openai:URL needs --embedding-model (or ENGRAM_EMBEDDING_MODEL)")
         })?;
         let http = crate::embed::openai::OpenAiOptions {
             url: url.to_string(),
             model,
             api_key: opts.embedding_api_key.as_ref().map(|k| k.0.clone()),
-            request_size: opts.embedding_request_size.unwrap_or(128).max(1),
+            request_size: e.request_size,
             ..Default::default()
         };
         return Ok(std::sync::Arc::new(OpenAiProvider::connect(http)?));
@@ -159,29 +163,18 @@ fn provider(opts: &Options) -> Result<std::sync::Arc<dyn EmbeddingProvider>> {
     )))
 }
 
-/// The stage's embedder for this run: the provider, the bounded in-memory cache and the persistent cache.
-fn embedder(opts: &Options, work: &Path) -> Result<Embedder> {
-    let provider = provider(opts)?;
+/// The stage's embedder for this run: the provider, the bounded in-memory cache and the persistent cache, sized
+/// as the plan says.
+fn embedder(e: &plan::EmbeddingPlan, opts: &Options, work: &Path) -> Result<Embedder> {
+    let provider = provider(e, opts)?;
     let name = provider.name();
     let dim = provider.dimension();
-    let e = Embedder::new(
-        provider,
-        opts.cache_size
-            .unwrap_or(crate::embed::stage::DEFAULT_CACHE_CAPACITY),
-    )?;
-    // Feature hashing recomputes a vector about as fast as the cache would read it back, so its runs keep their
-    // small memory footprint unless a cache size is asked for.
-    let default_mb = if name == crate::embed::hashing::HASHING_NAME {
-        0
-    } else {
-        1024
-    };
-    let mb = opts.embedding_cache_mb.unwrap_or(default_mb);
-    if mb == 0 {
-        return Ok(e);
+    let embedder = Embedder::new(provider, e.cache_entries)?;
+    if e.cache_mb == 0 {
+        return Ok(embedder);
     }
-    let disk = DiskCache::open(work, &name, dim, (mb as usize) << 20)?;
-    e.with_disk_cache(disk)
+    let disk = DiskCache::open(work, &name, dim, (e.cache_mb as usize) << 20)?;
+    embedder.with_disk_cache(disk)
 }
 
 fn fresh(plan: &RunPlan) -> Result<()> {
@@ -247,7 +240,7 @@ impl Ctx {
     /// The run's embedding dimension: the provider's own (made here if the command has not made it yet).
     fn embedding_dim(&mut self) -> Result<usize> {
         if self.embedder.is_none() {
-            self.embedder = Some(embedder(&self.opts, &self.work)?);
+            self.embedder = Some(embedder(&self.plan.embedding, &self.opts, &self.work)?);
         }
         Ok(self
             .embedder
@@ -349,7 +342,7 @@ impl Ctx {
         let target = self.bundle_dir()?;
         let mut embedder = match self.embedder.take() {
             Some(e) => e,
-            None => embedder(&self.opts, &self.work)?,
+            None => embedder(&self.plan.embedding, &self.opts, &self.work)?,
         };
         // A run killed after its bundle was renamed into place (but before it finished) left a complete bundle
         // of this very input: keep it instead of asking for --overwrite.
@@ -600,19 +593,19 @@ async fn load_live_cmd(opts: Options, target: &Target) -> Result<()> {
     let sink = target
         .open()?
         .ok_or_else(|| Error::Internal("load_live_cmd without a live target".into()))?;
-    sink.accepts(bundle, &bundle::BundleManifest::load(bundle)?)?;
-    sink.healthcheck().await?;
-    deliver(bundle, &plan.work_dir, sink.as_ref(), d).await
+    deliver(&plan, bundle, sink.as_ref(), d).await
 }
 
 /// Sends a finished bundle to a sink through the one loader, reads back what the target kept, and writes the
 /// "delivery" section of `report.json`. Exit 5 (validation failed) when the target does not hold every memory.
+/// Order: what the bundle alone decides (accepts, predicted loss), then the target's health, then the load.
 async fn deliver(
+    plan: &RunPlan,
     bundle: &Path,
-    work: &WorkDir,
     sink: &dyn crate::sink::Sink,
     d: &plan::DeliverPlan,
 ) -> Result<()> {
+    let work = &plan.work_dir;
     let _lock = work.lock()?;
     let limits = &crate::sink::DeliverLimits {
         batch_rows: d.batch_rows,
@@ -651,6 +644,7 @@ async fn deliver(
             )));
         }
     }
+    sink.healthcheck().await?;
     let checksums: Vec<&str> = manifest
         .spaces
         .iter()
@@ -671,14 +665,9 @@ async fn deliver(
         sample_size: 0,
         sample_seed: 0,
         extra_checks: None,
-        workers: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2),
-        batch_size: plan::DEFAULT_BATCH_ROWS,
-        memory: transform::SqlMemory {
-            limit_bytes: 2048 << 20,
-            spill_dir: work.spill(),
-        },
+        workers: plan.limits.workers,
+        batch_size: plan.limits.batch_rows,
+        memory: sql_memory(plan),
     };
     let checks = validate::check_target(bundle, &read_back, &vopts).await?;
     let mut delivery =
@@ -763,7 +752,7 @@ pub async fn run_cmd(opts: Options) -> Result<()> {
         .ok_or_else(|| Error::Internal("a run plan without a bundle".into()))?;
     run_bundle(opts, plan.clone(), &bundle_dir).await?;
     if let (Some(sink), Some(d)) = (sink, &plan.deliver) {
-        deliver(&bundle_dir, &plan.work_dir, sink.as_ref(), d).await?;
+        deliver(&plan, &bundle_dir, sink.as_ref(), d).await?;
     }
     Ok(())
 }
@@ -798,7 +787,7 @@ async fn run_bundle(mut opts: Options, plan: RunPlan, bundle_dir: &Path) -> Resu
     }
     crate::parquet_io::write_atomic(&ctx.plan.work_dir.plan(), &record)?;
     let r = async {
-        ctx.embedder = Some(embedder(&ctx.opts, &ctx.work)?);
+        ctx.embedder = Some(embedder(&ctx.plan.embedding, &ctx.opts, &ctx.work)?);
         let (dir, manifest) = ctx.snapshot()?;
         let (summary, sql, origin) = ctx.transform(&dir, &manifest).await?;
         ctx.load(&summary, &origin)?;
@@ -884,7 +873,7 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
     match RunPlan::from_options(&opts) {
         Ok(plan) => {
             // A provider that cannot be loaded (model directory, endpoint) fails here, as it would in `run`.
-            provider(&opts)?;
+            provider(&plan.embedding, &opts)?;
             println!("plan:");
             print!("{}", plan.render());
             if let Some(b) = plan.bundle.as_ref().filter(|b| b.exists()) {

@@ -29,7 +29,6 @@ use crate::schema::{is_valid_space_id, memory};
 /// Engram stores exactly this many floats per embedding. Shorter bundle vectors are zero-padded when sent (cosine
 /// similarity is unchanged); longer ones are refused before anything is sent.
 pub const ENGRAM_DIM: usize = 768;
-const EMBEDDING_DIM: usize = ENGRAM_DIM;
 
 /// Environment variable that holds the API key (`engram_key_<id>_<secret>`) when the server has auth on.
 pub const DEFAULT_TOKEN_ENV: &str = "ENGRAM_API_KEY";
@@ -243,15 +242,15 @@ fn check_part_schema(path: &Path) -> Result<()> {
     })?;
     match f.data_type() {
         DataType::FixedSizeList(item, n)
-            if (1..=EMBEDDING_DIM).contains(&(*n as usize)) && item.data_type() == &DataType::Float32 =>
+            if (1..=ENGRAM_DIM).contains(&(*n as usize)) && item.data_type() == &DataType::Float32 =>
         {
             Ok(())
         }
         other => Err(Error::source_err(
             path.display().to_string(),
             format!(
-                "embeddings are {other}, but Engram stores {EMBEDDING_DIM} floats per memory (shorter vectors are \
-                 zero-padded); rebuild the bundle with an embedding of at most {EMBEDDING_DIM} dimensions (nothing was sent)"
+                "embeddings are {other}, but Engram stores {ENGRAM_DIM} floats per memory (shorter vectors are \
+                 zero-padded); rebuild the bundle with an embedding of at most {ENGRAM_DIM} dimensions (nothing was sent)"
             ),
         )),
     }
@@ -277,10 +276,10 @@ pub fn memories_of(batch: &RecordBatch, file: &Path) -> Result<Vec<Memory>> {
     let mut out = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
         let id = ids.value(i);
-        if embeddings.is_null(i) || embeddings.value_length() as usize > EMBEDDING_DIM {
+        if embeddings.is_null(i) || embeddings.value_length() as usize > ENGRAM_DIM {
             return Err(Error::source_err(
                 file.display().to_string(),
-                format!("memory {id:?} has no embedding of at most {EMBEDDING_DIM} floats; Engram would replace it with a constant vector (and collapse such memories); rebuild the bundle"),
+                format!("memory {id:?} has no embedding of at most {ENGRAM_DIM} floats; Engram would replace it with a constant vector (and collapse such memories); rebuild the bundle"),
             ));
         }
         let emb = embeddings.value(i);
@@ -297,7 +296,7 @@ pub fn memories_of(batch: &RecordBatch, file: &Path) -> Result<Vec<Memory>> {
             // Zero-padded to Engram's size: cosine similarity (the server's duplicate rule) is unchanged.
             embedding: {
                 let mut v = emb.values().to_vec();
-                v.resize(EMBEDDING_DIM, 0.0);
+                v.resize(ENGRAM_DIM, 0.0);
                 v
             },
             confidence: confidence.value(i).clamp(0.0, 1.0),

@@ -155,15 +155,21 @@ struct Replay {
     buckets: HashMap<u32, Vec<usize>>,
     /// Up to this many kept memories the search is pair by pair (exact); beyond, through the bands.
     exhaustive_up_to: usize,
+    /// Memories kept, stored or not: beyond `capacity` (the space's limit, all Engram holds in memory to compare
+    /// with) a kept memory is counted but not stored, so the replay's memory is bounded.
+    kept_count: u64,
+    capacity: usize,
 }
 
 impl Replay {
-    fn new(dim: usize, exhaustive_up_to: usize) -> Replay {
+    fn new(dim: usize, exhaustive_up_to: usize, capacity: usize) -> Replay {
         Replay {
             planes: hyperplanes(dim),
             kept: vec![],
             buckets: HashMap::new(),
             exhaustive_up_to,
+            kept_count: 0,
+            capacity,
         }
     }
 
@@ -184,6 +190,10 @@ impl Replay {
                 .find(|(_, c)| *c >= DUPLICATE_COSINE)
         };
         if dup.is_none() {
+            self.kept_count += 1;
+            if self.kept.len() >= self.capacity {
+                return None;
+            }
             for key in keys {
                 self.buckets.entry(key).or_default().push(self.kept.len());
             }
@@ -231,7 +241,8 @@ pub fn predict(bundle: &Path, manifest: &BundleManifest, space_limit: u64) -> Re
                 };
                 let values = embs.values().as_primitive::<Float32Type>().clone();
                 let dim = embs.value_length() as usize;
-                let r = replay.get_or_insert_with(|| Replay::new(dim, EXHAUSTIVE_UP_TO));
+                let capacity = usize::try_from(space_limit).unwrap_or(usize::MAX);
+                let r = replay.get_or_insert_with(|| Replay::new(dim, EXHAUSTIVE_UP_TO, capacity));
                 for i in 0..b.num_rows() {
                     loss.memories += 1;
                     if contents.value(i).len() > MAX_CONTENT_BYTES {
@@ -254,7 +265,7 @@ pub fn predict(bundle: &Path, manifest: &BundleManifest, space_limit: u64) -> Re
                 }
             }
         }
-        let kept = replay.map_or(0, |r| r.kept.len()) as u64;
+        let kept = replay.map_or(0, |r| r.kept_count);
         loss.over_limit = kept.saturating_sub(space_limit);
         out.memories += loss.memories;
         out.spaces.push(loss);
@@ -351,7 +362,7 @@ mod tests {
         let mut flat = vec![0.0; refs.len() * 768];
         HashingProvider::new().embed(&refs, &mut flat).unwrap();
         let count = |exhaustive_up_to| {
-            let mut r = Replay::new(768, exhaustive_up_to);
+            let mut r = Replay::new(768, exhaustive_up_to, usize::MAX);
             flat.chunks_exact(768)
                 .enumerate()
                 .filter(|(i, v)| r.offer(&i.to_string(), v).is_some())
