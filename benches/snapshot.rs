@@ -44,9 +44,11 @@ fn bench(c: &mut Criterion) {
                     workers: 2,
                     include: vec![],
                     exclude: vec![],
+                    reuse_stale: false,
                 },
             )
-            .unwrap();
+            .unwrap()
+            .manifest;
             black_box(m.total_rows())
         })
     });

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 
@@ -209,6 +210,12 @@ pub struct Options {
     #[arg(long)]
     pub fresh: bool,
 
+    /// Use the complete snapshot in the work directory even though the source has changed since it was taken
+    /// (a re-run otherwise stops and names the changes): the old data is migrated, and validated against the
+    /// snapshot instead of the changed source.
+    #[arg(long, conflicts_with = "fresh")]
+    pub reuse_snapshot: bool,
+
     /// Rows sampled for the value-by-value comparison of validation [default: 1000].
     #[arg(long)]
     pub sample_size: Option<usize>,
@@ -292,6 +299,86 @@ impl Options {
         Ok(out)
     }
 
+    /// The options as a work directory records them (`<work>/plan.json`): no secrets (the source password, the
+    /// API key, a URL's password), nothing that only concerns one invocation.
+    pub fn recordable(&self) -> Result<Options> {
+        let mut v = self.as_json()?;
+        if let Some(m) = v.as_object_mut() {
+            m.retain(|k, _| role(k) != Some(Role::Invocation));
+            for key in ["source", "target"] {
+                if let Some(Value::String(url)) = m.get(key) {
+                    if url.contains("://") {
+                        let redacted = crate::source::redact_url(url);
+                        m.insert(key.into(), Value::String(redacted));
+                    }
+                }
+            }
+        }
+        serde_json::from_value(v).map_err(|e| Error::Internal(format!("recorded options: {e}")))
+    }
+
+    /// This command's options completed from the run recorded in its work directory, so `validate --work-dir W`
+    /// (and `transform`, `load`) need no flags: an option not given is taken from the record. One given that
+    /// shapes a stage this command does not redo (e.g. `--bidirectional` for `validate`: the bundle was made
+    /// without it) is an error naming it, since the result on disk was made otherwise. Options that only tune
+    /// (batch sizes, workers) may differ; options of one invocation (`--fresh`, `--quiet`) are never taken.
+    pub fn continuing(self, recorded: &Options, redoes: Role) -> Result<Options> {
+        let mut now = self.as_json()?;
+        let then = recorded.as_json()?;
+        let (Some(flags), Some(then)) = (now.as_object_mut(), then.as_object()) else {
+            return Err(Error::Internal("options are not a JSON object".into()));
+        };
+        for (key, recorded_value) in then {
+            let Some(r) = role(key) else { continue };
+            if r == Role::Invocation || is_unset(recorded_value) {
+                continue;
+            }
+            let given = flags.get(key).filter(|v| !is_unset(v)).cloned();
+            match given {
+                None => {
+                    if key == "source"
+                        && recorded_value.as_str().is_some_and(|u| u.contains(":***@"))
+                    {
+                        return Err(Error::usage(format!(
+                            "the run in this work directory read {}; its password is not kept: give --source \
+                             again with the password",
+                            recorded_value.as_str().unwrap_or_default()
+                        )));
+                    }
+                    flags.insert(key.clone(), recorded_value.clone());
+                }
+                Some(v) if r < redoes && !same_value(key, &v, recorded_value) => {
+                    return Err(Error::usage(format!(
+                        "--{key} {}: the run in this work directory was made with {}, and this command does not \
+                         redo what it shapes. Leave it out (the recorded value is used), or make the run again \
+                         with it (`run --{key} ...`, which redoes what it changes)",
+                        shown(&v),
+                        shown(recorded_value)
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        // A shaping option the run did not have, given now, differs too (e.g. `--bidirectional` on a run without).
+        for (key, v) in flags.iter() {
+            let Some(r) = role(key) else { continue };
+            let recorded_unset = then.get(key).is_none_or(is_unset);
+            if r < redoes && recorded_unset && !is_unset(v) {
+                return Err(Error::usage(format!(
+                    "--{key} {}: the run in this work directory was made without it, and this command does not \
+                     redo what it shapes. Leave it out, or make the run again with it",
+                    shown(v)
+                )));
+            }
+        }
+        serde_json::from_value(now)
+            .map_err(|e| Error::Internal(format!("options from the record: {e}")))
+    }
+
+    fn as_json(&self) -> Result<Value> {
+        serde_json::to_value(self).map_err(|e| Error::Internal(format!("options as JSON: {e}")))
+    }
+
     fn read_file(path: &Path) -> Result<Options> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::usage(format!("config {}: {e}", path.display())))?;
@@ -336,6 +423,94 @@ impl Options {
             })
             .max(1)
     }
+}
+
+/// Absent, false or an empty list: what a flag not given looks like.
+fn is_unset(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+fn same_value(key: &str, given: &Value, recorded: &Value) -> bool {
+    match (key, given.as_str()) {
+        // The record holds a URL without its password.
+        ("source" | "target", Some(url)) if url.contains("://") => {
+            Value::String(crate::source::redact_url(url)) == *recorded
+        }
+        _ => given == recorded,
+    }
+}
+
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Bool(true) => "(set)".into(),
+        other => other.to_string(),
+    }
+}
+
+/// What an option shapes, in the order a run's stages come: a command that continues a recorded run redoes its
+/// own stage and the later ones, so it may change their options, not those of the stages before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// What the snapshot holds.
+    Snapshot,
+    /// What the mapping makes of it (the staged memories and edges).
+    Transform,
+    /// The bundle (embeddings) and where it goes.
+    Load,
+    /// What validation checks.
+    Validate,
+    /// How fast or in what pieces, not what: taken from the record when not given, free to change.
+    Tuning,
+    /// One invocation's: never recorded, never taken from a record.
+    Invocation,
+}
+
+/// Every option's role (by its config-file name). A table, so a new option must be placed in it: a unit test
+/// fails for an option missing here.
+pub fn role(key: &str) -> Option<Role> {
+    use Role::*;
+    Some(match key {
+        "source" | "use-rdb" | "source-db" | "include" | "exclude" | "column-type" => Snapshot,
+        "sql"
+        | "label-to-space"
+        | "memory-space-prefix"
+        | "text-properties"
+        | "weight-property"
+        | "bidirectional"
+        | "activation"
+        | "memory-space"
+        | "table-to-space"
+        | "text-columns"
+        | "timestamp-column"
+        | "confidence"
+        | "skip-edges"
+        | "ttl-as-decay"
+        | "hash-field-memories" => Transform,
+        "target" | "bundle" | "embedding-provider" | "embedding-model" | "reembed" => Load,
+        "validate" | "sample-size" | "sample-seed" | "checks" => Validate,
+        "source-user"
+        | "fetch-size"
+        | "partition-rows"
+        | "batch-size"
+        | "parallel-workers"
+        | "target-batch-size"
+        | "target-parallel"
+        | "max-predicted-loss"
+        | "embedding-request-size"
+        | "embedding-cache-mb"
+        | "cache-size"
+        | "max-file-mb"
+        | "max-file-rows"
+        | "memory-limit-mb" => Tuning,
+        "work-dir" | "config" | "source-password" | "embedding-api-key" | "dry-run"
+        | "checkpoint-file" | "overwrite" | "fresh" | "reuse-snapshot" | "quiet" => Invocation,
+        _ => return None,
+    })
 }
 
 /// A secret (API key, token): shown as `***` by `Debug`, so logging the options never prints it.
@@ -432,6 +607,78 @@ mod tests {
             parse_column_types(&["t.geo=text".into()]).unwrap()[0].1,
             "text"
         );
+    }
+
+    #[test]
+    fn every_option_has_a_role() {
+        let o = serde_json::to_value(Options::default()).unwrap();
+        for key in o.as_object().unwrap().keys() {
+            assert!(
+                role(key).is_some(),
+                "option --{key} has no role in config::role"
+            );
+        }
+    }
+
+    #[test]
+    fn continuing_takes_the_record_and_refuses_a_contradiction() {
+        let recorded = Options {
+            source: Some("postgres://u:secret@h/db".into()),
+            source_password: Some("pw".into()),
+            bidirectional: true,
+            sample_size: Some(50),
+            fresh: true,
+            target: Some("out".into()),
+            ..Default::default()
+        }
+        .recordable()
+        .unwrap();
+        assert_eq!(recorded.source.as_deref(), Some("postgres://u:***@h/db"));
+        assert!(recorded.source_password.is_none() && !recorded.fresh);
+
+        // Nothing given: everything shaping comes from the record, except a password it does not keep.
+        let e = Options::default()
+            .continuing(&recorded, Role::Validate)
+            .unwrap_err();
+        assert!(e.to_string().contains("password is not kept"), "{e}");
+        let given = Options {
+            source: Some("postgres://u:secret@h/db".into()),
+            sample_size: Some(7),
+            ..Default::default()
+        };
+        let o = given.continuing(&recorded, Role::Validate).unwrap();
+        assert!(o.bidirectional, "taken from the record");
+        assert_eq!(
+            o.sample_size,
+            Some(7),
+            "validate may change its own options"
+        );
+        assert_eq!(o.source.as_deref(), Some("postgres://u:secret@h/db"));
+
+        // A contradiction of a stage not redone names the flag.
+        let e = Options {
+            source: Some("postgres://u:secret@h/db".into()),
+            memory_space: Some("x".into()),
+            ..Default::default()
+        }
+        .continuing(&recorded, Role::Validate)
+        .unwrap_err();
+        assert!(e.to_string().contains("--memory-space"), "{e}");
+        // ... which a command redoing that stage may change.
+        assert!(Options {
+            source: Some("postgres://u:secret@h/db".into()),
+            memory_space: Some("x".into()),
+            ..Default::default()
+        }
+        .continuing(&recorded, Role::Transform)
+        .is_ok());
+        let e = Options {
+            source: Some("other.db".into()),
+            ..Default::default()
+        }
+        .continuing(&recorded, Role::Transform)
+        .unwrap_err();
+        assert!(e.to_string().contains("--source"), "{e}");
     }
 
     #[test]

@@ -51,9 +51,47 @@ pub enum Error {
         report: String,
     },
 
+    /// The source is not what the snapshot in the work directory was taken from any more: resuming would mix
+    /// two states, reusing would migrate (and validate against) old data. The user chooses.
+    #[error("{}", source_changed(snapshot, changes, *complete))]
+    SourceChanged {
+        snapshot: String,
+        /// What changed, one line per signal (see `catalog::Fingerprint::changes`).
+        changes: Vec<String>,
+        /// A complete snapshot can be kept on purpose (`--reuse-snapshot`); an interrupted one cannot.
+        complete: bool,
+    },
+
     /// A bug or an impossible state; please report it.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn source_changed(snapshot: &str, changes: &[String], complete: bool) -> String {
+    const SHOWN: usize = 12;
+    let mut lines: Vec<String> = changes
+        .iter()
+        .take(SHOWN)
+        .map(|c| format!("  - {c}"))
+        .collect();
+    if changes.len() > SHOWN {
+        lines.push(format!("  - and {} more", changes.len() - SHOWN));
+    }
+    let choices = if complete {
+        "Choose one:\n\
+         \x20 --fresh            take a new snapshot and migrate the source as it is now (the bundle is rebuilt;\n\
+         \x20                    add --overwrite where the target bundle already exists)\n\
+         \x20 --reuse-snapshot   keep the old snapshot on purpose: migrate and validate the data as it was then\n\
+         \x20 (incremental re-runs, which migrate only the difference, are not built yet)"
+    } else {
+        "An interrupted snapshot cannot be finished from a changed source (it would mix two states): start over\n\
+         with --fresh, or use another --work-dir."
+    };
+    let what = if complete { "" } else { "interrupted " };
+    format!(
+        "the source has changed since the {what}snapshot in {snapshot} was taken:\n{}\n{choices}",
+        lines.join("\n")
+    )
 }
 
 impl Error {
@@ -137,7 +175,7 @@ impl Error {
     /// The process exit code for this error; see `exit`.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) | Error::Sql { .. } => exit::USAGE,
+            Error::Usage(_) | Error::Sql { .. } | Error::SourceChanged { .. } => exit::USAGE,
             Error::Source { .. } => exit::SOURCE,
             Error::Target { .. } | Error::Io { .. } => exit::TARGET,
             Error::ValidationFailed { .. } => exit::VALIDATION,

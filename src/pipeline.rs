@@ -50,6 +50,7 @@ pub fn snapshot_options(plan: &RunPlan) -> SnapshotOptions {
         workers: plan.limits.workers,
         include,
         exclude,
+        reuse_stale: plan.source.as_ref().is_some_and(|s| s.reuse_snapshot),
     }
 }
 
@@ -189,9 +190,15 @@ struct Ctx {
     opts: Options,
     work: PathBuf,
     report: RunReport,
+    /// Where the report goes: `<work>/report.json` for the run's stages; a `validate` of a finished run writes
+    /// its own, so re-checking never overwrites the run's report.
+    report_path: PathBuf,
     source: Option<Box<dyn Source>>,
     /// Made before the long stages by `run`, so a bad provider (model directory, URL, key) fails at once.
     embedder: Option<Embedder>,
+    /// The snapshot stands for the source in validation: the source is a snapshot directory, or it changed
+    /// since and the snapshot is reused on purpose (`--reuse-snapshot`).
+    against_snapshot: bool,
 }
 
 impl Ctx {
@@ -214,14 +221,37 @@ impl Ctx {
             work_dir: work.display().to_string(),
             ..Default::default()
         };
+        let report_path = match plan.command {
+            Command::Validate => plan.work_dir.validate_report(&report.run_id),
+            _ => plan.work_dir.report(),
+        };
         Ctx {
             plan,
             opts,
             work,
             report,
+            report_path,
             source: None,
             embedder: None,
+            against_snapshot: false,
         }
+    }
+
+    /// Notes a snapshot reused although the source changed since (`--reuse-snapshot`): said on screen and in
+    /// the report, and validation compares with the snapshot, the data migrated, not with the changed source.
+    fn reused_stale(&mut self, dir: &Path, changes: Vec<String>) {
+        if changes.is_empty() {
+            return;
+        }
+        crate::progress::warn(&format!(
+            "the source has changed since the snapshot in {} was taken; it is reused as asked \
+             (--reuse-snapshot) and validation compares with it, not with the source: {}",
+            dir.display(),
+            changes.join("; ")
+        ));
+        self.against_snapshot = true;
+        self.source = None;
+        self.report.source_changed_since_snapshot = changes;
     }
 
     fn bundle_dir(&self) -> Result<PathBuf> {
@@ -257,9 +287,10 @@ impl Ctx {
         let manifest = if src.kind() == "snapshot" {
             Manifest::load(&dir)?
         } else {
-            let m = snapshot::take(src.as_mut(), &dir, &snapshot_options(&self.plan))?;
+            let taken = snapshot::take(src.as_mut(), &dir, &snapshot_options(&self.plan))?;
             self.source = Some(src);
-            m
+            self.reused_stale(&dir, taken.stale);
+            taken.manifest
         };
         for e in &manifest.tables {
             self.report.tables.push(TableLine {
@@ -435,10 +466,31 @@ impl Ctx {
     ) -> Result<usize> {
         let t = Timer::start();
         let target = self.bundle_dir()?;
-        if self.source.is_none() {
-            let src = open_source(&self.opts)?;
+        if self.source.is_none() && !self.against_snapshot {
+            let mut src = open_source(&self.opts)?;
             if src.kind() != "snapshot" {
-                self.source = Some(src);
+                // A later `validate` of a source that changed since the snapshot: the checks that compare with
+                // the source may fail for that change, not for the migration. Say so first; with
+                // --reuse-snapshot compare with the snapshot, the data that was migrated, instead.
+                let opts = snapshot_options(&self.plan);
+                let now = src
+                    .fingerprint()?
+                    .only_tables(|t| source::is_included(t, &opts.include, &opts.exclude));
+                let changes = manifest.source_fingerprint.changes(&now);
+                if !changes.is_empty() && !opts.reuse_stale {
+                    crate::progress::warn(&format!(
+                        "the source has changed since the snapshot in {} was taken ({}); the checks that compare \
+                         with the source (counts_source, counts_groups, sample_values) may fail for that change, \
+                         not for the migration. --reuse-snapshot validates against the snapshot instead",
+                        dir.display(),
+                        changes.join("; ")
+                    ));
+                    self.report.source_changed_since_snapshot = changes;
+                    self.source = Some(src);
+                } else {
+                    self.source = Some(src);
+                    self.reused_stale(dir, changes);
+                }
             }
         }
         let v = self
@@ -479,21 +531,21 @@ impl Ctx {
             Ok(()) => "ok".into(),
             Err(e) => format!("failed: {e}"),
         };
-        let saved = self.report.save(&self.work);
+        let saved = self.report.save(&self.report_path);
         if outcome.is_ok() || matches!(outcome, Err(Error::ValidationFailed { .. })) {
-            self.report.print_summary();
+            self.report.print_summary(&self.report_path);
         }
         outcome?;
         saved
     }
 }
 
-fn failed_checks(failed: usize, total: usize, work: &Path) -> Result<()> {
+fn failed_checks(failed: usize, total: usize, report: &Path) -> Result<()> {
     if failed > 0 {
         return Err(Error::ValidationFailed {
             failed,
             total,
-            report: WorkDir::new(work).report().display().to_string(),
+            report: report.display().to_string(),
         });
     }
     Ok(())
@@ -507,6 +559,7 @@ pub async fn snapshot_cmd(opts: Options) -> Result<()> {
     if ctx.plan.fresh {
         fresh(&ctx.plan)?;
     }
+    record_plan(&ctx.plan, &ctx.opts)?;
     let r = ctx.snapshot().map(|_| ());
     ctx.finish(started, r)
 }
@@ -514,8 +567,10 @@ pub async fn snapshot_cmd(opts: Options) -> Result<()> {
 /// `transform`: run the mapping over the snapshot.
 pub async fn transform_cmd(opts: Options) -> Result<()> {
     let started = Timer::start();
+    let opts = continuing(opts, config::Role::Transform)?;
     let mut ctx = Ctx::new(Command::Transform, opts)?;
     let _lock = WorkLock::acquire(&ctx.work)?;
+    record_plan(&ctx.plan, &ctx.opts)?;
     let r = async {
         let dir = ctx.snapshot_dir()?;
         let manifest = require_complete(&dir)?;
@@ -544,6 +599,11 @@ fn require_complete(dir: &Path) -> Result<Manifest> {
 
 /// `load`: embed the staged memories and write the bundle, or send a finished bundle to a live Engram server.
 pub async fn load_cmd(opts: Options) -> Result<()> {
+    // A finished bundle sent to a live target continues no run; otherwise take what the run recorded.
+    let opts = match opts.bundle {
+        Some(_) => opts,
+        None => continuing(opts, config::Role::Load)?,
+    };
     let target = Target::parse(opts.require_target()?)?;
     if matches!(target, Target::Live { .. }) {
         return load_live_cmd(opts, &target).await;
@@ -556,6 +616,7 @@ pub async fn load_cmd(opts: Options) -> Result<()> {
     let started = Timer::start();
     let mut ctx = Ctx::new(Command::Load, opts)?;
     let _lock = WorkLock::acquire(&ctx.work)?;
+    record_plan(&ctx.plan, &ctx.opts)?;
     let r = (|| {
         let out = WorkDir::new(&ctx.work).transform();
         let summary = TransformSummary::load(&out).map_err(|_| {
@@ -707,6 +768,7 @@ async fn deliver(
 /// `validate`: re-check a finished run.
 pub async fn validate_cmd(opts: Options) -> Result<()> {
     let started = Timer::start();
+    let opts = continuing(opts, config::Role::Validate)?;
     let mut ctx = Ctx::new(Command::Validate, opts)?;
     let _lock = WorkLock::acquire(&ctx.work)?;
     let r = async {
@@ -723,7 +785,7 @@ pub async fn validate_cmd(opts: Options) -> Result<()> {
             .ok_or_else(|| Error::usage("--source is required to validate"))?;
         let (sql, origin) = mapping_sql(&mapping, &manifest, &ctx.work, dim)?;
         let failed = ctx.validate(&dir, &manifest, &sql, &origin).await?;
-        failed_checks(failed, ctx.report.validation.len(), &ctx.work)
+        failed_checks(failed, ctx.report.validation.len(), &ctx.report_path)
     }
     .await;
     ctx.finish(started, r)
@@ -757,11 +819,43 @@ pub async fn run_cmd(opts: Options) -> Result<()> {
     Ok(())
 }
 
-/// What `run` records of its plan: the text `plan` prints, and the same as data.
-pub fn plan_record(plan: &RunPlan) -> Result<Vec<u8>> {
-    Ok(serde_json::to_vec_pretty(
-        &serde_json::json!({ "rendered": plan.render(), "plan": plan }),
-    )?)
+/// What a command records of its plan in `<work>/plan.json`: the text `plan` prints, the same as data, and the
+/// options it was made from (without secrets), which later commands continuing the run start from.
+pub fn plan_record(plan: &RunPlan, opts: &Options) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec_pretty(&serde_json::json!({
+        "rendered": plan.render(),
+        "plan": plan,
+        "options": opts.recordable()?,
+    }))?)
+}
+
+fn record_plan(plan: &RunPlan, opts: &Options) -> Result<()> {
+    crate::parquet_io::write_atomic(&plan.work_dir.plan(), &plan_record(plan, opts)?)
+}
+
+/// `opts` completed from the run recorded in the work directory (see `Options::continuing`); as given when the
+/// work directory records none (a run of an older version, or a first command).
+fn continuing(opts: Options, redoes: config::Role) -> Result<Options> {
+    let path = WorkDir::new(opts.work_dir()?).plan();
+    let Ok(bytes) = fs::read(&path) else {
+        return Ok(opts);
+    };
+    let record: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::usage(format!(
+            "{}: not a plan record ({e}); remove it or use --fresh",
+            path.display()
+        ))
+    })?;
+    let Some(recorded) = record.get("options") else {
+        return Ok(opts);
+    };
+    let recorded: Options = serde_json::from_value(recorded.clone()).map_err(|e| {
+        Error::usage(format!(
+            "{}: options this version does not know ({e}); give every option again, or use --fresh",
+            path.display()
+        ))
+    })?;
+    opts.continuing(&recorded, redoes)
 }
 
 /// The bundle half of `run`: snapshot, transform, embed + bundle, validate, as the plan says.
@@ -779,13 +873,12 @@ async fn run_bundle(mut opts: Options, plan: RunPlan, bundle_dir: &Path) -> Resu
         // --checkpoint-file names the live load's checkpoint; the bundle stage keeps its own in the work dir.
         opts.checkpoint_file = None;
     }
-    let record = plan_record(&plan)?;
     let mut ctx = Ctx::from_plan(plan, opts);
     let _lock = WorkLock::acquire(&ctx.work)?;
     if ctx.plan.fresh {
         fresh(&ctx.plan)?;
     }
-    crate::parquet_io::write_atomic(&ctx.plan.work_dir.plan(), &record)?;
+    record_plan(&ctx.plan, &ctx.opts)?;
     let r = async {
         ctx.embedder = Some(embedder(&ctx.plan.embedding, &ctx.opts, &ctx.work)?);
         let (dir, manifest) = ctx.snapshot()?;
@@ -793,7 +886,7 @@ async fn run_bundle(mut opts: Options, plan: RunPlan, bundle_dir: &Path) -> Resu
         ctx.load(&summary, &origin)?;
         if ctx.plan.validate.is_some() {
             let failed = ctx.validate(&dir, &manifest, &sql, &origin).await?;
-            failed_checks(failed, ctx.report.validation.len(), &ctx.work)?;
+            failed_checks(failed, ctx.report.validation.len(), &ctx.report_path)?;
         }
         Ok(())
     }

@@ -83,6 +83,8 @@ pub struct SourcePlan {
     pub partition_rows: Option<u64>,
     pub redis_db: Option<u64>,
     pub fetch_size: Option<usize>,
+    /// `--reuse-snapshot`: a complete snapshot is used even when the source has changed since.
+    pub reuse_snapshot: bool,
 }
 
 /// Which mapping SQL runs, with every knob the flags set.
@@ -354,6 +356,11 @@ impl RunPlan {
                 if let Some(db) = s.redis_db {
                     src.push_str(&format!(", database {db} only"));
                 }
+                if s.reuse_snapshot {
+                    src.push_str(
+                        ", an existing snapshot is reused even if the source changed since",
+                    );
+                }
                 line("source", src);
             }
             None => line("source", "none: a finished bundle is sent".into()),
@@ -493,6 +500,7 @@ fn source_plan(o: &Options, spec: &str) -> Result<SourcePlan> {
         partition_rows: o.partition_rows,
         redis_db: o.source_db,
         fetch_size: o.fetch_size,
+        reuse_snapshot: o.reuse_snapshot,
     })
 }
 

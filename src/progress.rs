@@ -52,3 +52,10 @@ fn target() -> ProgressDrawTarget {
         ProgressDrawTarget::stderr()
     }
 }
+
+/// A warning the user must see whatever the terminal: on stderr, with or without --quiet (quiet silences
+/// progress, not news), and in the log.
+pub fn warn(message: &str) {
+    tracing::warn!("{message}");
+    eprintln!("warning: {message}");
+}

@@ -1,4 +1,4 @@
-//! The run report: `<work-dir>/report.json` for machines, a closing summary table on stdout for people.
+//! The run report: `<work-dir>/report.json` (a later `validate`: `validate-report-<time>.json`) for machines, a closing summary table on stdout for people.
 
 use std::path::Path;
 use std::time::Instant;
@@ -47,6 +47,10 @@ pub struct RunReport {
     pub work_dir: String,
     pub mapping: String,
     pub stages: Vec<StageTiming>,
+    /// With `--reuse-snapshot`: how the source differs from the snapshot that was migrated (and validated
+    /// against, in the source's stead).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_changed_since_snapshot: Vec<String>,
     pub tables: Vec<TableLine>,
     pub spaces: Vec<SpaceLine>,
     pub orphans: u64,
@@ -167,15 +171,12 @@ pub fn save_delivery(report: &Path, d: &Delivery) -> Result<()> {
 }
 
 impl RunReport {
-    pub fn save(&self, work_dir: &Path) -> Result<()> {
-        crate::parquet_io::write_atomic(
-            &crate::workdir::WorkDir::new(work_dir).report(),
-            &serde_json::to_vec_pretty(self)?,
-        )
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::parquet_io::write_atomic(path, &serde_json::to_vec_pretty(self)?)
     }
 
     /// The closing summary printed to stdout.
-    pub fn print_summary(&self) {
+    pub fn print_summary(&self, path: &Path) {
         println!();
         println!(
             "{:<16} {:>12} {:>10} {:>12}  note",
@@ -245,8 +246,11 @@ impl RunReport {
         }
         println!();
         println!(
-            "{}: {} in {:.1} s (report: {}/report.json)",
-            self.command, self.outcome, self.seconds, self.work_dir
+            "{}: {} in {:.1} s (report: {})",
+            self.command,
+            self.outcome,
+            self.seconds,
+            path.display()
         );
     }
 }

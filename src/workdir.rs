@@ -77,6 +77,11 @@ impl WorkDir {
     pub fn report(&self) -> PathBuf {
         self.root.join("report.json")
     }
+    /// The report of one `validate` of a finished run (`run_id` starts with its UTC time): its own file, so the
+    /// run's report stays as the run left it.
+    pub fn validate_report(&self, run_id: &str) -> PathBuf {
+        self.root.join(format!("validate-report-{run_id}.json"))
+    }
 
     /// Takes the directory for this process (creating it); released when the lock is dropped.
     pub fn lock(&self) -> Result<WorkLock> {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::catalog::{Partition, TableInfo};
+use crate::catalog::{Fingerprint, Partition, TableInfo};
 use crate::error::{Error, Result};
 use crate::parquet_io::{self, PartFile};
 
@@ -57,7 +57,7 @@ pub struct Manifest {
     /// The source, secrets removed.
     pub source: Value,
     /// Changes when the source's data may have changed; a resume requires it unchanged.
-    pub source_fingerprint: String,
+    pub source_fingerprint: Fingerprint,
     pub started_at: String,
     pub completed_at: Option<String>,
     /// Where the source as a whole was read up to (e.g. PostgreSQL's exported snapshot and WAL position).

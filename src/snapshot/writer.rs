@@ -21,6 +21,16 @@ pub struct SnapshotOptions {
     /// `--include` / `--exclude` table patterns.
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// `--reuse-snapshot`: a complete snapshot of a source that has changed since is used anyway.
+    pub reuse_stale: bool,
+}
+
+/// A snapshot ready for the next stage.
+#[derive(Debug)]
+pub struct Taken {
+    pub manifest: Manifest,
+    /// How the source differs from this (complete, reused on purpose) snapshot; empty when it does not.
+    pub stale: Vec<String>,
 }
 
 /// A folder name for a table: its index (names may collide once cleaned) and its name cleaned for file systems.
@@ -64,21 +74,38 @@ fn same_source(recorded: &Value, now: &Value) -> bool {
         && recorded.get("path") == now.get("path")
 }
 
-/// Takes (or resumes) a snapshot of `source` into `dir`. Returns the complete manifest.
-pub fn take(source: &mut dyn Source, dir: &Path, opts: &SnapshotOptions) -> Result<Manifest> {
-    let fingerprint = source.fingerprint()?;
+/// Takes (or resumes) a snapshot of `source` into `dir`. A complete snapshot already there is reused when the
+/// source's fingerprint is unchanged; when it changed, the command stops naming the changes (unless
+/// `reuse_stale`). An interrupted one is resumed only from an unchanged source.
+pub fn take(source: &mut dyn Source, dir: &Path, opts: &SnapshotOptions) -> Result<Taken> {
+    let (include, exclude) = (&opts.include, &opts.exclude);
+    let fingerprint = source
+        .fingerprint()?
+        .only_tables(|t| crate::source::is_included(t, include, exclude));
     let mut manifest = if dir.join(MANIFEST).is_file() {
         let m = Manifest::load(dir)?;
-        if m.source_fingerprint != fingerprint || !same_source(&m.source, &source.describe()) {
+        if !same_source(&m.source, &source.describe()) {
             return Err(Error::usage(format!(
-                "the snapshot in {} was started from a source that has changed since (or from another source); \
-                 a resumed snapshot would mix two states. Start over with --fresh or use another --work-dir",
-                dir.display()
+                "the snapshot in {} was taken from another source ({}); start over with --fresh or use another \
+                 --work-dir",
+                dir.display(),
+                m.source.get("path").and_then(|p| p.as_str()).unwrap_or("unknown")
             )));
+        }
+        let changes = m.source_fingerprint.changes(&fingerprint);
+        if !changes.is_empty() && !(m.complete && opts.reuse_stale) {
+            return Err(Error::SourceChanged {
+                snapshot: dir.display().to_string(),
+                changes,
+                complete: m.complete,
+            });
         }
         if m.complete {
             tracing::info!(dir = %dir.display(), "snapshot already complete; reusing it");
-            return Ok(m);
+            return Ok(Taken {
+                manifest: m,
+                stale: changes,
+            });
         }
         tracing::info!(dir = %dir.display(), "resuming an interrupted snapshot");
         // A new process: read the catalog again, it sets up the source's per-table state.
@@ -132,7 +159,10 @@ pub fn take(source: &mut dyn Source, dir: &Path, opts: &SnapshotOptions) -> Resu
     manifest.complete = true;
     manifest.completed_at = Some(now());
     manifest.save(dir)?;
-    Ok(manifest)
+    Ok(Taken {
+        manifest,
+        stale: vec![],
+    })
 }
 
 fn snapshot_table(

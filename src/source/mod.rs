@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 
 // The catalog types live in `crate::catalog` (a leaf module: the snapshot format needs them without the sources).
-pub use crate::catalog::{Catalog, ColumnInfo, ForeignKey, Partition, TableInfo};
+pub use crate::catalog::{Catalog, ColumnInfo, Fingerprint, ForeignKey, Partition, TableInfo};
 
 /// How a table read ended.
 pub enum ReadEnd {
@@ -59,8 +59,9 @@ pub trait Source: Send {
     fn kind(&self) -> &'static str;
     /// The source's description for manifests and reports, secrets removed.
     fn describe(&self) -> Value;
-    /// A fingerprint that changes when the source's data may have changed; a resumed snapshot requires it unchanged.
-    fn fingerprint(&self) -> Result<String>;
+    /// The source's fingerprint now: named signals that change when its data may have changed (see
+    /// [`Fingerprint`]). A resumed snapshot requires it unchanged; a complete one is stale when it differs.
+    fn fingerprint(&mut self) -> Result<Fingerprint>;
     fn catalog(&mut self) -> Result<Catalog>;
     /// The Arrow schema a table is staged with.
     fn schema(&self, table: &TableInfo) -> Result<SchemaRef>;
@@ -326,6 +327,12 @@ pub fn name_matches(pattern: &str, name: &str) -> bool {
         || (!name.contains('.') && glob(pattern.as_bytes(), format!("public.{name}").as_bytes()))
 }
 
+/// Whether `--include` (all when empty) and `--exclude` let table `name` be migrated.
+pub fn is_included(name: &str, include: &[String], exclude: &[String]) -> bool {
+    (include.is_empty() || include.iter().any(|p| name_matches(p, name)))
+        && !exclude.iter().any(|p| name_matches(p, name))
+}
+
 /// Keeps the tables `--include` names (all when empty) minus those `--exclude` names; the others are listed as
 /// skipped. A pattern without `*` that names no table is an error: a typo must not silently migrate nothing.
 pub fn filter_catalog(catalog: &mut Catalog, include: &[String], exclude: &[String]) -> Result<()> {
@@ -345,12 +352,10 @@ pub fn filter_catalog(catalog: &mut Catalog, include: &[String], exclude: &[Stri
     }
     let tables = std::mem::take(&mut catalog.tables);
     for t in tables {
-        let included = include.is_empty() || include.iter().any(|p| name_matches(p, &t.name));
-        let excluded = exclude.iter().any(|p| name_matches(p, &t.name));
-        if included && !excluded {
+        if is_included(&t.name, include, exclude) {
             catalog.tables.push(t);
         } else {
-            let why = if excluded {
+            let why = if exclude.iter().any(|p| name_matches(p, &t.name)) {
                 "excluded by --exclude"
             } else {
                 "not named by --include"

@@ -30,7 +30,7 @@ use serde::de::IntoDeserializer;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{Catalog, ColumnInfo, Emit, ReadEnd, Source, TableInfo};
+use super::{Catalog, ColumnInfo, Emit, Fingerprint, ReadEnd, Source, TableInfo};
 use crate::error::{Error, Result};
 
 pub const NODES: &str = "nodes";
@@ -619,12 +619,25 @@ impl Source for Neo4jSource {
         })
     }
 
-    fn fingerprint(&self) -> Result<String> {
-        // Bolt servers expose no cheap change marker; the counts catch the common change (a write between a killed
-        // snapshot and its resume).
-        let n = self.single_i64("MATCH (n) RETURN count(n) AS c", "c")?;
-        let r = self.single_i64("MATCH ()-[r]->() RETURN count(r) AS c", "c")?;
-        Ok(format!("neo4j nodes={n} relationships={r}"))
+    fn fingerprint(&mut self) -> Result<Fingerprint> {
+        // Bolt servers expose no cheap change marker: nodes per label set and relationships per type catch
+        // inserts and deletes (and relabelling), not a property update that leaves every count as it was; the
+        // docs say so.
+        let mut fp = Fingerprint::default();
+        let q = "MATCH (n) RETURN labels(n) AS ls, count(*) AS c";
+        for r in self.rows(neo4rs::query(q))? {
+            let mut labels: Vec<String> = r.get("ls").map_err(|e| self.err(format!("{q}: {e}")))?;
+            labels.sort();
+            let c: i64 = r.get("c").map_err(|e| self.err(format!("{q}: {e}")))?;
+            fp = fp.table(NODES, &format!("nodes labelled [{}]", labels.join(", ")), c);
+        }
+        let q = "MATCH ()-[r]->() RETURN type(r) AS t, count(*) AS c";
+        for r in self.rows(neo4rs::query(q))? {
+            let t: String = r.get("t").map_err(|e| self.err(format!("{q}: {e}")))?;
+            let c: i64 = r.get("c").map_err(|e| self.err(format!("{q}: {e}")))?;
+            fp = fp.table(RELATIONSHIPS, &format!("relationships of type {t}"), c);
+        }
+        Ok(fp)
     }
 
     fn catalog(&mut self) -> Result<Catalog> {

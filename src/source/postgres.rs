@@ -21,8 +21,8 @@ use postgres::{Client, NoTls};
 use serde_json::{json, Map, Value};
 
 use super::{
-    topological_order, Catalog, ColumnInfo, Emit, ForeignKey, Partition, PartitionReader, ReadEnd,
-    Source, TableInfo,
+    topological_order, Catalog, ColumnInfo, Emit, Fingerprint, ForeignKey, Partition,
+    PartitionReader, ReadEnd, Source, TableInfo,
 };
 use crate::error::{Error, Result};
 
@@ -1071,27 +1071,41 @@ impl Source for PgSource {
         json!({ "kind": "postgres", "path": self.safe_url })
     }
 
-    fn fingerprint(&self) -> Result<String> {
-        // Data changes show in the statistics counters (inserts, updates, deletes) and a TRUNCATE or rewrite in
-        // the relation's file node. Counters are flushed by writers within about a second of their commit.
-        let row = self
+    fn fingerprint(&mut self) -> Result<Fingerprint> {
+        // Per table: the statistics counters of inserts, updates and deletes (writers flush them within about a
+        // second of their commit), the relation's file node (a TRUNCATE or rewrite changes it) and its columns.
+        // A partitioned table is its partitions together, as it is read.
+        let rows = self
             .with_live(|c| {
-                c.query_one(
-                "SELECT current_database()::text,
-                        coalesce(sum(s.n_tup_ins + s.n_tup_upd + s.n_tup_del), 0)::text,
-                        coalesce(sum(pg_relation_filenode(s.relid)::int8), 0)::text,
-                        count(*)::text
-                 FROM pg_stat_all_tables s
-                 WHERE s.schemaname NOT IN ('pg_catalog', 'information_schema') AND s.schemaname NOT LIKE 'pg\\_toast%'",
-                &[],
+                c.query(
+                    "SELECT rn.nspname::text, rc.relname::text,
+                            coalesce(sum(s.n_tup_ins + s.n_tup_upd + s.n_tup_del), 0)::text,
+                            coalesce(string_agg(pg_relation_filenode(c.oid)::text, ',' ORDER BY c.oid), ''),
+                            (SELECT coalesce(string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod),
+                                                        ', ' ORDER BY a.attnum), '')
+                               FROM pg_attribute a
+                              WHERE a.attrelid = rc.oid AND a.attnum > 0 AND NOT a.attisdropped)
+                     FROM pg_class c
+                     JOIN pg_class rc ON rc.oid = coalesce(pg_partition_root(c.oid), c.oid)
+                     JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+                     LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+                     WHERE c.relkind IN ('r', 'p')
+                       AND rn.nspname NOT IN ('pg_catalog', 'information_schema')
+                       AND rn.nspname NOT LIKE 'pg\\_toast%' AND rn.nspname NOT LIKE 'pg\\_temp%'
+                     GROUP BY rn.nspname, rc.relname, rc.oid",
+                    &[],
                 )
             })?
             .map_err(|e| self.err("cannot read table statistics", &e))?;
-        let parts: Vec<String> = (0..4).map(|i| row.get::<_, String>(i)).collect();
-        Ok(format!(
-            "db={};changes={};filenodes={};tables={}",
-            parts[0], parts[1], parts[2], parts[3]
-        ))
+        let mut fp = Fingerprint::default();
+        for r in rows {
+            let name = table_name(&r.get::<_, String>(0), &r.get::<_, String>(1));
+            fp = fp
+                .table(&name, "inserts + updates + deletes", r.get::<_, String>(2))
+                .table(&name, "storage file", r.get::<_, String>(3))
+                .table(&name, "columns", r.get::<_, String>(4));
+        }
+        Ok(fp)
     }
 
     fn catalog(&mut self) -> Result<Catalog> {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use arrow::datatypes::SchemaRef;
 use serde_json::{json, Map, Value};
 
-use super::{Catalog, Emit, ReadEnd, Source, TableInfo};
+use super::{Catalog, Emit, Fingerprint, ReadEnd, Source, TableInfo};
 use crate::error::{Error, Result};
 use crate::parquet_io;
 pub use crate::snapshot::format::MANIFEST;
@@ -60,14 +60,15 @@ impl Source for SnapshotSource {
         json!({ "kind": "snapshot", "path": self.dir.display().to_string(), "of": self.manifest.source })
     }
 
-    fn fingerprint(&self) -> Result<String> {
-        let sums: Vec<String> = self
+    fn fingerprint(&mut self) -> Result<Fingerprint> {
+        Ok(self
             .manifest
             .tables
             .iter()
-            .map(|t| format!("{}:{}", t.info.name, t.checksum))
-            .collect();
-        Ok(sums.join(";"))
+            .fold(Fingerprint::default(), |fp, t| {
+                fp.table(&t.info.name, "checksum", &t.checksum)
+                    .table(&t.info.name, "rows", t.rows)
+            }))
     }
 
     fn catalog(&mut self) -> Result<Catalog> {

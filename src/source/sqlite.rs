@@ -16,7 +16,10 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::{json, Map, Value};
 
-use super::{topological_order, Catalog, ColumnInfo, Emit, ForeignKey, ReadEnd, Source, TableInfo};
+use super::{
+    topological_order, Catalog, ColumnInfo, Emit, Fingerprint, ForeignKey, ReadEnd, Source,
+    TableInfo,
+};
 use crate::error::{Error, Result};
 
 /// How a column is staged. The ladder of widening is: anything -> `Text` -> `Bytes`.
@@ -743,25 +746,38 @@ impl Source for SqliteSource {
         json!({ "kind": "sqlite", "path": self.location() })
     }
 
-    fn fingerprint(&self) -> Result<String> {
-        // Size and modification time of the file and of its write-ahead log: a write changes one of them.
-        let mut parts = vec![];
-        for suffix in ["", "-wal"] {
-            let p = PathBuf::from(format!("{}{suffix}", self.path.display()));
-            if let Ok(m) = std::fs::metadata(&p) {
-                let mtime = m
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_nanos());
-                parts.push(format!(
-                    "{suffix}size={},mtime={}",
-                    m.len(),
-                    mtime.unwrap_or(0)
-                ));
+    fn fingerprint(&mut self) -> Result<Fingerprint> {
+        // The schema, each table's row count (what a change is said in), and the bytes of the file and its
+        // write-ahead log (what catches an update that leaves every count as it was). Content, not size and
+        // modification time: a copied or touched file is the same database. One caveat, said in the docs: a
+        // checkpoint moves the log's pages into the file, which changes the bytes, not the data.
+        let wal = PathBuf::from(format!("{}-wal", self.path.display()));
+        let bytes = crate::catalog::file_digest(&[&self.path, &wal])
+            .map_err(|e| src_err(&self.path, "cannot read the file to fingerprint it", e))?;
+        let objects: Vec<(String, String)> = self
+            .conn
+            .prepare("SELECT name, coalesce(sql, '') FROM sqlite_schema ORDER BY type, name")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .and_then(|rows| rows.collect())
+            })
+            .map_err(|e| src_err(&self.path, "cannot read the schema", e))?;
+        let schema: String = objects
+            .iter()
+            .map(|(n, sql)| format!("{n}\n{sql}\n"))
+            .collect();
+        let mut fp = Fingerprint::default()
+            .whole("content of the file", bytes)
+            .whole("schema", crate::catalog::digest(schema.as_bytes()));
+        for (name, sql) in &objects {
+            // The tables the catalog lists: real tables, not SQLite's own; a virtual table's rows are read
+            // through its shadow tables, which are real tables here too.
+            let create = sql.trim_start().to_ascii_uppercase();
+            if create.starts_with("CREATE TABLE") && !name.starts_with("sqlite_") {
+                fp = fp.table(name, "rows", self.count_rows(name)?);
             }
         }
-        Ok(parts.join(";"))
+        Ok(fp)
     }
 
     fn catalog(&mut self) -> Result<Catalog> {

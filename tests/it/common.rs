@@ -47,6 +47,27 @@ pub fn json(path: &Path) -> serde_json::Value {
     .unwrap()
 }
 
+/// The report of the latest `validate` in a work directory (`validate-report-<time>-<pid>.json`; the run's own
+/// report.json is never overwritten by it).
+pub fn validate_report(work: &Path) -> serde_json::Value {
+    let mut reports: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(work)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("validate-report-") && n.ends_with(".json"))
+        })
+        .map(|p| (std::fs::metadata(&p).unwrap().modified().unwrap(), p))
+        .collect();
+    reports.sort();
+    let (_, latest) = reports
+        .last()
+        .unwrap_or_else(|| panic!("no validate-report-*.json in {}", work.display()));
+    json(latest)
+}
+
 /// Per space: (memories checksum, edges checksum), from a bundle.json.
 pub fn space_checksums(bundle: &Path) -> Vec<(String, String, String, u64)> {
     let b = json(&bundle.join("bundle.json"));
@@ -141,6 +162,18 @@ pub fn postgres_fixture() -> String {
             .to_string()
     })
     .clone()
+}
+
+/// A new, empty database `name` on the test PostgreSQL server (dropped first if there); its URL.
+pub fn pg_database(name: &str) -> String {
+    let url = postgres_fixture();
+    psql(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    );
+    psql("postgres", &format!("CREATE DATABASE {name}"));
+    let base = url.rsplit_once('/').unwrap().0;
+    format!("{base}/{name}")
 }
 
 pub fn pg_port() -> String {

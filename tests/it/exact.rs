@@ -208,7 +208,7 @@ c.commit()
         "a one-ulp change passed validation: {}",
         stderr(&o)
     );
-    let report = json(&work.join("report.json"));
+    let report = validate_report(&work);
     let sample = &check(&report, "sample_values");
     assert_eq!(sample["passed"], false, "{sample}");
     assert!(
@@ -222,17 +222,6 @@ c.commit()
 }
 
 /// A PostgreSQL database of its own on the test server, (re)created.
-fn pg_database(name: &str) -> String {
-    let url = postgres_fixture();
-    psql(
-        "postgres",
-        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-    );
-    psql("postgres", &format!("CREATE DATABASE {name}"));
-    let base = url.rsplit_once('/').unwrap().0;
-    format!("{base}/{name}")
-}
-
 /// `double precision` and `real` columns: random values from the server's own generator, edge cases, NULLs, a
 /// table without a key. PostgreSQL's text output is the shortest exact form, so psql is the independent oracle.
 #[test]
@@ -336,7 +325,7 @@ fn postgres_double_and_real_validate_exactly_and_a_change_fails() {
         "changed doubles passed validation: {}",
         stderr(&o)
     );
-    let report = json(&work.join("report.json"));
+    let report = validate_report(&work);
     let sample = &check(&report, "sample_values");
     assert_eq!(sample["passed"], false, "{sample}");
     assert!(
@@ -457,7 +446,7 @@ fn bolt_float_properties_validate_exactly_and_a_change_fails() {
         "changed Bolt floats passed validation: {}",
         stderr(&o)
     );
-    let report = json(&work.join("report.json"));
+    let report = validate_report(&work);
     let sample = &check(&report, "sample_values");
     assert_eq!(sample["passed"], false, "{sample}");
     assert!(sample["examples"].to_string().contains("value"), "{sample}");

@@ -51,7 +51,7 @@ fn validate(g: &Good) -> (i32, serde_json::Value) {
         "--sample-size",
         "100000",
     ]);
-    (code(&out), json(&g.work.join("report.json")))
+    (code(&out), validate_report(&g.work))
 }
 
 fn failed(report: &serde_json::Value) -> Vec<String> {
@@ -201,10 +201,24 @@ fn changed_file_is_caught_by_checksums_and_source_change_by_counts() {
     let f = failed(&r);
     assert!(f.contains(&"checksums".to_string()), "{f:?}");
 
-    // The source gains a row after the snapshot: source vs snapshot counts differ.
-    let g = good_bundle();
-    let src = g.work.parent().unwrap().join("changed.sqlite");
+    // The source gains a row after the run: `validate` says the source changed since the snapshot (what, in
+    // words) and then fails the checks that compare with the source; with --reuse-snapshot it checks the
+    // migration against the snapshot it was made from, which passes.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("changing.sqlite");
     std::fs::copy(fixture(), &src).unwrap();
+    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
+    let out = run(&[
+        "run",
+        "--source",
+        p(&src),
+        "--target",
+        p(&target),
+        "--work-dir",
+        p(&work),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let edges = sqlite_count(&src, "edges");
     let conn = rusqlite::Connection::open(&src).unwrap();
     conn.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
     conn.execute(
@@ -213,17 +227,20 @@ fn changed_file_is_caught_by_checksums_and_source_change_by_counts() {
     )
     .unwrap();
     drop(conn);
-    let out = run(&[
-        "validate",
-        "--source",
-        p(&src),
-        "--target",
-        p(&g.target),
-        "--work-dir",
-        p(&g.work),
-    ]);
-    assert_eq!(code(&out), 5);
-    assert!(failed(&json(&g.work.join("report.json"))).contains(&"counts_source".to_string()));
+    let out = run(&["validate", "--work-dir", p(&work)]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let said = format!("rows of \"edges\": {edges} then, {} now", edges + 1);
+    assert!(stderr(&out).contains(&said), "{}", stderr(&out));
+    let r = validate_report(&work);
+    assert!(failed(&r).contains(&"counts_source".to_string()));
+    assert!(
+        r["source_changed_since_snapshot"]
+            .to_string()
+            .contains(&said),
+        "{r}"
+    );
+    let out = run(&["validate", "--work-dir", p(&work), "--reuse-snapshot"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 
 #[allow(dead_code)]

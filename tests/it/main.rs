@@ -16,5 +16,6 @@ mod openai_server;
 mod plan;
 mod postgres;
 mod redis;
+mod rerun;
 mod resume;
 mod sink_api;

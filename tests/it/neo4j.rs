@@ -396,7 +396,7 @@ fn validation_fails_when_the_server_changed() {
     );
     let out = run(&[&["validate"][..], &base[..], &["--work-dir", work.as_str()]].concat());
     assert_eq!(code(&out), 5, "{}", stderr(&out));
-    let report = json(&Path::new(&work).join("report.json"));
+    let report = validate_report(Path::new(&work));
     let sample = check(&report, "sample_values");
     assert_eq!(sample["passed"], false);
     assert!(

@@ -1014,7 +1014,7 @@ fn same_keys_in_two_databases_and_random_scores_validate() {
         "changed scores passed validation: {}",
         stderr(&o)
     );
-    let report = json(&Path::new(&work).join("report.json"));
+    let report = validate_report(Path::new(&work));
     let sample = report["validation"]
         .as_array()
         .unwrap()

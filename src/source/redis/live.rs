@@ -154,6 +154,46 @@ impl Live {
             .collect())
     }
 
+    /// What changes when the data does, as named signals: keys per database (`only`, else all), and the
+    /// server's write counter since its last save with the time of that save (any write, an expiry included,
+    /// moves one of the two; reads move neither). A restart resets the counter, so the run id is said too.
+    pub fn change_signals(&mut self, only: Option<u64>) -> Result<Vec<(String, String)>> {
+        let keyspace: String = self.q("INFO keyspace", redis::cmd("INFO").arg("keyspace"))?;
+        let persistence: String =
+            self.q("INFO persistence", redis::cmd("INFO").arg("persistence"))?;
+        let mut out = vec![("server run id".to_string(), self.run_id.clone())];
+        for line in keyspace.lines() {
+            // db0:keys=3,expires=0,avg_ttl=0 (avg_ttl moves by itself, so only the key count counts)
+            let Some((db, fields)) = line
+                .trim()
+                .strip_prefix("db")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let Ok(n) = db.parse::<u64>() else { continue };
+            if only.is_some_and(|o| o != n) {
+                continue;
+            }
+            let keys = fields
+                .split(',')
+                .find_map(|f| f.strip_prefix("keys="))
+                .unwrap_or("0");
+            out.push((format!("keys in db{n}"), keys.to_string()));
+        }
+        for (field, name) in [
+            ("rdb_changes_since_last_save", "writes since the last save"),
+            ("rdb_last_save_time", "time of the last save"),
+        ] {
+            let v = persistence
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(&format!("{field}:")))
+                .unwrap_or("?");
+            out.push((name.to_string(), v.to_string()));
+        }
+        Ok(out)
+    }
+
     pub fn dbsize(&mut self, only: Option<u64>) -> Result<u64> {
         let mut n = 0;
         for db in self.dbs(only)? {

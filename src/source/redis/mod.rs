@@ -28,7 +28,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use base64::Engine;
 use serde_json::{json, Map, Value as Json};
 
-use super::{Catalog, ColumnInfo, Emit, ReadEnd, Source, TableInfo};
+use super::{Catalog, ColumnInfo, Emit, Fingerprint, ReadEnd, Source, TableInfo};
 use crate::error::{Error, Result};
 pub use rdb::{HashField, Value};
 
@@ -603,18 +603,17 @@ impl Source for RedisSource {
         }
     }
 
-    fn fingerprint(&self) -> Result<String> {
-        match &self.backend {
-            Backend::Rdb(p) => {
-                let m = std::fs::metadata(p).map_err(Error::io("stat", p))?;
-                let mtime = m
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_nanos());
-                Ok(format!("size={},mtime={}", m.len(), mtime.unwrap_or(0)))
-            }
-            Backend::Live(l) => Ok(format!("run_id={}", l.run_id())),
+    fn fingerprint(&mut self) -> Result<Fingerprint> {
+        match &mut self.backend {
+            // A dump's content, not its size and time: a copied dump is the same data.
+            Backend::Rdb(p) => Ok(Fingerprint::default().whole(
+                "content of the dump",
+                crate::catalog::file_digest(&[p.as_path()]).map_err(Error::io("read", &*p))?,
+            )),
+            Backend::Live(l) => Ok(l
+                .change_signals(self.only_db)?
+                .into_iter()
+                .fold(Fingerprint::default(), |fp, (k, v)| fp.whole(&k, v))),
         }
     }
 

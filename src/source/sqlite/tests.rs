@@ -27,8 +27,10 @@ fn stage(
             workers: 2,
             include: vec![],
             exclude: vec![],
+            reuse_stale: false,
         },
-    )?;
+    )?
+    .manifest;
     let entry = m.table("t").unwrap();
     let mut rows = vec![];
     for f in snapshot::table_files(&out, entry) {
