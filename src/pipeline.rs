@@ -82,6 +82,7 @@ pub fn mapping_sql(
     manifest: &Manifest,
     work: &Path,
     embedding_dim: usize,
+    texts: &[transform::generic::TextChoice],
 ) -> Result<(String, String)> {
     let path = WorkDir::new(work).mapping_sql();
     let (sql, from) = match mapping {
@@ -125,11 +126,33 @@ pub fn mapping_sql(
             }
             let mut m = m.clone();
             m.embedding_dim = embedding_dim;
+            for t in texts.iter().filter(|t| !t.explicit && !t.added.is_empty()) {
+                m.text_columns.insert(t.table.clone(), t.columns.clone());
+            }
             (transform::generic::generate(manifest, &m), "generated")
         }
     };
     crate::parquet_io::write_atomic(&path, sql.as_bytes())?;
     Ok((sql, format!("{} ({from})", path.display())))
+}
+
+/// What the generic mapping embeds of each table, chosen from the snapshot's data (see
+/// `transform::generic::choose_texts`); nothing for the other mappings, whose text is their own.
+async fn text_choices(
+    plan: &RunPlan,
+    dir: &Path,
+    manifest: &Manifest,
+) -> Result<Vec<transform::generic::TextChoice>> {
+    let Some(MappingPlan::Generic(m)) = &plan.mapping else {
+        return Ok(vec![]);
+    };
+    let ctx = transform::session(
+        plan.limits.workers,
+        plan.limits.batch_rows,
+        &sql_memory(plan),
+    )?;
+    transform::register_snapshot(&ctx, dir, manifest).await?;
+    transform::generic::choose_texts(&ctx, manifest, m).await
 }
 
 /// The plan's embedding provider; the API key (never in the plan) comes from the options.
@@ -326,6 +349,16 @@ impl Ctx {
     ) -> Result<(TransformSummary, String, String)> {
         let t = Timer::start();
         let dim = self.embedding_dim()?;
+        let texts = text_choices(&self.plan, dir, manifest).await?;
+        for t in texts.iter().filter(|t| !t.added.is_empty()) {
+            tracing::info!(
+                table = %t.table,
+                "the text columns repeat; the text also embeds {} ({} distinct texts of {} rows)",
+                t.added.join(", "),
+                t.distinct_texts,
+                t.rows
+            );
+        }
         let (sql, origin) = mapping_sql(
             self.plan
                 .mapping
@@ -334,7 +367,9 @@ impl Ctx {
             manifest,
             &self.work,
             dim,
+            &texts,
         )?;
+        self.report.texts = texts;
         self.report.mapping = origin.clone();
         let key = transform::transform_key(&sql, manifest, dim);
         let out = WorkDir::new(&self.work).transform();
@@ -783,7 +818,11 @@ pub async fn validate_cmd(opts: Options) -> Result<()> {
             .mapping
             .clone()
             .ok_or_else(|| Error::usage("--source is required to validate"))?;
-        let (sql, origin) = mapping_sql(&mapping, &manifest, &ctx.work, dim)?;
+        let texts = text_choices(&ctx.plan, &dir, &manifest).await?;
+        let (sql, origin) = mapping_sql(&mapping, &manifest, &ctx.work, dim, &texts)?;
+        ctx.report.source = manifest.source.clone();
+        ctx.report.mapping = origin.clone();
+        ctx.report.texts = texts;
         let failed = ctx.validate(&dir, &manifest, &sql, &origin).await?;
         failed_checks(failed, ctx.report.validation.len(), &ctx.report_path)
     }

@@ -52,6 +52,9 @@ pub struct RunReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub source_changed_since_snapshot: Vec<String>,
     pub tables: Vec<TableLine>,
+    /// What the generic mapping embedded of each table and how many distinct texts that gave.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub texts: Vec<crate::transform::generic::TextChoice>,
     pub spaces: Vec<SpaceLine>,
     pub orphans: u64,
     pub embedding: Option<EmbeddingLine>,

@@ -72,6 +72,16 @@ fn is_binary(t: &TableEntry, c: &str) -> bool {
         .any(|f| f.name == c && f.data_type.contains("Binary"))
 }
 
+/// A column of one value per row (not a list, vector, struct or map): what can be cast to text and counted.
+fn is_scalar(t: &TableEntry, c: &str) -> bool {
+    t.schema.iter().any(|f| {
+        f.name == c
+            && !["List", "Struct", "Map", "Union"]
+                .iter()
+                .any(|k| f.data_type.contains(k))
+    })
+}
+
 /// A column value as text for ids: bytes as hex, everything else cast.
 fn as_text(t: &TableEntry, alias: &str, c: &str) -> String {
     if is_binary(t, c) {
@@ -116,37 +126,195 @@ pub fn space_of(t: &TableEntry, opts: &MappingOptions) -> String {
         .unwrap_or_else(|| space_id(&t.info.name))
 }
 
-fn text_expr(t: &TableEntry, opts: &MappingOptions, alias: &str) -> String {
+/// The columns the default text is made of: every text column; a table without one is described by all its
+/// non-binary values, so its memories still differ (Engram collapses memories with near-identical embeddings).
+fn default_text_columns(t: &TableEntry) -> Vec<String> {
     let real: Vec<&crate::source::ColumnInfo> =
         t.info.columns.iter().filter(|c| !c.synthetic).collect();
-    let chosen: Vec<String> = match opts.text_columns.get(&t.info.name) {
-        Some(cols) => cols.clone(),
-        None => {
-            let text: Vec<String> = real
-                .iter()
-                .filter(|c| c.mapped_as == "text")
-                .map(|c| c.name.clone())
-                .collect();
-            if text.is_empty() {
-                // No text column: describe the row by all its non-binary values, so memories still differ
-                // (Engram collapses memories with near-identical embeddings).
-                real.iter()
-                    .filter(|c| !is_binary(t, &c.name))
-                    .map(|c| c.name.clone())
-                    .collect()
-            } else {
-                text
-            }
-        }
-    };
-    if chosen.is_empty() {
+    let text: Vec<String> = real
+        .iter()
+        .filter(|c| c.mapped_as == "text")
+        .map(|c| c.name.clone())
+        .collect();
+    if !text.is_empty() {
+        return text;
+    }
+    real.iter()
+        .filter(|c| !is_binary(t, &c.name))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+fn text_columns(t: &TableEntry, opts: &MappingOptions) -> Vec<String> {
+    opts.text_columns
+        .get(&t.info.name)
+        .cloned()
+        .unwrap_or_else(|| default_text_columns(t))
+}
+
+fn text_of(t: &TableEntry, columns: &[String], alias: &str) -> String {
+    if columns.is_empty() {
         return "CAST(NULL AS VARCHAR)".into();
     }
-    let parts: Vec<String> = chosen
+    let parts: Vec<String> = columns
         .iter()
         .map(|c| format!("{} || {}", lit(&format!("{c}: ")), as_text(t, alias, c)))
         .collect();
     format!("nullif(concat_ws(' | ', {}), '')", parts.join(", "))
+}
+
+fn text_expr(t: &TableEntry, opts: &MappingOptions, alias: &str) -> String {
+    text_of(t, &text_columns(t, opts), alias)
+}
+
+/// What a table's memories embed, and how many distinct texts that gives: shown by `plan`, kept in the report.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct TextChoice {
+    pub table: String,
+    pub columns: Vec<String>,
+    /// Columns added to the default text because the text columns alone repeat (see `choose_texts`).
+    pub added: Vec<String>,
+    /// Named by `--text-columns`: used as given.
+    pub explicit: bool,
+    pub rows: u64,
+    pub distinct_texts: u64,
+}
+
+/// The share of a table's rows whose texts must differ for the default text to stand. Rows with the same text
+/// get the same embedding, and Engram keeps one memory of each (its near-duplicate filter), so a default below
+/// this would lose rows silently: the 2,000-row table whose only text column repeated 97 values.
+pub const DISTINCT_ENOUGH: f64 = 0.99;
+
+/// Chooses each table's text from the data (`ctx` has the snapshot registered as `source.*`). A table named by
+/// `--text-columns` keeps what it was given. Otherwise the default (every text column) stands when its texts
+/// tell at least 99% of the rows apart; when they do not, the columns that do are added: the key first, then the
+/// other columns with many distinct values (at least a tenth of the rows, most distinct first), and, if that is
+/// still not enough, every other non-binary column. Deterministic for a snapshot, so `validate` regenerates the
+/// same mapping.
+pub async fn choose_texts(
+    ctx: &datafusion::prelude::SessionContext,
+    manifest: &Manifest,
+    opts: &MappingOptions,
+) -> crate::error::Result<Vec<TextChoice>> {
+    let mut out = vec![];
+    for t in &manifest.tables {
+        let explicit = opts.text_columns.contains_key(&t.info.name);
+        let columns = text_columns(t, opts);
+        let (rows, distinct) = distinct_texts(ctx, t, &columns).await?;
+        let mut choice = TextChoice {
+            table: t.info.name.clone(),
+            columns,
+            added: vec![],
+            explicit,
+            rows,
+            distinct_texts: distinct,
+        };
+        if explicit || rows == 0 || distinct as f64 >= DISTINCT_ENOUGH * rows as f64 {
+            out.push(choice);
+            continue;
+        }
+        let candidates: Vec<String> = t
+            .info
+            .columns
+            .iter()
+            .filter(|c| {
+                !c.synthetic
+                    && is_scalar(t, &c.name)
+                    && !is_binary(t, &c.name)
+                    && !choice.columns.contains(&c.name)
+            })
+            .map(|c| c.name.clone())
+            .collect();
+        if candidates.is_empty() {
+            out.push(choice);
+            continue;
+        }
+        let counts = column_distinct(ctx, t, &candidates).await?;
+        let mut ranked: Vec<(bool, u64, String)> = candidates
+            .iter()
+            .zip(&counts)
+            .map(|(c, n)| (t.info.primary_key.contains(c), *n, c.clone()))
+            .collect();
+        // Key columns first, then by distinct values, most first; ties by name, so the choice is stable.
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        let many = (rows / 10).max(2);
+        let first: Vec<String> = ranked
+            .iter()
+            .filter(|(key, n, _)| *key || *n >= many)
+            .map(|(_, _, c)| c.clone())
+            .collect();
+        // Two tries, each wider than the one before: the key and the many-valued columns, then every column.
+        // The first that reaches the bar is taken, else the widest (it tells the most rows apart).
+        let mut tries = vec![first];
+        if tries[0].len() < ranked.len() {
+            tries.push(ranked.into_iter().map(|(_, _, c)| c).collect());
+        }
+        let base = choice.columns.clone();
+        for added in tries.into_iter().filter(|a| !a.is_empty()) {
+            let columns: Vec<String> = base.iter().chain(&added).cloned().collect();
+            let (_, d) = distinct_texts(ctx, t, &columns).await?;
+            (choice.columns, choice.added, choice.distinct_texts) = (columns, added, d);
+            if d as f64 >= DISTINCT_ENOUGH * rows as f64 {
+                break;
+            }
+        }
+        out.push(choice);
+    }
+    Ok(out)
+}
+
+async fn distinct_texts(
+    ctx: &datafusion::prelude::SessionContext,
+    t: &TableEntry,
+    columns: &[String],
+) -> crate::error::Result<(u64, u64)> {
+    let sql = format!(
+        "SELECT count(*) AS n, count(DISTINCT {}) AS d FROM {} AS c",
+        text_of(t, columns, "c"),
+        table_ref(&t.info.name)
+    );
+    let b = super::collect(ctx, &sql, "the text choice of the generated mapping").await?;
+    let get = |i: usize| -> u64 {
+        b.first()
+            .and_then(|b| {
+                arrow::array::cast::AsArray::as_primitive_opt::<arrow::datatypes::Int64Type>(
+                    b.column(i).as_ref(),
+                )
+                .map(|a| a.value(0).max(0) as u64)
+            })
+            .unwrap_or(0)
+    };
+    Ok((get(0), get(1)))
+}
+
+/// Approximate distinct values per column (HyperLogLog: one pass, bounded memory, order-independent).
+async fn column_distinct(
+    ctx: &datafusion::prelude::SessionContext,
+    t: &TableEntry,
+    columns: &[String],
+) -> crate::error::Result<Vec<u64>> {
+    let exprs: Vec<String> = columns
+        .iter()
+        .map(|c| format!("approx_distinct({})", as_text(t, "c", c)))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {} AS c",
+        exprs.join(", "),
+        table_ref(&t.info.name)
+    );
+    let b = super::collect(ctx, &sql, "the text choice of the generated mapping").await?;
+    Ok((0..columns.len())
+        .map(|i| {
+            b.first()
+                .and_then(|b| {
+                    arrow::array::cast::AsArray::as_primitive_opt::<arrow::datatypes::UInt64Type>(
+                        b.column(i).as_ref(),
+                    )
+                    .map(|a| a.value(0))
+                })
+                .unwrap_or(0)
+        })
+        .collect())
 }
 
 fn created_at_expr(t: &TableEntry, opts: &MappingOptions, alias: &str) -> String {

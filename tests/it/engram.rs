@@ -979,3 +979,101 @@ fn spaces_are_created_up_front_and_concurrently() {
         assert_eq!(standin.state.ids(name).len(), 3, "{name}");
     }
 }
+
+/// A sensor table whose only text column repeats 97 values over 2,000 rows (the issue's table that lost 95%):
+/// with `--text-columns readings:sensor` the prediction says so and the load refuses by default, naming the space;
+/// the generic mapping's own default sees that the text does not tell the rows apart, adds the key and the
+/// many-valued columns, and the stand-in (Engram's near-duplicate filter, to the letter) keeps over 99%.
+#[test]
+fn a_repeating_text_column_is_widened_by_default_and_the_server_keeps_the_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("sensors.sqlite");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE readings (id INTEGER PRIMARY KEY, sensor TEXT NOT NULL, status TEXT, value REAL,
+                                taken_at INTEGER);",
+    )
+    .unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    for i in 0..2000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.execute(
+            "INSERT INTO readings VALUES (?1, ?2, ?3, ?4, ?5)",
+            rusqlite::params![
+                i,
+                format!("s{}", i % 97),
+                if i % 3 == 0 { "ok" } else { "warn" },
+                (x >> 11) as f64 / (1u64 << 53) as f64 * 100.0,
+                1_700_000_000 + i * 60
+            ],
+        )
+        .unwrap();
+    }
+    drop(c);
+    let standin = Standin::start(Config::default());
+    let target = standin.http_target();
+
+    // Told to embed only the sensor: refused before anything is sent, the space and the fix named.
+    let narrow = tmp.path().join("narrow.bundle");
+    let out = run(&[
+        "run",
+        "--source",
+        p(&db),
+        "--bundle",
+        p(&narrow),
+        "--target",
+        &target,
+        "--text-columns",
+        "readings:sensor",
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(
+        e.contains("predicted to be dropped silently") && e.contains("readings"),
+        "{e}"
+    );
+    assert_eq!(
+        standin.state.requests.load(Ordering::SeqCst),
+        0,
+        "nothing sent"
+    );
+
+    // The default: the text also embeds the key and the many-valued columns; sent and kept.
+    let wide = tmp.path().join("wide.bundle");
+    let out = run(&[
+        "run",
+        "--source",
+        p(&db),
+        "--bundle",
+        p(&wide),
+        "--target",
+        &target,
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let work = PathBuf::from(format!("{}.work", wide.display()));
+    let texts = &json(&work.join("report.json"))["texts"];
+    let t = texts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "readings")
+        .unwrap_or_else(|| panic!("{texts}"));
+    let added: Vec<&str> = t["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(added.contains(&"id") && added.contains(&"value"), "{t}");
+    assert!(
+        !added.contains(&"status"),
+        "a two-valued column tells no rows apart: {t}"
+    );
+    assert!(t["distinct_texts"].as_u64().unwrap() >= 1980, "{t}");
+    let r = report(&wide);
+    let dropped = r["verification"]["not_kept"].as_array().unwrap().len();
+    assert!(dropped * 100 < 2000, "the server dropped {dropped} of 2000");
+    assert!(r["predicted_lost"].as_u64().unwrap() * 100 < 2000, "{r}");
+}
