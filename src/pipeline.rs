@@ -85,6 +85,21 @@ pub fn mapping_sql(
     texts: &[transform::generic::TextChoice],
 ) -> Result<(String, String)> {
     let path = WorkDir::new(work).mapping_sql();
+    let (sql, from) = generated_mapping(mapping, manifest, embedding_dim, texts)?;
+    if matches!(mapping, MappingPlan::File { .. }) {
+        return Ok((sql, from));
+    }
+    crate::parquet_io::write_atomic(&path, sql.as_bytes())?;
+    Ok((sql, format!("{} ({from})", path.display())))
+}
+
+/// The mapping SQL and where it comes from, written nowhere (`plan` writes nothing).
+fn generated_mapping(
+    mapping: &MappingPlan,
+    manifest: &Manifest,
+    embedding_dim: usize,
+    texts: &[transform::generic::TextChoice],
+) -> Result<(String, String)> {
     let (sql, from) = match mapping {
         MappingPlan::File { path } => {
             let sql = fs::read_to_string(path)
@@ -132,8 +147,7 @@ pub fn mapping_sql(
             (transform::generic::generate(manifest, &m), "generated")
         }
     };
-    crate::parquet_io::write_atomic(&path, sql.as_bytes())?;
-    Ok((sql, format!("{} ({from})", path.display())))
+    Ok((sql, from.to_string()))
 }
 
 /// What the generic mapping embeds of each table, chosen from the snapshot's data (see
@@ -1013,11 +1027,142 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
                     println!("note: {} exists: `run` needs --overwrite", b.display());
                 }
             }
+            plan_prediction(&plan, &opts, src.as_mut()).await?;
         }
         Err(_) if opts.target.is_none() => {
             println!("plan: give --target to see what `run` would execute")
         }
         Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// The part of `plan` that needs the data: what each table's memories embed and how many distinct texts that
+/// gives, and what Engram would drop silently (near-duplicate embeddings, the per-space limit, contents over
+/// 100 KB over HTTP), replayed over the memories the mapping makes, embedded as `run` would embed them. Made from
+/// the snapshot in the work directory when there is a complete one of this source as it is now; otherwise it
+/// says how to get one. Writes nothing.
+async fn plan_prediction(plan: &RunPlan, opts: &Options, src: &mut dyn Source) -> Result<()> {
+    let Some(dir) = plan.snapshot.as_ref() else {
+        return Ok(());
+    };
+    let complete = Manifest::load(dir).ok().filter(|m| m.complete);
+    let manifest = match complete {
+        Some(m) if src.kind() == "snapshot" => m,
+        Some(m) => {
+            let s = snapshot_options(plan);
+            let now = src
+                .fingerprint()?
+                .only_tables(|t| source::is_included(t, &s.include, &s.exclude));
+            let changes = m.source_fingerprint.changes(&now);
+            if !changes.is_empty() {
+                println!(
+                    "what Engram would keep: not predicted; the snapshot in {} is stale ({}): `run` stops there \
+                     (--fresh or --reuse-snapshot)",
+                    dir.display(),
+                    changes.join("; ")
+                );
+                return Ok(());
+            }
+            m
+        }
+        None => {
+            println!(
+                "what Engram would keep: predicted from the data once a snapshot is taken: `engram-migrate \
+                 snapshot` with these flags (seconds to minutes, reused by `run`), then `plan` again"
+            );
+            return Ok(());
+        }
+    };
+    let texts = text_choices(plan, dir, &manifest).await?;
+    if !texts.is_empty() {
+        println!("text embedded per table (from the snapshot):");
+        for t in &texts {
+            let how = if t.explicit {
+                "as --text-columns says".to_string()
+            } else if t.added.is_empty() {
+                "the text columns".to_string()
+            } else {
+                format!("the text columns repeat; added {}", t.added.join(", "))
+            };
+            println!(
+                "  {:<28} {} distinct texts of {} rows: {} ({how})",
+                t.table,
+                t.distinct_texts,
+                t.rows,
+                t.columns.join(", ")
+            );
+        }
+    }
+    // Embedded as `run` embeds: the same provider, its in-memory cache only (nothing is written).
+    let provider = provider(&plan.embedding, opts)?;
+    let mut embedder = Embedder::new(provider, plan.embedding.cache_entries)?;
+    let dim = embedder.native_dimension();
+    let mapping = plan
+        .mapping
+        .as_ref()
+        .ok_or_else(|| Error::usage("--source is required to know the mapping"))?;
+    let (sql, origin) = generated_mapping(mapping, &manifest, dim, &texts)?;
+    let ctx = transform::session(
+        plan.limits.workers,
+        plan.limits.batch_rows,
+        &sql_memory(plan),
+    )?;
+    transform::register_snapshot(&ctx, dir, &manifest).await?;
+    transform::run_statements(&ctx, &sql, &origin).await?;
+    let target = plan
+        .deliver
+        .as_ref()
+        .and_then(|d| crate::sink::engram::EngramTarget::parse(&d.target).ok());
+    let (protocol, limit) = target
+        .as_ref()
+        .map(|t| (t.protocol, t.space_limit))
+        .unwrap_or((
+            crate::sink::engram::Protocol::Http,
+            crate::sink::engram::DEFAULT_SPACE_LIMIT,
+        ));
+    let mut predictor = crate::sink::engram::predict::Predictor::new(limit);
+    let schema = crate::schema::memory_schema(dim);
+    let pb = crate::progress::bar(manifest.total_rows(), "predict", "memories");
+    let mut stream = transform::stream(&ctx, "SELECT * FROM memories", &origin).await?;
+    use futures::StreamExt;
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(|e| Error::sql(&origin, e))?;
+        let b = transform::conform(&b, &schema, "memories")?;
+        let b = crate::embed::memories::embed_memories(&mut embedder, &b, plan.embedding.reembed)?;
+        crate::sink::engram::predict::offer_batch(&mut predictor, None, &b)
+            .map_err(|m| Error::Internal(format!("plan's prediction: {m}")))?;
+        pb.inc(b.num_rows() as u64);
+    }
+    pb.finish_and_clear();
+    let p = predictor.finish();
+    println!(
+        "what Engram would keep ({} embeddings, over {}, per-space limit {limit}):",
+        plan.embedding.provider,
+        match protocol {
+            crate::sink::engram::Protocol::Http => "HTTP",
+            crate::sink::engram::Protocol::Grpc => "gRPC",
+        }
+    );
+    print!("{}", p.render(protocol));
+    let too_large: u64 = p.spaces.iter().map(|s| s.too_large_for_http).sum();
+    if too_large > 0 && protocol == crate::sink::engram::Protocol::Http {
+        println!(
+            "note: {too_large} memories have content over 100 KB, which Engram's HTTP API refuses; \
+             engram+grpc://HOST:PORT accepts them (the bundle keeps them whole either way)"
+        );
+    }
+    let max = plan
+        .deliver
+        .as_ref()
+        .map(|d| d.max_predicted_loss)
+        .unwrap_or(plan::DEFAULT_MAX_PREDICTED_LOSS);
+    if p.fraction(protocol) > max {
+        println!(
+            "note: over --max-predicted-loss {max}: a live load would refuse to send; give the rows distinct texts \
+             (--text-columns TABLE:COL,COL with columns that tell the rows apart, or your own --sql), or pass \
+             --max-predicted-loss 1 to send anyway"
+        );
     }
     Ok(())
 }

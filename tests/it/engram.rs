@@ -1039,6 +1039,45 @@ fn a_repeating_text_column_is_widened_by_default_and_the_server_keeps_the_rows()
         0,
         "nothing sent"
     );
+    // `plan` with the same flags predicts from the snapshot the run left; sent anyway (one write at a time, so
+    // the server sees the bundle's order), the stand-in drops what was predicted, within 1%.
+    let narrow_args = [
+        "--source",
+        p(&db),
+        "--bundle",
+        p(&narrow),
+        "--target",
+        &target,
+        "--text-columns",
+        "readings:sensor",
+    ];
+    let out = run(&[&["plan"][..], &narrow_args[..]].concat());
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let predicted: u64 = said
+        .lines()
+        .find_map(|l| l.strip_prefix("predicted loss: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no prediction in: {said}"));
+    assert!(said.contains("97 distinct texts of 2000 rows"), "{said}");
+    assert!(said.contains("--max-predicted-loss"), "{said}");
+    let out = run(&[
+        &["run"][..],
+        &narrow_args[..],
+        &["--max-predicted-loss", "1", "--target-parallel", "1"][..],
+    ]
+    .concat());
+    assert_eq!(code(&out), 5, "the server drops rows: {}", stderr(&out));
+    let dropped = report(&narrow)["verification"]["not_kept"]
+        .as_array()
+        .unwrap()
+        .len() as u64;
+    assert!(dropped >= 1800, "dropped {dropped}");
+    assert!(
+        predicted.abs_diff(dropped) * 100 <= dropped,
+        "plan predicted {predicted}, the server dropped {dropped}"
+    );
 
     // The default: the text also embeds the key and the many-valued columns; sent and kept.
     let wide = tmp.path().join("wide.bundle");
@@ -1072,6 +1111,17 @@ fn a_repeating_text_column_is_widened_by_default_and_the_server_keeps_the_rows()
         "a two-valued column tells no rows apart: {t}"
     );
     assert!(t["distinct_texts"].as_u64().unwrap() >= 1980, "{t}");
+    let out = run(&[
+        "plan",
+        "--source",
+        p(&db),
+        "--bundle",
+        p(&wide),
+        "--target",
+        &target,
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("added id, value"), "{said}");
     let r = report(&wide);
     let dropped = r["verification"]["not_kept"].as_array().unwrap().len();
     assert!(dropped * 100 < 2000, "the server dropped {dropped} of 2000");

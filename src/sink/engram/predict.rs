@@ -203,18 +203,81 @@ impl Replay {
     }
 }
 
+/// Engram's duplicate filter, limits and HTTP size limit replayed over memories offered one by one, space by
+/// space, in the order they would be sent: from a finished bundle (`predict`) or from staged memories (`plan`).
+pub struct Predictor {
+    space_limit: u64,
+    spaces: Vec<(SpaceLoss, Option<Replay>)>,
+    index: HashMap<String, usize>,
+}
+
+impl Predictor {
+    pub fn new(space_limit: u64) -> Predictor {
+        Predictor {
+            space_limit,
+            spaces: vec![],
+            index: HashMap::new(),
+        }
+    }
+
+    /// Offers one memory: its space, id, content size and embedding (None: the server computes one, which this
+    /// cannot predict).
+    pub fn offer(
+        &mut self,
+        space: &str,
+        id: &str,
+        content_bytes: usize,
+        embedding: Option<&[f32]>,
+    ) {
+        let i = match self.index.get(space) {
+            Some(&i) => i,
+            None => {
+                self.index.insert(space.to_string(), self.spaces.len());
+                self.spaces.push((
+                    SpaceLoss {
+                        space: space.to_string(),
+                        ..Default::default()
+                    },
+                    None,
+                ));
+                self.spaces.len() - 1
+            }
+        };
+        let capacity = usize::try_from(self.space_limit).unwrap_or(usize::MAX);
+        let (loss, replay) = &mut self.spaces[i];
+        loss.memories += 1;
+        if content_bytes > MAX_CONTENT_BYTES {
+            loss.too_large_for_http += 1;
+        }
+        let Some(v) = embedding else { return };
+        let r = replay.get_or_insert_with(|| Replay::new(v.len(), EXHAUSTIVE_UP_TO, capacity));
+        if let Some((j, c)) = r.offer(id, v) {
+            loss.near_duplicates += 1;
+            if r.kept[j].1.as_slice() == v {
+                loss.identical += 1;
+            }
+            if loss.examples.len() < 5 {
+                loss.examples.push((id.to_string(), r.kept[j].0.clone(), c));
+            }
+        }
+    }
+
+    pub fn finish(self) -> Prediction {
+        let mut out = Prediction::default();
+        for (mut loss, replay) in self.spaces {
+            let kept = replay.map_or(0, |r| r.kept_count);
+            loss.over_limit = kept.saturating_sub(self.space_limit);
+            out.memories += loss.memories;
+            out.spaces.push(loss);
+        }
+        out
+    }
+}
+
 /// Replays Engram's duplicate filter and limits over every space of the bundle.
 pub fn predict(bundle: &Path, manifest: &BundleManifest, space_limit: u64) -> Result<Prediction> {
-    let mut out = Prediction::default();
+    let mut p = Predictor::new(space_limit);
     for s in &manifest.spaces {
-        if s.memories.rows == 0 {
-            continue;
-        }
-        let mut loss = SpaceLoss {
-            space: s.space.clone(),
-            ..Default::default()
-        };
-        let mut replay: Option<Replay> = None;
         for f in &s.memories.files {
             let path = bundle
                 .join("spaces")
@@ -224,53 +287,46 @@ pub fn predict(bundle: &Path, manifest: &BundleManifest, space_limit: u64) -> Re
             for b in parquet_io::open_reader(&path, 8192)? {
                 let b =
                     b.map_err(|e| Error::source_err(path.display().to_string(), e.to_string()))?;
-                let ids = b
-                    .column_by_name(memory::ID)
-                    .map(|c| c.as_string::<i32>().clone());
-                let contents = b
-                    .column_by_name(memory::CONTENT)
-                    .map(|c| c.as_string::<i32>().clone());
-                let embs = b
-                    .column_by_name(memory::EMBEDDING)
-                    .map(|c| c.as_fixed_size_list().clone());
-                let (Some(ids), Some(contents), Some(embs)) = (ids, contents, embs) else {
-                    return Err(Error::source_err(
-                        path.display().to_string(),
-                        "not a bundle memory part",
-                    ));
-                };
-                let values = embs.values().as_primitive::<Float32Type>().clone();
-                let dim = embs.value_length() as usize;
-                let capacity = usize::try_from(space_limit).unwrap_or(usize::MAX);
-                let r = replay.get_or_insert_with(|| Replay::new(dim, EXHAUSTIVE_UP_TO, capacity));
-                for i in 0..b.num_rows() {
-                    loss.memories += 1;
-                    if contents.value(i).len() > MAX_CONTENT_BYTES {
-                        loss.too_large_for_http += 1;
-                    }
-                    if embs.is_null(i) {
-                        continue;
-                    }
-                    let v = &values.values()[i * dim..(i + 1) * dim];
-                    if let Some((j, c)) = r.offer(ids.value(i), v) {
-                        loss.near_duplicates += 1;
-                        if r.kept[j].1.as_slice() == v {
-                            loss.identical += 1;
-                        }
-                        if loss.examples.len() < 5 {
-                            loss.examples
-                                .push((ids.value(i).to_string(), r.kept[j].0.clone(), c));
-                        }
-                    }
-                }
+                offer_batch(&mut p, Some(&s.space), &b)
+                    .map_err(|m| Error::source_err(path.display().to_string(), m))?;
             }
         }
-        let kept = replay.map_or(0, |r| r.kept_count);
-        loss.over_limit = kept.saturating_sub(space_limit);
-        out.memories += loss.memories;
-        out.spaces.push(loss);
     }
-    Ok(out)
+    Ok(p.finish())
+}
+
+/// Offers every memory of a batch of the memory schema; `space` where the batch is of one space (a bundle's
+/// part), else each row's own.
+pub fn offer_batch(
+    p: &mut Predictor,
+    space: Option<&str>,
+    b: &arrow::array::RecordBatch,
+) -> std::result::Result<(), String> {
+    let string = |name: &str| {
+        b.column_by_name(name)
+            .and_then(|c| c.as_string_opt::<i32>().cloned())
+    };
+    let (Some(ids), Some(contents), Some(embs)) = (
+        string(memory::ID),
+        string(memory::CONTENT),
+        b.column_by_name(memory::EMBEDDING)
+            .and_then(|c| c.as_fixed_size_list_opt().cloned()),
+    ) else {
+        return Err("not memories of the bundle's schema (id, content, embedding)".into());
+    };
+    let spaces = string(memory::SPACE);
+    let values = embs.values().as_primitive::<Float32Type>().clone();
+    let dim = embs.value_length() as usize;
+    for i in 0..b.num_rows() {
+        let sp = match (space, &spaces) {
+            (Some(s), _) => s,
+            (None, Some(col)) => col.value(i),
+            (None, None) => return Err("memories without a space column".into()),
+        };
+        let v = (!embs.is_null(i)).then(|| &values.values()[i * dim..(i + 1) * dim]);
+        p.offer(sp, ids.value(i), contents.value(i).len(), v);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
