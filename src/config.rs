@@ -139,6 +139,16 @@ pub struct Options {
     #[arg(long)]
     pub target_parallel: Option<usize>,
 
+    /// PostgreSQL target: the schema of the memories, edges and orphans tables (created if absent)
+    /// [default: engram].
+    #[arg(long)]
+    pub target_schema: Option<String>,
+
+    /// PostgreSQL target: the vector index built after the data: hnsw, ivfflat (cosine both) or none
+    /// [default: hnsw].
+    #[arg(long)]
+    pub target_index: Option<String>,
+
     /// Live target: the largest share of the bundle's memories the target may be predicted to drop silently
     /// (Engram: near-duplicate embeddings, the per-space limit, contents over 100 KB over HTTP) before the load
     /// refuses to send anything, 0..1 [default: 0.01]. 1 sends whatever is predicted; the bundle keeps everything.
@@ -345,7 +355,15 @@ impl Options {
                             recorded_value.as_str().unwrap_or_default()
                         )));
                     }
-                    flags.insert(key.clone(), recorded_value.clone());
+                    let mut value = recorded_value.clone();
+                    // A target URL is recorded without its password; taken from the record, it has none, so the
+                    // sink reads the password from its environment variable (see the target's docs).
+                    if key == "target" {
+                        if let Some(url) = value.as_str().filter(|u| u.contains(":***@")) {
+                            value = Value::String(url.replacen(":***@", "@", 1));
+                        }
+                    }
+                    flags.insert(key.clone(), value);
                 }
                 Some(v) if r < redoes && !same_value(key, &v, recorded_value) => {
                     return Err(Error::usage(format!(
@@ -491,7 +509,8 @@ pub fn role(key: &str) -> Option<Role> {
         | "skip-edges"
         | "ttl-as-decay"
         | "hash-field-memories" => Transform,
-        "target" | "bundle" | "embedding-provider" | "embedding-model" | "reembed" => Load,
+        "target" | "bundle" | "embedding-provider" | "embedding-model" | "reembed"
+        | "target-schema" | "target-index" => Load,
         "validate" | "sample-size" | "sample-seed" | "checks" => Validate,
         "source-user"
         | "fetch-size"

@@ -701,7 +701,7 @@ async fn load_live_cmd(opts: Options, target: &Target) -> Result<()> {
         ));
     };
     let sink = target
-        .open()?
+        .open(&d.options)?
         .ok_or_else(|| Error::Internal("load_live_cmd without a live target".into()))?;
     deliver(&plan, bundle, sink.as_ref(), d).await
 }
@@ -853,8 +853,8 @@ pub async fn run_cmd(opts: Options) -> Result<()> {
     let plan = RunPlan::for_command(&opts, Command::Run)?;
     let sink = match &plan.deliver {
         Some(d) => {
-            let sink = Target::parse(&d.target)?
-                .open()?
+            let sink = Target::parse(&d.spec)?
+                .open(&d.options)?
                 .ok_or_else(|| Error::Internal("a deliver plan without a live target".into()))?;
             sink.healthcheck().await?;
             Some(sink)
@@ -1169,8 +1169,17 @@ async fn plan_prediction(plan: &RunPlan, opts: &Options, src: &mut dyn Source) -
 
 /// `rollback --bundle DIR --target URL`: asks the live target's sink to remove what loading the bundle put there.
 pub async fn rollback_cmd(opts: Options) -> Result<()> {
+    // `rollback --work-dir W`: the bundle and target of the run recorded there.
+    let opts = match (&opts.bundle, &opts.work_dir) {
+        (None, Some(_)) => continuing(opts, config::Role::Load)?,
+        _ => opts,
+    };
     let target = Target::parse(opts.require_target()?)?;
-    let Some(sink) = target.open()? else {
+    let sink_options = crate::sink::SinkOptions {
+        schema: opts.target_schema.clone(),
+        index: opts.target_index.clone(),
+    };
+    let Some(sink) = target.open(&sink_options)? else {
         return Err(Error::usage(format!(
             "rollback works on a live target (--target URL --bundle DIR); a bundle directory ({}) is rolled back by \
              deleting it, and its work directory with it",

@@ -116,8 +116,13 @@ pub struct EmbeddingPlan {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliverPlan {
-    /// The `--target` URL (no credentials are allowed in it).
+    /// The `--target` URL without its password (the plan is printed and recorded).
     pub target: String,
+    /// The `--target` URL as given, password included (PostgreSQL): for opening the sink, never shown or kept.
+    #[serde(skip)]
+    pub spec: String,
+    /// `--target-schema`, `--target-index`.
+    pub options: crate::sink::SinkOptions,
     /// The load refuses when the sink predicts a larger share of silent drops.
     pub max_predicted_loss: f64,
     pub sink: &'static str,
@@ -201,6 +206,8 @@ impl RunPlan {
             None => (None, None),
             Some(crate::sink::Target::Bundle(dir)) => (Some(dir.clone()), None),
             Some(crate::sink::Target::Live { factory, spec }) => {
+                let shown = crate::source::redact_url(spec);
+                let spec = &shown;
                 if matches!(
                     command,
                     Command::Snapshot | Command::Transform | Command::Validate
@@ -217,7 +224,7 @@ impl RunPlan {
                          before it is sent)"
                     ))
                 })?;
-                (Some(bundle), Some((factory.name(), spec.clone())))
+                (Some(bundle), Some((factory.name(), shown.clone())))
             }
         };
         let work_dir = match (&o.work_dir, &bundle) {
@@ -254,6 +261,11 @@ impl RunPlan {
         };
         let deliver = deliver.map(|(sink, target)| DeliverPlan {
             target,
+            spec: o.target.clone().unwrap_or_default(),
+            options: crate::sink::SinkOptions {
+                schema: o.target_schema.clone(),
+                index: o.target_index.clone(),
+            },
             max_predicted_loss,
             sink,
             // `load` only delivers: the old spellings --batch-size/--parallel-workers still mean the target's there.

@@ -211,7 +211,7 @@ pub async fn run(
     }
     drop(answers);
     pb.finish_and_clear();
-    sink.finish(manifest).await?;
+    sink.finish(bundle, manifest).await?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(LoadOutcome {
         sent,

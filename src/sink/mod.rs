@@ -7,6 +7,7 @@
 
 pub mod engram;
 pub mod load;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 
@@ -123,8 +124,8 @@ pub trait Sink: Send + Sync {
     fn unit_rows(&self, limits: &DeliverLimits) -> usize;
     /// Sends one unit; one outcome per row, in order. An error stops the load (it resumes from the checkpoint).
     async fn write(&self, unit: &WriteUnit) -> Result<Vec<RowOutcome>>;
-    /// After the last unit (indexes, analyze). Default: nothing.
-    async fn finish(&self, _manifest: &BundleManifest) -> Result<()> {
+    /// After the last unit (what is not sent in units, indexes, analyze). Default: nothing.
+    async fn finish(&self, _bundle: &Path, _manifest: &BundleManifest) -> Result<()> {
         Ok(())
     }
     /// Removes what loading this bundle put into the target (the bundle's memories, by id), where the target can;
@@ -150,22 +151,25 @@ pub trait SinkFactory: Sync {
     fn name(&self) -> &'static str;
     /// The URL schemes this sink answers to, with "://".
     fn schemes(&self) -> &'static [&'static str];
-    fn open(&self, spec: &str) -> Result<Box<dyn Sink>>;
+    fn open(&self, spec: &str, opts: &SinkOptions) -> Result<Box<dyn Sink>>;
+}
+
+/// Target settings from flags that a sink may use (`--target-schema`, `--target-index`); each sink says which.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SinkOptions {
+    /// Database targets: the schema the tables go into.
+    pub schema: Option<String>,
+    /// Vector databases: the vector index built after the data.
+    pub index: Option<String>,
 }
 
 /// Every sink, by URL scheme: the one place a `--target` URL is matched.
 pub fn registry() -> &'static [&'static dyn SinkFactory] {
-    &[&engram::EngramFactory]
+    &[&engram::EngramFactory, &postgres::PostgresFactory]
 }
 
 /// Target schemes that are planned but not built yet, so that they get a clear answer.
-const NOT_BUILT: &[&str] = &[
-    "engram://",
-    "bolt://",
-    "neo4j://",
-    "postgres://",
-    "postgresql://",
-];
+const NOT_BUILT: &[&str] = &["engram://", "bolt://", "neo4j://"];
 
 /// Where `--target` points: a directory for the bundle (the embedded default), or a registered live target that
 /// is loaded from a bundle.
@@ -212,15 +216,17 @@ impl Target {
     pub fn describe(&self) -> String {
         match self {
             Target::Bundle(p) => p.display().to_string(),
-            Target::Live { factory, spec } => format!("{spec} ({})", factory.name()),
+            Target::Live { factory, spec } => {
+                format!("{} ({})", crate::source::redact_url(spec), factory.name())
+            }
         }
     }
 
     /// The sink of a live target (no I/O yet).
-    pub fn open(&self) -> Result<Option<Box<dyn Sink>>> {
+    pub fn open(&self, opts: &SinkOptions) -> Result<Option<Box<dyn Sink>>> {
         match self {
             Target::Bundle(_) => Ok(None),
-            Target::Live { factory, spec } => factory.open(spec).map(Some),
+            Target::Live { factory, spec } => factory.open(spec, opts).map(Some),
         }
     }
 

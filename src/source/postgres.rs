@@ -843,7 +843,7 @@ fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 /// Connects as libpq would for the URL's `sslmode`: `disable` in plain text, `prefer` (the default) and `require`
 /// with TLS when the server offers it, without certificate verification (libpq's meaning of those modes).
-fn connect(config: &postgres::Config) -> std::result::Result<Client, postgres::Error> {
+pub(crate) fn connect(config: &postgres::Config) -> std::result::Result<Client, postgres::Error> {
     off_runtime(|| connect_now(config))
 }
 

@@ -13,6 +13,7 @@ mod exact;
 mod faults;
 mod neo4j;
 mod openai_server;
+mod pg_target;
 mod plan;
 mod postgres;
 mod redis;

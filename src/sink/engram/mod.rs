@@ -366,7 +366,11 @@ impl crate::sink::SinkFactory for EngramFactory {
     fn schemes(&self) -> &'static [&'static str] {
         &["engram+http://", "engram+grpc://"]
     }
-    fn open(&self, spec: &str) -> Result<Box<dyn crate::sink::Sink>> {
+    fn open(
+        &self,
+        spec: &str,
+        _opts: &crate::sink::SinkOptions,
+    ) -> Result<Box<dyn crate::sink::Sink>> {
         Ok(Box::new(EngramSink::new(
             EngramTarget::parse(spec)?,
             LiveOptions::default(),
