@@ -19,8 +19,9 @@
 -- json_insert(obj, key, json) nests a JSON text as an object.
 --
 -- How the graph maps
---   * node -> memory 'neo4j_node_' || id(n), content = {id, element_id,
---     labels, properties}, in the space of its primary label:
+--   * node -> memory with the id of its key (--id-property, see node_keys),
+--     content = {id, element_id, labels, properties}, in the space of its
+--     primary label:
 --       the first label of --label-to-space (in the order given) the node
 --       has, else --memory-space-prefix || its alphabetically first label
 --       (lower case, other characters '_'), else prefix || 'unlabelled'.
@@ -36,20 +37,52 @@
 --     normalised to [0,1]. --bidirectional adds the reverse edge (in the
 --     space of the end node). A relationship whose end node is not in the
 --     snapshot lands in orphans.
+--   * an edge's source_id and target_id are the memory ids of its end nodes
+--     (joined on id); an end node missing from the snapshot gets the
+--     element-id form 'neo4j_node_' || element id, whatever the key.
+--   * mapping_errors: the transform stops, naming them, when it has rows
+--     (a node without its key property).
 -- =============================================================================
+
+
+-- The key of each node. Here: {{KEY_KIND}}.
+-- key_label is the label whose property keys the node (NULL when the key is
+-- not per label), key_value its value (NULL when the node lacks it:
+-- mapping_errors reports it).
+CREATE VIEW node_keys AS
+SELECT
+  n.id, n.element_id, n.labels, n.properties,
+  {{KEY_LABEL}} AS key_label,
+  {{KEY_VALUE}} AS key_value
+FROM source.nodes AS n;
+
+
+-- What the transform refuses to map, one message per kind of problem: a
+-- node without its key would have no id (a default would merge or drop
+-- nodes), so the transform stops and prints these (src/transform/mod.rs).
+CREATE VIEW mapping_errors AS
+SELECT concat(count(*), ' node(s) ', p.problem, ' (e.g. element id ',
+              min(p.element_id), ')') AS message
+FROM (
+  SELECT n.element_id, {{KEY_PROBLEM}} AS problem
+  FROM node_keys AS n
+  WHERE n.key_value IS NULL
+) AS p
+GROUP BY p.problem;
 
 
 CREATE VIEW node_rows AS
 SELECT
   n.id, n.element_id, n.labels, n.properties,
+  {{MEMORY_ID}} AS memory_id,
   {{SPACE}} AS space
-FROM source.nodes AS n;
+FROM node_keys AS n;
 
 
 CREATE VIEW memories AS
 SELECT
   n.space                                                   AS space,
-  'neo4j_node_' || n.id                                     AS id,
+  n.memory_id                                               AS id,
   json_insert(
     to_json(named_struct('id', n.id, 'element_id', n.element_id, 'labels', n.labels)),
     'properties', n.properties)                             AS content,
@@ -72,10 +105,13 @@ FROM source.relationships AS r;
 
 
 -- Each relationship with its endpoints looked up once (LEFT JOINs on the nodes' id), shared by edges and
--- orphans so the two can never disagree.
+-- orphans so the two can never disagree; each end's memory id comes from its node, the same key as the node's
+-- memory.
 CREATE VIEW rel_rows AS
 SELECT
   r.id, r.element_id, r."type", r.start_id, r.end_id, r.properties,
+  CASE WHEN s.id IS NULL THEN 'neo4j_node_' || r.start_element_id ELSE s.memory_id END AS start_memory_id,
+  CASE WHEN t.id IS NULL THEN 'neo4j_node_' || r.end_element_id ELSE t.memory_id END AS end_memory_id,
   s.space AS start_space, t.space AS end_space,
   s.id IS NOT NULL AND t.id IS NOT NULL AS both_exist,
   CAST({{WEIGHT}} AS FLOAT) AS weight
@@ -89,8 +125,8 @@ WHERE {{EDGES_ON}};
 CREATE VIEW edge_rows AS
 SELECT
   coalesce(start_space, '{{ORPHAN_SPACE}}')                 AS space,
-  'neo4j_node_' || start_id                                 AS source_id,
-  'neo4j_node_' || end_id                                   AS target_id,
+  start_memory_id                                           AS source_id,
+  end_memory_id                                             AS target_id,
   "type"                                                    AS edge_type,
   weight,
   json_insert(to_json(named_struct('id', id, 'element_id', element_id, 'direction', 'forward')),
@@ -102,8 +138,8 @@ FROM rel_rows
 UNION ALL
 SELECT
   coalesce(end_space, '{{ORPHAN_SPACE}}')                   AS space,
-  'neo4j_node_' || end_id                                   AS source_id,
-  'neo4j_node_' || start_id                                 AS target_id,
+  end_memory_id                                             AS source_id,
+  start_memory_id                                           AS target_id,
   "type"                                                    AS edge_type,
   weight,
   json_insert(to_json(named_struct('id', id, 'element_id', element_id, 'direction', 'reverse')),

@@ -61,6 +61,14 @@ pub struct Options {
     #[arg(long)]
     pub label_to_space: Option<String>,
 
+    /// Graph sources: what a node's memory id is made from [default: its element id, neo4j_node_<elementId(n)>,
+    /// which the server reuses after deletes]. "NAME": the property NAME of every node, unique across the graph
+    /// (id neo4j_<value>); or per label, "File:path,Class:fqn": a node is keyed by the first listed label it has
+    /// (id neo4j_<label>:<value>). Give uniqueness-constrained properties to get ids that stay the same across
+    /// re-runs; a node without its key property stops the transform.
+    #[arg(long, value_name = "SPEC")]
+    pub id_property: Option<String>,
+
     /// Graph sources: prefix of the space made from a label (lower-cased, other characters `_`) [default: neo4j_].
     #[arg(long)]
     pub memory_space_prefix: Option<String>,

@@ -12,7 +12,11 @@ use serde::Serialize;
 use crate::config::{self, Options};
 use crate::error::{Error, Result};
 use crate::source::{self, SourceKind};
-use crate::transform::{generic::MappingOptions, neo4j::GraphMapping, redis::RedisMapping};
+use crate::transform::{
+    generic::MappingOptions,
+    neo4j::{GraphKey, GraphMapping},
+    redis::RedisMapping,
+};
 use crate::validate::IdScope;
 use crate::workdir::WorkDir;
 
@@ -391,6 +395,17 @@ impl RunPlan {
                 .map(MappingPlan::describe)
                 .unwrap_or_else(|| "-".into()),
         );
+        if let Some(MappingPlan::Graph(g)) = &self.mapping {
+            line("graph ids", g.id_key.describe());
+            if g.id_key == GraphKey::ElementId {
+                line(
+                    "warning",
+                    "servers reuse element ids after deletes (ArcadeDB and Neo4j 5 do): a re-run can give a new node \
+                     a deleted node's id; --id-property gives ids stable across re-runs"
+                        .into(),
+                );
+            }
+        }
         let e = &self.embedding;
         line(
             "embedding",
@@ -538,6 +553,9 @@ pub fn mapping_plan(o: &Options, origin: SourceKind) -> Result<MappingPlan> {
         }),
         SourceKind::Neo4j => {
             let mut g = GraphMapping::default();
+            if let Some(spec) = &o.id_property {
+                g.id_key = GraphKey::parse(spec).map_err(Error::usage)?;
+            }
             g.memory_space = o.memory_space.clone();
             for item in o
                 .label_to_space

@@ -294,6 +294,7 @@ pub async fn run(
              (see sql/codegraph.sql)"
         )));
     }
+    check_mapping_errors(&ctx, origin).await?;
 
     let partial = out.with_extension("partial");
     if partial.exists() {
@@ -355,6 +356,40 @@ pub async fn run(
         parquet_io::sync_dir(parent)?;
     }
     Ok(summary)
+}
+
+/// A mapping may define the view `mapping_errors` (one text column `message`): rows the data has that the mapping
+/// refuses to map (the graph mapping: nodes without their `--id-property` key). Checked before anything is staged,
+/// so such a run stops with every message instead of giving those rows NULL ids, or ids merged by a default.
+pub async fn check_mapping_errors(ctx: &SessionContext, origin: &str) -> Result<()> {
+    const VIEW: &str = "mapping_errors";
+    if !ctx.table_exist(VIEW).map_err(|e| Error::sql(origin, e))? {
+        return Ok(());
+    }
+    let batches = collect(
+        ctx,
+        &format!("SELECT CAST(message AS VARCHAR) AS message FROM {VIEW} ORDER BY 1"),
+        origin,
+    )
+    .await?;
+    let mut messages = vec![];
+    for b in &batches {
+        let col = b.column(0).as_string::<i32>();
+        for i in 0..col.len() {
+            messages.push(if col.is_null(i) {
+                "(a row of mapping_errors without a message)".to_string()
+            } else {
+                col.value(i).to_string()
+            });
+        }
+    }
+    if messages.is_empty() {
+        return Ok(());
+    }
+    Err(Error::usage(format!(
+        "mapping {origin}: the data has rows it cannot map (view {VIEW}):\n  {}",
+        messages.join("\n  ")
+    )))
 }
 
 async fn distinct_spaces(ctx: &SessionContext, view: &str, origin: &str) -> Result<Vec<String>> {
