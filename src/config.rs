@@ -507,6 +507,7 @@ pub fn role(key: &str) -> Option<Role> {
         | "memory-space-prefix"
         | "text-properties"
         | "weight-property"
+        | "id-property"
         | "bidirectional"
         | "activation"
         | "memory-space"
