@@ -19,8 +19,11 @@ pub struct Options {
     #[arg(long, short = 's', env = "ENGRAM_MIGRATE_SOURCE")]
     pub source: Option<String>,
 
-    /// Where to write: a directory that becomes the Engram bundle; or, with `load --bundle`, a running Engram
-    /// server: engram+http://HOST:PORT or engram+grpc://HOST:PORT[?http_port=N] (API key from ENGRAM_API_KEY).
+    /// Where to write: a directory that becomes the Engram bundle; or, with `--bundle DIR` (`run` writes it first,
+    /// `load` sends a finished one), a live target: a running Engram server, engram+http://HOST:PORT or
+    /// engram+grpc://HOST:PORT[?http_port=N] (API key from ENGRAM_API_KEY); or PostgreSQL + pgvector,
+    /// postgres://USER[:PASSWORD]@HOST:PORT/DB (password also from ENGRAM_MIGRATE_TARGET_PASSWORD or PGPASSWORD;
+    /// never printed).
     #[arg(long, short = 't')]
     pub target: Option<String>,
 

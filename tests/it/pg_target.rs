@@ -282,3 +282,61 @@ fn a_killed_load_is_invisible_and_a_rerun_completes_it() {
         memories.to_string()
     );
 }
+
+/// An OpenAI-compatible provider answering 1,536 floats (the local test server): the target's column is
+/// `vector(1536)` with its HNSW index, every embedding bit for bit.
+#[test]
+fn openai_1536_dimensions_fill_a_vector_1536_column() {
+    use crate::openai_server::{Behaviour, Server};
+    let server = Server::start(Behaviour {
+        dim: 1536,
+        ..Default::default()
+    });
+    let url = pg_database("it_target_1536");
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("b");
+    let provider = format!("openai:{}", server.url);
+    let fx = fixture();
+    let out = run(&[
+        "run",
+        "--source",
+        p(&fx),
+        "--bundle",
+        p(&bundle),
+        "--target",
+        url.as_str(),
+        "--embedding-provider",
+        &provider,
+        "--embedding-model",
+        "test-embed",
+        "--max-predicted-loss",
+        "1",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        one(
+            "it_target_1536",
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = 'engram.memories'::regclass AND attname = 'embedding'"
+        ),
+        "vector(1536)"
+    );
+    assert!(psql(
+        "it_target_1536",
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = 'engram' AND tablename = 'memories'"
+    )
+    .contains("USING hnsw"));
+    assert_eq!(
+        count("it_target_1536", "engram.memories"),
+        totals(&bundle, "memories")
+    );
+    let report = json(&Path::new(&format!("{}.work", bundle.display())).join("report.json"));
+    assert!(
+        report["delivery"]["spaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["embedding_differs"] == 0),
+        "{report}"
+    );
+}
