@@ -192,6 +192,7 @@ fn provider(
             model,
             api_key: opts.embedding_api_key.as_ref().map(|k| k.0.clone()),
             request_size: e.request_size,
+            max_dimensions: e.max_dimensions,
             ..Default::default()
         };
         return Ok(std::sync::Arc::new(OpenAiProvider::connect(http)?));

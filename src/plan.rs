@@ -116,6 +116,10 @@ pub struct EmbeddingPlan {
     /// In-memory cache entries.
     pub cache_entries: usize,
     pub reembed: bool,
+    /// The most floats the target takes (an Engram bundle or server: 768; PostgreSQL: what pgvector indexes): a
+    /// provider whose vectors are longer is asked for this many (OpenAI's text-embedding-3 models shorten on
+    /// request), else refused before the run.
+    pub max_dimensions: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -312,6 +316,15 @@ impl RunPlan {
                     .cache_size
                     .unwrap_or(crate::embed::stage::DEFAULT_CACHE_CAPACITY),
                 reembed: o.reembed,
+                max_dimensions: match &target {
+                    Some(crate::sink::Target::Live { factory, .. }) => {
+                        factory.embedding_dim_limit(&crate::sink::SinkOptions {
+                            schema: o.target_schema.clone(),
+                            index: o.target_index.clone(),
+                        })
+                    }
+                    _ => Some(crate::sink::engram::ENGRAM_DIM),
+                },
             },
             // `run` validates unless told not to; `validate` always; the other commands never.
             validate: match command {

@@ -183,7 +183,7 @@ impl OpenAiProvider {
             dim = v.pop().map_or(0, |v| v.len());
             if dim != cap {
                 return Err(Error::usage(format!(
-                    "embedding model {:?} at {} returns vectors longer than {cap} floats (Engram's size) and \
+                    "embedding model {:?} at {} returns vectors longer than {cap} floats (the most the target takes) and \
                      the server does not shorten them on request; choose a model of at most {cap} dimensions",
                     p.opts.model,
                     redact_url(&p.endpoint)

@@ -152,6 +152,10 @@ pub trait SinkFactory: Sync {
     /// The URL schemes this sink answers to, with "://".
     fn schemes(&self) -> &'static [&'static str];
     fn open(&self, spec: &str, opts: &SinkOptions) -> Result<Box<dyn Sink>>;
+    /// The most floats per embedding this target takes with these options; None: any.
+    fn embedding_dim_limit(&self, _opts: &SinkOptions) -> Option<usize> {
+        None
+    }
 }
 
 /// Target settings from flags that a sink may use (`--target-schema`, `--target-index`); each sink says which.

@@ -366,6 +366,9 @@ impl crate::sink::SinkFactory for EngramFactory {
     fn schemes(&self) -> &'static [&'static str] {
         &["engram+http://", "engram+grpc://"]
     }
+    fn embedding_dim_limit(&self, _opts: &crate::sink::SinkOptions) -> Option<usize> {
+        Some(ENGRAM_DIM)
+    }
     fn open(
         &self,
         spec: &str,

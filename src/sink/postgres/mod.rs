@@ -76,6 +76,13 @@ impl SinkFactory for PostgresFactory {
     fn open(&self, spec: &str, opts: &SinkOptions) -> Result<Box<dyn Sink>> {
         Ok(Box::new(PostgresSink::new(spec, opts)?))
     }
+    /// pgvector indexes vectors of at most 2,000 floats; without an index it stores up to 16,000.
+    fn embedding_dim_limit(&self, opts: &SinkOptions) -> Option<usize> {
+        match opts.index.as_deref() {
+            Some("none") => Some(MAX_VECTOR_DIM),
+            _ => Some(MAX_INDEXED_DIM),
+        }
+    }
 }
 
 pub struct PostgresSink {
