@@ -37,6 +37,48 @@ use serde_json::{Map, Number, Value};
 use crate::error::{Error, Result};
 
 /// The JSON value of `array[row]`.
+/// A digest of a JSON value that two stores' spellings of the same data share: object keys in sorted order,
+/// every number as the shortest text of its f64 value (so `1.0` and `1`, `-0` and `0`, `1e300` and its 301 digits
+/// agree; integers beyond 2^53 are compared at f64 precision here). For read-backs too large to keep the values.
+pub fn json_digest(v: &Value) -> u64 {
+    fn feed(h: &mut xxhash_rust::xxh3::Xxh3, v: &Value) {
+        match v {
+            Value::Null => h.update(b"n"),
+            Value::Bool(b) => h.update(if *b { b"t" } else { b"f" }),
+            Value::Number(n) => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                let f = if f == 0.0 { 0.0 } else { f };
+                h.update(b"#");
+                h.update(ryu::Buffer::new().format(f).as_bytes());
+            }
+            Value::String(s) => {
+                h.update(b"s");
+                h.update(&(s.len() as u64).to_le_bytes());
+                h.update(s.as_bytes());
+            }
+            Value::Array(a) => {
+                h.update(b"[");
+                h.update(&(a.len() as u64).to_le_bytes());
+                a.iter().for_each(|x| feed(h, x));
+            }
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                h.update(b"{");
+                h.update(&(keys.len() as u64).to_le_bytes());
+                for k in keys {
+                    h.update(&(k.len() as u64).to_le_bytes());
+                    h.update(k.as_bytes());
+                    feed(h, &m[k]);
+                }
+            }
+        }
+    }
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    feed(&mut h, v);
+    h.digest()
+}
+
 pub fn value_at(array: &dyn Array, row: usize) -> Result<Value> {
     if array.is_null(row) {
         return Ok(Value::Null);
@@ -201,6 +243,41 @@ fn timestamp(array: &dyn Array, row: usize, unit: TimeUnit, has_tz: bool) -> Res
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_same_data_spelt_two_ways_is_the_same() {
+        use super::json_digest;
+        let pairs = [
+            (
+                r#"{"a":1.0,"b":[1,-0.0,1e300],"c":"x"}"#,
+                r#"{"c": "x", "b": [1, 0, 1000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000], "a": 1}"#,
+            ),
+            (
+                r#"{"x":{"y":null,"z":true}}"#,
+                r#"{"x": {"z": true, "y": null}}"#,
+            ),
+        ];
+        for (a, b) in pairs {
+            let (a, b): (serde_json::Value, serde_json::Value) = (
+                serde_json::from_str(a).unwrap(),
+                serde_json::from_str(b).unwrap(),
+            );
+            assert_eq!(json_digest(&a), json_digest(&b), "{a} vs {b}");
+        }
+        for (a, b) in [
+            (r#"{"a":1}"#, r#"{"a":2}"#),
+            (r#"{"a":"1"}"#, r#"{"a":1}"#),
+            (r#"[1,2]"#, r#"[2,1]"#),
+            (r#"{"a":0.1}"#, r#"{"a":0.10000000000000002}"#),
+            (r#"{"a":[]}"#, r#"{"a":{}}"#),
+        ] {
+            let (a, b): (serde_json::Value, serde_json::Value) = (
+                serde_json::from_str(a).unwrap(),
+                serde_json::from_str(b).unwrap(),
+            );
+            assert_ne!(json_digest(&a), json_digest(&b), "{a} vs {b}");
+        }
+    }
+
     use super::*;
     use std::sync::Arc;
 

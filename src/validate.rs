@@ -243,6 +243,10 @@ pub const TARGET_CHECKS: &[(&str, &str)] = &[
         "target_embeddings",
         include_str!("../sql/validate/target_embeddings.sql"),
     ),
+    (
+        "target_content",
+        include_str!("../sql/validate/target_content.sql"),
+    ),
 ];
 
 /// Checks a live target's read-back against the bundle in SQL: the sink gives what it holds
@@ -267,6 +271,7 @@ pub async fn check_target(
             Field::new("space", DataType::Utf8, false),
             Field::new("id", DataType::Utf8, false),
             Field::new("embedding_matches", DataType::Boolean, true),
+            Field::new("content_matches", DataType::Boolean, true),
         ])),
         vec![
             utf8(rb.held.iter().map(|h| Some(h.space.clone())).collect()),
@@ -275,6 +280,12 @@ pub async fn check_target(
                 rb.held
                     .iter()
                     .map(|h| h.embedding_matches)
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(arrow::array::BooleanArray::from(
+                rb.held
+                    .iter()
+                    .map(|h| h.content_matches)
                     .collect::<Vec<_>>(),
             )),
         ],

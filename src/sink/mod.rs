@@ -62,6 +62,8 @@ pub struct HeldMemory {
     pub id: String,
     /// Whether the target's embedding is the bundle's, as the sink compares them; None if it stores none.
     pub embedding_matches: Option<bool>,
+    /// Whether the target's content is the bundle's as JSON (`json::same_json`); None if it cannot be read back.
+    pub content_matches: Option<bool>,
 }
 
 /// Why the target lacks a bundle memory, as the sink found out (`target_explained`).

@@ -121,6 +121,27 @@ fn fixture_into_postgres_with_index_idempotent_and_rolled_back() {
         before
     );
 
+    // The read-back compares every memory's content (as JSON) and embedding with the bundle: a row changed in
+    // the target since fails the re-run's checks, by name.
+    psql(
+        "it_target",
+        "UPDATE engram.memories SET content = jsonb_set(content, '{name}', '\"changed\"')
+         WHERE id = 'nodes_src/pkg/mod_1.py';
+         UPDATE engram.memories SET embedding = (SELECT embedding FROM engram.memories WHERE id = 'nodes_src/pkg/mod_2.py')
+         WHERE id = 'nodes_src/pkg/mod_3.py';",
+    );
+    let out = run(&args);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let report = json(&Path::new(&format!("{}.work", bundle.display())).join("report.json"));
+    let failed: Vec<&str> = report["delivery"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, vec!["target_embeddings", "target_content"], "{report}");
+
     // Rollback restores the before: here, nothing at all.
     let out = run(&["rollback", "--bundle", p(&bundle), "--target", url.as_str()]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));

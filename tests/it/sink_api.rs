@@ -110,6 +110,7 @@ impl Sink for MemorySink {
                     space: space.clone(),
                     id: id.clone(),
                     embedding_matches: None,
+                    content_matches: None,
                 })
                 .collect(),
             explained: rejected

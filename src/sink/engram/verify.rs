@@ -270,6 +270,9 @@ pub async fn run(
                                 space: s.space.clone(),
                                 id: m.id.clone(),
                                 embedding_matches: Some(same),
+                                // Engram's read-back API returns the content, but reshaped (its own fields
+                                // added); the bundle's validation compares content with the source.
+                                content_matches: None,
                             });
                         }
                         None => missing.push((m.id.clone(), m.embedding)),

@@ -776,8 +776,9 @@ impl Sink for PostgresSink {
         manifest: &BundleManifest,
         rejected: &[Rejection],
     ) -> Result<ReadBack> {
-        // The bundle's embeddings by (space, id), as bits, to compare with what the target holds.
-        let mut want: HashMap<(String, String), Option<Vec<u32>>> = HashMap::new();
+        // The bundle's embeddings by (space, id), as bits, and its contents' JSON digests, to compare with what
+        // the target holds.
+        let mut want: HashMap<(String, String), (Option<Vec<u32>>, u64)> = HashMap::new();
         for sp in &manifest.spaces {
             for f in &sp.memories.files {
                 let path = bundle
@@ -792,10 +793,13 @@ impl Sink for PostgresSink {
                     let ids = b
                         .column_by_name(memory::ID)
                         .and_then(|c| c.as_string_opt::<i32>().cloned());
+                    let content = b
+                        .column_by_name(memory::CONTENT)
+                        .and_then(|c| c.as_string_opt::<i32>().cloned());
                     let emb = b
                         .column_by_name(memory::EMBEDDING)
                         .and_then(|c| c.as_fixed_size_list_opt().cloned());
-                    let (Some(ids), Some(emb)) = (ids, emb) else {
+                    let (Some(ids), Some(content), Some(emb)) = (ids, content, emb) else {
                         return Err(Error::source_err(
                             path.display().to_string(),
                             "not a bundle memory part",
@@ -810,23 +814,55 @@ impl Sink for PostgresSink {
                                 .map(|f| f.to_bits())
                                 .collect()
                         });
-                        want.insert((sp.space.clone(), ids.value(i).to_string()), v);
+                        // Content that is not JSON was refused at write time; its digest is never compared.
+                        let digest = serde_json::from_str(content.value(i))
+                            .map(|j| crate::json::json_digest(&j))
+                            .unwrap_or(0);
+                        want.insert((sp.space.clone(), ids.value(i).to_string()), (v, digest));
                     }
                 }
             }
         }
         let spaces: Vec<String> = manifest.spaces.iter().map(|s| s.space.clone()).collect();
+        let mut per_space: BTreeMap<String, (u64, u64, u64, u64)> = BTreeMap::new();
+        for sp in &manifest.spaces {
+            per_space.insert(sp.space.clone(), (sp.memories.rows, 0, 0, 0));
+        }
         let s = self.schema.clone();
-        let (rows, edge_counts) = self
+        // Streamed (a million rows of 768 floats do not fit in memory at once) and compared row by row on the
+        // worker thread; only the verdicts come back.
+        let (held, per_space, edge_counts) = self
             .with_client(move |c| {
-                let rows = c.query(
-                    &format!(
-                        "SELECT space, id, embedding::real[] FROM {s}.memories WHERE space = ANY($1)"
-                    ),
-                    &[&spaces],
-                )?;
-                let held: Vec<(String, String, Option<Vec<f32>>)> =
-                    rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+                use postgres::fallible_iterator::FallibleIterator;
+                let mut held = vec![];
+                let sql = format!(
+                    "SELECT space, id, embedding::real[], content::text FROM {s}.memories WHERE space = ANY($1)"
+                );
+                let mut rows = c.query_raw(sql.as_str(), [&spaces])?;
+                while let Some(r) = rows.next()? {
+                    let (space, id): (String, String) = (r.get(0), r.get(1));
+                    let Some((emb, digest)) = want.get(&(space.clone(), id.clone())) else {
+                        continue; // held from another load: not this bundle's to judge
+                    };
+                    let got: Option<Vec<f32>> = r.get(2);
+                    let got: Option<Vec<u32>> = got.map(|v| v.iter().map(|f| f.to_bits()).collect());
+                    let emb_ok = &got == emb;
+                    let content: String = r.get(3);
+                    let content_ok = serde_json::from_str(&content)
+                        .map(|j| crate::json::json_digest(&j) == *digest)
+                        .unwrap_or(false);
+                    let e = per_space.entry(space.clone()).or_default();
+                    e.1 += 1;
+                    e.2 += u64::from(!emb_ok);
+                    e.3 += u64::from(!content_ok);
+                    held.push(HeldMemory {
+                        space,
+                        id,
+                        embedding_matches: Some(emb_ok),
+                        content_matches: Some(content_ok),
+                    });
+                }
+                drop(rows);
                 let e = c.query(
                     &format!(
                         "SELECT space, edge_type, count(*) FROM {s}.edges WHERE space = ANY($1) GROUP BY 1, 2 ORDER BY 1, 2"
@@ -834,31 +870,9 @@ impl Sink for PostgresSink {
                     &[&spaces],
                 )?;
                 let edges: Vec<(String, String, i64)> = e.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
-                Ok((held, edges))
+                Ok((held, per_space, edges))
             })
             .await?;
-        let mut held = vec![];
-        let mut per_space: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
-        for sp in &manifest.spaces {
-            per_space.insert(sp.space.clone(), (sp.memories.rows, 0, 0));
-        }
-        for (space, id, emb) in rows {
-            let Some(expected) = want.get(&(space.clone(), id.clone())) else {
-                continue; // held from another load: not this bundle's to judge
-            };
-            let got: Option<Vec<u32>> = emb.map(|v| v.iter().map(|f| f.to_bits()).collect());
-            let matches = &got == expected;
-            let e = per_space.entry(space.clone()).or_default();
-            e.1 += 1;
-            if !matches {
-                e.2 += 1;
-            }
-            held.push(HeldMemory {
-                space,
-                id,
-                embedding_matches: Some(matches),
-            });
-        }
         let explained: Vec<Explanation> = rejected
             .iter()
             .map(|r| Explanation {
@@ -869,11 +883,11 @@ impl Sink for PostgresSink {
             })
             .collect();
         let mut rendered = format!(
-            "{:<32} {:>9} {:>9} {:>9}\n",
-            "space", "bundle", "target", "emb diff"
+            "{:<32} {:>9} {:>9} {:>9} {:>9}\n",
+            "space", "bundle", "target", "emb diff", "json diff"
         );
-        for (space, (b, t, d)) in &per_space {
-            rendered.push_str(&format!("{space:<32} {b:>9} {t:>9} {d:>9}\n"));
+        for (space, (b, t, d, j)) in &per_space {
+            rendered.push_str(&format!("{space:<32} {b:>9} {t:>9} {d:>9} {j:>9}\n"));
         }
         let edge_total: i64 = edge_counts.iter().map(|e| e.2).sum();
         rendered.push_str(&format!(
@@ -883,8 +897,8 @@ impl Sink for PostgresSink {
         let details = serde_json::json!({
             "schema": self.schema,
             "index": self.index,
-            "spaces": per_space.iter().map(|(s, (b, t, d))| serde_json::json!({
-                "space": s, "bundle": b, "target": t, "embedding_differs": d
+            "spaces": per_space.iter().map(|(s, (b, t, d, j))| serde_json::json!({
+                "space": s, "bundle": b, "target": t, "embedding_differs": d, "content_differs": j
             })).collect::<Vec<_>>(),
             "edges_per_type": edge_counts.iter().map(|(s, t, n)| serde_json::json!({
                 "space": s, "edge_type": t, "edges": n
