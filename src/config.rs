@@ -155,6 +155,20 @@ pub struct Options {
     #[arg(long)]
     pub target_schema: Option<String>,
 
+    /// Neo4j (Bolt) target: the label of each space's nodes, e.g.
+    /// "code_files:File,code_classes:Class,code_functions:Function" [default: the space in PascalCase]; every
+    /// node also has the label Node.
+    #[arg(long)]
+    pub target_labels: Option<String>,
+
+    /// Neo4j (Bolt) target: the user [default: from the URL, else neo4j].
+    #[arg(long, env = "ENGRAM_MIGRATE_TARGET_USER")]
+    pub target_user: Option<String>,
+
+    /// Neo4j and PostgreSQL targets: the password [default: from the URL]. Never printed or recorded.
+    #[arg(long, env = "ENGRAM_MIGRATE_TARGET_PASSWORD", hide_env_values = true)]
+    pub target_password: Option<String>,
+
     /// PostgreSQL target: the vector index built after the data: hnsw, ivfflat (cosine both) or none
     /// [default: hnsw].
     #[arg(long)]
@@ -414,6 +428,17 @@ impl Options {
         toml::from_str(&text).map_err(|e| Error::usage(format!("config {}: {e}", path.display())))
     }
 
+    /// What the flags say to a live target's sink.
+    pub fn sink_options(&self) -> crate::sink::SinkOptions {
+        crate::sink::SinkOptions {
+            schema: self.target_schema.clone(),
+            index: self.target_index.clone(),
+            labels: self.target_labels.clone(),
+            user: self.target_user.clone(),
+            password: self.target_password.clone(),
+        }
+    }
+
     pub fn require_source(&self) -> Result<&str> {
         self.use_rdb.as_deref().or(self.source.as_deref()).ok_or_else(|| {
             Error::usage("--source is required (a SQLite file, a postgres:// URL or a snapshot directory)")
@@ -522,9 +547,10 @@ pub fn role(key: &str) -> Option<Role> {
         | "ttl-as-decay"
         | "hash-field-memories" => Transform,
         "target" | "bundle" | "embedding-provider" | "embedding-model" | "reembed"
-        | "target-schema" | "target-index" => Load,
+        | "target-schema" | "target-index" | "target-labels" => Load,
         "validate" | "sample-size" | "sample-seed" | "checks" => Validate,
         "source-user"
+        | "target-user"
         | "fetch-size"
         | "partition-rows"
         | "batch-size"
@@ -538,8 +564,10 @@ pub fn role(key: &str) -> Option<Role> {
         | "max-file-mb"
         | "max-file-rows"
         | "memory-limit-mb" => Tuning,
-        "work-dir" | "config" | "source-password" | "embedding-api-key" | "dry-run"
-        | "checkpoint-file" | "overwrite" | "fresh" | "reuse-snapshot" | "quiet" => Invocation,
+        "work-dir" | "config" | "source-password" | "target-password" | "embedding-api-key"
+        | "dry-run" | "checkpoint-file" | "overwrite" | "fresh" | "reuse-snapshot" | "quiet" => {
+            Invocation
+        }
         _ => return None,
     })
 }

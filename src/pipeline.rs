@@ -1176,10 +1176,7 @@ pub async fn rollback_cmd(opts: Options) -> Result<()> {
         _ => opts,
     };
     let target = Target::parse(opts.require_target()?)?;
-    let sink_options = crate::sink::SinkOptions {
-        schema: opts.target_schema.clone(),
-        index: opts.target_index.clone(),
-    };
+    let sink_options = opts.sink_options();
     let Some(sink) = target.open(&sink_options)? else {
         return Err(Error::usage(format!(
             "rollback works on a live target (--target URL --bundle DIR); a bundle directory ({}) is rolled back by \

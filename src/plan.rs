@@ -270,10 +270,7 @@ impl RunPlan {
         let deliver = deliver.map(|(sink, target)| DeliverPlan {
             target,
             spec: o.target.clone().unwrap_or_default(),
-            options: crate::sink::SinkOptions {
-                schema: o.target_schema.clone(),
-                index: o.target_index.clone(),
-            },
+            options: o.sink_options(),
             max_predicted_loss,
             sink,
             // `load` only delivers: the old spellings --batch-size/--parallel-workers still mean the target's there.
@@ -318,10 +315,7 @@ impl RunPlan {
                 reembed: o.reembed,
                 max_dimensions: match &target {
                     Some(crate::sink::Target::Live { factory, .. }) => {
-                        factory.embedding_dim_limit(&crate::sink::SinkOptions {
-                            schema: o.target_schema.clone(),
-                            index: o.target_index.clone(),
-                        })
+                        factory.embedding_dim_limit(&o.sink_options())
                     }
                     _ => Some(crate::sink::engram::ENGRAM_DIM),
                 },
@@ -336,8 +330,15 @@ impl RunPlan {
                 sample_size: o.sample_size.unwrap_or(1000),
                 sample_seed: o.sample_seed.unwrap_or(42),
                 checks: o.checks.clone(),
-                // Every target today is Engram (the bundle, or a live server loaded from it): ids are per space.
-                id_scope: IdScope::PerSpace,
+                // The bundle is validated for its target: a graph database keys nodes by id alone.
+                id_scope: match &target {
+                    Some(crate::sink::Target::Live { factory, .. })
+                        if factory.ids_unique_across_spaces() =>
+                    {
+                        IdScope::Global
+                    }
+                    _ => IdScope::PerSpace,
+                },
             }),
             limits: Limits {
                 batch_rows: o.batch_size.unwrap_or(DEFAULT_BATCH_ROWS).max(1),

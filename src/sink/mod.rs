@@ -7,6 +7,7 @@
 
 pub mod engram;
 pub mod load;
+pub mod neo4j;
 pub mod postgres;
 
 use std::path::{Path, PathBuf};
@@ -154,6 +155,11 @@ pub trait SinkFactory: Sync {
     /// The URL schemes this sink answers to, with "://".
     fn schemes(&self) -> &'static [&'static str];
     fn open(&self, spec: &str, opts: &SinkOptions) -> Result<Box<dyn Sink>>;
+    /// Whether the target keys memories by id alone (a graph database), so ids must be unique across spaces
+    /// (validation's `duplicate_ids` then checks that); Engram and PostgreSQL key them per space.
+    fn ids_unique_across_spaces(&self) -> bool {
+        false
+    }
     /// The most floats per embedding this target takes with these options; None: any.
     fn embedding_dim_limit(&self, _opts: &SinkOptions) -> Option<usize> {
         None
@@ -167,15 +173,40 @@ pub struct SinkOptions {
     pub schema: Option<String>,
     /// Vector databases: the vector index built after the data.
     pub index: Option<String>,
+    /// Graph databases: space -> label, "space:Label,...".
+    pub labels: Option<String>,
+    /// Graph databases: the user (else from the URL or the environment).
+    pub user: Option<String>,
+    /// Graph databases: the password (else from the URL or the environment). Never printed or recorded.
+    #[serde(skip)]
+    pub password: Option<String>,
+}
+
+/// A load's key: the bundle's run id and its checksums (a rebuilt bundle is another load). Targets record it
+/// with what a load wrote, so a repeated load is recognised and a rollback removes exactly that load.
+pub fn bundle_load_key(manifest: &BundleManifest) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(manifest.run_id.as_bytes());
+    for s in &manifest.spaces {
+        h.update(s.space.as_bytes());
+        h.update(s.memories.checksum.as_bytes());
+        h.update(s.edges.checksum.as_bytes());
+    }
+    h.update(manifest.orphans.checksum.as_bytes());
+    format!("{:016x}", h.digest())
 }
 
 /// Every sink, by URL scheme: the one place a `--target` URL is matched.
 pub fn registry() -> &'static [&'static dyn SinkFactory] {
-    &[&engram::EngramFactory, &postgres::PostgresFactory]
+    &[
+        &engram::EngramFactory,
+        &postgres::PostgresFactory,
+        &neo4j::Neo4jFactory,
+    ]
 }
 
 /// Target schemes that are planned but not built yet, so that they get a clear answer.
-const NOT_BUILT: &[&str] = &["engram://", "bolt://", "neo4j://"];
+const NOT_BUILT: &[&str] = &["engram://"];
 
 /// Where `--target` points: a directory for the bundle (the embedded default), or a registered live target that
 /// is loaded from a bundle.

@@ -140,7 +140,11 @@ fn fixture_into_postgres_with_index_idempotent_and_rolled_back() {
         .filter(|c| c["passed"] == false)
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(failed, vec!["target_embeddings", "target_content"], "{report}");
+    assert_eq!(
+        failed,
+        vec!["target_embeddings", "target_content"],
+        "{report}"
+    );
 
     // Rollback restores the before: here, nothing at all.
     let out = run(&["rollback", "--bundle", p(&bundle), "--target", url.as_str()]);

@@ -126,19 +126,6 @@ fn check_ident(what: &str, s: &str) -> Result<()> {
     }
 }
 
-/// The load's key: the bundle's run id and memory checksums (a rebuilt bundle is another load).
-fn load_key(manifest: &BundleManifest) -> String {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(manifest.run_id.as_bytes());
-    for s in &manifest.spaces {
-        h.update(s.space.as_bytes());
-        h.update(s.memories.checksum.as_bytes());
-        h.update(s.edges.checksum.as_bytes());
-    }
-    h.update(manifest.orphans.checksum.as_bytes());
-    format!("{:016x}", h.digest())
-}
-
 impl PostgresSink {
     pub fn new(spec: &str, opts: &SinkOptions) -> Result<PostgresSink> {
         let shown = crate::source::redact_url(spec);
@@ -148,9 +135,11 @@ impl PostgresSink {
             ))
         })?;
         if config.get_password().is_none() {
-            let pw = std::env::var("ENGRAM_MIGRATE_TARGET_PASSWORD")
-                .or_else(|_| std::env::var("PGPASSWORD"))
-                .ok();
+            let pw = opts
+                .password
+                .clone()
+                .or_else(|| std::env::var("ENGRAM_MIGRATE_TARGET_PASSWORD").ok())
+                .or_else(|| std::env::var("PGPASSWORD").ok());
             if let Some(pw) = pw {
                 config.password(pw);
             }
@@ -581,7 +570,7 @@ impl Sink for PostgresSink {
     }
 
     async fn prepare(&self, manifest: &BundleManifest) -> Result<()> {
-        let key = load_key(manifest);
+        let key = super::bundle_load_key(manifest);
         if let Ok(mut k) = self.key.lock() {
             *k = key.clone();
         }
@@ -729,7 +718,7 @@ impl Sink for PostgresSink {
     }
 
     async fn rollback(&self, _bundle: &Path, manifest: &BundleManifest) -> Result<u64> {
-        let key = load_key(manifest);
+        let key = super::bundle_load_key(manifest);
         let s = self.schema.clone();
         let shown = self.shown.clone();
         let removed = self

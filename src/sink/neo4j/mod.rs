@@ -1,0 +1,740 @@
+//! Neo4j (any Bolt 4.x server: Neo4j 4/5, ArcadeDB) as a target: a memory becomes a node, an edge a
+//! relationship.
+//!
+//! - A node has the base label `Node` and its space's label (`--target-labels "code_files:File,..."`, else the
+//!   space in PascalCase), the property `id` (the memory id, unique: a constraint per label, made before any data),
+//!   the content's top-level fields as properties (nested values as JSON text; a field named like one of the
+//!   tool's own properties is kept as `content_<name>`), `embedding` (list of floats), confidence, activation,
+//!   decay_rate, created_at (ISO 8601 text), memory_type, space, source_kind, source_name, source_key, and
+//!   `engram_load` (the load that created it).
+//! - A relationship has the edge's type (quoted with backticks when it is not a plain identifier, never changed),
+//!   weight, properties (JSON text), source_name, source_key (its identity with the two ends) and `engram_load`.
+//!   Orphan edges (an end missing) are not loaded; the bundle keeps them and the report counts them.
+//! - Writes are `UNWIND $rows ... MERGE` on `id` (on `source_key` for relationships), one transaction per unit:
+//!   a resumed or repeated load changes nothing. Relationships go after every node, type by type.
+//! - Rollback deletes the nodes this load created (with their relationships) and the relationships it created
+//!   between nodes that were there before. Nodes that were there before stay (their properties as the load set
+//!   them: the load merges into them).
+//!
+//! Queries are written in the Cypher both Neo4j and ArcadeDB accept (ArcadeDB's has gaps: a property map in a
+//! MATCH after UNWIND is written as `WHERE n.id = r.id`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float32Type, TimestampMicrosecondType};
+use neo4rs::{BoltType, ConfigBuilder, Graph};
+use serde_json::Value;
+
+use super::{
+    DeliverLimits, Explanation, HeldMemory, ReadBack, Rejection, RowOutcome, Sink, SinkFactory,
+    SinkOptions, WriteUnit,
+};
+use crate::bundle::BundleManifest;
+use crate::error::{Error, Result};
+use crate::parquet_io;
+use crate::schema::{edge, memory};
+
+/// Every node's label, so ids are unique across spaces and one constraint covers every node.
+pub const BASE_LABEL: &str = "Node";
+
+/// Property names the tool sets itself; a content field of the same name is kept as `content_<name>`.
+const OWN: &[&str] = &[
+    "id",
+    "space",
+    "embedding",
+    "confidence",
+    "activation",
+    "decay_rate",
+    "created_at",
+    "memory_type",
+    "source_kind",
+    "source_name",
+    "source_key",
+    "engram_load",
+];
+
+pub struct Neo4jFactory;
+
+impl SinkFactory for Neo4jFactory {
+    fn name(&self) -> &'static str {
+        "neo4j"
+    }
+    fn schemes(&self) -> &'static [&'static str] {
+        &["bolt://", "neo4j://"]
+    }
+    fn open(&self, spec: &str, opts: &SinkOptions) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(Neo4jSink::new(spec, opts)?))
+    }
+    fn ids_unique_across_spaces(&self) -> bool {
+        true
+    }
+}
+
+pub struct Neo4jSink {
+    shown: String,
+    uri: String,
+    user: String,
+    password: String,
+    database: Option<String>,
+    /// Space -> label.
+    labels: BTreeMap<String, String>,
+    graph: tokio::sync::OnceCell<Graph>,
+    load: std::sync::Mutex<String>,
+    /// The bundle's embedding length (set by `prepare`): it sizes the units.
+    dim: std::sync::atomic::AtomicUsize,
+}
+
+/// The most parameter bytes one `UNWIND` carries. ArcadeDB (26.10) answers success to a ~1.8 MB parameter list of
+/// 259 nodes but applies the properties of only the first ~200, some to the wrong node (measured: the read-back
+/// found 26 nodes without properties and 26 with another node's embedding); at 350 KB every row lands. Units
+/// are cut to stay well under that.
+const MAX_UNWIND_BYTES: usize = 256 * 1024;
+
+/// `code_files` -> `CodeFiles`: a space's default label.
+pub fn label_of_space(space: &str) -> String {
+    space
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// A label or relationship type in Cypher: as it is when it is a plain identifier, else in backticks (a backtick
+/// doubled). Never mangled: `HAS-METHOD` stays `HAS-METHOD`.
+pub fn quoted(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("`{}`", name.replace('`', "``"))
+    }
+}
+
+fn json_to_bolt(v: &Value) -> BoltType {
+    match v {
+        Value::Null => BoltType::Null(neo4rs::BoltNull),
+        Value::Bool(b) => BoltType::from(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => BoltType::from(i),
+            None => BoltType::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => BoltType::from(s.as_str()),
+        // Nested values as JSON text: a property holds scalars or lists of one scalar type.
+        other => BoltType::from(other.to_string()),
+    }
+}
+
+/// A memory's node properties (see the module doc).
+fn node_properties(content: &str) -> neo4rs::BoltMap {
+    let mut m = neo4rs::BoltMap::new();
+    match serde_json::from_str::<Value>(content) {
+        Ok(Value::Object(fields)) => {
+            for (k, v) in &fields {
+                let name = if OWN.contains(&k.as_str()) {
+                    format!("content_{k}")
+                } else {
+                    k.clone()
+                };
+                if !v.is_null() {
+                    m.put(name.into(), json_to_bolt(v));
+                }
+            }
+        }
+        // Content that is not a JSON object is kept whole.
+        _ => m.put("content".into(), BoltType::from(content)),
+    }
+    m
+}
+
+impl Neo4jSink {
+    pub fn new(spec: &str, opts: &SinkOptions) -> Result<Neo4jSink> {
+        let shown = crate::source::redact_url(spec);
+        let parsed = url::Url::parse(spec).map_err(|e| {
+            Error::usage(format!(
+                "--target {shown}: not a valid URL ({e}); expected bolt://HOST:PORT[/DATABASE]"
+            ))
+        })?;
+        let host = parsed.host_str().unwrap_or("").to_string();
+        if host.is_empty() {
+            return Err(Error::usage(format!(
+                "--target {shown}: no host; expected bolt://HOST:PORT[/DATABASE]"
+            )));
+        }
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let user = Some(parsed.username().to_string())
+            .filter(|u| !u.is_empty())
+            .or_else(|| opts.user.clone())
+            .or_else(|| env("ENGRAM_MIGRATE_TARGET_USER"))
+            .unwrap_or_else(|| "neo4j".into());
+        let password = parsed
+            .password()
+            .map(str::to_string)
+            .or_else(|| opts.password.clone())
+            .or_else(|| env("ENGRAM_MIGRATE_TARGET_PASSWORD"))
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "--target {shown}: no password; give it in the URL, with --target-password, or in \
+                     ENGRAM_MIGRATE_TARGET_PASSWORD"
+                ))
+            })?;
+        let mut labels = BTreeMap::new();
+        for (space, label) in crate::config::parse_pairs("target-labels", opts.labels.as_deref())? {
+            labels.insert(space, label);
+        }
+        Ok(Neo4jSink {
+            uri: format!(
+                "{}://{host}:{}",
+                parsed.scheme(),
+                parsed.port().unwrap_or(7687)
+            ),
+            database: Some(parsed.path().trim_matches('/').to_string()).filter(|d| !d.is_empty()),
+            shown,
+            user,
+            password,
+            labels,
+            graph: tokio::sync::OnceCell::new(),
+            load: std::sync::Mutex::new(String::new()),
+            dim: std::sync::atomic::AtomicUsize::new(768),
+        })
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        let text = e.to_string().replace(&self.password, "***");
+        let lower = text.to_lowercase();
+        let hint = if lower.contains("auth")
+            || lower.contains("credential")
+            || lower.contains("unauthorized")
+        {
+            " (check the user and password: the URL, --target-user/--target-password or \
+             ENGRAM_MIGRATE_TARGET_USER/_PASSWORD)"
+        } else if lower.contains("connect")
+            || lower.contains("io error")
+            || lower.contains("refused")
+        {
+            " (check the host and port and that the server is running)"
+        } else {
+            ""
+        };
+        Error::target_err(self.shown.clone(), format!("{what}: {text}{hint}"))
+    }
+
+    async fn graph(&self) -> Result<&Graph> {
+        self.graph
+            .get_or_try_init(|| async {
+                let mut cfg = ConfigBuilder::new()
+                    .uri(self.uri.clone())
+                    .user(self.user.clone())
+                    .password(self.password.clone())
+                    .max_connections(16)
+                    .connection_timeout(Duration::from_secs(15));
+                if let Some(db) = &self.database {
+                    cfg = cfg.db(db.as_str());
+                }
+                let cfg = cfg.build().map_err(|e| self.err("bad settings", e))?;
+                Graph::connect(cfg).map_err(|e| self.err("cannot connect", e))
+            })
+            .await
+    }
+
+    fn label(&self, space: &str) -> String {
+        self.labels
+            .get(space)
+            .cloned()
+            .unwrap_or_else(|| label_of_space(space))
+    }
+
+    /// Runs a write in its own transaction, retried with the tool's backoff on transient errors (MERGE makes a
+    /// retried batch land once).
+    async fn run(&self, what: &str, q: neo4rs::Query) -> Result<()> {
+        let g = self.graph().await?;
+        let backoff = crate::retry::Backoff::default();
+        let mut attempt = 0;
+        loop {
+            match g.run(q.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if is_transient(&e) && backoff.allows(attempt + 1) => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff.delay(attempt, what)).await;
+                }
+                Err(e) => return Err(self.err(what, e)),
+            }
+        }
+    }
+
+    async fn rows(&self, what: &str, q: neo4rs::Query) -> Result<Vec<neo4rs::Row>> {
+        let g = self.graph().await?;
+        let mut s = g.execute(q).await.map_err(|e| self.err(what, e))?;
+        let mut out = vec![];
+        while let Some(r) = s.next().await.map_err(|e| self.err(what, e))? {
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    fn load_key(&self) -> String {
+        self.load.lock().map(|k| k.clone()).unwrap_or_default()
+    }
+}
+
+/// Errors worth a retry: the server says so (deadlocks, leader switches) or the connection broke.
+fn is_transient(e: &neo4rs::Error) -> bool {
+    let t = e.to_string().to_lowercase();
+    t.contains("transient") || t.contains("deadlock") || t.contains("connection")
+}
+
+fn unix_us_to_iso(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_default()
+}
+
+#[async_trait::async_trait]
+impl Sink for Neo4jSink {
+    fn name(&self) -> &'static str {
+        "neo4j"
+    }
+
+    fn identity(&self) -> String {
+        self.shown.clone()
+    }
+
+    async fn healthcheck(&self) -> Result<()> {
+        self.rows("connect", neo4rs::query("RETURN 1 AS x")).await?;
+        Ok(())
+    }
+
+    fn accepts(&self, _bundle: &Path, manifest: &BundleManifest) -> Result<()> {
+        for s in &manifest.spaces {
+            if self.label(&s.space).is_empty() {
+                return Err(Error::usage(format!(
+                    "space {:?} gives no label; name one with --target-labels \"{}:Label\"",
+                    s.space, s.space
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A uniqueness constraint on `id` for the base label and every label written, before any data.
+    async fn prepare(&self, manifest: &BundleManifest) -> Result<()> {
+        if let Ok(mut k) = self.load.lock() {
+            *k = super::bundle_load_key(manifest);
+        }
+        self.dim.store(
+            manifest.embedding.dimension,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let mut labels: Vec<String> = vec![BASE_LABEL.to_string()];
+        labels.extend(manifest.spaces.iter().map(|s| self.label(&s.space)));
+        labels.sort();
+        labels.dedup();
+        for l in labels {
+            // The constraint's name is derived from the label, so a second run finds it (IF NOT EXISTS).
+            let name: String = format!("engram_{}_id", l)
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            self.run(
+                "create the id constraint",
+                neo4rs::query(&format!(
+                    "CREATE CONSTRAINT {name} IF NOT EXISTS FOR (n:{}) REQUIRE n.id IS UNIQUE",
+                    quoted(&l)
+                )),
+            )
+            .await?;
+        }
+        // Neo4j builds constraints in the background; ArcadeDB has no such procedure and builds them at once.
+        let _ = self
+            .run(
+                "wait for indexes",
+                neo4rs::query("CALL db.awaitIndexes(300)"),
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Rows per `UNWIND`: the batch size, cut so one statement's parameters stay under `MAX_UNWIND_BYTES` (a float
+    /// is 9 bytes on the wire, plus about 1 KB of other properties per node).
+    fn unit_rows(&self, limits: &DeliverLimits) -> usize {
+        let dim = self.dim.load(std::sync::atomic::Ordering::SeqCst);
+        let per_row = dim * 9 + 1024;
+        limits.batch_rows.min(MAX_UNWIND_BYTES / per_row).max(1)
+    }
+
+    async fn write(&self, unit: &WriteUnit) -> Result<Vec<RowOutcome>> {
+        let b = &unit.batch;
+        let s = |name: &str| {
+            b.column_by_name(name)
+                .and_then(|c| c.as_string_opt::<i32>().cloned())
+                .ok_or_else(|| {
+                    Error::Internal(format!("{}: no {name} column", unit.file.display()))
+                })
+        };
+        let f = |name: &str| {
+            b.column_by_name(name)
+                .and_then(|c| c.as_primitive_opt::<Float32Type>().cloned())
+                .ok_or_else(|| {
+                    Error::Internal(format!("{}: no {name} column", unit.file.display()))
+                })
+        };
+        let (ids, content, mtype, skind, sname, skey) = (
+            s(memory::ID)?,
+            s(memory::CONTENT)?,
+            s(memory::MEMORY_TYPE)?,
+            s(memory::SOURCE_KIND)?,
+            s(memory::SOURCE_NAME)?,
+            s(memory::SOURCE_KEY)?,
+        );
+        let (conf, act, decay) = (
+            f(memory::CONFIDENCE)?,
+            f(memory::ACTIVATION)?,
+            f(memory::DECAY_RATE)?,
+        );
+        let created = b
+            .column_by_name(memory::CREATED_AT)
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>().cloned());
+        let emb = b
+            .column_by_name(memory::EMBEDDING)
+            .and_then(|c| c.as_fixed_size_list_opt().cloned())
+            .ok_or_else(|| Error::Internal(format!("{}: no embedding", unit.file.display())))?;
+        let values = emb.values().as_primitive::<Float32Type>().clone();
+        let dim = emb.value_length() as usize;
+        let mut rows: Vec<BoltType> = Vec::with_capacity(b.num_rows());
+        for i in 0..b.num_rows() {
+            let mut p = node_properties(content.value(i));
+            if !emb.is_null(i) {
+                let v: Vec<f64> = values.values()[i * dim..(i + 1) * dim]
+                    .iter()
+                    .map(|x| *x as f64)
+                    .collect();
+                p.put("embedding".into(), BoltType::from(v));
+            }
+            p.put("space".into(), BoltType::from(unit.space.as_str()));
+            p.put("confidence".into(), BoltType::from(conf.value(i) as f64));
+            p.put("activation".into(), BoltType::from(act.value(i) as f64));
+            p.put("decay_rate".into(), BoltType::from(decay.value(i) as f64));
+            if let Some(c) = created.as_ref().filter(|c| !c.is_null(i)) {
+                p.put(
+                    "created_at".into(),
+                    BoltType::from(unix_us_to_iso(c.value(i))),
+                );
+            }
+            p.put("memory_type".into(), BoltType::from(mtype.value(i)));
+            p.put("source_kind".into(), BoltType::from(skind.value(i)));
+            p.put("source_name".into(), BoltType::from(sname.value(i)));
+            p.put("source_key".into(), BoltType::from(skey.value(i)));
+            let mut row = neo4rs::BoltMap::new();
+            row.put("id".into(), BoltType::from(ids.value(i)));
+            row.put("props".into(), BoltType::Map(p));
+            rows.push(BoltType::Map(row));
+        }
+        let q = neo4rs::query(&format!(
+            "UNWIND $rows AS r
+             MERGE (n:{BASE_LABEL} {{id: r.id}})
+             ON CREATE SET n.engram_load = $load
+             SET n += r.props
+             SET n:{}",
+            quoted(&self.label(&unit.space))
+        ))
+        .param("rows", BoltType::from(rows))
+        .param("load", self.load_key());
+        self.run(&format!("write the nodes of {}", unit.file.display()), q)
+            .await?;
+        Ok(vec![RowOutcome::Accepted; b.num_rows()])
+    }
+
+    /// The relationships, after every node: type by type, in batches of 500 (a few hundred bytes each, under
+    /// `MAX_UNWIND_BYTES`), each batch its own transaction.
+    async fn finish(&self, bundle: &Path, manifest: &BundleManifest) -> Result<()> {
+        let files: Vec<PathBuf> = manifest
+            .spaces
+            .iter()
+            .flat_map(|sp| {
+                sp.edges.files.iter().map(move |f| {
+                    bundle
+                        .join("spaces")
+                        .join(&sp.space)
+                        .join("edges")
+                        .join(&f.file)
+                })
+            })
+            .collect();
+        let mut by_type: BTreeMap<String, Vec<BoltType>> = BTreeMap::new();
+        for path in &files {
+            for b in parquet_io::open_reader(path, 8192)? {
+                let b =
+                    b.map_err(|e| Error::source_err(path.display().to_string(), e.to_string()))?;
+                let s = |name: &str| {
+                    b.column_by_name(name)
+                        .and_then(|c| c.as_string_opt::<i32>().cloned())
+                        .ok_or_else(|| {
+                            Error::source_err(path.display().to_string(), format!("no {name}"))
+                        })
+                };
+                let (src, dst, ty, props, sname, skey) = (
+                    s(edge::SOURCE_ID)?,
+                    s(edge::TARGET_ID)?,
+                    s(edge::EDGE_TYPE)?,
+                    s(edge::PROPERTIES)?,
+                    s(edge::SOURCE_NAME)?,
+                    s(edge::SOURCE_KEY)?,
+                );
+                let w = b
+                    .column_by_name(edge::WEIGHT)
+                    .and_then(|c| c.as_primitive_opt::<Float32Type>().cloned())
+                    .ok_or_else(|| Error::source_err(path.display().to_string(), "no weight"))?;
+                for i in 0..b.num_rows() {
+                    let mut r = neo4rs::BoltMap::new();
+                    r.put("s".into(), BoltType::from(src.value(i)));
+                    r.put("t".into(), BoltType::from(dst.value(i)));
+                    r.put("k".into(), BoltType::from(skey.value(i)));
+                    r.put("w".into(), BoltType::from(w.value(i) as f64));
+                    r.put("n".into(), BoltType::from(sname.value(i)));
+                    r.put(
+                        "p".into(),
+                        if props.is_null(i) {
+                            BoltType::Null(neo4rs::BoltNull)
+                        } else {
+                            BoltType::from(props.value(i))
+                        },
+                    );
+                    by_type
+                        .entry(ty.value(i).to_string())
+                        .or_default()
+                        .push(BoltType::Map(r));
+                }
+            }
+        }
+        let load = self.load_key();
+        let total: usize = by_type.values().map(Vec::len).sum();
+        let pb = crate::progress::bar(total as u64, "relationships", "rels");
+        for (ty, rows) in by_type {
+            for chunk in rows.chunks(500) {
+                let q = neo4rs::query(&format!(
+                    "UNWIND $rows AS r
+                     MATCH (a:{BASE_LABEL}) WHERE a.id = r.s
+                     MATCH (b:{BASE_LABEL}) WHERE b.id = r.t
+                     MERGE (a)-[e:{} {{source_key: r.k}}]->(b)
+                     ON CREATE SET e.engram_load = $load
+                     SET e.weight = r.w, e.properties = r.p, e.source_name = r.n",
+                    quoted(&ty)
+                ))
+                .param("rows", BoltType::from(chunk.to_vec()))
+                .param("load", load.as_str());
+                self.run(&format!("write {ty} relationships"), q).await?;
+                pb.inc(chunk.len() as u64);
+            }
+        }
+        pb.finish_and_clear();
+        Ok(())
+    }
+
+    async fn rollback(&self, _bundle: &Path, manifest: &BundleManifest) -> Result<u64> {
+        let load = super::bundle_load_key(manifest);
+        // Relationships this load created between nodes that stay, then its nodes with theirs; in slices, so no
+        // transaction holds the whole graph.
+        let mut nodes = 0u64;
+        loop {
+            let q = neo4rs::query(
+                "MATCH ()-[e]->() WHERE e.engram_load = $load WITH e LIMIT 10000 DELETE e RETURN count(*) AS c",
+            )
+            .param("load", load.as_str());
+            let c: i64 = self
+                .rows("delete relationships", q)
+                .await?
+                .first()
+                .and_then(|r| r.get("c").ok())
+                .unwrap_or(0);
+            if c == 0 {
+                break;
+            }
+        }
+        loop {
+            let q = neo4rs::query(&format!(
+                "MATCH (n:{BASE_LABEL}) WHERE n.engram_load = $load WITH n LIMIT 10000 DETACH DELETE n RETURN count(*) AS c"
+            ))
+            .param("load", load.as_str());
+            let c: i64 = self
+                .rows("delete nodes", q)
+                .await?
+                .first()
+                .and_then(|r| r.get("c").ok())
+                .unwrap_or(0);
+            if c == 0 {
+                break;
+            }
+            nodes += c as u64;
+        }
+        Ok(nodes)
+    }
+
+    async fn read_back(
+        &self,
+        bundle: &Path,
+        manifest: &BundleManifest,
+        rejected: &[Rejection],
+    ) -> Result<ReadBack> {
+        let spaces: Vec<String> = manifest.spaces.iter().map(|s| s.space.clone()).collect();
+        let mut want: std::collections::HashMap<String, Option<Vec<u32>>> = Default::default();
+        for sp in &manifest.spaces {
+            for f in &sp.memories.files {
+                let path = bundle
+                    .join("spaces")
+                    .join(&sp.space)
+                    .join("memories")
+                    .join(&f.file);
+                for b in parquet_io::open_reader(&path, 8192)? {
+                    let b = b.map_err(|e| {
+                        Error::source_err(path.display().to_string(), e.to_string())
+                    })?;
+                    let ids = b
+                        .column_by_name(memory::ID)
+                        .and_then(|c| c.as_string_opt::<i32>().cloned());
+                    let emb = b
+                        .column_by_name(memory::EMBEDDING)
+                        .and_then(|c| c.as_fixed_size_list_opt().cloned());
+                    let (Some(ids), Some(emb)) = (ids, emb) else {
+                        return Err(Error::source_err(
+                            path.display().to_string(),
+                            "not a bundle memory part",
+                        ));
+                    };
+                    let values = emb.values().as_primitive::<Float32Type>().clone();
+                    let dim = emb.value_length() as usize;
+                    for i in 0..b.num_rows() {
+                        let v = (!emb.is_null(i)).then(|| {
+                            values.values()[i * dim..(i + 1) * dim]
+                                .iter()
+                                .map(|x| x.to_bits())
+                                .collect()
+                        });
+                        want.insert(ids.value(i).to_string(), v);
+                    }
+                }
+            }
+        }
+        let q = neo4rs::query(&format!(
+            "MATCH (n:{BASE_LABEL}) WHERE n.space IN $spaces RETURN n.space AS space, n.id AS id, n.embedding AS e"
+        ))
+        .param("spaces", spaces.clone());
+        let mut held = vec![];
+        let mut per_space: BTreeMap<String, (u64, u64, u64)> = manifest
+            .spaces
+            .iter()
+            .map(|s| (s.space.clone(), (s.memories.rows, 0, 0)))
+            .collect();
+        for r in self.rows("read back the nodes", q).await? {
+            let (Ok(space), Ok(id)) = (r.get::<String>("space"), r.get::<String>("id")) else {
+                continue;
+            };
+            let Some(expected) = want.get(&id) else {
+                continue;
+            };
+            let got: Option<Vec<f64>> = r.get("e").ok();
+            let got: Option<Vec<u32>> =
+                got.map(|v| v.iter().map(|x| (*x as f32).to_bits()).collect());
+            let ok = &got == expected;
+            let e = per_space.entry(space.clone()).or_default();
+            e.1 += 1;
+            e.2 += u64::from(!ok);
+            held.push(HeldMemory {
+                space,
+                id,
+                embedding_matches: Some(ok),
+                content_matches: None,
+            });
+        }
+        let q = neo4rs::query(&format!(
+            "MATCH (a:{BASE_LABEL})-[e]->() WHERE a.space IN $spaces RETURN type(e) AS t, count(*) AS c"
+        ))
+        .param("spaces", spaces);
+        let mut types: BTreeMap<String, i64> = BTreeMap::new();
+        for r in self.rows("count the relationships", q).await? {
+            if let (Ok(t), Ok(c)) = (r.get::<String>("t"), r.get::<i64>("c")) {
+                *types.entry(t).or_default() += c;
+            }
+        }
+        let bundle_edges: u64 = manifest.spaces.iter().map(|s| s.edges.rows).sum();
+        let mut rendered = format!(
+            "{:<32} {:>9} {:>9} {:>9}\n",
+            "space (label)", "bundle", "target", "emb diff"
+        );
+        for (s, (b, t, d)) in &per_space {
+            rendered.push_str(&format!(
+                "{:<32} {b:>9} {t:>9} {d:>9}\n",
+                format!("{s} ({})", self.label(s))
+            ));
+        }
+        for (t, c) in &types {
+            rendered.push_str(&format!("relationships {t}: {c}\n"));
+        }
+        rendered.push_str(&format!(
+            "relationships in the target from these spaces: {} (bundle: {bundle_edges}; orphans not loaded: {})\n",
+            types.values().sum::<i64>(),
+            manifest.orphans.rows
+        ));
+        let explained = rejected
+            .iter()
+            .map(|r| Explanation {
+                space: r.space.clone(),
+                id: r.id.clone(),
+                reason: "rejected".into(),
+                detail: format!("{}: {}", r.status, r.message),
+            })
+            .collect();
+        let details = serde_json::json!({
+            "labels": per_space.keys().map(|s| (s.clone(), self.label(s))).collect::<BTreeMap<_, _>>(),
+            "spaces": per_space.iter().map(|(s, (b, t, d))| serde_json::json!({
+                "space": s, "bundle": b, "target": t, "embedding_differs": d
+            })).collect::<Vec<_>>(),
+            "relationships_per_type": types,
+            "relationships_in_bundle": bundle_edges,
+            "orphans_not_loaded": manifest.orphans.rows,
+        });
+        Ok(ReadBack {
+            held,
+            explained,
+            details,
+            rendered,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_types_are_quoted_not_mangled() {
+        assert_eq!(label_of_space("code_files"), "CodeFiles");
+        assert_eq!(quoted("CALLS"), "CALLS");
+        assert_eq!(quoted("HAS-METHOD"), "`HAS-METHOD`");
+        assert_eq!(quoted("a`b"), "`a``b`");
+        assert_eq!(quoted("1st"), "`1st`");
+    }
+
+    #[test]
+    fn content_fields_become_properties_and_collisions_are_renamed() {
+        let m = node_properties(r#"{"id": 7, "name": "x", "nested": {"a": [1, 2]}, "gone": null}"#);
+        let keys: Vec<String> = m.value.keys().map(|k| k.value.clone()).collect();
+        assert!(keys.contains(&"content_id".to_string()), "{keys:?}");
+        assert!(keys.contains(&"name".to_string()));
+        assert!(!keys.contains(&"gone".to_string()));
+        assert_eq!(
+            m.value.get(&"nested".into()),
+            Some(&BoltType::from(r#"{"a":[1,2]}"#))
+        );
+    }
+}

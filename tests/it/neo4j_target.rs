@@ -1,0 +1,172 @@
+//! The Neo4j (Bolt) target (issue 16) against ArcadeDB over Bolt, started by the project's script: the code-graph
+//! fixture through `sql/codegraph.sql` into File/Class/Function nodes and CONTAINS/IMPORTS/EXTENDS/CALLS/HAS_METHOD
+//! relationships whose counts equal the source's (orphans not loaded), each node with its embedding; a second run
+//! changes no count; the id constraint refuses a duplicate; rollback leaves only what was there before; a wrong
+//! password fails clearly without showing it.
+
+use crate::common::*;
+
+/// One count from the test server over Bolt.
+fn count(db: &str, q: &str) -> i64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cfg = neo4rs::ConfigBuilder::new()
+            .uri(format!("bolt://127.0.0.1:{}", arcadedb_port()))
+            .user("root")
+            .password(ARCADEDB_PASSWORD)
+            .db(db)
+            .build()
+            .unwrap();
+        let g = neo4rs::Graph::connect(cfg).unwrap();
+        let mut s = g.execute(neo4rs::query(q)).await.unwrap();
+        let r = s.next().await.unwrap().expect("a row");
+        r.get::<i64>("c").unwrap()
+    })
+}
+
+fn sqlite_one(sql: &str) -> i64 {
+    let c = rusqlite::Connection::open(fixture()).unwrap();
+    c.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+const LABELS: &str = "code_files:File,code_classes:Class,code_functions:Function";
+
+#[test]
+fn code_graph_into_bolt_counts_idempotence_constraint_and_rollback() {
+    let url = arcadedb_fixture("it_target_graph", "preexisting.cypher");
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("b");
+    let fx = fixture();
+    let sql = repo().join("sql/codegraph.sql");
+    let args = [
+        "run",
+        "--source",
+        p(&fx),
+        "--sql",
+        p(&sql),
+        "--bundle",
+        p(&bundle),
+        "--target",
+        url.as_str(),
+        "--target-labels",
+        LABELS,
+        "--target-user",
+        "root",
+        "--target-password",
+        ARCADEDB_PASSWORD,
+        "--max-predicted-loss",
+        "1",
+    ];
+    let out = run(&args);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!stderr(&out).contains(ARCADEDB_PASSWORD));
+    let db = "it_target_graph";
+    for label in ["File", "Class", "Function"] {
+        assert_eq!(
+            count(db, &format!("MATCH (n:{label}) RETURN count(n) AS c")),
+            sqlite_one(&format!(
+                "SELECT count(*) FROM nodes WHERE type = '{label}'"
+            )),
+            "{label} nodes"
+        );
+    }
+    // Relationships per type equal the source's edges whose two ends exist (the others are orphans, not loaded).
+    for ty in ["CONTAINS", "IMPORTS", "EXTENDS", "CALLS", "HAS_METHOD"] {
+        assert_eq!(
+            count(db, &format!("MATCH ()-[e:{ty}]->() RETURN count(e) AS c")),
+            sqlite_one(&format!(
+                "SELECT count(*) FROM edges e JOIN nodes s ON s.id = e.source JOIN nodes t ON t.id = e.target
+                 WHERE e.type = '{ty}'"
+            )),
+            "{ty} relationships"
+        );
+    }
+    let nodes = sqlite_one("SELECT count(*) FROM nodes");
+    assert_eq!(
+        count(
+            db,
+            "MATCH (n:Node) WHERE size(n.embedding) = 768 RETURN count(n) AS c"
+        ),
+        nodes,
+        "every node has its 768 floats"
+    );
+    assert_eq!(count(db, "MATCH (n:Legacy) RETURN count(n) AS c"), 1);
+
+    // A second identical run changes no count.
+    let out = run(&args);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(count(db, "MATCH (n:Node) RETURN count(n) AS c"), nodes);
+    assert_eq!(
+        count(db, "MATCH ()-[e]->() RETURN count(e) AS c"),
+        sqlite_one(
+            "SELECT count(*) FROM edges e JOIN nodes s ON s.id = e.source JOIN nodes t ON t.id = e.target"
+        )
+    );
+
+    // The id constraint refuses a duplicate.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let refused = rt.block_on(async {
+        let cfg = neo4rs::ConfigBuilder::new()
+            .uri(format!("bolt://127.0.0.1:{}", arcadedb_port()))
+            .user("root")
+            .password(ARCADEDB_PASSWORD)
+            .db(db)
+            .build()
+            .unwrap();
+        let g = neo4rs::Graph::connect(cfg).unwrap();
+        g.run(neo4rs::query(
+            "CREATE (:Node {id: 'code_src/pkg/mod_1.py'})",
+        ))
+        .await
+        .is_err()
+    });
+    assert!(refused, "a duplicate id was accepted");
+
+    // Rollback leaves only what was there before.
+    let out = run(&[
+        "rollback",
+        "--bundle",
+        p(&bundle),
+        "--target",
+        url.as_str(),
+        "--target-user",
+        "root",
+        "--target-password",
+        ARCADEDB_PASSWORD,
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(count(db, "MATCH (n:Node) RETURN count(n) AS c"), 0);
+    assert_eq!(count(db, "MATCH ()-[e]->() RETURN count(e) AS c"), 0);
+    assert_eq!(count(db, "MATCH (n:Legacy) RETURN count(n) AS c"), 1);
+}
+
+#[test]
+fn wrong_password_fails_clearly_without_showing_it() {
+    let url = arcadedb_fixture("it_target_graph_pw", "preexisting.cypher");
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("b");
+    let out = run(&["run", "--source", p(&fixture()), "--target", p(&bundle)]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(&[
+        "load",
+        "--bundle",
+        p(&bundle),
+        "--target",
+        url.as_str(),
+        "--target-user",
+        "root",
+        "--target-password",
+        "wrong-pw-123",
+        "--max-predicted-loss",
+        "1",
+    ]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("wrong-pw-123"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("password"), "{}", stderr(&out));
+}
