@@ -733,7 +733,7 @@ mod tests {
         assert!(keys.contains(&"name".to_string()));
         assert!(!keys.contains(&"gone".to_string()));
         assert_eq!(
-            m.value.get(&"nested".into()),
+            m.value.get(&neo4rs::BoltString::from("nested")),
             Some(&BoltType::from(r#"{"a":[1,2]}"#))
         );
     }
