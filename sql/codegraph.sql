@@ -78,6 +78,13 @@
 -- =============================================================================
 
 
+-- Optional: the graph label of each space's nodes, for graph targets (Neo4j: every node also gets the label
+-- Node). Codex Aura's own labels.
+CREATE VIEW space_labels AS
+SELECT * FROM (VALUES ('code_files', 'File'), ('code_classes', 'Class'), ('code_functions', 'Function'),
+                      ('code_other', 'CodeNode')) AS t(space, label);
+
+
 CREATE VIEW memories AS
 SELECT
   CASE n."type"

@@ -40,6 +40,9 @@ impl PartSet {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpaceEntry {
     pub space: String,
+    /// The graph label the mapping gives this space's nodes (its `space_labels` view), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     pub memories: PartSet,
     pub edges: PartSet,
 }

@@ -142,6 +142,7 @@ pub fn write(
             edge_files.push(part.clone());
         }
         spaces.push(SpaceEntry {
+            label: summary.labels.get(space).cloned(),
             space: space.clone(),
             memories: PartSet::from_files(mem_files)?,
             edges: PartSet::from_files(edge_files)?,

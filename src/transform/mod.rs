@@ -235,6 +235,9 @@ pub struct TransformSummary {
     pub memories: BTreeMap<String, Vec<PartFile>>,
     pub edges: BTreeMap<String, Vec<PartFile>>,
     pub orphans: Vec<PartFile>,
+    /// The mapping's `space_labels` view, if it defines one: a graph label per space (for graph targets).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl TransformSummary {
@@ -258,6 +261,39 @@ impl TransformSummary {
 }
 
 /// The key of a transform: the mapping text and the snapshot's table checksums.
+/// The optional `space_labels(space, label)` view of a mapping: how a graph target labels each space's nodes.
+async fn space_labels(ctx: &SessionContext, origin: &str) -> Result<BTreeMap<String, String>> {
+    if !ctx
+        .table_exist("space_labels")
+        .map_err(|e| Error::sql(origin, e))?
+    {
+        return Ok(BTreeMap::new());
+    }
+    let mut out = BTreeMap::new();
+    for b in collect(
+        ctx,
+        "SELECT CAST(space AS VARCHAR) AS s, CAST(label AS VARCHAR) AS l FROM space_labels",
+        origin,
+    )
+    .await?
+    {
+        let (Some(s), Some(l)) = (
+            b.column(0).as_string_opt::<i32>(),
+            b.column(1).as_string_opt::<i32>(),
+        ) else {
+            return Err(Error::usage(format!(
+                "{origin}: the view space_labels must have two text columns, space and label"
+            )));
+        };
+        for i in 0..b.num_rows() {
+            if s.is_valid(i) && l.is_valid(i) {
+                out.insert(s.value(i).to_string(), l.value(i).to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub fn transform_key(sql: &str, manifest: &Manifest, embedding_dim: usize) -> String {
     // The staged memories' embedding column has the run's dimension: another provider's size stages again.
     let mut text = format!("{sql}\nembedding_dim:{embedding_dim}");
@@ -303,6 +339,7 @@ pub async fn run(
     fs::create_dir_all(&partial).map_err(Error::io("create directory", &partial))?;
     let mut summary = TransformSummary {
         key: key.to_string(),
+        labels: space_labels(&ctx, origin).await?,
         ..Default::default()
     };
 

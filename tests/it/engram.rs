@@ -147,6 +147,7 @@ pub fn write_bundle(dir: &Path, spaces: &[(&str, Vec<TestMemory>)], dim: i32) ->
         let part = w.finish(true).unwrap().unwrap();
         total += n as u64;
         entries.push(SpaceEntry {
+            label: None,
             space: space.to_string(),
             memories: PartSet::from_files(vec![part]).unwrap(),
             edges: PartSet::from_files(vec![]).unwrap(),

@@ -32,8 +32,6 @@ fn sqlite_one(sql: &str) -> i64 {
     c.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
-const LABELS: &str = "code_files:File,code_classes:Class,code_functions:Function";
-
 #[test]
 fn code_graph_into_bolt_counts_idempotence_constraint_and_rollback() {
     let url = arcadedb_fixture("it_target_graph", "preexisting.cypher");
@@ -51,8 +49,6 @@ fn code_graph_into_bolt_counts_idempotence_constraint_and_rollback() {
         p(&bundle),
         "--target",
         url.as_str(),
-        "--target-labels",
-        LABELS,
         "--target-user",
         "root",
         "--target-password",
@@ -60,6 +56,7 @@ fn code_graph_into_bolt_counts_idempotence_constraint_and_rollback() {
         "--max-predicted-loss",
         "1",
     ];
+    // The labels come from the mapping (sql/codegraph.sql's space_labels view), through the bundle.
     let out = run(&args);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(!stderr(&out).contains(ARCADEDB_PASSWORD));

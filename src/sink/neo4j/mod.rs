@@ -79,8 +79,8 @@ pub struct Neo4jSink {
     user: String,
     password: String,
     database: Option<String>,
-    /// Space -> label.
-    labels: BTreeMap<String, String>,
+    /// Space -> label: `--target-labels`, then the bundle's (its mapping's `space_labels`), set by `prepare`.
+    labels: std::sync::RwLock<BTreeMap<String, String>>,
     graph: tokio::sync::OnceCell<Graph>,
     load: std::sync::Mutex<String>,
     /// The bundle's embedding length (set by `prepare`): it sizes the units.
@@ -203,7 +203,7 @@ impl Neo4jSink {
             shown,
             user,
             password,
-            labels,
+            labels: std::sync::RwLock::new(labels),
             graph: tokio::sync::OnceCell::new(),
             load: std::sync::Mutex::new(String::new()),
             dim: std::sync::atomic::AtomicUsize::new(768),
@@ -250,8 +250,9 @@ impl Neo4jSink {
 
     fn label(&self, space: &str) -> String {
         self.labels
-            .get(space)
-            .cloned()
+            .read()
+            .ok()
+            .and_then(|l| l.get(space).cloned())
             .unwrap_or_else(|| label_of_space(space))
     }
 
@@ -331,6 +332,13 @@ impl Sink for Neo4jSink {
     async fn prepare(&self, manifest: &BundleManifest) -> Result<()> {
         if let Ok(mut k) = self.load.lock() {
             *k = super::bundle_load_key(manifest);
+        }
+        if let Ok(mut l) = self.labels.write() {
+            for s in &manifest.spaces {
+                if let Some(label) = &s.label {
+                    l.entry(s.space.clone()).or_insert_with(|| label.clone());
+                }
+            }
         }
         self.dim.store(
             manifest.embedding.dimension,
