@@ -21,9 +21,9 @@ pub struct Options {
 
     /// Where to write: a directory that becomes the Engram bundle; or, with `--bundle DIR` (`run` writes it first,
     /// `load` sends a finished one), a live target: a running Engram server, engram+http://HOST:PORT or
-    /// engram+grpc://HOST:PORT[?http_port=N] (API key from ENGRAM_API_KEY); or PostgreSQL + pgvector,
-    /// postgres://USER[:PASSWORD]@HOST:PORT/DB (password also from ENGRAM_MIGRATE_TARGET_PASSWORD or PGPASSWORD;
-    /// never printed).
+    /// engram+grpc://HOST:PORT[?http_port=N] (API key from ENGRAM_API_KEY); PostgreSQL + pgvector,
+    /// postgres://USER[:PASSWORD]@HOST:PORT/DB (password also from ENGRAM_MIGRATE_TARGET_PASSWORD or PGPASSWORD);
+    /// or Neo4j over Bolt, bolt://HOST:PORT/DB (--target-user/--target-password). Passwords are never printed.
     #[arg(long, short = 't')]
     pub target: Option<String>,
 
