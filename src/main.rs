@@ -31,7 +31,7 @@ enum Command {
     /// Run the mapping SQL over the snapshot and stage memories and edges.
     Transform(Options),
     /// Embed the staged memories and write the Engram bundle, resumable; or, with --bundle DIR and a live
-    /// --target (engram+http://, engram+grpc://, postgres://), send a finished bundle and read back what the
+    /// --target (engram+http://, engram+grpc://, postgres://, bolt://), send a finished bundle and read back what the
     /// target kept.
     Load(Options),
     /// Re-check a finished run: counts, sampled values, checksums, orphan edges, duplicate ids, embeddings.
