@@ -128,6 +128,7 @@ fn write_bundle(dir: &Path, n: u64, per_space: u64) -> PathBuf {
         .unwrap();
         w.write(&batch).unwrap();
         entries.push(SpaceEntry {
+            label: None,
             space,
             memories: PartSet::from_files(vec![w.finish(true).unwrap().unwrap()]).unwrap(),
             edges: PartSet::from_files(vec![]).unwrap(),

@@ -167,3 +167,92 @@ fn wrong_password_fails_clearly_without_showing_it() {
     assert!(!stderr(&out).contains("wrong-pw-123"), "{}", stderr(&out));
     assert!(stderr(&out).contains("password"), "{}", stderr(&out));
 }
+
+/// A load SIGKILLed after its first checkpointed batches and started again ends with every node exactly once
+/// (MERGE on id: the units sent twice land once) and every relationship.
+#[test]
+fn a_killed_load_resumes_to_exactly_the_bundle() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let url = arcadedb_fixture("it_target_graph_kill", "preexisting.cypher");
+    let tmp = tempfile::tempdir().unwrap();
+    let db = large_sqlite(tmp.path(), 3000);
+    let bundle = tmp.path().join("b");
+    let out = run(&["run", "--source", p(&db), "--target", p(&bundle)]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let args = [
+        "load",
+        "--bundle",
+        p(&bundle),
+        "--target",
+        url.as_str(),
+        "--target-user",
+        "root",
+        "--target-password",
+        ARCADEDB_PASSWORD,
+        "--target-batch-size",
+        "100",
+        "--target-parallel",
+        "2",
+        "--max-predicted-loss",
+        "1",
+        "--quiet",
+    ];
+    let ckpt =
+        std::path::Path::new(&format!("{}.work", bundle.display())).join("load-checkpoint.json");
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut killed = false;
+    while start.elapsed() < Duration::from_secs(300) {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if ckpt.is_file() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            killed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(killed, "the load ended before it could be killed");
+    let memories = json(&bundle.join("bundle.json"))["totals"]["memories"]
+        .as_u64()
+        .unwrap() as i64;
+    let edges = json(&bundle.join("bundle.json"))["totals"]["edges"]
+        .as_u64()
+        .unwrap() as i64;
+    let partial = count(
+        "it_target_graph_kill",
+        "MATCH (n:Node) RETURN count(n) AS c",
+    );
+    assert!(partial < memories, "killed after {partial} of {memories}");
+    let out = run(&args[..args.len() - 1]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        count(
+            "it_target_graph_kill",
+            "MATCH (n:Node) RETURN count(n) AS c"
+        ),
+        memories
+    );
+    assert_eq!(
+        count(
+            "it_target_graph_kill",
+            "MATCH (n:Node) RETURN count(DISTINCT n.id) AS c"
+        ),
+        memories
+    );
+    assert_eq!(
+        count(
+            "it_target_graph_kill",
+            "MATCH (:Node)-[e]->(:Node) RETURN count(e) AS c"
+        ),
+        edges
+    );
+}
