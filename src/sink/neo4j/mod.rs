@@ -450,10 +450,9 @@ impl Sink for Neo4jSink {
         }
         let q = neo4rs::query(&format!(
             "UNWIND $rows AS r
-             MERGE (n:{BASE_LABEL} {{id: r.id}})
+             MERGE (n:{BASE_LABEL}:{} {{id: r.id}})
              ON CREATE SET n.engram_load = $load
-             SET n += r.props
-             SET n:{}",
+             SET n += r.props",
             quoted(&self.label(&unit.space))
         ))
         .param("rows", BoltType::from(rows))
