@@ -191,7 +191,7 @@ fn a_killed_load_resumes_to_exactly_the_bundle() {
         "--target-password",
         ARCADEDB_PASSWORD,
         "--target-batch-size",
-        "100",
+        "50",
         "--target-parallel",
         "2",
         "--max-predicted-loss",
@@ -200,10 +200,11 @@ fn a_killed_load_resumes_to_exactly_the_bundle() {
     ];
     let ckpt =
         std::path::Path::new(&format!("{}.work", bundle.display())).join("load-checkpoint.json");
+    let log = tmp.path().join("killed-load.stderr");
     let mut child = Command::new(bin())
         .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let start = Instant::now();
@@ -218,9 +219,13 @@ fn a_killed_load_resumes_to_exactly_the_bundle() {
             killed = true;
             break;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(killed, "the load ended before it could be killed");
+    assert!(
+        killed,
+        "the load ended before it could be killed: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let memories = json(&bundle.join("bundle.json"))["totals"]["memories"]
         .as_u64()
         .unwrap() as i64;

@@ -85,6 +85,9 @@ pub struct Neo4jSink {
     load: std::sync::Mutex<String>,
     /// The bundle's embedding length (set by `prepare`): it sizes the units.
     dim: std::sync::atomic::AtomicUsize,
+    /// Labels whose first node exists. The first write of a label runs alone: ArcadeDB makes a record type for a
+    /// new label combination, and two transactions making it at once can collide.
+    started: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// The most parameter bytes one `UNWIND` carries. ArcadeDB (26.10) answers success to a ~1.8 MB parameter list of
@@ -207,6 +210,7 @@ impl Neo4jSink {
             graph: tokio::sync::OnceCell::new(),
             load: std::sync::Mutex::new(String::new()),
             dim: std::sync::atomic::AtomicUsize::new(768),
+            started: tokio::sync::Mutex::new(Default::default()),
         })
     }
 
@@ -448,17 +452,26 @@ impl Sink for Neo4jSink {
             row.put("props".into(), BoltType::Map(p));
             rows.push(BoltType::Map(row));
         }
+        let label = self.label(&unit.space);
         let q = neo4rs::query(&format!(
             "UNWIND $rows AS r
              MERGE (n:{BASE_LABEL}:{} {{id: r.id}})
              ON CREATE SET n.engram_load = $load
              SET n += r.props",
-            quoted(&self.label(&unit.space))
+            quoted(&label)
         ))
         .param("rows", BoltType::from(rows))
         .param("load", self.load_key());
-        self.run(&format!("write the nodes of {}", unit.file.display()), q)
-            .await?;
+        let what = format!("write the nodes of {}", unit.file.display());
+        // The first write of a label holds the lock until it is done; later ones only look.
+        let mut started = self.started.lock().await;
+        if started.contains(&label) {
+            drop(started);
+            self.run(&what, q).await?;
+        } else {
+            self.run(&what, q).await?;
+            started.insert(label);
+        }
         Ok(vec![RowOutcome::Accepted; b.num_rows()])
     }
 
