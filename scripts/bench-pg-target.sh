@@ -57,7 +57,7 @@ RUST_LOG=engram_migrate=info /usr/bin/time -v "$BIN" load --bundle "$BUNDLE" --t
   > "$WORK/ours.out" 2> "$WORK/ours.time" || { cat "$WORK/ours.time" >&2; exit 1; }
 OURS_WALL=$(secs "$(field 'Elapsed \(wall clock\)' "$WORK/ours.time")")
 OURS_RSS=$(field 'Maximum resident set size' "$WORK/ours.time")
-OURS_INDEX=$(grep -o 'seconds=[0-9.]*' "$WORK/ours.time" | tail -1 | cut -d= -f2)
+OURS_INDEX=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/ours.time" | grep 'vector index ready' | grep -o 'seconds=[0-9.]*' | tail -1 | cut -d= -f2)
 OURS_DATA=$(echo "$OURS_WALL - ${OURS_INDEX:-0}" | bc -l)
 
 echo "== peer: psycopg binary COPY + pgvector" >&2
