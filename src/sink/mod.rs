@@ -182,6 +182,16 @@ pub struct SinkOptions {
     pub password: Option<String>,
 }
 
+/// The bits of a vector as one digest (XXH3-64 of the floats' little-endian bytes): read-backs compare embeddings
+/// bit for bit without holding a million vectors in memory.
+pub fn vector_digest(v: impl IntoIterator<Item = f32>) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for f in v {
+        h.update(&f.to_bits().to_le_bytes());
+    }
+    h.digest()
+}
+
 /// A load's key: the bundle's run id and its checksums (a rebuilt bundle is another load). Targets record it
 /// with what a load wrote, so a repeated load is recognised and a rollback removes exactly that load.
 pub fn bundle_load_key(manifest: &BundleManifest) -> String {

@@ -607,7 +607,7 @@ impl Sink for Neo4jSink {
         rejected: &[Rejection],
     ) -> Result<ReadBack> {
         let spaces: Vec<String> = manifest.spaces.iter().map(|s| s.space.clone()).collect();
-        let mut want: std::collections::HashMap<String, Option<Vec<u32>>> = Default::default();
+        let mut want: std::collections::HashMap<String, Option<u64>> = Default::default();
         for sp in &manifest.spaces {
             for f in &sp.memories.files {
                 let path = bundle
@@ -635,10 +635,9 @@ impl Sink for Neo4jSink {
                     let dim = emb.value_length() as usize;
                     for i in 0..b.num_rows() {
                         let v = (!emb.is_null(i)).then(|| {
-                            values.values()[i * dim..(i + 1) * dim]
-                                .iter()
-                                .map(|x| x.to_bits())
-                                .collect()
+                            super::vector_digest(
+                                values.values()[i * dim..(i + 1) * dim].iter().copied(),
+                            )
                         });
                         want.insert(ids.value(i).to_string(), v);
                     }
@@ -663,8 +662,7 @@ impl Sink for Neo4jSink {
                 continue;
             };
             let got: Option<Vec<f64>> = r.get("e").ok();
-            let got: Option<Vec<u32>> =
-                got.map(|v| v.iter().map(|x| (*x as f32).to_bits()).collect());
+            let got: Option<u64> = got.map(|v| super::vector_digest(v.iter().map(|x| *x as f32)));
             let ok = &got == expected;
             let e = per_space.entry(space.clone()).or_default();
             e.1 += 1;

@@ -767,7 +767,7 @@ impl Sink for PostgresSink {
     ) -> Result<ReadBack> {
         // The bundle's embeddings by (space, id), as bits, and its contents' JSON digests, to compare with what
         // the target holds.
-        let mut want: HashMap<(String, String), (Option<Vec<u32>>, u64)> = HashMap::new();
+        let mut want: HashMap<(String, String), (Option<u64>, u64)> = HashMap::new();
         for sp in &manifest.spaces {
             for f in &sp.memories.files {
                 let path = bundle
@@ -798,10 +798,9 @@ impl Sink for PostgresSink {
                     let dim = emb.value_length() as usize;
                     for i in 0..b.num_rows() {
                         let v = (!emb.is_null(i)).then(|| {
-                            values.values()[i * dim..(i + 1) * dim]
-                                .iter()
-                                .map(|f| f.to_bits())
-                                .collect()
+                            super::vector_digest(
+                                values.values()[i * dim..(i + 1) * dim].iter().copied(),
+                            )
                         });
                         // Content that is not JSON was refused at write time; its digest is never compared.
                         let digest = serde_json::from_str(content.value(i))
@@ -834,7 +833,7 @@ impl Sink for PostgresSink {
                         continue; // held from another load: not this bundle's to judge
                     };
                     let got: Option<Vec<f32>> = r.get(2);
-                    let got: Option<Vec<u32>> = got.map(|v| v.iter().map(|f| f.to_bits()).collect());
+                    let got: Option<u64> = got.map(super::vector_digest);
                     let emb_ok = &got == emb;
                     let content: String = r.get(3);
                     let content_ok = serde_json::from_str(&content)
