@@ -27,8 +27,9 @@ pub struct Options {
     #[arg(long, short = 't')]
     pub target: Option<String>,
 
-    /// With a live Engram target: for `load`, the finished bundle directory to send; for `run`, the directory
-    /// where the bundle is written (and kept) before it is sent.
+    /// With a live target: for `load`, the finished bundle directory to send; for `run`, the directory where
+    /// the bundle is written (and kept) before it is sent [default for `run`: <work-dir>/bundle when --work-dir
+    /// is given].
     #[arg(long)]
     pub bundle: Option<PathBuf>,
 

@@ -226,12 +226,18 @@ impl RunPlan {
                         command.name()
                     )));
                 }
-                let bundle = o.bundle.as_deref().map(crate::sink::bundle_path).ok_or_else(|| {
-                    Error::usage(format!(
-                        "--target {spec}: give --bundle DIR, the bundle to send (`run`: where it is written and kept \
-                         before it is sent)"
-                    ))
-                })?;
+                // `run` into a live target keeps its bundle (the run's full record): where --bundle says, else in
+                // the work directory the user named. Never in a directory the tool makes up.
+                let bundle = match (&o.bundle, &o.work_dir, command) {
+                    (Some(b), _, _) => crate::sink::bundle_path(b),
+                    (None, Some(w), Command::Run) => WorkDir::new(w).root().join("bundle"),
+                    _ => {
+                        return Err(Error::usage(format!(
+                            "--target {spec}: give --bundle DIR, the bundle to send (`run`: where it is written \
+                             and kept before it is sent; or --work-dir W, which then holds it in W/bundle)"
+                        )))
+                    }
+                };
                 (Some(bundle), Some((factory.name(), shown.clone())))
             }
         };

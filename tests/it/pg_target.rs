@@ -319,15 +319,17 @@ fn openai_1536_dimensions_fill_a_vector_1536_column() {
     });
     let url = pg_database("it_target_1536");
     let tmp = tempfile::tempdir().unwrap();
-    let bundle = tmp.path().join("b");
+    // No --bundle: with --work-dir W the run keeps its bundle in W/bundle.
+    let work = tmp.path().join("w");
+    let bundle = work.join("bundle");
     let provider = format!("openai:{}", server.url);
     let fx = fixture();
     let out = run(&[
         "run",
         "--source",
         p(&fx),
-        "--bundle",
-        p(&bundle),
+        "--work-dir",
+        p(&work),
         "--target",
         url.as_str(),
         "--embedding-provider",
@@ -355,7 +357,7 @@ fn openai_1536_dimensions_fill_a_vector_1536_column() {
         count("it_target_1536", "engram.memories"),
         totals(&bundle, "memories")
     );
-    let report = json(&Path::new(&format!("{}.work", bundle.display())).join("report.json"));
+    let report = json(&work.join("report.json"));
     assert!(
         report["delivery"]["spaces"]
             .as_array()
