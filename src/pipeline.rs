@@ -818,7 +818,14 @@ async fn deliver(
 /// `validate`: re-check a finished run.
 pub async fn validate_cmd(opts: Options) -> Result<()> {
     let started = Timer::start();
-    let opts = continuing(opts, config::Role::Validate)?;
+    let mut opts = continuing(opts, config::Role::Validate)?;
+    // A run into a live target validated its bundle: so does a later `validate` of it.
+    if let (Some(t), Some(b)) = (&opts.target, &opts.bundle) {
+        if matches!(Target::parse(t)?, Target::Live { .. }) {
+            opts.target = Some(b.display().to_string());
+            opts.bundle = None;
+        }
+    }
     let mut ctx = Ctx::new(Command::Validate, opts)?;
     let _lock = WorkLock::acquire(&ctx.work)?;
     let r = async {

@@ -89,6 +89,10 @@ fn fixture_into_postgres_with_index_idempotent_and_rolled_back() {
             .all(|s| s["bundle"] == s["target"] && s["embedding_differs"] == 0),
         "{d}"
     );
+    // `validate --work-dir W` alone re-checks the run's bundle (the password is not needed for that).
+    let work = format!("{}.work", bundle.display());
+    let out = run(&["validate", "--work-dir", work.as_str()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
     // A nearest-neighbour query through the index answers with the memory itself.
     let nn = one(
         "it_target",
