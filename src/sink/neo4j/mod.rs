@@ -85,9 +85,12 @@ pub struct Neo4jSink {
     load: std::sync::Mutex<String>,
     /// The bundle's embedding length (set by `prepare`): it sizes the units.
     dim: std::sync::atomic::AtomicUsize,
-    /// Labels whose first node exists. The first write of a label runs alone: ArcadeDB makes a record type for a
-    /// new label combination, and two transactions making it at once can collide.
-    started: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// One lock per label: nodes of one label are written one unit at a time, different labels in parallel (the
+    /// issue's rule). Concurrent writes into one label's index conflict on ArcadeDB (optimistic transactions:
+    /// "DeadlockDetected ... modified by a concurrent transaction"), and the driver's own retries then wait seconds
+    /// (measured: the code graph took 57.5 s with 16 units in flight of one label, 9.7 s with one).
+    label_locks:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The most parameter bytes one `UNWIND` carries. ArcadeDB (26.10) answers success to a ~1.8 MB parameter list of
@@ -210,7 +213,7 @@ impl Neo4jSink {
             graph: tokio::sync::OnceCell::new(),
             load: std::sync::Mutex::new(String::new()),
             dim: std::sync::atomic::AtomicUsize::new(768),
-            started: tokio::sync::Mutex::new(Default::default()),
+            label_locks: std::sync::Mutex::new(Default::default()),
         })
     }
 
@@ -463,15 +466,15 @@ impl Sink for Neo4jSink {
         .param("rows", BoltType::from(rows))
         .param("load", self.load_key());
         let what = format!("write the nodes of {}", unit.file.display());
-        // The first write of a label holds the lock until it is done; later ones only look.
-        let mut started = self.started.lock().await;
-        if started.contains(&label) {
-            drop(started);
-            self.run(&what, q).await?;
-        } else {
-            self.run(&what, q).await?;
-            started.insert(label);
-        }
+        let lock = self
+            .label_locks
+            .lock()
+            .map_err(|_| Error::Internal("neo4j sink: a writer panicked".into()))?
+            .entry(label)
+            .or_default()
+            .clone();
+        let _one_at_a_time = lock.lock().await;
+        self.run(&what, q).await?;
         Ok(vec![RowOutcome::Accepted; b.num_rows()])
     }
 
