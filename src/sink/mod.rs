@@ -192,6 +192,58 @@ pub fn vector_digest(v: impl IntoIterator<Item = f32>) -> u64 {
     h.digest()
 }
 
+/// What a read-back compares a target with, per bundle memory (space, id): a digest of its embedding's bits (None:
+/// no embedding) and of its content as JSON (`json::json_digest`; 0 when the content is not JSON, which a target
+/// refuses at write time). Digests, not values: a million 768-float vectors would not fit in memory.
+pub fn bundle_digests(
+    bundle: &Path,
+    manifest: &BundleManifest,
+) -> Result<std::collections::HashMap<(String, String), (Option<u64>, u64)>> {
+    use crate::schema::memory;
+    use arrow::array::{Array, AsArray};
+    let mut out = std::collections::HashMap::new();
+    for sp in &manifest.spaces {
+        for f in &sp.memories.files {
+            let path = bundle
+                .join("spaces")
+                .join(&sp.space)
+                .join("memories")
+                .join(&f.file);
+            let bad = |m: String| Error::source_err(path.display().to_string(), m);
+            for b in crate::parquet_io::open_reader(&path, 8192)? {
+                let b = b.map_err(|e| bad(e.to_string()))?;
+                let string = |n: &str| {
+                    b.column_by_name(n)
+                        .and_then(|c| c.as_string_opt::<i32>().cloned())
+                };
+                let emb = b
+                    .column_by_name(memory::EMBEDDING)
+                    .and_then(|c| c.as_fixed_size_list_opt().cloned());
+                let (Some(ids), Some(content), Some(emb)) =
+                    (string(memory::ID), string(memory::CONTENT), emb)
+                else {
+                    return Err(bad("not a bundle memory part".into()));
+                };
+                let values = emb
+                    .values()
+                    .as_primitive::<arrow::datatypes::Float32Type>()
+                    .clone();
+                let dim = emb.value_length() as usize;
+                for i in 0..b.num_rows() {
+                    let v = (!emb.is_null(i)).then(|| {
+                        vector_digest(values.values()[i * dim..(i + 1) * dim].iter().copied())
+                    });
+                    let c = serde_json::from_str(content.value(i))
+                        .map(|j| crate::json::json_digest(&j))
+                        .unwrap_or(0);
+                    out.insert((sp.space.clone(), ids.value(i).to_string()), (v, c));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A load's key: the bundle's run id and its checksums (a rebuilt bundle is another load). Targets record it
 /// with what a load wrote, so a repeated load is recognised and a rollback removes exactly that load.
 pub fn bundle_load_key(manifest: &BundleManifest) -> String {

@@ -257,21 +257,30 @@ pub fn arcadedb_fixture(db: &str, fixture: &str) -> String {
     format!("bolt://127.0.0.1:{port}/{db}")
 }
 
-/// Runs Cypher statements on a database of the test ArcadeDB through the neo4rs driver (with parameters).
-pub fn cypher(db: &str, statements: &[neo4rs::Query]) {
+/// A Bolt connection to a database of the test ArcadeDB (user root), with the runtime to drive it.
+pub fn bolt(db: &str) -> (tokio::runtime::Runtime, neo4rs::Graph) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let cfg = neo4rs::ConfigBuilder::new()
+        .uri(format!("bolt://127.0.0.1:{}", arcadedb_port()))
+        .user("root")
+        .password(ARCADEDB_PASSWORD)
+        .db(db)
+        .build()
+        .unwrap();
+    let g = {
+        let _in_runtime = rt.enter();
+        neo4rs::Graph::connect(cfg).unwrap()
+    };
+    (rt, g)
+}
+
+/// Runs Cypher statements on a database of the test ArcadeDB through the neo4rs driver (with parameters).
+pub fn cypher(db: &str, statements: &[neo4rs::Query]) {
+    let (rt, g) = bolt(db);
     rt.block_on(async {
-        let cfg = neo4rs::ConfigBuilder::new()
-            .uri(format!("bolt://127.0.0.1:{}", arcadedb_port()))
-            .user("root")
-            .password(ARCADEDB_PASSWORD)
-            .db(db)
-            .build()
-            .unwrap();
-        let g = neo4rs::Graph::connect(cfg).unwrap();
         for q in statements {
             g.run(q.clone()).await.unwrap();
         }

@@ -6,21 +6,10 @@
 
 use crate::common::*;
 
-/// One count from the test server over Bolt.
+/// One count (column `c`) from the test server over Bolt.
 fn count(db: &str, q: &str) -> i64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rt, g) = bolt(db);
     rt.block_on(async {
-        let cfg = neo4rs::ConfigBuilder::new()
-            .uri(format!("bolt://127.0.0.1:{}", arcadedb_port()))
-            .user("root")
-            .password(ARCADEDB_PASSWORD)
-            .db(db)
-            .build()
-            .unwrap();
-        let g = neo4rs::Graph::connect(cfg).unwrap();
         let mut s = g.execute(neo4rs::query(q)).await.unwrap();
         let r = s.next().await.unwrap().expect("a row");
         r.get::<i64>("c").unwrap()
@@ -104,19 +93,8 @@ fn code_graph_into_bolt_counts_idempotence_constraint_and_rollback() {
     );
 
     // The id constraint refuses a duplicate.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rt, g) = bolt(db);
     let refused = rt.block_on(async {
-        let cfg = neo4rs::ConfigBuilder::new()
-            .uri(format!("bolt://127.0.0.1:{}", arcadedb_port()))
-            .user("root")
-            .password(ARCADEDB_PASSWORD)
-            .db(db)
-            .build()
-            .unwrap();
-        let g = neo4rs::Graph::connect(cfg).unwrap();
         g.run(neo4rs::query(
             "CREATE (:Node {id: 'code_src/pkg/mod_1.py'})",
         ))
@@ -172,8 +150,6 @@ fn wrong_password_fails_clearly_without_showing_it() {
 /// (MERGE on id: the units sent twice land once) and every relationship.
 #[test]
 fn a_killed_load_resumes_to_exactly_the_bundle() {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
     let url = arcadedb_fixture("it_target_graph_kill", "preexisting.cypher");
     let tmp = tempfile::tempdir().unwrap();
     let db = large_sqlite(tmp.path(), 3000);
@@ -200,31 +176,9 @@ fn a_killed_load_resumes_to_exactly_the_bundle() {
     ];
     let ckpt =
         std::path::Path::new(&format!("{}.work", bundle.display())).join("load-checkpoint.json");
-    let log = tmp.path().join("killed-load.stderr");
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let mut killed = false;
-    while start.elapsed() < Duration::from_secs(300) {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if ckpt.is_file() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            killed = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
     assert!(
-        killed,
-        "the load ended before it could be killed: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+        crate::resume::run_and_kill(&args, &|| ckpt.is_file()),
+        "the load ended before it could be killed (its stderr is printed above)"
     );
     let memories = json(&bundle.join("bundle.json"))["totals"]["memories"]
         .as_u64()

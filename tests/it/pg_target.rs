@@ -5,8 +5,6 @@
 //! fail clearly, naming the column and never printing the password.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::common::*;
 
@@ -265,27 +263,10 @@ fn a_killed_load_is_invisible_and_a_rerun_completes_it() {
         "--quiet",
     ];
     let ckpt = Path::new(&format!("{}.work", bundle.display())).join("load-checkpoint.json");
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let mut killed = false;
-    while start.elapsed() < Duration::from_secs(300) {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if ckpt.is_file() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            killed = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(killed, "the load ended before it could be killed");
+    assert!(
+        crate::resume::run_and_kill(&args, &|| ckpt.is_file()),
+        "the load ended before it could be killed (its stderr is printed above)"
+    );
     let staged: u64 = one(
         "it_target_kill",
         "SELECT count(*) FROM pg_tables WHERE schemaname = 'engram' AND tablename LIKE 'memories\\_\\_load\\_%'",

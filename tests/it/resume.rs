@@ -38,17 +38,22 @@ fn any_file(dir: &Path, pred: &dyn Fn(&Path) -> bool) -> bool {
 }
 
 /// Starts the run and SIGKILLs it as soon as `marker` holds; returns whether it was killed before finishing.
+/// A run that ends by itself prints its stderr, so a failed kill test says why.
 pub fn run_and_kill(a: &[&str], marker: &dyn Fn() -> bool) -> bool {
+    let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(bin())
         .args(a)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log.reopen().unwrap())
         .spawn()
         .unwrap();
     let start = Instant::now();
     loop {
         if let Some(st) = child.try_wait().unwrap() {
-            eprintln!("run ended by itself ({st}) before the kill point");
+            eprintln!(
+                "run ended by itself ({st}) before the kill point; its stderr:\n{}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            );
             return false;
         }
         if marker() {

@@ -610,43 +610,7 @@ impl Sink for Neo4jSink {
         rejected: &[Rejection],
     ) -> Result<ReadBack> {
         let spaces: Vec<String> = manifest.spaces.iter().map(|s| s.space.clone()).collect();
-        let mut want: std::collections::HashMap<String, Option<u64>> = Default::default();
-        for sp in &manifest.spaces {
-            for f in &sp.memories.files {
-                let path = bundle
-                    .join("spaces")
-                    .join(&sp.space)
-                    .join("memories")
-                    .join(&f.file);
-                for b in parquet_io::open_reader(&path, 8192)? {
-                    let b = b.map_err(|e| {
-                        Error::source_err(path.display().to_string(), e.to_string())
-                    })?;
-                    let ids = b
-                        .column_by_name(memory::ID)
-                        .and_then(|c| c.as_string_opt::<i32>().cloned());
-                    let emb = b
-                        .column_by_name(memory::EMBEDDING)
-                        .and_then(|c| c.as_fixed_size_list_opt().cloned());
-                    let (Some(ids), Some(emb)) = (ids, emb) else {
-                        return Err(Error::source_err(
-                            path.display().to_string(),
-                            "not a bundle memory part",
-                        ));
-                    };
-                    let values = emb.values().as_primitive::<Float32Type>().clone();
-                    let dim = emb.value_length() as usize;
-                    for i in 0..b.num_rows() {
-                        let v = (!emb.is_null(i)).then(|| {
-                            super::vector_digest(
-                                values.values()[i * dim..(i + 1) * dim].iter().copied(),
-                            )
-                        });
-                        want.insert(ids.value(i).to_string(), v);
-                    }
-                }
-            }
-        }
+        let want = super::bundle_digests(bundle, manifest)?;
         let q = neo4rs::query(&format!(
             "MATCH (n:{BASE_LABEL}) WHERE n.space IN $spaces RETURN n.space AS space, n.id AS id, n.embedding AS e"
         ))
@@ -661,7 +625,7 @@ impl Sink for Neo4jSink {
             let (Ok(space), Ok(id)) = (r.get::<String>("space"), r.get::<String>("id")) else {
                 continue;
             };
-            let Some(expected) = want.get(&id) else {
+            let Some((expected, _)) = want.get(&(space.clone(), id.clone())) else {
                 continue;
             };
             let got: Option<Vec<f64>> = r.get("e").ok();

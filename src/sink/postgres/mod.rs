@@ -18,7 +18,7 @@
 
 mod copy;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -251,6 +251,23 @@ impl PostgresSink {
 /// is an error naming the column, never altered.
 fn expected_columns(dim: usize) -> Vec<(&'static str, Vec<(&'static str, String)>)> {
     let t = |s: &str| s.to_string();
+    let edges = vec![
+        ("space", t("text")),
+        ("source_id", t("text")),
+        ("target_space", t("text")),
+        ("target_id", t("text")),
+        ("edge_type", t("text")),
+        ("weight", t("real")),
+        ("properties", t("jsonb")),
+        ("source_name", t("text")),
+        ("source_key", t("jsonb")),
+    ];
+    // Orphans are edges whose target is not in the target: no target space.
+    let orphans = edges
+        .iter()
+        .filter(|(c, _)| *c != "target_space")
+        .cloned()
+        .collect();
     vec![
         (
             "memories",
@@ -270,33 +287,8 @@ fn expected_columns(dim: usize) -> Vec<(&'static str, Vec<(&'static str, String)
                 ("source_key", t("jsonb")),
             ],
         ),
-        (
-            "edges",
-            vec![
-                ("space", t("text")),
-                ("source_id", t("text")),
-                ("target_space", t("text")),
-                ("target_id", t("text")),
-                ("edge_type", t("text")),
-                ("weight", t("real")),
-                ("properties", t("jsonb")),
-                ("source_name", t("text")),
-                ("source_key", t("jsonb")),
-            ],
-        ),
-        (
-            "orphans",
-            vec![
-                ("space", t("text")),
-                ("source_id", t("text")),
-                ("target_id", t("text")),
-                ("edge_type", t("text")),
-                ("weight", t("real")),
-                ("properties", t("jsonb")),
-                ("source_name", t("text")),
-                ("source_key", t("jsonb")),
-            ],
-        ),
+        ("edges", edges),
+        ("orphans", orphans),
     ]
 }
 
@@ -765,52 +757,7 @@ impl Sink for PostgresSink {
         manifest: &BundleManifest,
         rejected: &[Rejection],
     ) -> Result<ReadBack> {
-        // The bundle's embeddings by (space, id), as bits, and its contents' JSON digests, to compare with what
-        // the target holds.
-        let mut want: HashMap<(String, String), (Option<u64>, u64)> = HashMap::new();
-        for sp in &manifest.spaces {
-            for f in &sp.memories.files {
-                let path = bundle
-                    .join("spaces")
-                    .join(&sp.space)
-                    .join("memories")
-                    .join(&f.file);
-                for b in parquet_io::open_reader(&path, 8192)? {
-                    let b = b.map_err(|e| {
-                        Error::source_err(path.display().to_string(), e.to_string())
-                    })?;
-                    let ids = b
-                        .column_by_name(memory::ID)
-                        .and_then(|c| c.as_string_opt::<i32>().cloned());
-                    let content = b
-                        .column_by_name(memory::CONTENT)
-                        .and_then(|c| c.as_string_opt::<i32>().cloned());
-                    let emb = b
-                        .column_by_name(memory::EMBEDDING)
-                        .and_then(|c| c.as_fixed_size_list_opt().cloned());
-                    let (Some(ids), Some(content), Some(emb)) = (ids, content, emb) else {
-                        return Err(Error::source_err(
-                            path.display().to_string(),
-                            "not a bundle memory part",
-                        ));
-                    };
-                    let values = emb.values().as_primitive::<Float32Type>().clone();
-                    let dim = emb.value_length() as usize;
-                    for i in 0..b.num_rows() {
-                        let v = (!emb.is_null(i)).then(|| {
-                            super::vector_digest(
-                                values.values()[i * dim..(i + 1) * dim].iter().copied(),
-                            )
-                        });
-                        // Content that is not JSON was refused at write time; its digest is never compared.
-                        let digest = serde_json::from_str(content.value(i))
-                            .map(|j| crate::json::json_digest(&j))
-                            .unwrap_or(0);
-                        want.insert((sp.space.clone(), ids.value(i).to_string()), (v, digest));
-                    }
-                }
-            }
-        }
+        let want = super::bundle_digests(bundle, manifest)?;
         let spaces: Vec<String> = manifest.spaces.iter().map(|s| s.space.clone()).collect();
         let mut per_space: BTreeMap<String, (u64, u64, u64, u64)> = BTreeMap::new();
         for sp in &manifest.spaces {
