@@ -8,14 +8,16 @@
 --
 -- What the tool provides (see docs/sources/redis.md)
 --   source."keys"   one row per key: db, key, key_base64, type, encoding,
---                   length, value (typed JSON), expire_at_ms, ttl_ms
+--                   length, value (typed JSON, nested as JSON in the
+--                   content), expire_at_ms, ttl_ms
 --                   (ttl_ms = expire_at_ms minus the snapshot's as-of time,
 --                   recorded in the snapshot manifest, so a re-run from the
 --                   snapshot gives the same decay rates)
 --   source.members  one row per element of a collection, in canonical order:
 --                   db, key, key_base64, type, idx, member, member_base64,
 --                   score (zset), field_value, field_value_base64,
---                   field_expire_at_ms (hash)
+--                   field_expire_at_ms (hash), entry_fields (stream entry:
+--                   its fields as typed JSON, member = the entry id)
 --
 -- The Engram team's plan
 --   * key -> memory redis_<key> (redis_b64_<base64> for a key that is not
@@ -24,11 +26,20 @@
 --     number is in every id, redis_db<N>_<key>: real servers reuse key names
 --     across databases, and an id must be unique within its space (and across
 --     spaces for a graph target, and --memory-space puts all in one space)
---   * TTL -> decay_rate = 1.0 / (ttl_seconds / 3600), no TTL -> 0.01
+--   * TTL -> decay_rate = 1.0 / (ttl_seconds / 3600), no TTL -> 0.01; a key
+--     already expired at the snapshot's as-of time (staged only with
+--     --expired keep) -> 3600, as for a TTL of one second
 --   * sorted set -> one memory per member (redis_<key>#<member>) with the score
 --     normalised to [0,1] within its set as activation, an edge NEXT_BY_SCORE
 --     between consecutive members and an edge MEMBER_OF to the set's memory
 --   * hash -> one memory, or also one memory per field (FIELD_OF edges)
+--   * stream -> one memory for the stream (length, last id, consumer groups
+--     with their last delivered ids and pending counts) and one memory per
+--     entry (redis_<key>#<entry id>, created_at from the id's milliseconds)
+--     with an edge ENTRY_OF to the stream and NEXT_ENTRY between consecutive
+--     entries
+--   * module value -> one memory holding the module name and the value as
+--     the module serialised it (base64): kept, not decoded
 --
 -- The settings below are set by the tool from flags when it runs this file:
 -- it rewrites the literal at the start of each line marked with @flag.
@@ -60,6 +71,7 @@ SELECT
   ) AS id,
   CASE
     WHEN s.ttl_as_decay AND k.ttl_ms > 0 THEN 1.0 / ((k.ttl_ms / 1000.0) / 3600.0)
+    WHEN s.ttl_as_decay AND k.ttl_ms <= 0 THEN 3600.0
     ELSE 0.01
   END AS decay_rate
 FROM source."keys" AS k
@@ -75,12 +87,12 @@ WHERE "type" = 'zset' AND score > -1.7976931348623157e308 AND score < 1.79769313
 GROUP BY db, "key", key_base64;
 
 
--- Members that become memories: every sorted-set member, and hash fields when
--- hash_field_memories is on.
+-- Members that become memories: every sorted-set member and stream entry, and
+-- hash fields when hash_field_memories is on.
 CREATE VIEW redis_member_memories AS
 SELECT
   m.db, m."key", m.key_base64, m."type", m.idx, m."member", m.member_base64, m.score,
-  m.field_value, m.field_value_base64, m.field_expire_at_ms,
+  m.field_value, m.field_value_base64, m.field_expire_at_ms, m.entry_fields,
   k.space, k.id AS key_id, k.decay_rate,
   CASE WHEN m.member_base64 THEN concat(k.id, '#b64_', m."member") ELSE concat(k.id, '#', m."member") END AS id,
   CASE
@@ -94,7 +106,7 @@ FROM source.members AS m
 JOIN redis_keys AS k ON k.db = m.db AND k."key" = m."key" AND k.key_base64 = m.key_base64
 CROSS JOIN redis_settings AS s
 LEFT JOIN redis_zset_range AS r ON r.db = m.db AND r."key" = m."key" AND r.key_base64 = m.key_base64
-WHERE m."type" = 'zset' OR (m."type" = 'hash' AND s.hash_field_memories);
+WHERE m."type" IN ('zset', 'stream') OR (m."type" = 'hash' AND s.hash_field_memories);
 
 
 CREATE VIEW memories AS
@@ -104,7 +116,7 @@ SELECT
   to_json(named_struct(
     'db', db, 'key', "key", 'key_base64', key_base64, 'type', "type", 'encoding', encoding,
     'length', length, 'value', "value", 'expire_at_ms', expire_at_ms
-  ))                                                      AS content,
+  ), 'value')                                             AS content,
   concat_ws(' | ', 'key: ' || "key", 'type: ' || "type", 'value: ' || substr("value", 1, 2000)) AS text,
   CAST(0.7 AS FLOAT)                                      AS confidence,
   CAST(0.5 AS FLOAT)                                      AS activation,
@@ -123,13 +135,16 @@ SELECT
     'db', db, 'key', "key", 'key_base64', key_base64, 'type', "type", 'idx', idx,
     'member', "member", 'member_base64', member_base64, 'score', score,
     'field_value', field_value, 'field_value_base64', field_value_base64,
-    'field_expire_at_ms', field_expire_at_ms
-  ))                                                      AS content,
-  concat_ws(' | ', 'key: ' || "key", 'member: ' || "member", 'value: ' || substr(field_value, 1, 2000)) AS text,
+    'field_expire_at_ms', field_expire_at_ms, 'entry_fields', entry_fields
+  ), 'entry_fields')                                      AS content,
+  concat_ws(' | ', 'key: ' || "key", 'member: ' || "member",
+    'value: ' || substr(coalesce(field_value, entry_fields), 1, 2000)) AS text,
   CAST(0.7 AS FLOAT)                                      AS confidence,
   CAST(activation AS FLOAT)                               AS activation,
   CAST(decay_rate AS FLOAT)                               AS decay_rate,
-  CAST(NULL AS TIMESTAMP)                                 AS created_at,
+  CASE WHEN "type" = 'stream'
+    THEN CAST(to_timestamp_millis(CAST(split_part("member", '-', 1) AS BIGINT)) AS TIMESTAMP)
+  END                                                     AS created_at,
   'semantic'                                              AS memory_type,
   'redis'                                                 AS source_kind,
   'members'                                               AS source_name,
@@ -148,8 +163,18 @@ JOIN redis_member_memories AS b
   ON b.db = a.db AND b."key" = a."key" AND b.key_base64 = a.key_base64 AND b.idx = a.idx + 1
 WHERE a."type" = 'zset'
 UNION ALL
+SELECT a.space, a.id AS source_id, b.id AS target_id, 'NEXT_ENTRY' AS edge_type,
+  CAST(0.7 AS FLOAT) AS weight,
+  to_json(named_struct('from_id', a."member", 'to_id', b."member")) AS properties,
+  'members' AS source_name,
+  to_json(named_struct('db', a.db, 'key', a."key", 'key_base64', a.key_base64, 'idx', a.idx)) AS source_key
+FROM redis_member_memories AS a
+JOIN redis_member_memories AS b
+  ON b.db = a.db AND b."key" = a."key" AND b.key_base64 = a.key_base64 AND b.idx = a.idx + 1
+WHERE a."type" = 'stream'
+UNION ALL
 SELECT space, id AS source_id, key_id AS target_id,
-  CASE WHEN "type" = 'zset' THEN 'MEMBER_OF' ELSE 'FIELD_OF' END AS edge_type,
+  CASE "type" WHEN 'zset' THEN 'MEMBER_OF' WHEN 'stream' THEN 'ENTRY_OF' ELSE 'FIELD_OF' END AS edge_type,
   CAST(1.0 AS FLOAT) AS weight,
   to_json(named_struct('idx', idx)) AS properties,
   'members' AS source_name,
@@ -169,7 +194,7 @@ FROM source."keys"
 UNION ALL
 SELECT 'members' AS source_name, 'memories' AS kind, '' AS name, count(*) AS expected
 FROM source.members AS m CROSS JOIN redis_settings AS s
-WHERE m."type" = 'zset' OR (m."type" = 'hash' AND s.hash_field_memories)
+WHERE m."type" IN ('zset', 'stream') OR (m."type" = 'hash' AND s.hash_field_memories)
 
 UNION ALL
 SELECT 'members' AS source_name, 'edges' AS kind, 'MEMBER_OF' AS name, count(*) AS expected
@@ -178,6 +203,14 @@ FROM source.members WHERE "type" = 'zset'
 UNION ALL
 SELECT 'members' AS source_name, 'edges' AS kind, 'NEXT_BY_SCORE' AS name, count(*) - count(DISTINCT concat(db, ':', key_base64, ':', "key")) AS expected
 FROM source.members WHERE "type" = 'zset'
+
+UNION ALL
+SELECT 'members' AS source_name, 'edges' AS kind, 'ENTRY_OF' AS name, count(*) AS expected
+FROM source.members WHERE "type" = 'stream'
+
+UNION ALL
+SELECT 'members' AS source_name, 'edges' AS kind, 'NEXT_ENTRY' AS name, count(*) - count(DISTINCT concat(db, ':', key_base64, ':', "key")) AS expected
+FROM source.members WHERE "type" = 'stream'
 
 UNION ALL
 SELECT 'members' AS source_name, 'edges' AS kind, 'FIELD_OF' AS name, count(*) AS expected

@@ -45,6 +45,18 @@ impl TableInfo {
     }
 }
 
+/// Records of a source table that are not rows of its snapshot, by reason: a snapshot never loses a record in
+/// silence. `kind` is `skipped` (the tool cannot stage it; validation's `skipped_items` fails unless
+/// `--allow-skipped`) or `expired` (left out by the expiry policy, `--expired drop`; reported, not a failure).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotStaged {
+    pub kind: String,
+    pub count: u64,
+    pub what: String,
+    /// The first few of them, by key, for people.
+    pub first: Vec<String>,
+}
+
 /// Tables in dependency order (parents before children) plus the foreign-key cycles found.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Catalog {

@@ -298,6 +298,17 @@ pub struct Options {
     /// Redis: every hash field also becomes a memory of its own (edge FIELD_OF to the hash's memory).
     #[arg(long)]
     pub hash_field_memories: bool,
+
+    /// Redis: keys (and hash fields) whose TTL had run out at the snapshot's as-of time (a dump's ctime, a live
+    /// read's start) are dropped, as Redis itself would, and named in the summary; `keep` stages them too (ttl_ms
+    /// <= 0, decay rate 3600) [default: drop].
+    #[arg(long, value_name = "drop|keep", value_parser = ["drop", "keep"])]
+    pub expired: Option<String>,
+
+    /// Validation passes although records were skipped (not staged because the tool cannot read them, e.g.
+    /// function libraries in a dump); without it the check `skipped_items` fails on any.
+    #[arg(long)]
+    pub allow_skipped: bool,
 }
 
 impl Options {
@@ -530,7 +541,9 @@ pub enum Role {
 pub fn role(key: &str) -> Option<Role> {
     use Role::*;
     Some(match key {
-        "source" | "use-rdb" | "source-db" | "include" | "exclude" | "column-type" => Snapshot,
+        "source" | "use-rdb" | "source-db" | "include" | "exclude" | "column-type" | "expired" => {
+            Snapshot
+        }
         "sql"
         | "label-to-space"
         | "memory-space-prefix"
@@ -549,7 +562,7 @@ pub fn role(key: &str) -> Option<Role> {
         | "hash-field-memories" => Transform,
         "target" | "bundle" | "embedding-provider" | "embedding-model" | "reembed"
         | "target-schema" | "target-index" | "target-labels" => Load,
-        "validate" | "sample-size" | "sample-seed" | "checks" => Validate,
+        "validate" | "sample-size" | "sample-seed" | "checks" | "allow-skipped" => Validate,
         "source-user"
         | "target-user"
         | "fetch-size"

@@ -36,7 +36,17 @@ use serde_json::{Map, Number, Value};
 
 use crate::error::{Error, Result};
 
-/// The JSON value of `array[row]`.
+/// Replaces the string under `key` by the JSON it holds (a json/jsonb column, a Redis value), so content nests
+/// it instead of quoting it; a string that is not valid JSON stays as it is. Used by `to_json(struct, 'key')`
+/// and by validation, which must compare a source's JSON text with the nested value the same way.
+pub fn nest_json_text(obj: &mut Map<String, Value>, key: &str) {
+    if let Some(Value::String(s)) = obj.get(key) {
+        if let Ok(v) = serde_json::from_str::<Value>(s) {
+            obj.insert(key.to_string(), v);
+        }
+    }
+}
+
 /// A digest of a JSON value that two stores' spellings of the same data share: object keys in sorted order,
 /// every number as the shortest text of its f64 value (so `1.0` and `1`, `-0` and `0`, `1e300` and its 301 digits
 /// agree; integers beyond 2^53 are compared at f64 precision here). For read-backs too large to keep the values.
@@ -79,6 +89,7 @@ pub fn json_digest(v: &Value) -> u64 {
     h.digest()
 }
 
+/// The JSON value of `array[row]`.
 pub fn value_at(array: &dyn Array, row: usize) -> Result<Value> {
     if array.is_null(row) {
         return Ok(Value::Null);

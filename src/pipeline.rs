@@ -66,6 +66,7 @@ pub fn open_source(opts: &Options) -> Result<Box<dyn Source>> {
         column_types: config::parse_column_types(&opts.column_type)?,
         partition_rows: opts.partition_rows,
         redis_db: opts.source_db,
+        redis_keep_expired: opts.expired.as_deref() == Some("keep"),
         neo4j: source::neo4j::Neo4jOptions {
             user: opts.source_user.clone(),
             password: opts.source_password.clone(),
@@ -347,6 +348,13 @@ impl Ctx {
                         )
                     })
                     .collect(),
+                widened: e
+                    .info
+                    .columns
+                    .iter()
+                    .filter(|c| c.fidelity.starts_with("widened"))
+                    .count(),
+                not_staged: e.not_staged.clone(),
             });
         }
         self.report.stages.push(t.stage(
@@ -553,6 +561,7 @@ impl Ctx {
             sample_size: v.sample_size,
             sample_seed: v.sample_seed,
             extra_checks: v.checks,
+            allow_skipped: v.allow_skipped,
             workers: self.plan.limits.workers,
             batch_size: self.plan.limits.batch_rows,
             memory: sql_memory(&self.plan),
@@ -776,6 +785,7 @@ async fn deliver(
         sample_size: 0,
         sample_seed: 0,
         extra_checks: None,
+        allow_skipped: false,
         workers: plan.limits.workers,
         batch_size: plan.limits.batch_rows,
         memory: sql_memory(plan),

@@ -86,6 +86,8 @@ pub struct SourcePlan {
     pub column_types: Vec<(String, String)>,
     pub partition_rows: Option<u64>,
     pub redis_db: Option<u64>,
+    /// Redis: keys expired at the snapshot's as-of time are staged (`--expired keep`).
+    pub keep_expired: bool,
     pub fetch_size: Option<usize>,
     /// `--reuse-snapshot`: a complete snapshot is used even when the source has changed since.
     pub reuse_snapshot: bool,
@@ -144,6 +146,8 @@ pub struct ValidatePlan {
     pub sample_size: usize,
     pub sample_seed: u64,
     pub checks: Option<PathBuf>,
+    /// `--allow-skipped`: skipped records do not fail the check `skipped_items`.
+    pub allow_skipped: bool,
     /// What the target calls a duplicate id.
     pub id_scope: IdScope,
 }
@@ -336,6 +340,7 @@ impl RunPlan {
                 sample_size: o.sample_size.unwrap_or(1000),
                 sample_seed: o.sample_seed.unwrap_or(42),
                 checks: o.checks.clone(),
+                allow_skipped: o.allow_skipped,
                 // The bundle is validated for its target: a graph database keys nodes by id alone.
                 id_scope: match &target {
                     Some(crate::sink::Target::Live { factory, .. })
@@ -391,6 +396,9 @@ impl RunPlan {
                 }
                 if let Some(db) = s.redis_db {
                     src.push_str(&format!(", database {db} only"));
+                }
+                if s.keep_expired {
+                    src.push_str(", keys expired at the as-of time kept");
                 }
                 if s.reuse_snapshot {
                     src.push_str(
@@ -546,6 +554,7 @@ fn source_plan(o: &Options, spec: &str) -> Result<SourcePlan> {
         column_types: config::parse_column_types(&o.column_type)?,
         partition_rows: o.partition_rows,
         redis_db: o.source_db,
+        keep_expired: o.expired.as_deref() == Some("keep"),
         fetch_size: o.fetch_size,
         reuse_snapshot: o.reuse_snapshot,
     })

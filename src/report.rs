@@ -26,6 +26,10 @@ pub struct TableLine {
     pub checksum: String,
     /// Per column: `name: source type -> arrow type (fidelity)`.
     pub columns: Vec<String>,
+    /// Columns staged in a wider type than the source declares (values kept exactly, see `columns`).
+    pub widened: usize,
+    /// Records of the table not in the snapshot (expired, skipped), with the first few keys.
+    pub not_staged: Vec<crate::catalog::NotStaged>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -209,6 +213,13 @@ impl RunReport {
                 );
                 for c in t.columns.iter().filter(|c| !c.ends_with("(exact)")) {
                     println!("{:<4}{c}", "");
+                }
+                // Never silent: every record left out is counted here, with the first keys.
+                for n in &t.not_staged {
+                    println!("{:<4}{} {}: {}", "", n.count, n.kind, n.what);
+                    if !n.first.is_empty() {
+                        println!("{:<8}first: {}", "", n.first.join(", "));
+                    }
                 }
             }
         }

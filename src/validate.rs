@@ -59,6 +59,10 @@ pub const BUILTIN_CHECKS: &[(&str, &str)] = &[
         include_str!("../sql/validate/embedding_quality.sql"),
     ),
     ("checksums", include_str!("../sql/validate/checksums.sql")),
+    (
+        "skipped_items",
+        include_str!("../sql/validate/skipped_items.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +94,8 @@ pub struct ValidateOptions {
     pub sample_size: usize,
     pub sample_seed: u64,
     pub extra_checks: Option<PathBuf>,
+    /// `--allow-skipped`: skipped records pass `skipped_items`.
+    pub allow_skipped: bool,
     pub workers: usize,
     pub batch_size: usize,
     pub memory: transform::SqlMemory,
@@ -164,6 +170,7 @@ pub async fn run(
     register_group_counts(&ctx, if live { Some(&mut *source) } else { None }, manifest).await?;
     pb.set_message("checksums");
     register_integrity(&ctx, snapshot_dir, manifest, bundle_dir, &bundle)?;
+    register_not_staged(&ctx, manifest, opts.allow_skipped)?;
     pb.set_message("sampling");
     register_sample(&ctx, source, manifest, &bundle, bundle_dir, opts)?;
     tracing::info!(
@@ -601,6 +608,43 @@ fn register_integrity(
     mem_table(ctx, "integrity", batch)
 }
 
+/// `not_staged`: what the snapshot's tables recorded as not staged (see `catalog::NotStaged`), one row each, with
+/// whether `--allow-skipped` excuses it.
+fn register_not_staged(
+    ctx: &SessionContext,
+    manifest: &Manifest,
+    allow_skipped: bool,
+) -> Result<()> {
+    let rows: Vec<(&str, &crate::catalog::NotStaged)> = manifest
+        .tables
+        .iter()
+        .flat_map(|t| t.not_staged.iter().map(move |n| (t.info.name.as_str(), n)))
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("count", DataType::UInt64, false),
+        Field::new("what", DataType::Utf8, false),
+        Field::new("first_keys", DataType::Utf8, false),
+        Field::new("allowed", DataType::Boolean, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            utf8(rows.iter().map(|r| Some(r.0.to_string())).collect()),
+            utf8(rows.iter().map(|r| Some(r.1.kind.clone())).collect()),
+            u64s(rows.iter().map(|r| Some(r.1.count)).collect()),
+            utf8(rows.iter().map(|r| Some(r.1.what.clone())).collect()),
+            utf8(rows.iter().map(|r| Some(r.1.first.join(", "))).collect()),
+            Arc::new(arrow::array::BooleanArray::from(vec![
+                allow_skipped;
+                rows.len()
+            ])),
+        ],
+    )?;
+    mem_table(ctx, "not_staged", batch)
+}
+
 /// A small deterministic PRNG (splitmix64) so the sample is reproducible from its seed.
 struct SplitMix(u64);
 impl SplitMix {
@@ -691,10 +735,20 @@ fn register_sample(
         let rows = source.fetch_rows(&entry.info, &keys)?;
         for ((_, key_text, content), row) in items.iter().zip(rows) {
             for c in entry.info.columns.iter().filter(|c| !c.synthetic) {
-                let src_v = row
+                let mut src_v = row
                     .as_ref()
                     .map(|r| r.get(&c.name).cloned().unwrap_or(Value::Null));
                 let bun_v = content.get(&c.name);
+                // A JSON column's text may be nested in the content (the shipped mappings do) or kept as text
+                // (an older or hand-written mapping): both hold it whole, so the nested form compares as parsed.
+                if c.mapped_as == "json" {
+                    if let (Some(Value::String(s)), Some(b)) = (&src_v, bun_v) {
+                        match serde_json::from_str::<Value>(s) {
+                            Ok(parsed) if parsed == *b || !b.is_string() => src_v = Some(parsed),
+                            _ => {}
+                        }
+                    }
+                }
                 // Two objects (a graph's property map) are compared key by key, so a failure names the property.
                 if let (Some(Value::Object(sm)), Some(Value::Object(bm))) = (&src_v, bun_v) {
                     let keys: std::collections::BTreeSet<&String> =

@@ -41,6 +41,9 @@ pub struct TableEntry {
     /// For a source read in partitions: each partition and whether it is committed (its files are in `files`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<PartitionState>,
+    /// Records of the table that are not staged rows (expired, skipped), as the source counted them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_staged: Vec<crate::catalog::NotStaged>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -129,6 +129,7 @@ pub fn take(source: &mut dyn Source, dir: &Path, opts: &SnapshotOptions) -> Resu
                 read_up_to: Value::Null,
                 complete: false,
                 partitions: vec![],
+                not_staged: vec![],
             });
         }
         let m = Manifest {
@@ -279,6 +280,7 @@ fn snapshot_table(
                 entry.rows = sum.rows;
                 entry.checksum = sum.to_hex();
                 entry.read_up_to = read_up_to;
+                entry.not_staged = source.not_staged(&entry.info);
                 entry.complete = true;
                 tracing::info!(table = %entry.info.name, rows = entry.rows, files = entry.files.len(), "table staged");
                 manifest.save(dir)?;

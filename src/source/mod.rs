@@ -97,6 +97,11 @@ pub trait Source: Send {
     fn end_snapshot(&mut self) -> Value {
         Value::Null
     }
+    /// After `read_table` finished: the table's records that were not staged (expired, skipped), so the
+    /// manifest, the summary and validation name them.
+    fn not_staged(&self, _table: &TableInfo) -> Vec<crate::catalog::NotStaged> {
+        vec![]
+    }
     /// The table's staging schema changed (a column was widened); the source must stage it that way from now on.
     fn set_table(&mut self, _table: &TableInfo) {}
     /// Widens a column after `ReadEnd::Widen`, updating `table`'s column info; false if it cannot widen further.
@@ -119,6 +124,8 @@ pub struct SourceOptions {
     pub partition_rows: Option<u64>,
     /// Redis: the one database to read (`--source-db`).
     pub redis_db: Option<u64>,
+    /// Redis: stage keys expired at the as-of time too (`--expired keep`).
+    pub redis_keep_expired: bool,
     /// Bolt sources: user, password, fetch size.
     pub neo4j: neo4j::Neo4jOptions,
 }
@@ -221,15 +228,11 @@ impl SourceFactory for RedisFactory {
     }
     fn open(&self, spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
         if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-            return Ok(Box::new(redis::RedisSource::open_live(
-                spec,
-                opts.redis_db,
-            )?));
+            let s = redis::RedisSource::open_live(spec, opts.redis_db)?;
+            return Ok(Box::new(s.keep_expired(opts.redis_keep_expired)));
         }
-        Ok(Box::new(redis::RedisSource::open_rdb(
-            Path::new(spec),
-            opts.redis_db,
-        )?))
+        let s = redis::RedisSource::open_rdb(Path::new(spec), opts.redis_db)?;
+        Ok(Box::new(s.keep_expired(opts.redis_keep_expired)))
     }
 }
 

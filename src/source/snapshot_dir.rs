@@ -93,6 +93,12 @@ impl Source for SnapshotSource {
         parquet_io::read_schema(first)
     }
 
+    fn not_staged(&self, table: &TableInfo) -> Vec<crate::catalog::NotStaged> {
+        self.entry(table)
+            .map(|e| e.not_staged.clone())
+            .unwrap_or_default()
+    }
+
     fn count(&mut self, table: &TableInfo) -> Result<u64> {
         Ok(self.entry(table)?.rows)
     }

@@ -445,6 +445,15 @@ pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
             .filter(|c| !c.synthetic)
             .map(|c| format!("{}, {}", lit(&c.name), col("c", &c.name)))
             .collect();
+        // JSON columns (PostgreSQL json/jsonb, SQLite JSON) are nested in the content as JSON, not quoted.
+        let json_fields: String = t
+            .info
+            .columns
+            .iter()
+            .filter(|c| !c.synthetic && c.mapped_as == "json")
+            .map(|c| format!(", {}", lit(&c.name)))
+            .collect();
+        let content = format!("{}){json_fields}", content.join(", "));
         let dim = opts.embedding_dim;
         let embedding = match embedding_column(t, dim) {
             Some(c) => format!("CAST({} AS REAL[])", col("c", c)),
@@ -463,13 +472,13 @@ pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
             ));
         }
         memories.push(format!(
-            "-- table {name}\n{note}SELECT {space} AS space,\n       {id} AS id,\n       to_json(named_struct({content})) AS content,\n       \
+            "-- table {name}\n{note}SELECT {space} AS space,\n       {id} AS id,\n       to_json(named_struct({content}) AS content,\n       \
              {text} AS text,\n       {conf} AS confidence, {act} AS activation, {decay} AS decay_rate,\n       \
              {created} AS created_at,\n       {embedding} AS embedding,\n       'semantic' AS memory_type, {kind} AS source_kind, {sname} AS source_name,\n       \
              {key} AS source_key\nFROM {table} c",
             space = lit(&space_of(t, opts)),
             id = id_expr(t, "c"),
-            content = content.join(", "),
+            content = content,
             text = text_expr(t, opts, "c"),
             conf = float(opts.confidence),
             act = float(opts.activation),

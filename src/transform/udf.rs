@@ -1,5 +1,7 @@
 //! SQL functions the mappings and validations use, registered in every DataFusion session of the tool.
-//! - `to_json(struct)`: the struct as JSON object text (see `crate::json` for the type table).
+//! - `to_json(struct [, 'field', ...])`: the struct as JSON object text (see `crate::json` for the type table).
+//!   The fields named after it hold JSON text (a json/jsonb column, a Redis value) and are nested as JSON, not
+//!   quoted as a string; a value that is not valid JSON stays a string, so nothing is lost either way.
 //! - `vector_dim(list)`: the number of elements of an embedding (NULL for NULL).
 //! - `vector_norm(list)`: its L2 norm as a double (NULL for NULL).
 
@@ -29,9 +31,24 @@ struct ToJson {
 impl ToJson {
     fn new() -> Self {
         ToJson {
-            signature: Signature::any(1, Volatility::Immutable),
+            signature: Signature::variadic_any(Volatility::Immutable),
         }
     }
+}
+
+/// The field names after the struct argument: string literals.
+fn json_field_names(args: &[ColumnarValue]) -> DfResult<Vec<String>> {
+    use datafusion::common::ScalarValue;
+    args.iter()
+        .map(|a| match a {
+            ColumnarValue::Scalar(
+                ScalarValue::Utf8(Some(s))
+                | ScalarValue::LargeUtf8(Some(s))
+                | ScalarValue::Utf8View(Some(s)),
+            ) => Ok(s.clone()),
+            _ => exec_err!("to_json: the arguments after the struct name its JSON fields and must be string literals"),
+        })
+        .collect()
 }
 
 impl ScalarUDFImpl for ToJson {
@@ -48,7 +65,13 @@ impl ScalarUDFImpl for ToJson {
         Ok(DataType::Utf8)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let array = args.args[0].clone().into_array(args.number_rows)?;
+        let Some(first) = args.args.first() else {
+            return exec_err!(
+                "to_json takes a struct (and optionally the names of its JSON fields)"
+            );
+        };
+        let array = first.clone().into_array(args.number_rows)?;
+        let nested = json_field_names(&args.args[1..])?;
         let mut out = StringBuilder::with_capacity(array.len(), array.len() * 64);
         for row in 0..array.len() {
             if array.is_null(row) {
@@ -56,7 +79,14 @@ impl ScalarUDFImpl for ToJson {
                 continue;
             }
             match crate::json::value_at(array.as_ref(), row) {
-                Ok(v) => out.append_value(v.to_string()),
+                Ok(mut v) => {
+                    if let serde_json::Value::Object(m) = &mut v {
+                        for name in &nested {
+                            crate::json::nest_json_text(m, name);
+                        }
+                    }
+                    out.append_value(v.to_string())
+                }
                 Err(e) => return exec_err!("to_json: {e}"),
             }
         }
@@ -180,7 +210,8 @@ mod tests {
             &ctx,
             "SELECT to_json(named_struct('a', 1, 'b', 'x', 'c', CAST(NULL AS INT))) AS j, \
                     vector_dim(make_array(CAST(3.0 AS FLOAT), CAST(4.0 AS FLOAT))) AS d, \
-                    vector_norm(make_array(CAST(3.0 AS FLOAT), CAST(4.0 AS FLOAT))) AS n",
+                    vector_norm(make_array(CAST(3.0 AS FLOAT), CAST(4.0 AS FLOAT))) AS n, \
+                    to_json(named_struct('v', '[1,{\"a\":2.5}]', 'w', 'not json', 'x', '[1]'), 'v', 'w') AS nested",
             "test",
         )
         .await
@@ -189,5 +220,10 @@ mod tests {
         assert_eq!(row["j"], serde_json::json!(r#"{"a":1,"b":"x","c":null}"#));
         assert_eq!(row["d"], serde_json::json!(2));
         assert_eq!(row["n"], serde_json::json!(5.0));
+        // Named JSON fields nest; text that is not JSON stays text; fields not named stay strings.
+        assert_eq!(
+            row["nested"],
+            serde_json::json!(r#"{"v":[1,{"a":2.5}],"w":"not json","x":"[1]"}"#)
+        );
     }
 }

@@ -153,7 +153,7 @@ fn plan_shows_the_plan_run_executes_for_every_source_and_target_kind() {
     let _guard = crate::redis::lock(7);
     let (rurl, port) = crate::redis::server(7);
     let mut c = crate::redis::con(&rurl);
-    crate::redis::cmd(&mut c, &[b"FLUSHALL"]);
+    crate::redis::reset(&mut c);
     crate::redis::cmd(&mut c, &[b"SET", b"k", b"v"]);
     crate::redis::cmd(&mut c, &[b"ZADD", b"z", b"1.5", b"m"]);
     let rdb = tmp.path().join("dump.rdb");

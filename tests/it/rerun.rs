@@ -151,7 +151,7 @@ fn redis_rerun_after_a_write_stops() {
     let _guard = lock(8);
     let (url, _) = server(8);
     let mut c = con(&url);
-    cmd(&mut c, &[b"FLUSHALL"]);
+    crate::redis::reset(&mut c);
     cmd(&mut c, &[b"SET", b"user:1", b"ada"]);
     cmd(&mut c, &[b"SELECT", b"2"]);
     cmd(&mut c, &[b"SET", b"user:1", b"grace"]);

@@ -208,6 +208,7 @@ fn a_sink_from_outside_the_crate_loads_resumes_and_reads_back() {
         sample_size: 0,
         sample_seed: 0,
         extra_checks: None,
+        allow_skipped: false,
         workers: 2,
         batch_size: 8192,
         memory: SqlMemory {

@@ -194,6 +194,16 @@ impl Live {
         Ok(out)
     }
 
+    /// Function libraries the server holds (FUNCTION LIST, Redis 7+): code, not keys, so not migrated, but
+    /// counted as a dump's are. 0 on a server without functions.
+    pub fn function_libraries(&mut self) -> Result<u64> {
+        if self.version.0 < 7 {
+            return Ok(0);
+        }
+        let libs: RV = self.q("FUNCTION LIST", redis::cmd("FUNCTION").arg("LIST"))?;
+        Ok(list(libs).len() as u64)
+    }
+
     pub fn dbsize(&mut self, only: Option<u64>) -> Result<u64> {
         let mut n = 0;
         for db in self.dbs(only)? {
@@ -304,10 +314,7 @@ impl Live {
                         continue;
                     }
                 },
-                "stream" => Value::Stream {
-                    entries: n.max(0) as u64,
-                    groups: 0,
-                },
+                "stream" => self.read_stream(&k)?,
                 "list" | "set" | "zset" | "hash" if n > BIG => self.read_big(&k, &ty, n)?,
                 "list" | "set" | "zset" | "hash" => {
                     match ty.as_str() {
@@ -319,8 +326,13 @@ impl Live {
                     small_idx.push((i, ty.clone()));
                     Value::List(vec![]) // filled below
                 }
-                other => Value::Module {
-                    name: other.to_string(),
+                // Anything else is a module's type: its value as DUMP serialises it (what a dump file holds).
+                _ => match self.read_module(&k)? {
+                    Some(v) => v,
+                    None => {
+                        items.push(None); // gone since TYPE saw it
+                        continue;
+                    }
                 },
             };
             items.push(Some(Item {
@@ -348,6 +360,111 @@ impl Live {
         items.retain(|it| !matches!(&it.value, Value::ZSet(v) if v.is_empty()));
         items.retain(|it| !matches!(&it.value, Value::Hash(v) if v.is_empty()));
         Ok(items)
+    }
+
+    /// A stream: its entries by XRANGE in pages of `BIG`, its last id (XINFO STREAM), its consumer groups (XINFO
+    /// GROUPS) and their consumers (XINFO CONSUMERS), the same facts a dump holds.
+    fn read_stream(&mut self, k: &[u8]) -> Result<Value> {
+        use super::rdb::{Stream, StreamEntry, StreamGroup};
+        let bad = |what: &str| {
+            Error::Internal(format!(
+                "{what} of stream {:?} is not what Redis documents",
+                String::from_utf8_lossy(k)
+            ))
+        };
+        let mut st = Stream::default();
+        let mut start = "-".to_string();
+        loop {
+            let page: RV = self.q(
+                "XRANGE",
+                redis::cmd("XRANGE")
+                    .arg(k)
+                    .arg(&start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(BIG),
+            )?;
+            let page = list(page);
+            let got = page.len() as i64;
+            for e in page {
+                let mut parts = list(e).into_iter();
+                let id = parts
+                    .next()
+                    .and_then(bytes)
+                    .and_then(|b| stream_id(&b))
+                    .ok_or_else(|| bad("an XRANGE entry id"))?;
+                let flat = parts.next().map(byte_list).unwrap_or_default();
+                let mut fields = Vec::with_capacity(flat.len() / 2);
+                let mut it = flat.into_iter();
+                while let (Some(f), Some(v)) = (it.next(), it.next()) {
+                    fields.push((f, v));
+                }
+                st.entries.push(StreamEntry { id, fields });
+            }
+            match st.entries.last() {
+                // An exclusive start (Redis 6.2+) continues after the last entry read.
+                Some(last) if got >= BIG => start = format!("({}-{}", last.id.0, last.id.1),
+                _ => break,
+            }
+        }
+        let mut info = by_name(self.q("XINFO STREAM", redis::cmd("XINFO").arg("STREAM").arg(k))?);
+        st.last_id = info
+            .remove("last-generated-id")
+            .and_then(bytes)
+            .and_then(|b| stream_id(&b))
+            .ok_or_else(|| bad("XINFO STREAM's last-generated-id"))?;
+        let groups: RV = self.q("XINFO GROUPS", redis::cmd("XINFO").arg("GROUPS").arg(k))?;
+        for g in list(groups) {
+            let mut g = by_name(g);
+            let name = g
+                .remove("name")
+                .and_then(bytes)
+                .ok_or_else(|| bad("a group name"))?;
+            let last_delivered_id = g
+                .remove("last-delivered-id")
+                .and_then(bytes)
+                .and_then(|b| stream_id(&b))
+                .ok_or_else(|| bad("a group's last-delivered-id"))?;
+            let pending = g.get("pending").and_then(int).unwrap_or(0).max(0) as u64;
+            let cs: RV = self.q(
+                "XINFO CONSUMERS",
+                redis::cmd("XINFO").arg("CONSUMERS").arg(k).arg(&name),
+            )?;
+            let mut consumers = vec![];
+            for c in list(cs) {
+                let mut c = by_name(c);
+                let cname = c
+                    .remove("name")
+                    .and_then(bytes)
+                    .ok_or_else(|| bad("a consumer name"))?;
+                let p = c.get("pending").and_then(int).unwrap_or(0).max(0) as u64;
+                consumers.push((cname, p));
+            }
+            st.groups.push(StreamGroup {
+                name,
+                last_delivered_id,
+                pending,
+                consumers,
+            });
+        }
+        Ok(Value::Stream(st))
+    }
+
+    /// A module value through DUMP (the RDB encoding of the value, which this reader decodes as far as the module
+    /// id and keeps raw after it); None when the key is gone.
+    fn read_module(&mut self, k: &[u8]) -> Result<Option<Value>> {
+        let payload: Option<Vec<u8>> = self.q("DUMP", redis::cmd("DUMP").arg(k))?;
+        let Some(payload) = payload else {
+            return Ok(None);
+        };
+        let (_, v) = super::rdb::dump_payload(&payload).map_err(|e| {
+            err(
+                &self.redacted,
+                &format!("DUMP of key {:?}", String::from_utf8_lossy(k)),
+                e,
+            )
+        })?;
+        Ok(Some(v))
     }
 
     /// Pages through a big collection.
@@ -446,6 +563,24 @@ impl Live {
         }
         Ok(())
     }
+}
+
+/// A reply of field/value pairs (RESP2 flat array or RESP3 map) by field name.
+fn by_name(v: RV) -> std::collections::HashMap<String, RV> {
+    let mut out = std::collections::HashMap::new();
+    let mut it = list(v).into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if let Some(k) = bytes(k) {
+            out.insert(String::from_utf8_lossy(&k).into_owned(), v);
+        }
+    }
+    out
+}
+
+/// A stream id `ms-seq` as Redis prints it.
+fn stream_id(b: &[u8]) -> Option<(u64, u64)> {
+    let (ms, seq) = std::str::from_utf8(b).ok()?.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 /// A flat reply to a value of type `ty`.

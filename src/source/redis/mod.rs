@@ -55,7 +55,7 @@ pub const KEY_COLUMNS: &[(&str, DataType, bool, &str)] = &[
         "type",
         DataType::Utf8,
         false,
-        "string, list, set, zset or hash",
+        "string, list, set, zset, hash, stream or module",
     ),
     (
         "encoding",
@@ -89,7 +89,12 @@ pub const MEMBER_COLUMNS: &[(&str, DataType, bool, &str)] = &[
     ("db", DataType::Int64, false, "database number"),
     ("key", DataType::Utf8, false, "the key, as in `keys`"),
     ("key_base64", DataType::Boolean, false, "as in `keys`"),
-    ("type", DataType::Utf8, false, "list, set, zset or hash"),
+    (
+        "type",
+        DataType::Utf8,
+        false,
+        "list, set, zset, hash or stream",
+    ),
     (
         "idx",
         DataType::Int64,
@@ -122,7 +127,16 @@ pub const MEMBER_COLUMNS: &[(&str, DataType, bool, &str)] = &[
         true,
         "hash field expiry (Redis 7.4+), Unix ms",
     ),
+    (
+        "entry_fields",
+        DataType::Utf8,
+        true,
+        "stream entry's fields as typed JSON [[field, value], ...]; member is the entry id",
+    ),
 ];
+
+/// The staged columns that hold typed JSON.
+const JSON_COLUMNS: &[&str] = &["value", "entry_fields"];
 
 fn columns(table: &str) -> &'static [(&'static str, DataType, bool, &'static str)] {
     if table == MEMBERS_TABLE {
@@ -158,7 +172,12 @@ fn table_info(table: &str, estimate: Option<u64>) -> TableInfo {
                 name: n.to_string(),
                 source_type: doc.to_string(),
                 arrow_type: t.to_string(),
-                mapped_as: n.to_string(),
+                // JSON text columns say so, so mappings nest them and validation compares them as JSON.
+                mapped_as: if JSON_COLUMNS.contains(n) {
+                    "json".to_string()
+                } else {
+                    n.to_string()
+                },
                 fidelity: "exact".into(),
                 synthetic: *n == "ttl_ms",
             })
@@ -188,22 +207,35 @@ impl Item {
             Value::Set(_) => "set",
             Value::ZSet(_) => "zset",
             Value::Hash(_) => "hash",
-            Value::Stream { .. } => "stream",
-            Value::Module { .. } => "module",
+            Value::Stream(_) => "stream",
+            Value::Module(_) => "module",
         }
     }
 
-    /// Puts the members in the canonical order (see the module doc) and drops hash fields expired at `as_of`.
-    pub fn canonicalize(&mut self, as_of_ms: i64) {
+    /// Puts the members in the canonical order (see the module doc) and, unless `keep_expired`, drops hash
+    /// fields expired at `as_of`; returns how many were dropped.
+    pub fn canonicalize(&mut self, as_of_ms: i64, keep_expired: bool) -> u64 {
         match &mut self.value {
             Value::Set(v) => v.sort(),
             Value::ZSet(v) => v.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0))),
             Value::Hash(v) => {
-                v.retain(|f| f.expire_at_ms.is_none_or(|t| t > as_of_ms));
+                let before = v.len();
+                if !keep_expired {
+                    v.retain(|f| f.expire_at_ms.is_none_or(|t| t > as_of_ms));
+                }
                 v.sort_by(|a, b| a.field.cmp(&b.field));
+                return (before - v.len()) as u64;
+            }
+            Value::Stream(st) => {
+                st.entries.sort_by_key(|e| e.id);
+                st.groups.sort_by(|a, b| a.name.cmp(&b.name));
+                for g in &mut st.groups {
+                    g.consumers.sort();
+                }
             }
             _ => {}
         }
+        0
     }
 
     fn len(&self) -> usize {
@@ -212,8 +244,8 @@ impl Item {
             Value::List(v) | Value::Set(v) => v.len(),
             Value::ZSet(v) => v.len(),
             Value::Hash(v) => v.len(),
-            Value::Stream { entries, .. } => *entries as usize,
-            Value::Module { .. } => 0,
+            Value::Stream(st) => st.entries.len(),
+            Value::Module(m) => m.raw.len(),
         }
     }
 }
@@ -265,10 +297,34 @@ pub fn value_json(v: &Value) -> Json {
                 })
                 .collect(),
         ),
-        // Consumer groups are not compared: a live read does not ask for them.
-        Value::Stream { entries, .. } => json!({ "stream_entries": entries }),
-        Value::Module { name } => json!({ "module": name }),
+        // The entries are rows of `members` (memories of their own); the key keeps what the stream is.
+        Value::Stream(st) => json!({
+            "entries": st.entries.len(),
+            "last_id": rdb::stream_id_text(st.last_id),
+            "groups": st.groups.iter().map(|g| json!({
+                "name": bin_json(&g.name),
+                "last_delivered_id": rdb::stream_id_text(g.last_delivered_id),
+                "pending": g.pending,
+                "consumers": g.consumers.iter().map(|(n, p)| json!({"name": bin_json(n), "pending": p})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+        Value::Module(m) => json!({
+            "module": m.name,
+            "module_version": m.version,
+            "encoding": "rdb-module",
+            "raw_base64": base64::engine::general_purpose::STANDARD.encode(&m.raw),
+        }),
     }
+}
+
+/// A stream entry's fields as typed JSON: `[[field, value], ...]` in the entry's order.
+pub fn entry_fields_json(fields: &[(Vec<u8>, Vec<u8>)]) -> Json {
+    Json::Array(
+        fields
+            .iter()
+            .map(|(f, v)| json!([bin_json(f), bin_json(v)]))
+            .collect(),
+    )
 }
 
 /// Builds the batches of one table from items.
@@ -348,7 +404,8 @@ impl Rows {
                       m: &[u8],
                       score: Option<f64>,
                       fv: Option<&[u8]>,
-                      fexp: Option<i64>| {
+                      fexp: Option<i64>,
+                      entry: Option<&str>| {
             let (m, mb) = text(m);
             r.i(0, Some(it.db as i64));
             r.s(1, Some(&key));
@@ -362,22 +419,38 @@ impl Rows {
             r.s(8, fv.as_ref().map(|x| x.0.as_str()));
             r.b(9, fv.as_ref().map(|x| x.1));
             r.i(10, fexp);
+            r.s(11, entry);
             r.rows += 1;
         };
         match &it.value {
             Value::List(v) | Value::Set(v) => {
                 for (i, m) in v.iter().enumerate() {
-                    member(self, i, m, None, None, None);
+                    member(self, i, m, None, None, None, None);
                 }
             }
             Value::ZSet(v) => {
                 for (i, (m, s)) in v.iter().enumerate() {
-                    member(self, i, m, Some(*s), None, None);
+                    member(self, i, m, Some(*s), None, None, None);
                 }
             }
             Value::Hash(v) => {
                 for (i, f) in v.iter().enumerate() {
-                    member(self, i, &f.field, None, Some(&f.value), f.expire_at_ms);
+                    member(
+                        self,
+                        i,
+                        &f.field,
+                        None,
+                        Some(&f.value),
+                        f.expire_at_ms,
+                        None,
+                    );
+                }
+            }
+            Value::Stream(st) => {
+                for (i, e) in st.entries.iter().enumerate() {
+                    let id = rdb::stream_id_text(e.id);
+                    let fields = entry_fields_json(&e.fields).to_string();
+                    member(self, i, id.as_bytes(), None, None, None, Some(&fields));
                 }
             }
             _ => {}
@@ -406,11 +479,23 @@ impl Rows {
 #[derive(Debug, Default, Clone)]
 pub struct PassReport {
     pub keys: u64,
-    pub expired_at_as_of: u64,
     pub other_db: u64,
-    /// Streams and module values, per key (the first 1000), and their count.
-    pub skipped: Vec<Json>,
-    pub skipped_count: u64,
+    /// Keys expired at the as-of time: dropped (`--expired drop`) or kept; the first few as `db:key`.
+    pub expired_at_as_of: u64,
+    pub expired_examples: Vec<String>,
+    /// Hash fields expired at the as-of time (Redis 7.4+ field expiry), dropped or kept like keys.
+    pub expired_fields: u64,
+}
+
+/// How many example keys a report names.
+const EXAMPLES: usize = 5;
+
+/// A key for people: `db0:"name"` (base64 keys marked).
+fn key_label(db: u64, key: &[u8]) -> String {
+    match text(key) {
+        (k, false) => format!("db{db}:{k:?}"),
+        (k, true) => format!("db{db}:base64:{k}"),
+    }
 }
 
 /// Where keys come from.
@@ -426,8 +511,13 @@ pub struct RedisSource {
     as_of_ms: Option<i64>,
     as_of_from: &'static str,
     last_report: PassReport,
+    /// `--expired keep`: keys and hash fields expired at the as-of time are staged too (negative `ttl_ms`).
+    keep_expired: bool,
     /// RDB: header facts (version, redis-ver, checksum), for the manifest.
     rdb_facts: Json,
+    /// What the last pass found and could not stage: function libraries (a dump's or the server's), module aux
+    /// data (dumps).
+    rdb_skipped: rdb::Skipped,
 }
 
 impl RedisSource {
@@ -446,7 +536,9 @@ impl RedisSource {
             as_of_ms: None,
             as_of_from: "",
             last_report: PassReport::default(),
+            keep_expired: false,
             rdb_facts: Json::Null,
+            rdb_skipped: rdb::Skipped::default(),
         })
     }
 
@@ -459,8 +551,16 @@ impl RedisSource {
             as_of_ms: None,
             as_of_from: "",
             last_report: PassReport::default(),
+            keep_expired: false,
             rdb_facts: Json::Null,
+            rdb_skipped: rdb::Skipped::default(),
         })
+    }
+
+    /// `--expired keep`: stage keys and hash fields expired at the as-of time too.
+    pub fn keep_expired(mut self, keep: bool) -> Self {
+        self.keep_expired = keep;
+        self
     }
 
     /// The snapshot's as-of instant, fixed on first use.
@@ -503,6 +603,7 @@ impl RedisSource {
     fn pass(&mut self, f: &mut dyn FnMut(&Item) -> Result<()>) -> Result<PassReport> {
         let as_of = self.as_of()?;
         let only_db = self.only_db;
+        let keep_expired = self.keep_expired;
         let mut rep = PassReport::default();
         let mut handle = |mut it: Item, rep: &mut PassReport| -> Result<()> {
             rep.keys += 1;
@@ -512,21 +613,14 @@ impl RedisSource {
             }
             if it.expire_at_ms.is_some_and(|t| t <= as_of) {
                 rep.expired_at_as_of += 1;
-                return Ok(());
-            }
-            if matches!(it.value, Value::Stream { .. } | Value::Module { .. }) {
-                rep.skipped_count += 1;
-                if rep.skipped.len() < 1000 {
-                    let (k, b64) = text(&it.key);
-                    rep.skipped.push(json!({
-                        "db": it.db, "key": k, "key_base64": b64, "type": it.type_name(),
-                        "detail": value_json(&it.value),
-                        "reason": if it.type_name() == "stream" { "streams are not migrated yet" } else { "module values cannot be read without their module" },
-                    }));
+                if rep.expired_examples.len() < EXAMPLES {
+                    rep.expired_examples.push(key_label(it.db, &it.key));
                 }
-                return Ok(());
+                if !keep_expired {
+                    return Ok(());
+                }
             }
-            it.canonicalize(as_of);
+            rep.expired_fields += it.canonicalize(as_of, keep_expired);
             f(&it)
         };
         match &mut self.backend {
@@ -556,9 +650,14 @@ impl RedisSource {
                     "skipped_function_libraries": r.skipped.function_libraries,
                     "skipped_module_aux": r.skipped.module_aux,
                 });
+                self.rdb_skipped = r.skipped.clone();
             }
             Backend::Live(l) => {
                 l.for_each(only_db, &mut |it| handle(it, &mut rep))?;
+                self.rdb_skipped = rdb::Skipped {
+                    function_libraries: l.function_libraries()?,
+                    ..Default::default()
+                };
             }
         }
         self.last_report = rep.clone();
@@ -573,8 +672,9 @@ impl RedisSource {
             "keys_seen": rep.keys,
             "keys_in_other_dbs": rep.other_db,
             "keys_expired_at_as_of": rep.expired_at_as_of,
-            "skipped_keys": rep.skipped_count,
-            "skipped": rep.skipped,
+            "expired_keys_first": rep.expired_examples,
+            "hash_fields_expired_at_as_of": rep.expired_fields,
+            "expired": if self.keep_expired { "kept" } else { "dropped" },
             "rdb": self.rdb_facts,
         })
     }
@@ -642,7 +742,7 @@ impl Source for RedisSource {
         let mut n = 0u64;
         self.pass(&mut |it| {
             n += if members {
-                if matches!(it.value, Value::String(_)) {
+                if matches!(it.value, Value::String(_) | Value::Module(_)) {
                     0
                 } else {
                     it.len() as u64
@@ -732,10 +832,10 @@ impl Source for RedisSource {
                     })
                     .collect();
                 for mut it in l.fetch(&list)? {
-                    if it.expire_at_ms.is_some_and(|t| t <= as_of) {
+                    if it.expire_at_ms.is_some_and(|t| t <= as_of) && !self.keep_expired {
                         continue;
                     }
-                    it.canonicalize(as_of);
+                    it.canonicalize(as_of, self.keep_expired);
                     found(&it)?;
                 }
             }
@@ -758,6 +858,54 @@ impl Source for RedisSource {
                     .cloned()
             })
             .collect())
+    }
+
+    fn not_staged(&self, table: &TableInfo) -> Vec<crate::catalog::NotStaged> {
+        use crate::catalog::NotStaged;
+        let rep = &self.last_report;
+        // With --expired keep they are staged rows (ttl_ms <= 0), not records left out.
+        let expired = |n: u64| n > 0 && !self.keep_expired;
+        let as_of = self
+            .as_of_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        let mut out = vec![];
+        if table.name == KEYS_TABLE {
+            if expired(rep.expired_at_as_of) {
+                out.push(NotStaged {
+                    kind: "expired".into(),
+                    count: rep.expired_at_as_of,
+                    what: format!(
+                        "keys whose TTL had run out at the snapshot's as-of time {as_of} ({}): dropped; --expired keep stages them",
+                        self.as_of_from
+                    ),
+                    first: rep.expired_examples.clone(),
+                });
+            }
+            let sk = &self.rdb_skipped;
+            for (n, what) in [
+                (sk.function_libraries, "function libraries (code, not keys; FUNCTION DUMP / RESTORE moves them): not migrated"),
+                (sk.module_aux, "module auxiliary data in the dump (a module's own state, not keys): not migrated"),
+            ] {
+                if n > 0 {
+                    out.push(NotStaged {
+                        kind: "skipped".into(),
+                        count: n,
+                        what: what.into(),
+                        first: vec![],
+                    });
+                }
+            }
+        } else if expired(rep.expired_fields) {
+            out.push(NotStaged {
+                kind: "expired".into(),
+                count: rep.expired_fields,
+                what: format!("hash fields whose own TTL had run out at the snapshot's as-of time {as_of}: dropped; --expired keep stages them"),
+                first: vec![],
+            });
+        }
+        out
     }
 
     fn end_snapshot(&mut self) -> Json {
@@ -801,7 +949,7 @@ mod tests {
                 (b"c".to_vec(), f64::NEG_INFINITY),
             ]),
         };
-        it.canonicalize(0);
+        it.canonicalize(0, false);
         assert_eq!(
             value_json(&it.value),
             json!([["c", "-inf"], ["a", 1.0], ["b", 1.0]])
@@ -821,7 +969,7 @@ mod tests {
             ]),
             ..it
         };
-        h.canonicalize(10);
+        assert_eq!(h.canonicalize(10, false), 1);
         assert_eq!(value_json(&h.value), json!([["x", "2", 50]]));
     }
 

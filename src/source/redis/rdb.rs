@@ -108,15 +108,51 @@ pub enum Value {
     /// (member, score) in file order.
     ZSet(Vec<(Vec<u8>, f64)>),
     Hash(Vec<HashField>),
-    /// Streams are parsed to skip them: their entry and consumer-group counts, for the report.
-    Stream {
-        entries: u64,
-        groups: u64,
-    },
-    /// A module value, skipped: the module type's 9-character name.
-    Module {
-        name: String,
-    },
+    Stream(Stream),
+    /// A module value, kept as the module wrote it: it cannot be decoded without the module.
+    Module(ModuleValue),
+}
+
+/// A stream id `ms-seq`.
+pub type StreamId = (u64, u64);
+
+pub fn stream_id_text(id: StreamId) -> String {
+    format!("{}-{}", id.0, id.1)
+}
+
+/// A stream: its live entries in id order, its last generated id and its consumer groups.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Stream {
+    pub entries: Vec<StreamEntry>,
+    pub last_id: StreamId,
+    pub groups: Vec<StreamGroup>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEntry {
+    pub id: StreamId,
+    /// (field, value) in the entry's order.
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamGroup {
+    pub name: Vec<u8>,
+    pub last_delivered_id: StreamId,
+    /// Entries delivered and not yet acknowledged (the group's pending entries list).
+    pub pending: u64,
+    /// (consumer name, its pending entries).
+    pub consumers: Vec<(Vec<u8>, u64)>,
+}
+
+/// A module value: the module type's 9-character name, its encoding version (the low 10 bits of the type id)
+/// and the value's bytes as the module serialised them (RDB module opcodes up to and including the EOF
+/// opcode): exactly what `DUMP` returns after the module id, so a dump and a live read agree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleValue {
+    pub name: String,
+    pub version: u64,
+    pub raw: Vec<u8>,
 }
 
 /// A key and its value, with where it starts in the file.
@@ -169,6 +205,8 @@ pub struct RdbReader<R: Read> {
     done: bool,
     /// Encoding of the last string read (`raw`, `int`, `lzf`).
     last_string_encoding: &'static str,
+    /// While Some, every byte read is appended (a module value's raw bytes).
+    recording: Option<Vec<u8>>,
 }
 
 /// Redis refuses strings over 512 MB by default; a length beyond this bound in a dump is corruption.
@@ -188,6 +226,7 @@ impl<R: Read> RdbReader<R> {
             db: 0,
             done: false,
             last_string_encoding: "raw",
+            recording: None,
         };
         let mut magic = [0u8; 9];
         r.read_exact(&mut magic).map_err(|e| RdbError {
@@ -260,6 +299,9 @@ impl<R: Read> RdbReader<R> {
         }
         self.crc = crc64(self.crc, buf);
         self.offset += buf.len() as u64;
+        if let Some(r) = &mut self.recording {
+            r.extend_from_slice(buf);
+        }
         Ok(())
     }
 
@@ -671,54 +713,69 @@ impl<R: Read> RdbReader<R> {
                     }
                 }
             }
-            15 | 19 | 21 => self.skip_stream(t)?,
+            15 | 19 | 21 => Value::Stream(self.stream(t)?),
             7 => {
                 let id = self.len()?;
-                self.skip_module_value()?;
-                Value::Module {
+                self.recording = Some(vec![]);
+                let done = self.skip_module_value();
+                let raw = self.recording.take().unwrap_or_default();
+                done?;
+                Value::Module(ModuleValue {
                     name: module_name(id),
-                }
+                    version: id & 1023,
+                    raw,
+                })
             }
             _ => return Err(self.err(format!("value type {t} is not supported"))),
         })
     }
 
-    /// Reads a stream through without keeping it: its nodes, metadata, consumer groups and their pending lists.
-    fn skip_stream(&mut self, t: u8) -> Result<Value> {
+    /// A stream: its listpack nodes (entries), metadata and consumer groups with their pending lists.
+    fn stream(&mut self, t: u8) -> Result<Stream> {
         let nodes = self.len()?;
+        let mut entries = vec![];
         for _ in 0..nodes {
             let at = self.offset;
             let id = self.string()?;
-            if id.len() != 16 {
+            let Ok(id) = <[u8; 16]>::try_from(id.as_slice()) else {
                 return Err(self.err_at(at, "stream node key is not a 128-bit entry id".into()));
-            }
-            self.string()?;
+            };
+            let master = (
+                u64::from_be_bytes(id[..8].try_into().expect("8 bytes")),
+                u64::from_be_bytes(id[8..].try_into().expect("8 bytes")),
+            );
+            let at = self.offset;
+            let blob = self.string()?;
+            let items = listpack(&blob)
+                .map_err(|m| self.err_at(at, format!("stream node listpack: {m}")))?;
+            stream_node(master, items, &mut entries)
+                .map_err(|m| self.err_at(at, format!("stream node: {m}")))?;
         }
-        let entries = self.len()?;
-        self.len()?; // last id
-        self.len()?;
+        self.len()?; // length: the entries themselves are counted
+        let last_id = (self.len()?, self.len()?);
         if t >= 19 {
             for _ in 0..5 {
                 self.len()?; // first id, max deleted id, entries added
             }
         }
-        let groups = self.len()?;
-        for _ in 0..groups {
-            self.string()?;
-            self.len()?;
-            self.len()?;
+        let n_groups = self.len()?;
+        let mut groups = vec![];
+        for _ in 0..n_groups {
+            let name = self.string()?;
+            let last_delivered_id = (self.len()?, self.len()?);
             if t >= 19 {
                 self.len()?; // entries read
             }
-            let pel = self.len()?;
-            for _ in 0..pel {
+            let pending = self.len()?;
+            for _ in 0..pending {
                 self.read_bytes(16)?;
                 self.u64_le()?; // delivery time
                 self.len()?; // delivery count
             }
-            let consumers = self.len()?;
-            for _ in 0..consumers {
-                self.string()?;
+            let n_consumers = self.len()?;
+            let mut consumers = vec![];
+            for _ in 0..n_consumers {
+                let name = self.string()?;
                 self.u64_le()?; // seen time
                 if t >= 21 {
                     self.u64_le()?; // active time
@@ -727,10 +784,124 @@ impl<R: Read> RdbReader<R> {
                 for _ in 0..pel {
                     self.read_bytes(16)?;
                 }
+                consumers.push((name, pel));
+            }
+            groups.push(StreamGroup {
+                name,
+                last_delivered_id,
+                pending,
+                consumers,
+            });
+        }
+        Ok(Stream {
+            entries,
+            last_id,
+            groups,
+        })
+    }
+}
+
+/// The value of a `DUMP` reply (what `RESTORE` takes): its type byte and value in RDB encoding, then the RDB
+/// version (2 bytes) and a CRC64 (8 bytes), which are checked here.
+pub fn dump_payload(payload: &[u8]) -> Result<(u8, Value)> {
+    let bad = |m: &str| RdbError {
+        offset: 0,
+        key: None,
+        message: format!("DUMP payload: {m}"),
+    };
+    if payload.len() < 11 {
+        return Err(bad("shorter than its trailer"));
+    }
+    let (body, trailer) = payload.split_at(payload.len() - 10);
+    let version = u16::from_le_bytes([trailer[0], trailer[1]]) as u32;
+    let stored = u64::from_le_bytes(trailer[2..].try_into().expect("8 bytes"));
+    let computed = crc64(0, &payload[..payload.len() - 8]);
+    if stored != 0 && stored != computed {
+        return Err(bad("checksum mismatch"));
+    }
+    let mut r = RdbReader {
+        inner: body,
+        offset: 0,
+        crc: 0,
+        version,
+        aux: vec![],
+        checksum: Checksum::Pending,
+        skipped: Skipped::default(),
+        db: 0,
+        done: false,
+        last_string_encoding: "raw",
+        recording: None,
+    };
+    let t = r.u8()?;
+    let v = r.value(t)?;
+    if r.offset != body.len() as u64 {
+        return Err(bad("bytes after the value"));
+    }
+    Ok((t, v))
+}
+
+/// The entries of one stream node: a master entry (counts and the master fields), then per entry its flags,
+/// id as a difference from the node's master id, its fields (or only values when it has the master's fields)
+/// and a back count. Deleted entries are left out.
+fn stream_node(
+    master: StreamId,
+    items: Vec<Vec<u8>>,
+    out: &mut Vec<StreamEntry>,
+) -> std::result::Result<(), String> {
+    const DELETED: i64 = 1;
+    const SAME_FIELDS: i64 = 2;
+    let mut items = items.into_iter().peekable();
+    let mut next = |what: &str| {
+        items
+            .next()
+            .ok_or_else(|| format!("ends before its {what}"))
+    };
+    let int = |b: Vec<u8>, what: &str| -> std::result::Result<i64, String> {
+        std::str::from_utf8(&b)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(|| format!("{what} is not an integer"))
+    };
+    int(next("entry count")?, "entry count")?;
+    int(next("deleted count")?, "deleted count")?;
+    let n_master = int(next("master field count")?, "master field count")?;
+    let mut master_fields = vec![];
+    for _ in 0..n_master.max(0) {
+        master_fields.push(next("master fields")?);
+    }
+    if int(next("master terminator")?, "master terminator")? != 0 {
+        return Err("master entry is not terminated by 0".into());
+    }
+    while items.peek().is_some() {
+        let mut next = |what: &str| {
+            items
+                .next()
+                .ok_or_else(|| format!("ends inside an entry's {what}"))
+        };
+        let flags = int(next("flags")?, "entry flags")?;
+        let ms = master.0.wrapping_add(int(next("id")?, "entry id")? as u64);
+        let seq = master.1.wrapping_add(int(next("id")?, "entry id")? as u64);
+        let mut fields = vec![];
+        if flags & SAME_FIELDS != 0 {
+            for f in &master_fields {
+                fields.push((f.clone(), next("values")?));
+            }
+        } else {
+            let n = int(next("field count")?, "entry field count")?;
+            for _ in 0..n.max(0) {
+                let f = next("fields")?;
+                fields.push((f, next("values")?));
             }
         }
-        Ok(Value::Stream { entries, groups })
+        int(next("back count")?, "entry back count")?;
+        if flags & DELETED == 0 {
+            out.push(StreamEntry {
+                id: (ms, seq),
+                fields,
+            });
+        }
     }
+    Ok(())
 }
 
 /// The 9-character name of a module type from its 64-bit id (6 bits per character, 10 bits of version).
@@ -1282,5 +1453,170 @@ mod tests {
             e.message.contains("unknown opcode or value type 200"),
             "{e}"
         );
+    }
+
+    /// A listpack of small strings and 32-bit integers, as a stream node stores them.
+    fn lp(items: &[std::result::Result<i32, &str>]) -> Vec<u8> {
+        let mut body = vec![];
+        for it in items {
+            let enc: Vec<u8> = match it {
+                Ok(n) => [&[0xf3u8][..], &n.to_le_bytes()].concat(),
+                Err(s) => [&[0x80 | s.len() as u8][..], s.as_bytes()].concat(),
+            };
+            body.extend_from_slice(&enc);
+            body.push(enc.len() as u8);
+        }
+        let mut b = vec![0u8; 6];
+        b.extend_from_slice(&body);
+        b.push(0xff);
+        let n = b.len() as u32;
+        b[..4].copy_from_slice(&n.to_le_bytes());
+        b
+    }
+
+    fn rdb_string(b: &mut Vec<u8>, s: &[u8]) {
+        assert!(s.len() < 64);
+        b.push(s.len() as u8);
+        b.extend_from_slice(s);
+    }
+
+    /// An RDB 9 (Redis 6.2) dump with a stream of type 15: one node whose master id is 1000-0 and whose entries
+    /// are 1000-0 {a: 1, b: 2} (the master's fields), 1005-1 {c: 3} (its own), 1007-0 (deleted), with one
+    /// consumer group `g` (last delivered 1000-0) whose consumer `alice` has one pending entry; then a module
+    /// value of type 7.
+    fn stream_and_module_dump() -> (Vec<u8>, Vec<u8>) {
+        let mut b = b"REDIS0009".to_vec();
+        b.extend_from_slice(&[opcode::SELECTDB, 0, 15]);
+        rdb_string(&mut b, b"events");
+        b.push(1); // one node
+        let mut master = 1000u64.to_be_bytes().to_vec();
+        master.extend_from_slice(&0u64.to_be_bytes());
+        b.push(16);
+        b.extend_from_slice(&master);
+        let node = lp(&[
+            Ok(3),
+            Ok(1),
+            Ok(2),
+            Err("a"),
+            Err("b"),
+            Ok(0), // master entry: count, deleted, fields, 0
+            Ok(2),
+            Ok(0),
+            Ok(0),
+            Err("1"),
+            Err("2"),
+            Ok(5), // same fields as the master
+            Ok(0),
+            Ok(5),
+            Ok(1),
+            Ok(1),
+            Err("c"),
+            Err("3"),
+            Ok(6), // own fields
+            Ok(3),
+            Ok(7),
+            Ok(0),
+            Err("4"),
+            Err("5"),
+            Ok(5), // deleted, same fields
+        ]);
+        // A listpack longer than 63 bytes needs the 14-bit length form.
+        b.push(0x40 | (node.len() >> 8) as u8);
+        b.push(node.len() as u8);
+        b.extend_from_slice(&node);
+        b.extend_from_slice(&[2, 0x40 | (1007u64 >> 8) as u8, 1007u64 as u8, 0]); // length, last id 1007-0
+        b.push(1); // one group
+        rdb_string(&mut b, b"g");
+        b.extend_from_slice(&[0x40 | (1000u64 >> 8) as u8, 1000u64 as u8, 0]); // last delivered 1000-0
+        b.push(1); // group PEL: one entry
+        b.extend_from_slice(&master);
+        b.extend_from_slice(&5u64.to_le_bytes()); // delivery time
+        b.push(1); // delivery count
+        b.push(1); // one consumer
+        rdb_string(&mut b, b"alice");
+        b.extend_from_slice(&9u64.to_le_bytes()); // seen time
+        b.push(1);
+        b.extend_from_slice(&master);
+        // A module value: type 7, key, module id (64-bit length form), opcodes: an unsigned int, a string, EOF.
+        b.push(7);
+        rdb_string(&mut b, b"mod");
+        const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let id = b"ReJSON-RL".iter().fold(0u64, |id, c| {
+            (id << 6) | CHARS.iter().position(|x| x == c).unwrap() as u64
+        });
+        b.push(0x81);
+        b.extend_from_slice(&((id << 10) | 3).to_be_bytes());
+        let raw = vec![2, 7, 5, 2, b'h', b'i', 0];
+        b.extend_from_slice(&raw);
+        b.push(opcode::EOF);
+        let c = crc64(0, &b);
+        b.extend_from_slice(&c.to_le_bytes());
+        (b, raw)
+    }
+
+    #[test]
+    fn streams_and_module_values_are_read_whole() {
+        let (b, raw) = stream_and_module_dump();
+        let mut r = RdbReader::new(&b[..]).unwrap();
+        let e = r.next_entry().unwrap().unwrap();
+        let Value::Stream(st) = e.value else {
+            panic!("not a stream: {:?}", e.value)
+        };
+        let f = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        assert_eq!(
+            st.entries,
+            vec![
+                StreamEntry {
+                    id: (1000, 0),
+                    fields: vec![f("a", "1"), f("b", "2")]
+                },
+                StreamEntry {
+                    id: (1005, 1),
+                    fields: vec![f("c", "3")]
+                },
+            ]
+        );
+        assert_eq!(st.last_id, (1007, 0));
+        assert_eq!(
+            st.groups,
+            vec![StreamGroup {
+                name: b"g".to_vec(),
+                last_delivered_id: (1000, 0),
+                pending: 1,
+                consumers: vec![(b"alice".to_vec(), 1)],
+            }]
+        );
+        let e = r.next_entry().unwrap().unwrap();
+        assert_eq!(
+            e.value,
+            Value::Module(ModuleValue {
+                name: "ReJSON-RL".into(),
+                version: 3,
+                raw: raw.clone()
+            })
+        );
+        assert!(r.next_entry().unwrap().is_none());
+        assert!(matches!(r.checksum, Checksum::Verified(_)));
+
+        // The same module value as DUMP returns it: type byte, module id, the opcodes, version, CRC64.
+        let start = b.windows(4).position(|w| w == [7, 3, b'm', b'o']).unwrap();
+        let mut payload = vec![7];
+        payload.extend_from_slice(&b[start + 5..b.len() - 9]);
+        payload.extend_from_slice(&9u16.to_le_bytes());
+        let c = crc64(0, &payload);
+        payload.extend_from_slice(&c.to_le_bytes());
+        let (t, v) = dump_payload(&payload).unwrap();
+        assert_eq!(t, 7);
+        assert_eq!(
+            v,
+            Value::Module(ModuleValue {
+                name: "ReJSON-RL".into(),
+                version: 3,
+                raw
+            })
+        );
+        let mut bad = payload.clone();
+        bad[3] ^= 1;
+        assert!(dump_payload(&bad).is_err());
     }
 }
