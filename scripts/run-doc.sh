@@ -91,6 +91,7 @@ awk -v only=",$only," -v body="$TMP/body.sh" -v map="$TMP/map.txt" -v list="$TMP
 ' "$DOC"
 touch "$TMP/blocks.tsv" "$TMP/body.sh" "$TMP/map.txt"
 total="$(wc -l < "$TMP/blocks.tsv" | tr -d ' ')"
+selected="$(grep -c '^__run_doc_block ' "$TMP/body.sh" || true)"
 
 if [ "$mode" = list ]; then
   awk -F'\t' -v doc="$DOC" '{ printf "%3d  %s:%d  %s\n", $1, doc, $2, $3 }' "$TMP/blocks.tsv"
@@ -132,7 +133,7 @@ else
   BINDIR="$TMP/bin"; mkdir -p "$BINDIR"; ln -s "$BIN" "$BINDIR/engram-migrate"
 fi
 
-echo "run-doc: $DOC: $total block(s), engram-migrate = $BIN" >&2
+echo "run-doc: $DOC: running $selected of $total block(s), engram-migrate = $BIN" >&2
 STATE="$TMP/state"; : > "$STATE"
 start=$(date +%s)
 set +e
@@ -146,7 +147,7 @@ set -e
 secs=$(( $(date +%s) - start ))
 
 if [ "$rc" -eq 0 ]; then
-  echo "run-doc: $DOC: ok, $total block(s) in ${secs} s" >&2
+  echo "run-doc: $DOC: ok, $selected block(s) in ${secs} s" >&2
   exit 0
 fi
 

@@ -297,3 +297,22 @@ pub fn check(report: &serde_json::Value, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no check {name} in the report"))
         .clone()
 }
+
+/// Memories of a bundle as JSON rows.
+pub fn bundle_memories(bundle: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let mut rows = vec![];
+    for space in std::fs::read_dir(bundle.join("spaces")).unwrap() {
+        let dir = space.unwrap().path().join("memories");
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e == "parquet") {
+                for b in engram_migrate::parquet_io::read_all(&f).unwrap() {
+                    for r in 0..b.num_rows() {
+                        rows.push(engram_migrate::json::row_object(&b, r).unwrap());
+                    }
+                }
+            }
+        }
+    }
+    rows
+}

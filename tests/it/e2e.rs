@@ -292,3 +292,42 @@ fn a_target_with_a_trailing_slash_names_the_same_directory() {
     assert!(tmp.path().join("out/bundle.json").exists());
     assert!(!tmp.path().join("out/.old").exists() && !tmp.path().join("out.old").exists());
 }
+
+/// An SQLite column declared JSON is nested in the content as JSON; text that merely looks like JSON in a TEXT
+/// column stays a string; a JSON column holding text that is not JSON is kept as that text. Validation passes.
+#[test]
+fn sqlite_json_columns_are_nested_and_validate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("docs.sqlite");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        r#"CREATE TABLE docs (id INTEGER PRIMARY KEY, body JSON, note TEXT);
+         INSERT INTO docs VALUES
+           (1, '{"title": "Ada", "tags": ["x", 2.5, null], "n": {"deep": true}}', '{"looks": "like json"}'),
+           (2, '[1, 2, 3]', 'plain'),
+           (3, NULL, NULL);"#,
+    )
+    .unwrap();
+    drop(c);
+    let bundle = tmp.path().join("docs.bundle");
+    let o = run(&["run", "--source", p(&db), "--target", p(&bundle)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let mems = bundle_memories(&bundle);
+    let content = |id: &str| -> serde_json::Value {
+        let m = mems.iter().find(|m| m["id"] == id).unwrap();
+        serde_json::from_str(m["content"].as_str().unwrap()).unwrap()
+    };
+    let one = content("docs_1");
+    assert_eq!(
+        one["body"],
+        serde_json::json!({"title": "Ada", "tags": ["x", 2.5, null], "n": {"deep": true}})
+    );
+    assert_eq!(
+        one["note"], r#"{"looks": "like json"}"#,
+        "a TEXT column stays text"
+    );
+    assert_eq!(content("docs_2")["body"], serde_json::json!([1, 2, 3]));
+    assert_eq!(content("docs_3")["body"], serde_json::Value::Null);
+    let report = json(&bundle.with_extension("bundle.work").join("report.json"));
+    assert_eq!(check(&report, "sample_values")["passed"], true);
+}

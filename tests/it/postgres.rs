@@ -654,3 +654,47 @@ fn plan_prints_keys_foreign_keys_cycles_partitions_and_fidelity() {
     }
     assert!(!out.contains("engram@"), "plan printed the password");
 }
+
+/// json and jsonb columns arrive in the memory's content as nested JSON (not a string holding JSON), arrays of
+/// common element types as JSON arrays, and validation's sampled values pass on them.
+#[test]
+fn json_columns_are_nested_in_the_content_and_validate() {
+    let url = postgres_fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("b.bundle");
+    let o = run(&[
+        "run",
+        "--source",
+        &url,
+        "--include",
+        "all_types",
+        "--target",
+        p(&bundle),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let mems = bundle_memories(&bundle);
+    let content = |id: &str| -> Value {
+        let m = mems
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("memory {id}"));
+        serde_json::from_str(m["content"].as_str().unwrap()).unwrap()
+    };
+    let c = content("all_types_1");
+    assert_eq!(c["c_json"], json!({"b": 1, "a": [1, 2, {"c": null}]}));
+    assert_eq!(c["c_jsonb"], json!({"a": [1, 2, {"c": null}], "b": 1}));
+    assert_eq!(c["c_int_array"], json!([1, null, 3]));
+    // Key order as stored: json keeps the text's order, jsonb its own.
+    let text = mems.iter().find(|m| m["id"] == "all_types_1").unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains(r#""c_json":{"b":1,"a":[1,2,{"c":null}]}"#),
+        "{text}"
+    );
+    assert_eq!(content("all_types_4")["c_jsonb"], Value::Null);
+    let report = json(&bundle.with_extension("bundle.work").join("report.json"));
+    let sample = check(&report, "sample_values");
+    assert_eq!(sample["passed"], true, "{sample}");
+}

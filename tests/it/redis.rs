@@ -789,25 +789,6 @@ fn redis8_live_and_dump_stage_identical_rows() {
     oracle(8);
 }
 
-/// Memories of a bundle as JSON rows.
-fn bundle_memories(bundle: &Path) -> Vec<Map<String, Value>> {
-    let mut rows = vec![];
-    for space in std::fs::read_dir(bundle.join("spaces")).unwrap() {
-        let dir = space.unwrap().path().join("memories");
-        for f in std::fs::read_dir(&dir).unwrap() {
-            let f = f.unwrap().path();
-            if f.extension().is_some_and(|e| e == "parquet") {
-                for b in engram_migrate::parquet_io::read_all(&f).unwrap() {
-                    for r in 0..b.num_rows() {
-                        rows.push(engram_migrate::json::row_object(&b, r).unwrap());
-                    }
-                }
-            }
-        }
-    }
-    rows
-}
-
 fn full_runs(version: u32) {
     let _guard = lock(version);
     let (url, port) = server(version);
