@@ -107,7 +107,7 @@ fn generated_mapping(
                 .map_err(|e| Error::usage(format!("--sql {}: {e}", path.display())))?;
             return Ok((sql, path.display().to_string()));
         }
-        MappingPlan::Redis(r) => (transform::redis::mapping(r)?, "sql/redis.sql"),
+        MappingPlan::Redis(r) => (transform::redis::mapping(r)?, "sql/redis.sql".to_string()),
         _ if manifest.tables.is_empty() => {
             return Err(Error::source_err(
                 manifest.source.to_string(),
@@ -116,7 +116,7 @@ fn generated_mapping(
         }
         MappingPlan::Graph(g) => (
             transform::neo4j::generate(g),
-            "generated from sql/neo4j.sql",
+            "generated from sql/neo4j.sql".to_string(),
         ),
         MappingPlan::Generic(m) => {
             for t in m.text_columns.keys().chain(m.table_to_space.keys()) {
@@ -145,10 +145,17 @@ fn generated_mapping(
             for t in texts.iter().filter(|t| !t.explicit && !t.added.is_empty()) {
                 m.text_columns.insert(t.table.clone(), t.columns.clone());
             }
-            (transform::generic::generate(manifest, &m), "generated")
+            // Say which tables became edges: a newcomer must see that the link rows were not lost.
+            let links = transform::generic::link_tables(manifest, &m);
+            let from = if links.is_empty() {
+                "generated".to_string()
+            } else {
+                format!("generated; link tables as edges: {}", links.join(", "))
+            };
+            (transform::generic::generate(manifest, &m), from)
         }
     };
-    Ok((sql, from.to_string()))
+    Ok((sql, from))
 }
 
 /// What the generic mapping embeds of each table, chosen from the snapshot's data (see
@@ -965,6 +972,11 @@ async fn run_bundle(mut opts: Options, plan: RunPlan, bundle_dir: &Path) -> Resu
     ctx.finish(started, r)
 }
 
+/// The kind of an open source, for choosing its mapping.
+fn src_kind(src: &dyn Source) -> source::SourceKind {
+    source::SourceKind::of_description(&src.describe()).unwrap_or(source::SourceKind::Sqlite)
+}
+
 /// `plan` (and `--dry-run`): what a run would read and write. Writes nothing.
 pub async fn plan_cmd(opts: Options) -> Result<()> {
     let mut src = open_source(&opts)?;
@@ -977,6 +989,11 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
     source::filter_catalog(&mut catalog, &include, &exclude)?;
     println!("source: {}", src.describe());
     println!("tables, in dependency order (parents first):");
+    let infos: Vec<&source::TableInfo> = catalog.tables.iter().collect();
+    let generic = match plan::mapping_plan(&opts, src_kind(src.as_ref())) {
+        Ok(MappingPlan::Generic(m)) => Some(m),
+        _ => None,
+    };
     for t in &catalog.tables {
         println!(
             "  {}  ({} rows, key: {})",
@@ -1004,6 +1021,22 @@ pub async fn plan_cmd(opts: Options) -> Result<()> {
                 c.arrow_type,
                 c.fidelity
             );
+        }
+        // The generic mapping turns a link table's rows into edges.
+        let link = match &generic {
+            Some(m) if !m.skip_edges => transform::generic::link_keys(t, &infos, m),
+            _ => None,
+        };
+        if let Some((a, b)) = link {
+            println!(
+                "      link table => each row an edge {} -> {}, typed by {}, not a memory",
+                a.parent_table,
+                b.parent_table,
+                transform::generic::link_type_column(t)
+                    .map(|c| format!("column {c}"))
+                    .unwrap_or_else(|| format!("the table name ({})", t.name.to_uppercase()))
+            );
+            continue;
         }
         for fk in &t.foreign_keys {
             println!(

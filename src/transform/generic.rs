@@ -1,15 +1,16 @@
 //! The generic default mapping, generated from the snapshot's catalog (the Engram team's plan, shared/ENGRAM.md):
 //! table -> space, row -> memory `<table>_<pk>`, the whole row -> JSON content, text columns -> "col: value | ..."
 //! (NULLs skipped), created_at/updated_at -> created_at, foreign key -> edge child -> parent (weight 0.8), child
-//! rows whose parent is missing -> orphans. The SQL is written into the run directory so a user can copy it, edit
-//! it and run the copy with `--sql FILE`.
+//! rows whose parent is missing -> orphans. A link table (its rows only relate two other rows: see `link_keys`)
+//! gives edges instead of memories, one per row, typed by its type column. The SQL is written into the run
+//! directory so a user can copy it, edit it and run the copy with `--sql FILE`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::schema::space_id;
 use crate::snapshot::{Manifest, TableEntry};
-use crate::source::ForeignKey;
+use crate::source::{ForeignKey, TableInfo};
 
 /// Knobs of the generated mapping (the Engram team's flags).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -382,6 +383,11 @@ fn fk_not_null(fk: &ForeignKey, alias: &str) -> String {
 }
 
 fn join_cond(child: &TableEntry, parent: &TableEntry, fk: &ForeignKey) -> String {
+    join_on(child, "c", parent, "p", fk)
+}
+
+/// The join condition of a foreign key between the child row `ca` and the parent row `pa`.
+fn join_on(child: &TableEntry, ca: &str, parent: &TableEntry, pa: &str, fk: &ForeignKey) -> String {
     fk.columns
         .iter()
         .zip(&fk.parent_columns)
@@ -397,10 +403,10 @@ fn join_cond(child: &TableEntry, parent: &TableEntry, fk: &ForeignKey) -> String
                 .find(|f| &f.name == p)
                 .map(|f| f.data_type.as_str());
             if ct == pt {
-                format!("{} = {}", col("c", c), col("p", p))
+                format!("{} = {}", col(ca, c), col(pa, p))
             } else {
                 // SQLite compares across declared types; compare as text so both sides meet.
-                format!("{} = {}", as_text(child, "c", c), as_text(parent, "p", p))
+                format!("{} = {}", as_text(child, ca, c), as_text(parent, pa, p))
             }
         })
         .collect::<Vec<_>>()
@@ -410,6 +416,188 @@ fn join_cond(child: &TableEntry, parent: &TableEntry, fk: &ForeignKey) -> String
 const EMPTY_EDGES: &str = "SELECT CAST(NULL AS VARCHAR) AS space, CAST(NULL AS VARCHAR) AS source_id, \
 CAST(NULL AS VARCHAR) AS target_id, CAST(NULL AS VARCHAR) AS edge_type, CAST(NULL AS FLOAT) AS weight, \
 CAST(NULL AS VARCHAR) AS properties, CAST(NULL AS VARCHAR) AS source_name, CAST(NULL AS VARCHAR) AS source_key WHERE false";
+
+/// Column names that give a link table's rows their relationship type.
+const TYPE_COLUMNS: &[&str] = &[
+    "type",
+    "kind",
+    "relation",
+    "relationship",
+    "rel_type",
+    "edge_type",
+    "label",
+];
+
+/// A link table's two foreign keys, or None for a table of things. A link table's rows only relate two other
+/// rows (a code graph's `edges(source, target, type, line)`, an `order_items(order_id, product_id, quantity)`):
+/// exactly two foreign keys to other tables in the snapshot; no foreign key points at it; and no text column
+/// besides its type column (a text column describes a thing of its own, which deserves a memory). Its rows become
+/// edges, not memories. `--text-columns` naming the table asks for memories and so turns this off.
+pub fn link_keys<'a>(
+    t: &'a TableInfo,
+    tables: &[&TableInfo],
+    opts: &MappingOptions,
+) -> Option<(&'a ForeignKey, &'a ForeignKey)> {
+    let [a, b] = t.foreign_keys.as_slice() else {
+        return None;
+    };
+    if opts.text_columns.contains_key(&t.name) {
+        return None;
+    }
+    for fk in [a, b] {
+        let parent = tables.iter().find(|p| p.name == fk.parent_table)?;
+        if fk.columns.len() != fk.parent_columns.len() || parent.name == t.name {
+            return None;
+        }
+    }
+    let referenced = tables
+        .iter()
+        .any(|o| o.foreign_keys.iter().any(|fk| fk.parent_table == t.name));
+    if referenced {
+        return None;
+    }
+    let keys: Vec<&String> = a.columns.iter().chain(&b.columns).collect();
+    let type_col = link_type_column(t);
+    let other_text = t.columns.iter().any(|c| {
+        c.mapped_as == "text"
+            && !keys.contains(&&c.name)
+            && !t.primary_key.contains(&c.name)
+            && Some(c.name.as_str()) != type_col
+    });
+    (!other_text).then_some((a, b))
+}
+
+/// A link table's type column: the first text column named like a relationship type.
+pub fn link_type_column(t: &TableInfo) -> Option<&str> {
+    TYPE_COLUMNS.iter().find_map(|n| {
+        t.columns
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(n) && c.mapped_as == "text")
+            .map(|c| c.name.as_str())
+    })
+}
+
+/// The tables the generic mapping turns into edges (for `plan` and the run's summary).
+pub fn link_tables(manifest: &Manifest, opts: &MappingOptions) -> Vec<String> {
+    let infos = infos(manifest);
+    infos
+        .iter()
+        .filter(|t| link_keys(t, &infos, opts).is_some())
+        .map(|t| t.name.clone())
+        .collect()
+}
+
+fn infos(manifest: &Manifest) -> Vec<&TableInfo> {
+    manifest.tables.iter().map(|t| &t.info).collect()
+}
+
+/// A link table's rows as edges (rows whose parents are both there) and orphans (either parent missing).
+fn link_edges(
+    t: &TableEntry,
+    (fa, fb): (&ForeignKey, &ForeignKey),
+    manifest: &Manifest,
+    opts: &MappingOptions,
+) -> (String, String, String) {
+    let name = &t.info.name;
+    let (pa, pb) = (
+        manifest
+            .table(&fa.parent_table)
+            .expect("checked by link_keys"),
+        manifest
+            .table(&fb.parent_table)
+            .expect("checked by link_keys"),
+    );
+    let etype = match link_type_column(&t.info) {
+        Some(c) => format!(
+            "coalesce({}, {})",
+            as_text(t, "c", c),
+            lit(&name.to_uppercase())
+        ),
+        None => lit(&name.to_uppercase()),
+    };
+    let weight = match t.info.columns.iter().find(|c| {
+        c.name.eq_ignore_ascii_case("weight")
+            && t.schema.iter().any(|f| {
+                f.name == c.name
+                    && (f.data_type.starts_with("Float") || f.data_type.starts_with("Int"))
+            })
+    }) {
+        Some(c) => format!(
+            "CAST(coalesce({}, {}) AS FLOAT)",
+            col("c", &c.name),
+            float(opts.edge_weight)
+        ),
+        None => float(opts.edge_weight),
+    };
+    let keys: Vec<&String> = fa.columns.iter().chain(&fb.columns).collect();
+    let props: Vec<String> = t
+        .info
+        .columns
+        .iter()
+        .filter(|c| !c.synthetic && !keys.contains(&&c.name))
+        .map(|c| format!("{}, {}", lit(&c.name), col("c", &c.name)))
+        .collect();
+    let props = if props.is_empty() {
+        "'{}'".to_string()
+    } else {
+        format!("to_json(named_struct({}))", props.join(", "))
+    };
+    // A row with a NULL or dangling reference is an orphan edge (kept, reported), never dropped.
+    let would_be = |fk: &ForeignKey| {
+        let parts: Vec<String> = fk
+            .columns
+            .iter()
+            .map(|c| format!("coalesce({}, '')", as_text(t, "c", c)))
+            .collect();
+        format!(
+            "{} || {}",
+            lit(&format!("{}_", fk.parent_table)),
+            parts.join(" || '_' || ")
+        )
+    };
+    let head = |src: &str, dst: &str| {
+        format!(
+            "SELECT {space} AS space, {src} AS source_id, {dst} AS target_id, {etype} AS edge_type, \
+             {weight} AS weight, {props} AS properties, {sname} AS source_name, {key} AS source_key",
+            space = lit(&space_of(pa, opts)),
+            sname = lit(name),
+            key = key_json(t, "c"),
+        )
+    };
+    let edges = format!(
+        "-- link table {name}: each row an edge {} -> {}\n{}\nFROM {} c JOIN {} a ON {} JOIN {} b ON {}",
+        fa.parent_table,
+        fb.parent_table,
+        head(&id_expr(pa, "a"), &id_expr(pb, "b")),
+        table_ref(name),
+        table_ref(&fa.parent_table),
+        join_on(t, "c", pa, "a", fa),
+        table_ref(&fb.parent_table),
+        join_on(t, "c", pb, "b", fb),
+    );
+    let orphans = format!(
+        "{}\nFROM {} c LEFT JOIN {} a ON {} LEFT JOIN {} b ON {}\nWHERE {} IS NULL OR {} IS NULL",
+        head(&would_be(fa), &would_be(fb)),
+        table_ref(name),
+        table_ref(&fa.parent_table),
+        join_on(t, "c", pa, "a", fa),
+        table_ref(&fb.parent_table),
+        join_on(t, "c", pb, "b", fb),
+        col("a", &fa.parent_columns[0]),
+        col("b", &fb.parent_columns[0]),
+    );
+    let group = if link_type_column(&t.info).is_some() {
+        format!(" GROUP BY {etype}")
+    } else {
+        String::new()
+    };
+    let expected = format!(
+        "SELECT {} AS source_name, 'edges' AS kind, {etype} AS name, count(*) AS expected FROM {} c{group}",
+        lit(name),
+        table_ref(name),
+    );
+    (edges, orphans, expected)
+}
 
 /// Generates the mapping SQL for a snapshot.
 pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
@@ -438,6 +626,15 @@ pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
     let mut expected = vec![];
     for t in &manifest.tables {
         let name = &t.info.name;
+        // With --skip-edges a link table stays memories: its rows must land somewhere.
+        if let Some(keys) = link_keys(&t.info, &infos(manifest), opts).filter(|_| !opts.skip_edges)
+        {
+            let (e, o, x) = link_edges(t, keys, manifest, opts);
+            edges.push(e);
+            orphans.push(o);
+            expected.push(x);
+            continue;
+        }
         let content: Vec<String> = t
             .info
             .columns

@@ -1,5 +1,9 @@
 use crate::common::*;
+use std::collections::BTreeSet;
 use std::process::Command;
+
+use arrow::array::AsArray;
+use engram_migrate::parquet_io::read_all;
 
 #[test]
 fn fixture_to_bundle_validates_and_external_readers_agree() {
@@ -13,16 +17,55 @@ fn fixture_to_bundle_validates_and_external_readers_agree() {
         "{stdout}"
     );
 
-    // Counts equal the SQLite counts: every node and edge row is a memory.
+    // The code graph is recognised: `edges` is a link table, so every node is a memory and every edges row
+    // one relationship between two nodes, typed as in the source (CONTAINS, CALLS, ...), and the output says so.
+    assert!(
+        stdout.contains("generated; link tables as edges: edges"),
+        "{stdout}"
+    );
     let b = json(&target.join("bundle.json"));
     let nodes = sqlite_count(&fixture(), "nodes");
     let edges = sqlite_count(&fixture(), "edges");
-    assert_eq!(b["totals"]["memories"].as_u64().unwrap(), nodes + edges);
-    // Each edges row references two nodes: edges + orphans = 2 per row.
+    assert_eq!(b["totals"]["memories"].as_u64().unwrap(), nodes);
     assert_eq!(
         b["totals"]["edges"].as_u64().unwrap() + b["totals"]["orphans"].as_u64().unwrap(),
-        2 * edges
+        edges
     );
+    let py = python();
+    let by_type = |sql: &str| {
+        let o = Command::new(&py)
+            .args([
+                "-c",
+                &format!("import duckdb; print(sorted(duckdb.sql({sql:?}).fetchall()))"),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let in_bundle = by_type(&format!(
+        "SELECT edge_type, count(*) FROM read_parquet(['{}/spaces/*/edges/*.parquet', '{}/orphans/*.parquet']) GROUP BY 1",
+        target.display(),
+        target.display()
+    ));
+    let c = rusqlite::Connection::open(fixture()).unwrap();
+    let mut st = c
+        .prepare("SELECT type, count(*) FROM edges GROUP BY 1 ORDER BY 1")
+        .unwrap();
+    let rows: Vec<(String, i64)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let in_source = format!(
+        "[{}]",
+        rows.iter()
+            .map(|(t, n)| format!("('{t}', {n})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert_eq!(in_bundle, in_source);
+    assert!(in_source.contains("('CALLS', "), "{in_source}");
     assert_eq!(
         b["totals"]["orphans"].as_u64().unwrap(),
         3,
@@ -156,11 +199,13 @@ fn plan_writes_nothing_and_lists_tables_and_types() {
     assert_eq!(code(&out), 0);
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(
-        s.contains("nodes") && s.contains("DATETIME") && s.contains("Timestamp(µs, \"UTC\")")
-            || s.contains("Timestamp"),
+        s.contains("nodes") && s.contains("DATETIME") && s.contains("Timestamp(µs, \"UTC\")"),
         "{s}"
     );
-    assert!(s.contains("foreign key (source) -> nodes(id)"), "{s}");
+    assert!(
+        s.contains("link table => each row an edge nodes -> nodes, typed by column type"),
+        "{s}"
+    );
     assert_eq!(
         std::fs::read_dir(tmp.path()).unwrap().count(),
         0,
@@ -330,4 +375,85 @@ fn sqlite_json_columns_are_nested_and_validate() {
     assert_eq!(content("docs_3")["body"], serde_json::Value::Null);
     let report = json(&bundle.with_extension("bundle.work").join("report.json"));
     assert_eq!(check(&report, "sample_values")["passed"], true);
+}
+
+/// What counts as a link table: two foreign keys, nothing pointing at it, no text but its type. Its rows become
+/// edges with their other columns as properties; a table with a text of its own stays memories; --skip-edges
+/// keeps the link rows as memories (they must land somewhere); validation passes each way.
+#[test]
+fn link_tables_become_edges_and_tables_of_things_stay_memories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("shop.sqlite");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);
+         CREATE TABLE products (id INTEGER PRIMARY KEY, title TEXT);
+         CREATE TABLE purchases (user_id INTEGER REFERENCES users(id), product_id INTEGER REFERENCES products(id),
+                                 qty INTEGER, PRIMARY KEY (user_id, product_id));
+         CREATE TABLE reviews (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users(id),
+                               product_id INTEGER REFERENCES products(id), body TEXT);
+         INSERT INTO users VALUES (1, 'Ann'), (2, 'Bo');
+         INSERT INTO products VALUES (10, 'tea'), (11, 'cup');
+         INSERT INTO purchases VALUES (1, 10, 3), (2, 11, 1), (2, 99, 5);
+         INSERT INTO reviews VALUES (100, 1, 10, 'lovely tea');",
+    )
+    .unwrap();
+    drop(c);
+    let bundle = tmp.path().join("shop.bundle");
+    let o = run(&["run", "--source", p(&db), "--target", p(&bundle)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let mems = bundle_memories(&bundle);
+    let ids: BTreeSet<String> = mems
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        ids.contains("reviews_100"),
+        "a table with its own text stays memories"
+    );
+    assert!(!ids.iter().any(|i| i.starts_with("purchases_")), "{ids:?}");
+    let b = json(&bundle.join("bundle.json"));
+    // 2 purchases between existing rows + 1 orphan (product 99), 2 review foreign keys.
+    assert_eq!(b["totals"]["orphans"], 1);
+    assert_eq!(b["totals"]["edges"], 4);
+    let edges = read_all(&bundle.join("spaces/users/edges/part-00000.parquet")).unwrap();
+    let props: Vec<String> = edges
+        .iter()
+        .flat_map(|b| {
+            let props = b
+                .column_by_name("properties")
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
+            let types = b
+                .column_by_name("edge_type")
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
+            (0..b.num_rows())
+                .map(move |i| format!("{} {}", types.value(i), props.value(i)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        props.contains(&r#"PURCHASES {"qty":3}"#.to_string()),
+        "{props:?}"
+    );
+    let o = run(&[
+        "run",
+        "--source",
+        p(&db),
+        "--target",
+        p(&tmp.path().join("skip.bundle")),
+        "--skip-edges",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let skip = bundle_memories(&tmp.path().join("skip.bundle"));
+    assert_eq!(
+        skip.iter()
+            .filter(|m| m["id"].as_str().unwrap().starts_with("purchases_"))
+            .count(),
+        3
+    );
 }
