@@ -569,6 +569,14 @@ impl Ctx {
             sample_seed: v.sample_seed,
             extra_checks: v.checks,
             allow_skipped: v.allow_skipped,
+            // The tool's own count of what the mapping must produce, where it knows the mapping.
+            derived_counts: match &self.plan.mapping {
+                Some(MappingPlan::Generic(m)) => {
+                    Some(transform::generic::derived_counts_sql(manifest, m))
+                }
+                Some(MappingPlan::Redis(r)) => Some(transform::redis::derived_counts_sql(r)),
+                _ => None,
+            },
             workers: self.plan.limits.workers,
             batch_size: self.plan.limits.batch_rows,
             memory: sql_memory(&self.plan),
@@ -793,6 +801,7 @@ async fn deliver(
         sample_seed: 0,
         extra_checks: None,
         allow_skipped: false,
+        derived_counts: None,
         workers: plan.limits.workers,
         batch_size: plan.limits.batch_rows,
         memory: sql_memory(plan),

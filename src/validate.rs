@@ -43,8 +43,16 @@ pub const BUILTIN_CHECKS: &[(&str, &str)] = &[
         include_str!("../sql/validate/counts_groups.sql"),
     ),
     (
+        "counts_derived",
+        include_str!("../sql/validate/counts_derived.sql"),
+    ),
+    (
         "sample_values",
         include_str!("../sql/validate/sample_values.sql"),
+    ),
+    (
+        "sample_coverage",
+        include_str!("../sql/validate/sample_coverage.sql"),
     ),
     (
         "orphan_edges",
@@ -63,6 +71,10 @@ pub const BUILTIN_CHECKS: &[(&str, &str)] = &[
         "skipped_items",
         include_str!("../sql/validate/skipped_items.sql"),
     ),
+    (
+        "sorted_set_order",
+        include_str!("../sql/validate/sorted_set_order.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +87,9 @@ pub struct CheckResult {
     pub seconds: f64,
     /// Up to 10 offending rows, as JSON objects.
     pub examples: Vec<Map<String, Value>>,
+    /// What the check looked at, when that is not obvious (`sample_values`: how many rows it compared).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub note: String,
 }
 
 /// How the target identifies a memory, which decides what `duplicate_ids` calls a duplicate.
@@ -96,6 +111,9 @@ pub struct ValidateOptions {
     pub extra_checks: Option<PathBuf>,
     /// `--allow-skipped`: skipped records pass `skipped_items`.
     pub allow_skipped: bool,
+    /// For the generated and shipped mappings: a query over `source.*` giving what the mapping must produce
+    /// (source_name, kind, name, derived), written by the tool, not read from the mapping (`counts_derived`).
+    pub derived_counts: Option<String>,
     pub workers: usize,
     pub batch_size: usize,
     pub memory: transform::SqlMemory,
@@ -140,6 +158,17 @@ pub async fn run(
     .await?;
 
     register_target_rules(&ctx, opts.id_scope, bundle.embedding.dimension)?;
+    let derived = opts.derived_counts.clone().unwrap_or_else(|| {
+        "SELECT CAST(NULL AS VARCHAR) AS source_name, CAST(NULL AS VARCHAR) AS kind, \
+         CAST(NULL AS VARCHAR) AS name, CAST(NULL AS BIGINT) AS derived WHERE false"
+            .into()
+    });
+    transform::run_statements(
+        &ctx,
+        &format!("CREATE VIEW derived_counts AS {derived};"),
+        "the counts derived from the snapshot",
+    )
+    .await?;
 
     let pb = crate::progress::spinner("validate");
     let prep = std::time::Instant::now();
@@ -172,7 +201,7 @@ pub async fn run(
     register_integrity(&ctx, snapshot_dir, manifest, bundle_dir, &bundle)?;
     register_not_staged(&ctx, manifest, opts.allow_skipped)?;
     pb.set_message("sampling");
-    register_sample(&ctx, source, manifest, &bundle, bundle_dir, opts)?;
+    let coverage = register_sample(&ctx, source, manifest, &bundle, bundle_dir, opts)?;
     tracing::info!(
         seconds = prep.elapsed().as_secs_f64(),
         "validation tables prepared (counts, checksums, sample)"
@@ -200,8 +229,11 @@ pub async fn run(
             ));
         }
     }
-    let results = run_checks(&ctx, checks, &pb).await?;
+    let mut results = run_checks(&ctx, checks, &pb).await?;
     pb.finish_and_clear();
+    if let Some(r) = results.iter_mut().find(|r| r.name == "sample_values") {
+        r.note = coverage.note();
+    }
     Ok(results)
 }
 
@@ -235,6 +267,7 @@ async fn run_checks(
             offending_rows: rows,
             seconds: started.elapsed().as_secs_f64(),
             examples,
+            note: String::new(),
         });
     }
     Ok(results)
@@ -645,6 +678,36 @@ fn register_not_staged(
     mem_table(ctx, "not_staged", batch)
 }
 
+/// How much of the sample `sample_values` could compare, and why the rest could not.
+#[derive(Debug, Default)]
+struct Coverage {
+    sampled: u64,
+    compared: u64,
+    /// reason -> (rows, first example key)
+    not_compared: BTreeMap<&'static str, (u64, String)>,
+}
+
+impl Coverage {
+    fn skip(&mut self, reason: &'static str, key: &str) {
+        let e = self
+            .not_compared
+            .entry(reason)
+            .or_insert((0, key.to_string()));
+        e.0 += 1;
+    }
+
+    fn note(&self) -> String {
+        let mut s = format!(
+            "compared {} of {} sampled memories with their source rows",
+            self.compared, self.sampled
+        );
+        for (why, (n, _)) in &self.not_compared {
+            s.push_str(&format!("; {n} not: {why}"));
+        }
+        s
+    }
+}
+
 /// A small deterministic PRNG (splitmix64) so the sample is reproducible from its seed.
 struct SplitMix(u64);
 impl SplitMix {
@@ -664,7 +727,7 @@ fn register_sample(
     bundle: &BundleManifest,
     bundle_dir: &Path,
     opts: &ValidateOptions,
-) -> Result<()> {
+) -> Result<Coverage> {
     // Reservoir sample of (source_name, source_key, content) over every memory of the bundle.
     let mut rng = SplitMix(opts.sample_seed);
     let mut reservoir: Vec<(String, String, String)> = vec![];
@@ -715,16 +778,30 @@ fn register_sample(
     // table -> (key object, key text, content object) of each sampled memory
     type Sampled = (Map<String, Value>, String, Map<String, Value>);
     let mut by_table: BTreeMap<String, Vec<Sampled>> = BTreeMap::new();
+    let mut coverage = Coverage {
+        sampled: reservoir.len() as u64,
+        ..Default::default()
+    };
     for (name, key, content) in reservoir {
-        // Memories that do not come from one row of a snapshot table (custom mappings may derive them) are not sampled.
+        // Memories that do not come from one row of a snapshot table (a custom mapping may derive them) have no
+        // row to compare with: counted and named, not skipped in silence.
         if manifest.table(&name).is_none() {
+            coverage.skip(
+                "its source_name is not a snapshot table (a memory the mapping derives)",
+                &key,
+            );
             continue;
         }
         let (Ok(Value::Object(k)), Ok(Value::Object(c))) =
             (serde_json::from_str(&key), serde_json::from_str(&content))
         else {
+            coverage.skip(
+                "its source_key or content is not a JSON object (the mapping breaks the memory contract)",
+                &key,
+            );
             continue;
         };
+        coverage.compared += 1;
         by_table.entry(name).or_default().push((k, key, c));
     }
     let (mut t_col, mut k_col, mut c_col, mut s_col, mut b_col) =
@@ -787,7 +864,31 @@ fn register_sample(
             utf8(b_col),
         ],
     )?;
-    mem_table(ctx, "sample_values", batch)
+    mem_table(ctx, "sample_values", batch)?;
+    let rows: Vec<(&str, u64, String)> =
+        std::iter::once(("compared", coverage.compared, String::new()))
+            .chain(
+                coverage
+                    .not_compared
+                    .iter()
+                    .map(|(why, (n, k))| (*why, *n, k.clone())),
+            )
+            .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("example_key", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            utf8(rows.iter().map(|r| Some(r.0.to_string())).collect()),
+            u64s(rows.iter().map(|r| Some(r.1)).collect()),
+            utf8(rows.iter().map(|r| Some(r.2.clone())).collect()),
+        ],
+    )?;
+    mem_table(ctx, "sample_coverage", batch)?;
+    Ok(coverage)
 }
 
 /// Prints one line per check and up to 3 offending rows of each failed one.
@@ -838,6 +939,9 @@ pub fn print_results(results: &[CheckResult]) {
         for more in &text[1..] {
             println!("  {:<20} {:<14} {:>6}   {more}", "", "", "");
         }
+        if !r.note.is_empty() {
+            println!("  {:<20} {:<14} {:>6}   {}", "", "", "", r.note);
+        }
         for e in r.examples.iter().take(3) {
             println!("      {}", Value::Object(e.clone()));
         }
@@ -869,6 +973,113 @@ mod tests {
             }
             assert_eq!(wrap(&d, 72).join(" "), d, "{name}: wrapping loses nothing");
         }
+    }
+
+    /// sorted_set_order passes a chain in score order and names each way a chain can break.
+    #[tokio::test]
+    async fn sorted_set_order_finds_broken_chains() {
+        let check = BUILTIN_CHECKS
+            .iter()
+            .find(|(n, _)| *n == "sorted_set_order")
+            .unwrap()
+            .1;
+        let member = |key: &str, m: &str, score: f64| {
+            (
+                format!("redis_{key}#{m}"),
+                format!(r#"{{"db":0,"key":"{key}","member":"{m}","score":{score}}}"#),
+            )
+        };
+        let mems = [
+            member("z", "a", 1.0),
+            member("z", "b", 2.0),
+            member("z", "c", 3.0),
+            member("y", "q", 5.0),
+        ];
+        let run = |edges: Vec<(&'static str, &'static str)>| {
+            let mems = mems.clone();
+            async move {
+                let ctx = SessionContext::new();
+                crate::transform::udf::register_all(&ctx);
+                let ms = Arc::new(Schema::new(vec![
+                    Field::new("space", DataType::Utf8, false),
+                    Field::new("id", DataType::Utf8, false),
+                    Field::new("content", DataType::Utf8, false),
+                ]));
+                let b = RecordBatch::try_new(
+                    ms,
+                    vec![
+                        utf8(mems.iter().map(|_| Some("s".to_string())).collect()),
+                        utf8(mems.iter().map(|m| Some(m.0.clone())).collect()),
+                        utf8(mems.iter().map(|m| Some(m.1.clone())).collect()),
+                    ],
+                )
+                .unwrap();
+                mem_table(&ctx, "bundle_memories", b).unwrap();
+                let es = Arc::new(Schema::new(vec![
+                    Field::new("space", DataType::Utf8, false),
+                    Field::new("source_id", DataType::Utf8, false),
+                    Field::new("target_id", DataType::Utf8, false),
+                    Field::new("edge_type", DataType::Utf8, false),
+                ]));
+                let b = RecordBatch::try_new(
+                    es,
+                    vec![
+                        utf8(edges.iter().map(|_| Some("s".to_string())).collect()),
+                        utf8(
+                            edges
+                                .iter()
+                                .map(|e| Some(format!("redis_{}", e.0)))
+                                .collect(),
+                        ),
+                        utf8(
+                            edges
+                                .iter()
+                                .map(|e| Some(format!("redis_{}", e.1)))
+                                .collect(),
+                        ),
+                        utf8(
+                            edges
+                                .iter()
+                                .map(|_| Some("NEXT_BY_SCORE".to_string()))
+                                .collect(),
+                        ),
+                    ],
+                )
+                .unwrap();
+                mem_table(&ctx, "bundle_edges", b).unwrap();
+                let out = transform::collect(
+                    &ctx,
+                    check.trim().trim_end_matches(';'),
+                    "sorted_set_order",
+                )
+                .await
+                .unwrap();
+                let mut problems = vec![];
+                for b in &out {
+                    for r in 0..b.num_rows() {
+                        problems.push(
+                            crate::json::row_object(b, r).unwrap()["problem"]
+                                .as_str()
+                                .unwrap()
+                                .to_string(),
+                        );
+                    }
+                }
+                problems
+            }
+        };
+        assert!(run(vec![("z#a", "z#b"), ("z#b", "z#c")]).await.is_empty());
+        assert_eq!(
+            run(vec![("z#b", "z#a")]).await,
+            ["the score decreases along the edge"]
+        );
+        assert_eq!(
+            run(vec![("z#c", "y#q")]).await,
+            ["joins two different sorted sets or a member that is not there"]
+        );
+        let mut two = run(vec![("z#a", "z#b"), ("z#a", "z#c")]).await;
+        two.sort();
+        assert_eq!(two, ["a member with two successors"]);
     }
 
     /// duplicate_ids follows the target's rule: the same id in two spaces is fine in Engram, a duplicate in a

@@ -198,7 +198,12 @@ pub async fn choose_texts(
     opts: &MappingOptions,
 ) -> crate::error::Result<Vec<TextChoice>> {
     let mut out = vec![];
+    let infos = infos(manifest);
     for t in &manifest.tables {
+        // A link table's rows are edges: they embed nothing.
+        if !opts.skip_edges && link_keys(&t.info, &infos, opts).is_some() {
+            continue;
+        }
         let explicit = opts.text_columns.contains_key(&t.info.name);
         let columns = text_columns(t, opts);
         let (rows, distinct) = distinct_texts(ctx, t, &columns).await?;
@@ -599,6 +604,62 @@ fn link_edges(
     (edges, orphans, expected)
 }
 
+/// What the generic mapping must produce, counted by the tool from the snapshot itself (a query over `source.*`
+/// only, never the mapping's views): validation's `counts_derived` holds the mapping's own `expected_counts` and
+/// the bundle to it, so a mapping edited to drop rows (and to expect fewer) is caught. One memory per row of a
+/// table of things; per link table its rows by type; per foreign key its non-NULL references.
+/// Columns: source_name, kind, name, derived.
+pub fn derived_counts_sql(manifest: &Manifest, opts: &MappingOptions) -> String {
+    let infos = infos(manifest);
+    let mut parts = vec![];
+    for t in &manifest.tables {
+        let name = &t.info.name;
+        if !opts.skip_edges && link_keys(&t.info, &infos, opts).is_some() {
+            let etype = match link_type_column(&t.info) {
+                Some(c) => format!(
+                    "coalesce({}, {})",
+                    as_text(t, "c", c),
+                    lit(&name.to_uppercase())
+                ),
+                None => lit(&name.to_uppercase()),
+            };
+            parts.push(format!(
+                "SELECT {} AS source_name, 'edges' AS kind, {etype} AS name, count(*) AS derived FROM {} c GROUP BY {etype}",
+                lit(name),
+                table_ref(name)
+            ));
+            continue;
+        }
+        // The snapshot's own row count, from its manifest: nothing the mapping computes.
+        parts.push(format!(
+            "SELECT {} AS source_name, 'memories' AS kind, '' AS name, CAST({} AS BIGINT) AS derived",
+            lit(name),
+            t.rows
+        ));
+        if opts.skip_edges {
+            continue;
+        }
+        for fk in &t.info.foreign_keys {
+            parts.push(format!(
+                "SELECT {} AS source_name, 'edges' AS kind, {} AS name, count(*) AS derived FROM {} c WHERE {}",
+                lit(name),
+                lit(&fk_name(fk)),
+                table_ref(name),
+                fk_not_null(fk, "c")
+            ));
+        }
+    }
+    parts.join("\nUNION ALL\n")
+}
+
+/// Fault injection for the tests, in debug builds only: `ENGRAM_MIGRATE_FAULT_DROP_TABLE=<table>` makes the
+/// generated mapping drop that table's rows and lower its own expected count to match, the mapping bug that
+/// only `counts_derived` can catch (tests/it/e2e.rs). Release builds never read it.
+fn injected_fault_drops(table: &str) -> bool {
+    cfg!(debug_assertions)
+        && std::env::var("ENGRAM_MIGRATE_FAULT_DROP_TABLE").is_ok_and(|t| t == table)
+}
+
 /// Generates the mapping SQL for a snapshot.
 pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
     let kind = manifest
@@ -692,6 +753,15 @@ pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
             lit(name),
             table_ref(name)
         ));
+        if injected_fault_drops(name) {
+            // A consistent mapping bug: the table's rows are dropped and its expected count agrees.
+            for part in [memories.last_mut(), expected.last_mut()]
+                .into_iter()
+                .flatten()
+            {
+                part.push_str(" WHERE false");
+            }
+        }
         if opts.skip_edges {
             continue;
         }

@@ -19,6 +19,42 @@ pub fn is_redis(source: &serde_json::Value) -> bool {
         || source.pointer("/of/kind").and_then(|k| k.as_str()) == Some("redis")
 }
 
+/// What `sql/redis.sql` must produce with these settings, counted by the tool from the staged tables (never from
+/// the mapping's views): validation's `counts_derived` holds the mapping and the bundle to it. Columns:
+/// source_name, kind, name, derived.
+pub fn derived_counts_sql(m: &RedisMapping) -> String {
+    let members = if m.hash_field_memories {
+        "('zset', 'stream', 'hash')"
+    } else {
+        "('zset', 'stream')"
+    };
+    let chain = |t: &str, name: &str| {
+        format!(
+            "SELECT 'members' AS source_name, 'edges' AS kind, '{name}' AS name, \
+             count(*) - count(DISTINCT concat(db, ':', key_base64, ':', \"key\")) AS derived \
+             FROM source.members WHERE \"type\" = '{t}'"
+        )
+    };
+    let per = |t: &str, name: &str| {
+        format!(
+            "SELECT 'members' AS source_name, 'edges' AS kind, '{name}' AS name, count(*) AS derived \
+             FROM source.members WHERE \"type\" = '{t}'"
+        )
+    };
+    let mut parts = vec![
+        "SELECT 'keys' AS source_name, 'memories' AS kind, '' AS name, count(*) AS derived FROM source.\"keys\"".to_string(),
+        format!("SELECT 'members' AS source_name, 'memories' AS kind, '' AS name, count(*) AS derived FROM source.members WHERE \"type\" IN {members}"),
+        per("zset", "MEMBER_OF"),
+        chain("zset", "NEXT_BY_SCORE"),
+        per("stream", "ENTRY_OF"),
+        chain("stream", "NEXT_ENTRY"),
+    ];
+    if m.hash_field_memories {
+        parts.push(per("hash", "FIELD_OF"));
+    }
+    parts.join("\nUNION ALL\n")
+}
+
 pub fn mapping(m: &RedisMapping) -> Result<String> {
     let space = match &m.memory_space {
         Some(s) if !crate::schema::is_valid_space_id(s) => {

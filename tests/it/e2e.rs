@@ -457,3 +457,67 @@ fn link_tables_become_edges_and_tables_of_things_stay_memories() {
         3
     );
 }
+
+/// Validation does not trust the mapping: a mapping bug that drops a table's rows and lowers its own
+/// expected_counts to match passes `counts_bundle` (the mapping agrees with itself) but fails `counts_derived`,
+/// which counts from the snapshot. Injected through the debug build's fault switch.
+#[test]
+fn a_mapping_that_drops_rows_and_expects_fewer_is_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("cg.bundle");
+    let o = Command::new(bin())
+        .args(["run", "--source", p(&fixture()), "--target", p(&target)])
+        .env("ENGRAM_MIGRATE_FAULT_DROP_TABLE", "nodes")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(code(&o), 5, "{out}\n{}", stderr(&o));
+    let report = json(&tmp.path().join("cg.bundle.work/report.json"));
+    assert_eq!(
+        check(&report, "counts_bundle")["passed"],
+        true,
+        "the mapping agrees with itself"
+    );
+    let derived = check(&report, "counts_derived");
+    assert_eq!(derived["passed"], false, "{derived}");
+    assert_eq!(derived["examples"][0]["source_name"], "nodes", "{derived}");
+    assert_eq!(derived["examples"][0]["derived"], 379, "{derived}");
+    assert_eq!(derived["examples"][0]["in_bundle"], 0, "{derived}");
+}
+
+/// sample_values says how many rows it compared; a mapping whose memories cannot be compared with any source row
+/// fails sample_coverage with the reason, instead of passing a check that compared nothing.
+#[test]
+fn a_sample_that_compares_nothing_fails_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("cg.bundle");
+    let o = run(&["run", "--source", p(&fixture()), "--target", p(&target)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("compared 379 of 379 sampled memories with their source rows"),
+        "{out}"
+    );
+    // The same mapping, its memories claimed by no snapshot table.
+    let sql = std::fs::read_to_string(tmp.path().join("cg.bundle.work/mapping.sql"))
+        .unwrap()
+        .replace("'nodes' AS source_name", "'summary' AS source_name");
+    let custom = tmp.path().join("custom.sql");
+    std::fs::write(&custom, sql).unwrap();
+    let o = run(&[
+        "run",
+        "--source",
+        p(&fixture()),
+        "--target",
+        p(&tmp.path().join("custom.bundle")),
+        "--sql",
+        p(&custom),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(code(&o), 5, "{out}\n{}", stderr(&o));
+    assert!(out.contains("sample_coverage      FAIL"), "{out}");
+    assert!(
+        out.contains("compared 0 of 379 sampled memories with their source rows; 379 not: its source_name is not a snapshot table"),
+        "{out}"
+    );
+}

@@ -209,6 +209,7 @@ fn a_sink_from_outside_the_crate_loads_resumes_and_reads_back() {
         sample_seed: 0,
         extra_checks: None,
         allow_skipped: false,
+        derived_counts: None,
         workers: 2,
         batch_size: 8192,
         memory: SqlMemory {
