@@ -2,12 +2,13 @@
 # Installs what the tests need and runs them: the unit tests (no servers) and the integration tests (the real
 # binary on real SQLite files and a real PostgreSQL server; pyarrow and DuckDB cross-read every Parquet file it writes).
 #
-# The cargo target directory is cached outside the clone (~/.cache/engram-migrate/target) so later runs are warm;
-# a cold build of this dependency set takes ~30-40 min on 2 idle cores (dev profile), a warm one a few minutes.
+# The cargo target directory is $CARGO_TARGET_DIR, else ./target (the one `cargo run` in the README uses, so a
+# newcomer pays one cold build: ~19-22 min on 2 idle cores, dev profile); .ci/run sets it to a cache outside the
+# clone (~/.cache/engram-migrate/target) so later CI runs are warm.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/engram-migrate/target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 
 need_apt=()
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)

@@ -41,7 +41,8 @@
 --   * module value -> one memory holding the module name and the value as
 --     the module serialised it (base64): kept, not decoded
 --
--- The settings below are set by the tool from flags when it runs this file:
+-- The settings below are set by the tool from flags when it runs this file
+-- (--memory-space, --ttl-as-decay, --hash-field-memories, --confidence, --skip-edges):
 -- it rewrites the literal at the start of each line marked with @flag.
 -- =============================================================================
 
@@ -50,7 +51,9 @@ CREATE VIEW redis_settings AS
 SELECT
   ''     AS memory_space,         -- @memory-space (empty: space redis_db<N> per database)
   true   AS ttl_as_decay,         -- @ttl-as-decay
-  false  AS hash_field_memories   -- @hash-field-memories
+  false  AS hash_field_memories,  -- @hash-field-memories
+  0.7    AS confidence,           -- @confidence
+  false  AS skip_edges            -- @skip-edges (no edges at all)
 ;
 
 
@@ -118,7 +121,7 @@ SELECT
     'length', length, 'value', "value", 'expire_at_ms', expire_at_ms
   ), 'value')                                             AS content,
   concat_ws(' | ', 'key: ' || "key", 'type: ' || "type", 'value: ' || substr("value", 1, 2000)) AS text,
-  CAST(0.7 AS FLOAT)                                      AS confidence,
+  CAST(s.confidence AS FLOAT)                             AS confidence,
   CAST(0.5 AS FLOAT)                                      AS activation,
   CAST(decay_rate AS FLOAT)                               AS decay_rate,
   CAST(NULL AS TIMESTAMP)                                 AS created_at,
@@ -126,7 +129,7 @@ SELECT
   'redis'                                                 AS source_kind,
   'keys'                                                  AS source_name,
   to_json(named_struct('db', db, 'key', "key", 'key_base64', key_base64)) AS source_key
-FROM redis_keys
+FROM redis_keys CROSS JOIN redis_settings AS s
 UNION ALL
 SELECT
   space,
@@ -139,7 +142,7 @@ SELECT
   ), 'entry_fields')                                      AS content,
   concat_ws(' | ', 'key: ' || "key", 'member: ' || "member",
     'value: ' || substr(coalesce(field_value, entry_fields), 1, 2000)) AS text,
-  CAST(0.7 AS FLOAT)                                      AS confidence,
+  CAST(s.confidence AS FLOAT)                             AS confidence,
   CAST(activation AS FLOAT)                               AS activation,
   CAST(decay_rate AS FLOAT)                               AS decay_rate,
   CASE WHEN "type" = 'stream'
@@ -149,10 +152,10 @@ SELECT
   'redis'                                                 AS source_kind,
   'members'                                               AS source_name,
   to_json(named_struct('db', db, 'key', "key", 'key_base64', key_base64, 'idx', idx)) AS source_key
-FROM redis_member_memories;
+FROM redis_member_memories CROSS JOIN redis_settings AS s;
 
 
-CREATE VIEW edges AS
+CREATE VIEW redis_edges AS
 SELECT a.space, a.id AS source_id, b.id AS target_id, 'NEXT_BY_SCORE' AS edge_type,
   CAST(0.7 AS FLOAT) AS weight,
   to_json(named_struct('from_score', a.score, 'to_score', b.score)) AS properties,
@@ -182,6 +185,11 @@ SELECT space, id AS source_id, key_id AS target_id,
 FROM redis_member_memories;
 
 
+-- --skip-edges leaves every edge out.
+CREATE VIEW edges AS
+SELECT e.* FROM redis_edges AS e CROSS JOIN redis_settings AS s WHERE NOT s.skip_edges;
+
+
 -- Every edge joins two memories of the same snapshot: there are no orphans.
 CREATE VIEW orphans AS
 SELECT * FROM edges WHERE false;
@@ -198,22 +206,22 @@ WHERE m."type" IN ('zset', 'stream') OR (m."type" = 'hash' AND s.hash_field_memo
 
 UNION ALL
 SELECT 'members' AS source_name, 'edges' AS kind, 'MEMBER_OF' AS name, count(*) AS expected
-FROM source.members WHERE "type" = 'zset'
+FROM source.members CROSS JOIN redis_settings AS s WHERE "type" = 'zset' AND NOT s.skip_edges
 
 UNION ALL
 SELECT 'members' AS source_name, 'edges' AS kind, 'NEXT_BY_SCORE' AS name, count(*) - count(DISTINCT concat(db, ':', key_base64, ':', "key")) AS expected
-FROM source.members WHERE "type" = 'zset'
+FROM source.members CROSS JOIN redis_settings AS s WHERE "type" = 'zset' AND NOT s.skip_edges
 
 UNION ALL
 SELECT 'members' AS source_name, 'edges' AS kind, 'ENTRY_OF' AS name, count(*) AS expected
-FROM source.members WHERE "type" = 'stream'
+FROM source.members CROSS JOIN redis_settings AS s WHERE "type" = 'stream' AND NOT s.skip_edges
 
 UNION ALL
 SELECT 'members' AS source_name, 'edges' AS kind, 'NEXT_ENTRY' AS name, count(*) - count(DISTINCT concat(db, ':', key_base64, ':', "key")) AS expected
-FROM source.members WHERE "type" = 'stream'
+FROM source.members CROSS JOIN redis_settings AS s WHERE "type" = 'stream' AND NOT s.skip_edges
 
 UNION ALL
 SELECT 'members' AS source_name, 'edges' AS kind, 'FIELD_OF' AS name, count(*) AS expected
 FROM source.members AS m CROSS JOIN redis_settings AS s
-WHERE m."type" = 'hash' AND s.hash_field_memories
+WHERE m."type" = 'hash' AND s.hash_field_memories AND NOT s.skip_edges
 ;

@@ -579,6 +579,8 @@ pub fn mapping_plan(o: &Options, origin: SourceKind) -> Result<MappingPlan> {
             memory_space: o.memory_space.clone(),
             ttl_as_decay: o.ttl_as_decay.unwrap_or(true),
             hash_field_memories: o.hash_field_memories,
+            confidence: unit_interval("--confidence", o.confidence, 0.7)?,
+            skip_edges: o.skip_edges,
         }),
         SourceKind::Neo4j => {
             let mut g = GraphMapping::default();

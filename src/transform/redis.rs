@@ -11,6 +11,10 @@ pub struct RedisMapping {
     pub memory_space: Option<String>,
     pub ttl_as_decay: bool,
     pub hash_field_memories: bool,
+    /// `--confidence` of every memory (default 0.7).
+    pub confidence: f32,
+    /// `--skip-edges`: no MEMBER_OF / NEXT_BY_SCORE / ENTRY_OF / NEXT_ENTRY / FIELD_OF edges.
+    pub skip_edges: bool,
 }
 
 /// Whether a snapshot manifest's source is Redis (directly or through a snapshot directory).
@@ -44,12 +48,16 @@ pub fn derived_counts_sql(m: &RedisMapping) -> String {
     let mut parts = vec![
         "SELECT 'keys' AS source_name, 'memories' AS kind, '' AS name, count(*) AS derived FROM source.\"keys\"".to_string(),
         format!("SELECT 'members' AS source_name, 'memories' AS kind, '' AS name, count(*) AS derived FROM source.members WHERE \"type\" IN {members}"),
-        per("zset", "MEMBER_OF"),
-        chain("zset", "NEXT_BY_SCORE"),
-        per("stream", "ENTRY_OF"),
-        chain("stream", "NEXT_ENTRY"),
     ];
-    if m.hash_field_memories {
+    if !m.skip_edges {
+        parts.extend([
+            per("zset", "MEMBER_OF"),
+            chain("zset", "NEXT_BY_SCORE"),
+            per("stream", "ENTRY_OF"),
+            chain("stream", "NEXT_ENTRY"),
+        ]);
+    }
+    if m.hash_field_memories && !m.skip_edges {
         parts.push(per("hash", "FIELD_OF"));
     }
     parts.join("\nUNION ALL\n")
@@ -69,6 +77,8 @@ pub fn mapping(m: &RedisMapping) -> Result<String> {
         ("@memory-space", space),
         ("@ttl-as-decay", m.ttl_as_decay.to_string()),
         ("@hash-field-memories", m.hash_field_memories.to_string()),
+        ("@confidence", format!("{:?}", m.confidence)),
+        ("@skip-edges", m.skip_edges.to_string()),
     ];
     let mut out = String::with_capacity(REDIS_SQL.len());
     let mut found = 0;
@@ -110,8 +120,12 @@ mod tests {
             memory_space: Some("cache_space".into()),
             ttl_as_decay: false,
             hash_field_memories: true,
+            confidence: 0.25,
+            skip_edges: true,
         })
         .unwrap();
+        assert!(sql.contains("  0.25 AS confidence"), "{sql}");
+        assert!(sql.contains("  true AS skip_edges"), "{sql}");
         assert!(sql.contains("  'cache_space' AS memory_space"), "{sql}");
         assert!(sql.contains("  false AS ttl_as_decay"));
         assert!(sql.contains("  true AS hash_field_memories"));

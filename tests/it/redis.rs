@@ -970,6 +970,9 @@ fn full_runs(version: u32) {
         "--allow-skipped",
         "--expired",
         "keep",
+        "--confidence",
+        "0.3",
+        "--skip-edges",
     ]);
     assert_eq!(code(&o), 0, "run with flags failed: {}", stderr(&o));
     let fm = bundle_memories(&flags);
@@ -978,6 +981,13 @@ fn full_runs(version: u32) {
         .iter()
         .all(|m| (m["decay_rate"].as_f64().unwrap() - 0.01).abs() < 1e-9));
     assert!(fm.iter().any(|m| m["id"] == "redis_hash:small#name"));
+    assert!(
+        fm.iter()
+            .all(|m| (m["confidence"].as_f64().unwrap() - 0.3).abs() < 1e-6),
+        "--confidence is honoured"
+    );
+    let totals = json(&flags.join("bundle.json"))["totals"].clone();
+    assert_eq!(totals["edges"], 0, "--skip-edges is honoured: {totals}");
     assert!(
         fm.iter().any(|m| m["id"] == "redis_exp:gone"),
         "--expired keep stages the expired key"
