@@ -521,3 +521,137 @@ fn a_sample_that_compares_nothing_fails_and_says_why() {
         "{out}"
     );
 }
+
+/// Each generic-mapping flag changes what it says, and would fail here if ignored: --table-to-space,
+/// --timestamp-column, --confidence, --text-columns, --exclude, --checks (a failing check of one's own),
+/// --validate false, --config, --checkpoint-file.
+#[test]
+fn generic_flags_each_change_the_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("app.sqlite");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, bio TEXT, joined DATETIME, updated_at DATETIME);
+         CREATE TABLE audit (id INTEGER PRIMARY KEY, what TEXT);
+         INSERT INTO users VALUES (1, 'Ann', 'likes tea', '2020-01-02 03:04:05', '2024-01-01 00:00:00'),
+                                  (2, 'Bo', 'plays chess', '2021-06-07 08:09:10', NULL);
+         INSERT INTO audit VALUES (1, 'login');",
+    )
+    .unwrap();
+    drop(c);
+    let bundle = tmp.path().join("a.bundle");
+    // --checkpoint-file is where the bundle stage keeps its checkpoint (removed once the stage is done): an
+    // unreadable file there stops the run and is named, so the flag is read, not ignored.
+    let checkpoint = tmp.path().join("my-checkpoint.json");
+    std::fs::write(&checkpoint, "not a checkpoint").unwrap();
+    let args = [
+        "run",
+        "--source",
+        p(&db),
+        "--target",
+        p(&bundle),
+        "--table-to-space",
+        "users:people",
+        "--timestamp-column",
+        "joined",
+        "--confidence",
+        "0.9",
+        "--text-columns",
+        "users:bio",
+        "--exclude",
+        "audit",
+        "--checkpoint-file",
+        p(&checkpoint),
+    ];
+    let o = run(&args);
+    assert_ne!(code(&o), 0);
+    assert!(
+        stderr(&o).contains(&format!(
+            "checkpoint {} is unreadable",
+            checkpoint.display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_file(&checkpoint).unwrap();
+    let o = run(&args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        !checkpoint.exists(),
+        "the checkpoint is removed once the stage is done"
+    );
+    let mems = bundle_memories(&bundle);
+    assert_eq!(mems.len(), 2, "--exclude audit: {mems:?}");
+    let ann = mems.iter().find(|m| m["id"] == "users_1").unwrap();
+    assert_eq!(ann["space"], "people", "--table-to-space");
+    assert_eq!(
+        ann["created_at"], "2020-01-02T03:04:05Z",
+        "--timestamp-column"
+    );
+    assert!(
+        (ann["confidence"].as_f64().unwrap() - 0.9).abs() < 1e-6,
+        "--confidence"
+    );
+    assert_eq!(ann["text"], "bio: likes tea", "--text-columns");
+
+    // --checks: a check of one's own that finds rows fails the run, by its file name.
+    let checks = tmp.path().join("checks");
+    std::fs::create_dir(&checks).unwrap();
+    std::fs::write(
+        checks.join("no_people.sql"),
+        "-- Nobody may be in the people space.\nSELECT id FROM bundle_memories WHERE space = 'people';\n",
+    )
+    .unwrap();
+    let b2 = tmp.path().join("b.bundle");
+    let args = [
+        "run",
+        "--source",
+        p(&db),
+        "--target",
+        p(&b2),
+        "--table-to-space",
+        "users:people",
+        "--checks",
+        p(&checks),
+    ];
+    let o = run(&args);
+    assert_eq!(code(&o), 5, "{}", stderr(&o));
+    let report = json(&b2.with_extension("bundle.work").join("report.json"));
+    assert_eq!(check(&report, "no_people")["offending_rows"], 2);
+    // --validate false: the same run, not validated, succeeds.
+    let b3 = tmp.path().join("c.bundle");
+    let mut args = args.to_vec();
+    args[4] = p(&b3);
+    args.extend(["--validate", "false"]);
+    let o = run(&args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let report = json(&b3.with_extension("bundle.work").join("report.json"));
+    assert_eq!(
+        report["validation"],
+        serde_json::json!([]),
+        "--validate false"
+    );
+    // --config: options from a TOML file.
+    let config = tmp.path().join("run.toml");
+    std::fs::write(
+        &config,
+        "confidence = 0.4\nmemory-space = \"from_config\"\n",
+    )
+    .unwrap();
+    let b4 = tmp.path().join("d.bundle");
+    let o = run(&[
+        "run",
+        "--source",
+        p(&db),
+        "--target",
+        p(&b4),
+        "--config",
+        p(&config),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let mems = bundle_memories(&b4);
+    assert!(mems.iter().all(|m| m["space"] == "from_config"), "--config");
+    assert!(mems
+        .iter()
+        .all(|m| (m["confidence"].as_f64().unwrap() - 0.4).abs() < 1e-6));
+}

@@ -464,6 +464,22 @@ fn run_migrates_the_fixture_database_with_validation() {
         got, want,
         "the pgvector embedding was not passed through as is"
     );
+    // --reembed: the same memory embedded from its text instead (from the same snapshot).
+    let again = tmp.path().join("reembed.bundle");
+    let o = run(&[
+        "run",
+        "--source",
+        p(&work.join("snapshot")),
+        "--target",
+        p(&again),
+        "--reembed",
+        "--include",
+        "chunks",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let re = memory_embedding(&again, "chunks_chunk-7");
+    assert_eq!(re.len(), want.len());
+    assert_ne!(re, want, "--reembed kept the source vector");
 }
 
 /// (edge_type, count) over every space of a bundle.
