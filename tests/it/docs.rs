@@ -1,0 +1,56 @@
+//! The documentation cannot rot: the README's first command runs as written, and the tutorial's and guides'
+//! ```sh blocks run in order through scripts/run-doc.sh against the real servers they start themselves.
+
+use std::process::Command;
+
+use crate::common::*;
+
+/// The first ```sh block of the README: its lines, comments stripped.
+fn readme_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("README.md starts with a ```sh block");
+    block
+        .lines()
+        .map(|l| l.split(" #").next().unwrap().trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// The README's first command, exactly as written, with `cargo run --` standing for the binary cargo built for
+/// this test run: the shipped fixture becomes a validated bundle of code nodes and typed relationships.
+#[test]
+fn readme_first_command_runs_as_written() {
+    let commands = readme_commands();
+    assert_eq!(
+        commands.len(),
+        2,
+        "the README starts with two commands: {commands:?}"
+    );
+    assert_eq!(commands[1], "bash scripts/test.sh");
+    let args: Vec<String> = commands[0]
+        .strip_prefix("cargo run -- ")
+        .unwrap_or_else(|| panic!("the first command is `cargo run -- ...`: {}", commands[0]))
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    // Relative paths as written, from a scratch copy of the repository's fixture so `out/` lands there.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("fixtures")).unwrap();
+    std::fs::copy(fixture(), tmp.path().join("fixtures/codegraph.sqlite")).unwrap();
+    let o = Command::new(bin())
+        .args(&args)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(code(&o), 0, "{out}\n{}", stderr(&o));
+    assert!(out.contains("link tables as edges: edges"), "{out}");
+    let b = json(&tmp.path().join("out/codegraph.bundle/bundle.json"));
+    assert_eq!(b["totals"]["memories"], 379);
+    assert_eq!(b["totals"]["edges"], 801);
+    assert_eq!(b["totals"]["orphans"], 3);
+}
