@@ -20,6 +20,8 @@
 #
 # On failure: the exit code of the failing command, and which block failed: its number, its line in the markdown,
 # its first line, and the failing command with its own line in the markdown.
+#
+# Any markdown file works, README.md included: `scripts/run-doc.sh --list README.md`, then `--blocks 1`.
 set -euo pipefail
 
 usage() {
@@ -35,7 +37,7 @@ while [ $# -gt 0 ]; do
     --print) mode=print; shift ;;
     --blocks) [ $# -ge 2 ] || usage; only="$2"; shift 2 ;;
     --blocks=*) only="${1#--blocks=}"; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) usage ;;
     *) break ;;
   esac
@@ -103,6 +105,7 @@ fi
 # traps: the block being run, then (from the ERR trap) the innermost failing command and its script line.
 PRE="$TMP/pre.sh"
 cat > "$PRE" <<'PRE'
+set -o errtrace
 __run_doc_block() {
   printf 'block %s %s\n' "$1" "$2" > "$RUN_DOC_STATE"
   printf 'run-doc: block %s/%s (%s:%s)\n' "$1" "$RUN_DOC_TOTAL" "$RUN_DOC_NAME" "$2" >&2
@@ -160,8 +163,9 @@ n="$(echo "$block_line" | awk '{print $2}')"
   if [ -n "$n" ]; then
     IFS=$'\t' read -r _ bline bfirst < <(awk -F'\t' -v n="$n" '$1 == n' "$TMP/blocks.tsv")
     echo "  block $n of $total, at $DOC:$bline: $bfirst"
-    # The innermost failing command reported after that block started (subshells report first).
-    cmd="$(awk '/^block /{c=""} /^cmd /{ if (c == "") c = $0 } END { print c }' "$STATE")"
+    # The last failing command reported after that block started: the one that stopped the run (a command
+    # substitution that failed harmlessly earlier in the block reported first, and is not it).
+    cmd="$(awk '/^block /{c=""} /^cmd /{ c = $0 } END { print c }' "$STATE")"
     if [ -n "$cmd" ]; then
       sline="$(echo "$cmd" | awk '{print $2}')"
       text="$(echo "$cmd" | cut -d' ' -f3-)"
