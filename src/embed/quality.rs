@@ -135,7 +135,8 @@ pub fn pair_scores(provider: &dyn EmbeddingProvider, pairs: &[Pair]) -> Result<P
 /// after fetching the model), which makes a missing model a failure.
 #[cfg(test)]
 pub(crate) fn test_model_dir() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("ENGRAM_MODEL2VEC_DIR")
+    let required = std::env::var("ENGRAM_REQUIRE_MODELS").as_deref() == Ok("1");
+    let Some(dir) = std::env::var_os("ENGRAM_MODEL2VEC_DIR")
         .map(std::path::PathBuf::from)
         .or_else(|| {
             let cache = std::env::var_os("ENGRAM_MIGRATE_CACHE")
@@ -145,11 +146,17 @@ pub(crate) fn test_model_dir() -> Option<std::path::PathBuf> {
                         .map(|h| std::path::PathBuf::from(h).join(".cache/engram-migrate"))
                 })?;
             Some(cache.join("models/potion-base-8M"))
-        })?;
+        })
+    else {
+        // Never a silent skip: required, it fails; otherwise it says why it did not run.
+        assert!(!required, "no model directory: set ENGRAM_MODEL2VEC_DIR");
+        eprintln!("skipped: no model directory (ENGRAM_MODEL2VEC_DIR, ENGRAM_MIGRATE_CACHE and HOME unset)");
+        return None;
+    };
     if dir.join("model.safetensors").is_file() {
         return Some(dir);
     }
-    if std::env::var("ENGRAM_REQUIRE_MODELS").as_deref() == Ok("1") {
+    if required {
         panic!(
             "model directory {} missing; run scripts/models.sh potion-base-8M",
             dir.display()

@@ -630,11 +630,20 @@ mod tests {
 
     #[test]
     fn memory_type_table() {
-        for (name, t) in MEMORY_TYPES {
-            assert_eq!(memory_type(name), *t);
-            assert_eq!(memory_type(&name.to_uppercase()), *t);
+        // Stated from proto/engram.proto independently of MEMORY_TYPES: name, enum value, wire number.
+        for (name, t, wire) in [
+            ("episodic", proto::MemoryType::Episodic, 1),
+            ("semantic", proto::MemoryType::Semantic, 2),
+            ("procedural", proto::MemoryType::Procedural, 3),
+            ("working", proto::MemoryType::Working, 4),
+        ] {
+            assert_eq!(memory_type(name), t, "{name}");
+            assert_eq!(memory_type(&name.to_uppercase()), t, "{name}");
+            assert_eq!(memory_type(name) as i32, wire, "{name}");
         }
+        assert_eq!(MEMORY_TYPES.len(), 4);
         assert_eq!(memory_type("other"), proto::MemoryType::Unspecified);
+        assert_eq!(memory_type(""), proto::MemoryType::Unspecified);
     }
 
     #[test]
