@@ -12,7 +12,7 @@
 # command stops the run. Each block must be complete on its own (no heredoc or `if` left open across blocks).
 #
 # The binary: $ENGRAM_MIGRATE_BIN, default "$CARGO_TARGET_DIR/debug/engram-migrate" with CARGO_TARGET_DIR
-# defaulting to ~/.cache/engram-migrate/target (where scripts/test.sh builds). Its directory is put first on PATH,
+# defaulting to ./target (where `cargo run` and scripts/test.sh build; CI sets CARGO_TARGET_DIR). Its directory is put first on PATH,
 # so the docs call it as plain `engram-migrate`. Nothing is built here.
 #
 # Services: a document starts what it needs with scripts/services/*.sh itself and stops it at its end, usually with
@@ -121,7 +121,7 @@ if [ "$mode" = print ]; then
 fi
 
 # The binary and PATH.
-CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/engram-migrate/target}"
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="${ENGRAM_MIGRATE_BIN:-$CARGO_TARGET_DIR/debug/engram-migrate}"
 if [ ! -x "$BIN" ]; then
   echo "run-doc: no engram-migrate binary at $BIN" >&2

@@ -44,6 +44,12 @@ enum Command {
 }
 
 fn main() {
+    // A closed stdout (`engram-migrate plan ... | head`) ends the process quietly, as it does other Unix tools,
+    // instead of a panic in println!.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -119,27 +119,7 @@ fn generated_mapping(
             "generated from sql/neo4j.sql".to_string(),
         ),
         MappingPlan::Generic(m) => {
-            for t in m.text_columns.keys().chain(m.table_to_space.keys()) {
-                if manifest.table(t).is_none() {
-                    return Err(Error::usage(format!(
-                        "table {t:?} named in a flag is not in the source; tables: {}",
-                        manifest
-                            .tables
-                            .iter()
-                            .map(|t| t.info.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            }
-            for (t, cols) in &m.text_columns {
-                let entry = manifest.table(t).expect("checked");
-                if let Some(c) = cols.iter().find(|c| entry.info.column(c).is_none()) {
-                    return Err(Error::usage(format!(
-                        "--text-columns: table {t} has no column {c:?}"
-                    )));
-                }
-            }
+            check_mapping_names(m, manifest)?;
             let mut m = m.clone();
             m.embedding_dim = embedding_dim;
             for t in texts.iter().filter(|t| !t.explicit && !t.added.is_empty()) {
@@ -158,6 +138,51 @@ fn generated_mapping(
     Ok((sql, from))
 }
 
+/// The tables and columns the generic mapping's flags name must exist: a typo must stop the run with the names
+/// that do exist, not be ignored or surface as a planner error about the generated SQL.
+fn check_mapping_names(m: &transform::generic::MappingOptions, manifest: &Manifest) -> Result<()> {
+    let tables = || {
+        manifest
+            .tables
+            .iter()
+            .map(|t| t.info.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for t in m.text_columns.keys().chain(m.table_to_space.keys()) {
+        if manifest.table(t).is_none() {
+            return Err(Error::usage(format!(
+                "table {t:?} named in a flag is not in the source; tables: {}",
+                tables()
+            )));
+        }
+    }
+    for (t, cols) in &m.text_columns {
+        let entry = manifest.table(t).expect("checked");
+        if let Some(c) = cols.iter().find(|c| entry.info.column(c).is_none()) {
+            return Err(Error::usage(format!(
+                "--text-columns: table {t} has no column {c:?}; its columns: {}",
+                entry
+                    .info
+                    .columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    if let Some(c) = &m.timestamp_column {
+        if !manifest.tables.iter().any(|t| t.info.column(c).is_some()) {
+            return Err(Error::usage(format!(
+                "--timestamp-column {c:?}: no table has this column; tables: {}",
+                tables()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What the generic mapping embeds of each table, chosen from the snapshot's data (see
 /// `transform::generic::choose_texts`); nothing for the other mappings, whose text is their own.
 async fn text_choices(
@@ -168,6 +193,7 @@ async fn text_choices(
     let Some(MappingPlan::Generic(m)) = &plan.mapping else {
         return Ok(vec![]);
     };
+    check_mapping_names(m, manifest)?;
     let ctx = transform::session(
         plan.limits.workers,
         plan.limits.batch_rows,

@@ -818,7 +818,8 @@ fn register_sample(
                 let bun_v = content.get(&c.name);
                 // A JSON column's text may be nested in the content (the shipped mappings do) or kept as text
                 // (an older or hand-written mapping): both hold it whole, so the nested form compares as parsed.
-                if c.mapped_as == "json" {
+                // (A graph's property map is typed JSON text in the snapshot, an object in the content.)
+                if matches!(c.mapped_as.as_str(), "json" | "typed_json") {
                     if let (Some(Value::String(s)), Some(b)) = (&src_v, bun_v) {
                         match serde_json::from_str::<Value>(s) {
                             Ok(parsed) if parsed == *b || !b.is_string() => src_v = Some(parsed),

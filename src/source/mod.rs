@@ -130,6 +130,44 @@ pub struct SourceOptions {
     pub neo4j: neo4j::Neo4jOptions,
 }
 
+/// Every `--column-type TABLE.COLUMN=TYPE` must name a column the source has: an override that matches nothing
+/// would otherwise be ignored in silence (a typo, or a table renamed since).
+pub fn check_overrides<'a>(
+    tables: &[TableInfo],
+    keys: impl IntoIterator<Item = &'a String>,
+) -> Result<()> {
+    for key in keys {
+        let found = tables.iter().any(|t| {
+            t.columns
+                .iter()
+                .any(|c| *key == format!("{}.{}", t.name, c.name))
+        });
+        if !found {
+            let (table, column) = key.rsplit_once('.').unwrap_or((key, ""));
+            let why = match tables.iter().find(|t| t.name == table) {
+                Some(t) => format!(
+                    "table {table} has no column {column:?} (columns: {})",
+                    t.columns
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => format!(
+                    "the source has no table {table:?} (tables: {})",
+                    tables
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            return Err(Error::usage(format!("--column-type {key}: {why}")));
+        }
+    }
+    Ok(())
+}
+
 /// The kinds of source, one per module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

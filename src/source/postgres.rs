@@ -1111,6 +1111,7 @@ impl Source for PgSource {
     fn catalog(&mut self) -> Result<Catalog> {
         self.begin_snapshot()?;
         let (tables, skipped) = self.introspect()?;
+        super::check_overrides(&tables, self.overrides.iter().map(|(k, _)| k))?;
         let (tables, cycles) = topological_order(tables);
         Ok(Catalog {
             tables,

@@ -813,6 +813,7 @@ impl Source for SqliteSource {
             self.tables.insert(name, state);
             tables.push(info);
         }
+        super::check_overrides(&tables, self.overrides.keys())?;
         let (tables, cycles) = topological_order(tables);
         Ok(Catalog {
             tables,

@@ -209,3 +209,49 @@ fn broken_mapping_sql_is_a_usage_error_naming_the_problem() {
     assert!(stderr(&out).contains("memory_kind"), "{}", stderr(&out));
     assert!(!tmp.path().join("b").exists());
 }
+
+/// A flag that names a table or column the source does not have stops the run with the names that exist: never
+/// ignored in silence, never a planner error about the generated SQL.
+#[test]
+fn flags_naming_missing_tables_or_columns_are_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (flag, value, says)) in [
+        (
+            "--column-type",
+            "nope.geom=text",
+            "--column-type nope.geom: the source has no table \"nope\"",
+        ),
+        (
+            "--column-type",
+            "nodes.nosuch=text",
+            "--column-type nodes.nosuch: table nodes has no column \"nosuch\"",
+        ),
+        (
+            "--text-columns",
+            "nodes:nme",
+            "--text-columns: table nodes has no column \"nme\"; its columns: id, type",
+        ),
+        (
+            "--timestamp-column",
+            "nosuch",
+            "--timestamp-column \"nosuch\": no table has this column",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let target = tmp.path().join(format!("b{i}"));
+        let o = run(&[
+            "run",
+            "--source",
+            p(&fixture()),
+            "--target",
+            p(&target),
+            flag,
+            value,
+        ]);
+        assert_eq!(code(&o), 2, "{flag} {value}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{flag} {value}: {}", stderr(&o));
+        assert!(!target.exists(), "{flag} {value}: a bundle was written");
+    }
+}

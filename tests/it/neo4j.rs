@@ -219,6 +219,27 @@ fn codegraph_run_validates_with_counts_per_label_and_type() {
     assert_eq!(report["orphans"], 0);
     // The mapping was generated from sql/neo4j.sql.
     assert!(report["mapping"].as_str().unwrap().contains("neo4j.sql"));
+    // The snapshot alone as the source validates too: its property maps are JSON text, the content's objects.
+    let snap = Path::new(&format!("{}.work", p(&target))).join("snapshot");
+    let again = tmp.path().join("again");
+    let o = run(&[
+        "run",
+        "--source",
+        p(&snap),
+        "--target",
+        p(&again),
+        "--work-dir",
+        p(&tmp.path().join("again.work")),
+    ]);
+    assert_eq!(
+        code(&o),
+        0,
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    let r = json(&tmp.path().join("again.work/report.json"));
+    assert_eq!(check(&r, "sample_values")["passed"], true);
 
     // plan shows the counts per label and type, as the server has them.
     let plan = run(&[
