@@ -574,6 +574,35 @@ pub fn mapping_plan(o: &Options, origin: SourceKind) -> Result<MappingPlan> {
     if let Some(s) = &o.memory_space {
         space_id("--memory-space", s)?;
     }
+    // The shipped mappings read every table their source stages: leaving one out breaks them (a planner error
+    // about a missing table), so say what to do instead.
+    let (include, exclude) = (comma_list(&o.include), comma_list(&o.exclude));
+    let needed: &[(&str, &str)] = match origin {
+        SourceKind::Neo4j => &[
+            (
+                "nodes",
+                "--label-to-space or a mapping of your own (--sql) chooses which nodes go where",
+            ),
+            ("relationships", "--skip-edges leaves the edges out"),
+        ],
+        SourceKind::Redis => &[
+            ("keys", "--source-db chooses databases"),
+            (
+                "members",
+                "a mapping of your own (--sql) can leave collections' members out",
+            ),
+        ],
+        _ => &[],
+    };
+    for (table, instead) in needed {
+        if !source::is_included(table, &include, &exclude) {
+            return Err(Error::usage(format!(
+                "--include/--exclude leave out the table {table:?}, which the shipped mapping of a {} source \
+                 needs; {instead}",
+                origin.name()
+            )));
+        }
+    }
     Ok(match origin {
         SourceKind::Redis => MappingPlan::Redis(RedisMapping {
             memory_space: o.memory_space.clone(),

@@ -221,7 +221,7 @@ impl SourceFactory for PostgresFactory {
         spec.starts_with("postgres://") || spec.starts_with("postgresql://")
     }
     fn open(&self, spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
-        let mut s = postgres::PgSource::open(spec)?;
+        let mut s = postgres::PgSource::open_with_password(spec, opts.neo4j.password.as_deref())?;
         s.set_overrides(&opts.column_types)?;
         if let Some(n) = opts.partition_rows {
             s.set_partition_rows(n);

@@ -425,9 +425,29 @@ fn pg_message(e: &postgres::Error) -> String {
 
 impl PgSource {
     pub fn open(url: &str) -> Result<PgSource> {
+        Self::open_with_password(url, None)
+    }
+
+    /// `password` (from `--source-password` / `ENGRAM_MIGRATE_SOURCE_PASSWORD`, else `PGPASSWORD`) is used when
+    /// the URL carries none; a password in the URL wins.
+    pub fn open_with_password(url: &str, password: Option<&str>) -> Result<PgSource> {
         let safe_url = redact(url);
-        let parsed = url::Url::parse(url)
+        let mut parsed = url::Url::parse(url)
             .map_err(|e| Error::usage(format!("--source {safe_url}: not a PostgreSQL URL: {e}")))?;
+        let given = password
+            .map(str::to_string)
+            .or_else(|| std::env::var("PGPASSWORD").ok())
+            .filter(|p| !p.is_empty());
+        if parsed.password().is_none() {
+            if let Some(p) = &given {
+                // Into the URL (percent-encoded by the setter), which ConnectorX's partition readers use too.
+                parsed.set_password(Some(p)).map_err(|_| {
+                    Error::usage(format!(
+                        "--source {safe_url}: a URL without a host cannot take a password"
+                    ))
+                })?;
+            }
+        }
         let password = parsed
             .password()
             .map(|p| {

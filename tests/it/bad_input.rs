@@ -255,3 +255,26 @@ fn flags_naming_missing_tables_or_columns_are_usage_errors() {
         assert!(!target.exists(), "{flag} {value}: a bundle was written");
     }
 }
+
+/// Leaving out a table the shipped mapping needs is refused up front with what to do instead, not a planner
+/// error after the snapshot (checked before any connection: the server here does not exist).
+#[test]
+fn excluding_a_table_the_shipped_mapping_needs_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "run",
+        "--source",
+        "bolt://127.0.0.1:1",
+        "--target",
+        p(&tmp.path().join("b")),
+        "--exclude",
+        "relationships",
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("leave out the table \"relationships\"")
+            && stderr(&o).contains("--skip-edges leaves the edges out"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -3,6 +3,7 @@
 //! killed mid-way and resumed, and bad input.
 
 use std::path::Path;
+use std::process::Command;
 
 use serde_json::{json, Value};
 
@@ -713,4 +714,64 @@ fn json_columns_are_nested_in_the_content_and_validate() {
     let report = json(&bundle.with_extension("bundle.work").join("report.json"));
     let sample = check(&report, "sample_values");
     assert_eq!(sample["passed"], true, "{sample}");
+}
+
+/// A source URL without a password takes it from --source-password, ENGRAM_MIGRATE_SOURCE_PASSWORD or PGPASSWORD
+/// (as libpq does); none of them is printed or recorded.
+#[test]
+fn source_password_from_a_flag_or_the_environment() {
+    let url = postgres_fixture();
+    let (head, rest) = url.split_once("://").unwrap();
+    let (userinfo, hostpath) = rest.split_once('@').unwrap();
+    let (user, password) = userinfo
+        .split_once(':')
+        .expect("the fixture URL has a password");
+    let bare = format!("{head}://{user}@{hostpath}");
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "plan",
+        "--source",
+        &bare,
+        "--include",
+        "all_types",
+        "--target",
+        p(&tmp.path().join("x")),
+    ]);
+    assert_ne!(code(&o), 0, "no password anywhere must fail");
+    for (i, how) in ["flag", "ENGRAM_MIGRATE_SOURCE_PASSWORD", "PGPASSWORD"]
+        .iter()
+        .enumerate()
+    {
+        let target = tmp.path().join(format!("b{i}"));
+        let mut c = Command::new(bin());
+        c.args([
+            "run",
+            "--source",
+            &bare,
+            "--include",
+            "all_types",
+            "--target",
+            p(&target),
+        ]);
+        match *how {
+            "flag" => {
+                c.args(["--source-password", password]);
+            }
+            env => {
+                c.env(env, password);
+            }
+        }
+        let o = c.output().unwrap();
+        assert_eq!(code(&o), 0, "{how}: {}", stderr(&o));
+        let report =
+            std::fs::read_to_string(target.with_extension("work").join("report.json")).unwrap();
+        assert!(
+            !report.contains(password),
+            "{how}: the password reached the report"
+        );
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).contains(password),
+            "{how}: printed"
+        );
+    }
 }
