@@ -45,9 +45,10 @@ impl TableInfo {
     }
 }
 
-/// Records of a source table that are not rows of its snapshot, by reason: a snapshot never loses a record in
-/// silence. `kind` is `skipped` (the tool cannot stage it; validation's `skipped_items` fails unless
-/// `--allow-skipped`) or `expired` (left out by the expiry policy, `--expired drop`; reported, not a failure).
+/// Records of a source table that are not rows of its snapshot, or not in their own form, by reason: a snapshot
+/// never loses or changes a record in silence. `kind` is `skipped` (the tool cannot stage it; validation's
+/// `skipped_items` fails unless `--allow-skipped`), `expired` (left out by the expiry policy, `--expired drop`;
+/// reported, not a failure) or `raw` (staged as opaque bytes it cannot decode, e.g. Redis module values).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NotStaged {
     pub kind: String,

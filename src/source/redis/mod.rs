@@ -488,6 +488,9 @@ pub struct PassReport {
     pub expired_examples: Vec<String>,
     /// Hash fields expired at the as-of time (Redis 7.4+ field expiry), dropped or kept like keys.
     pub expired_fields: u64,
+    /// Module values staged raw, per module type name, and the first few keys.
+    pub module_values: std::collections::BTreeMap<String, u64>,
+    pub module_examples: Vec<String>,
 }
 
 /// How many example keys a report names.
@@ -624,6 +627,12 @@ impl RedisSource {
                 }
             }
             rep.expired_fields += it.canonicalize(as_of, keep_expired);
+            if let Value::Module(m) = &it.value {
+                *rep.module_values.entry(m.name.clone()).or_default() += 1;
+                if rep.module_examples.len() < EXAMPLES {
+                    rep.module_examples.push(key_label(it.db, &it.key));
+                }
+            }
             f(&it)
         };
         match &mut self.backend {
@@ -884,6 +893,23 @@ impl Source for RedisSource {
                         self.as_of_from
                     ),
                     first: rep.expired_examples.clone(),
+                });
+            }
+            // Kept, but not decoded: said, so nobody mistakes the raw bytes for the value itself.
+            let modules: u64 = rep.module_values.values().sum();
+            if modules > 0 {
+                out.push(NotStaged {
+                    kind: "raw".into(),
+                    count: modules,
+                    what: format!(
+                        "module values kept raw, the bytes their module wrote in base64 ({}): only the module can decode them",
+                        rep.module_values
+                            .iter()
+                            .map(|(n, c)| format!("{n} {c}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    first: rep.module_examples.clone(),
                 });
             }
             let sk = &self.rdb_skipped;
