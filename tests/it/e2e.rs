@@ -498,6 +498,20 @@ fn a_sample_that_compares_nothing_fails_and_says_why() {
         out.contains("compared 379 of 379 sampled memories with their source rows"),
         "{out}"
     );
+    // --sample-size: the sample is that many memories.
+    let o = run(&[
+        "validate",
+        "--work-dir",
+        p(&tmp.path().join("cg.bundle.work")),
+        "--sample-size",
+        "50",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("compared 50 of 50 sampled memories"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     // The same mapping, its memories claimed by no snapshot table.
     let sql = std::fs::read_to_string(tmp.path().join("cg.bundle.work/mapping.sql"))
         .unwrap()
@@ -556,6 +570,8 @@ fn generic_flags_each_change_the_bundle() {
         "joined",
         "--confidence",
         "0.9",
+        "--activation",
+        "0.3",
         "--text-columns",
         "users:bio",
         "--exclude",
@@ -591,6 +607,10 @@ fn generic_flags_each_change_the_bundle() {
     assert!(
         (ann["confidence"].as_f64().unwrap() - 0.9).abs() < 1e-6,
         "--confidence"
+    );
+    assert!(
+        (ann["activation"].as_f64().unwrap() - 0.3).abs() < 1e-6,
+        "--activation"
     );
     assert_eq!(ann["text"], "bio: likes tea", "--text-columns");
 
@@ -654,4 +674,102 @@ fn generic_flags_each_change_the_bundle() {
     assert!(mems
         .iter()
         .all(|m| (m["confidence"].as_f64().unwrap() - 0.4).abs() < 1e-6));
+}
+
+/// Tuning flags with an effect one can see: --embedding-cache-mb keeps vectors on disk for the next run,
+/// --batch-size and --max-file-mb decide how parts roll over.
+#[test]
+fn tuning_flags_have_their_effect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = tmp.path().join("cache.bundle");
+    let fx = fixture();
+    let args = [
+        "run",
+        "--source",
+        p(&fx),
+        "--target",
+        p(&b),
+        "--embedding-cache-mb",
+        "8",
+    ];
+    let o = run(&args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let e = json(&tmp.path().join("cache.bundle.work/report.json"))["embedding"].clone();
+    assert_eq!(e["persistent_cache_entries"], 379, "{e}");
+    let o = run(&[&args[..], &["--overwrite"]].concat());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let e = json(&tmp.path().join("cache.bundle.work/report.json"))["embedding"].clone();
+    assert_eq!(
+        e["hits_from_earlier_runs"], 379,
+        "the second run embeds nothing: {e}"
+    );
+
+    // Parts roll over after a batch once a file holds --max-file-rows: batches of 100 give 4 parts of 379 rows.
+    let parts = |work: &std::path::Path, table: &str| -> usize {
+        let m = json(&work.join("snapshot/manifest.json"));
+        m["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == table)
+            .unwrap()["files"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let w1 = tmp.path().join("w1");
+    let o = run(&[
+        "snapshot",
+        "--source",
+        p(&fixture()),
+        "--work-dir",
+        p(&w1),
+        "--max-file-rows",
+        "1",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let w2 = tmp.path().join("w2");
+    let o = run(&[
+        "snapshot",
+        "--source",
+        p(&fixture()),
+        "--work-dir",
+        p(&w2),
+        "--max-file-rows",
+        "1",
+        "--batch-size",
+        "100",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(parts(&w1, "nodes"), 1);
+    assert_eq!(parts(&w2, "nodes"), 4, "--batch-size 100");
+
+    // --max-file-mb: 20,000 rows of 200 characters (about 4 MB) in files of at most about 1 MB.
+    let db = tmp.path().join("wide.sqlite");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+         INSERT INTO t SELECT i, hex(randomblob(100)) FROM n;",
+    )
+    .unwrap();
+    drop(c);
+    let w3 = tmp.path().join("w3");
+    let o = run(&[
+        "snapshot",
+        "--source",
+        p(&db),
+        "--work-dir",
+        p(&w3),
+        "--max-file-mb",
+        "1",
+        "--batch-size",
+        "2000",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        parts(&w3, "t") >= 3,
+        "--max-file-mb 1: {} parts",
+        parts(&w3, "t")
+    );
 }

@@ -225,7 +225,7 @@ fn config_file_options_reach_the_plan_and_flags_win() {
     std::fs::write(
         &cfg,
         "memory-space = \"from_file\"\nsample-size = 77\nskip-edges = true\ntarget-parallel = 5\n\
-         max-file-rows = 1234\nbatch-size = 999\n",
+         max-file-rows = 1234\nbatch-size = 999\nsample-seed = 7\ncache-size = 10\nmemory-limit-mb = 100\n",
     )
     .unwrap();
     let out = run(&[
@@ -246,6 +246,9 @@ fn config_file_options_reach_the_plan_and_flags_win() {
     assert!(shown.contains("sample of 77 rows"), "{shown}");
     assert!(shown.contains("/ 1234 rows"), "{shown}");
     assert!(shown.contains("batches of 111 rows"), "flags win: {shown}");
+    for want in ["(seed 7)", "cache 10 entries", "SQL memory 100 MiB"] {
+        assert!(shown.contains(want), "{want}: {shown}");
+    }
     std::fs::write(&cfg, "memory-spcae = \"typo\"\n").unwrap();
     let out = run(&[
         "plan",

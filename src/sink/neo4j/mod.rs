@@ -701,6 +701,23 @@ impl Sink for Neo4jSink {
 mod tests {
     use super::*;
 
+    /// --target-labels names a space's label; a space it does not name gets the label made from its name.
+    #[test]
+    fn target_labels_name_the_label_of_a_space() {
+        let s = Neo4jSink::new(
+            "bolt://127.0.0.1:1/db",
+            &SinkOptions {
+                labels: Some("code_files:File, code_classes:Class".into()),
+                password: Some("x".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.label("code_files"), "File");
+        assert_eq!(s.label("code_classes"), "Class");
+        assert_eq!(s.label("code_functions"), "CodeFunctions");
+    }
+
     #[test]
     fn labels_and_types_are_quoted_not_mangled() {
         assert_eq!(label_of_space("code_files"), "CodeFiles");

@@ -1049,6 +1049,33 @@ mod tests {
     }
 
     #[test]
+    fn target_index_chooses_the_vector_index() {
+        for (given, want) in [
+            (None, VectorIndex::Hnsw),
+            (Some("ivfflat"), VectorIndex::Ivfflat),
+            (Some("none"), VectorIndex::None),
+        ] {
+            let s = PostgresSink::new(
+                "postgres://u@127.0.0.1:5/db",
+                &SinkOptions {
+                    index: given.map(String::from),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(s.index, want, "{given:?}");
+        }
+        assert!(PostgresSink::new(
+            "postgres://u@127.0.0.1:5/db",
+            &SinkOptions {
+                index: Some("btree".into()),
+                ..Default::default()
+            },
+        )
+        .is_err());
+    }
+
+    #[test]
     fn the_password_never_shows() {
         let s = PostgresSink::new(
             "postgres://u:s3cret@127.0.0.1:5/db",
