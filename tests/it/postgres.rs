@@ -537,6 +537,12 @@ fn a_killed_snapshot_resumes_from_finished_partitions() {
         "10000",
     ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // --partition-rows: 250,000 rows in partitions of 10,000.
+    let parts = json(&clean.join("snapshot/manifest.json"))["tables"][0]["partitions"]
+        .as_array()
+        .map(|a| a.len())
+        .unwrap_or(0);
+    assert_eq!(parts, 25, "--partition-rows 10000");
     let killed = tmp.path().join("killed");
     let manifest = killed.join("snapshot/manifest.json");
     let m2 = manifest.clone();
