@@ -131,6 +131,11 @@ pub trait Sink: Send + Sync {
     async fn finish(&self, _bundle: &Path, _manifest: &BundleManifest) -> Result<()> {
         Ok(())
     }
+    /// Whether `rollback` can remove anything; a target that cannot says so without being asked over the network
+    /// (so its answer does not depend on the server being up). Default: yes.
+    fn can_roll_back(&self) -> bool {
+        true
+    }
     /// Removes what loading this bundle put into the target (the bundle's memories, by id), where the target can;
     /// returns how many it removed. A target that cannot refuses with an error that says so and changes nothing.
     async fn rollback(&self, _bundle: &Path, _manifest: &BundleManifest) -> Result<u64> {

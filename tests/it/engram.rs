@@ -963,6 +963,19 @@ fn rollback_of_an_engram_load_is_refused_and_changes_nothing() {
         stderr(&out)
     );
     assert_eq!(standin.state.ids("roll_back").len(), 5);
+    // With no server there, the same answer: whether Engram can delete does not depend on it being up.
+    let out = run_env(
+        &[
+            "rollback",
+            "--bundle",
+            p(&bundle),
+            "--target",
+            "engram+http://127.0.0.1:9",
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("not_supported"), "{}", stderr(&out));
     // A bundle directory as the target: told how a bundle is rolled back.
     let out = run_env(
         &["rollback", "--bundle", p(&bundle), "--target", p(&bundle)],

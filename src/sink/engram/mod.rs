@@ -557,6 +557,10 @@ impl crate::sink::Sink for EngramSink {
         }))
     }
 
+    fn can_roll_back(&self) -> bool {
+        false
+    }
+
     /// Engram deletes nothing: `DELETE /api/v1/memories/{id}` answers 200 with `"status": "not_supported"` and
     /// keeps the memory (its handler, read from the server's code). So a load is not undone here; it says how.
     async fn rollback(&self, bundle: &Path, _manifest: &BundleManifest) -> Result<u64> {
