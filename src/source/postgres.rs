@@ -400,7 +400,7 @@ pub struct PgSource {
 }
 
 /// A message from the postgres client, with the server's detail and hint, and never the password.
-fn pg_message(e: &postgres::Error) -> String {
+pub(crate) fn pg_message(e: &postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         let mut m = format!("{}: {}", db.severity(), db.message());
         if let Some(d) = db.detail() {

@@ -348,7 +348,8 @@ fn db_message(e: &postgres::Error) -> String {
             Some(d) => format!("{} ({d})", db.message()),
             None => db.message().to_string(),
         },
-        None => e.to_string(),
+        // The client's message with its causes ("error connecting to server: Connection refused ...").
+        None => crate::source::postgres::pg_message(e),
     }
 }
 
