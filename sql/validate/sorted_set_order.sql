@@ -1,17 +1,25 @@
 -- Redis sorted-set neighbour edges (NEXT_BY_SCORE) as the members' own content says they must be: each joins
 -- two members of the same sorted set (same database and key), the score never decreases along an edge, and no
 -- member has two successors or two predecessors, so each set is one chain in score order (their number is
--- held by counts_derived). Returns the edges that break this; other sources have no such edges.
-WITH n AS (
-  SELECT e.source_id, e.target_id,
-         json_get(s.content, 'db') AS s_db, json_get(s.content, 'key') AS s_key,
-         json_get(t.content, 'db') AS t_db, json_get(t.content, 'key') AS t_key,
-         CAST(json_get(s.content, 'score') AS DOUBLE) AS s_score,
-         CAST(json_get(t.content, 'score') AS DOUBLE) AS t_score
-  FROM bundle_edges e
-  LEFT JOIN bundle_memories s ON s.space = e.space AND s.id = e.source_id
-  LEFT JOIN bundle_memories t ON t.space = e.space AND t.id = e.target_id
-  WHERE e.edge_type = 'NEXT_BY_SCORE'
+-- held by counts_derived). Returns the edges that break this; other sources have no such edges. Only the
+-- memories these edges name are read into the join (a semi join on their ids), so the check costs nothing
+-- where there are none.
+WITH e AS (
+  SELECT space, source_id, target_id FROM bundle_edges WHERE edge_type = 'NEXT_BY_SCORE'
+),
+m AS (
+  SELECT space, id,
+         json_get(content, 'db') AS db, json_get(content, 'key') AS k,
+         CAST(json_get(content, 'score') AS DOUBLE) AS score
+  FROM bundle_memories
+  WHERE id IN (SELECT source_id FROM e UNION SELECT target_id FROM e)
+),
+n AS (
+  SELECT e.source_id, e.target_id, s.db AS s_db, s.k AS s_key, t.db AS t_db, t.k AS t_key,
+         s.score AS s_score, t.score AS t_score
+  FROM e
+  LEFT JOIN m AS s ON s.space = e.space AND s.id = e.source_id
+  LEFT JOIN m AS t ON t.space = e.space AND t.id = e.target_id
 )
 SELECT source_id, target_id, 'joins two different sorted sets or a member that is not there' AS problem
 FROM n WHERE s_key IS NULL OR t_key IS NULL OR s_key <> t_key OR s_db <> t_db
