@@ -275,7 +275,9 @@ async fn distinct_texts(
     columns: &[String],
 ) -> crate::error::Result<(u64, u64)> {
     let sql = format!(
-        "SELECT count(*) AS n, count(DISTINCT {}) AS d FROM {} AS c",
+        // Distinct 64-bit hashes, not distinct strings: the set of strings of millions of rows outgrows the SQL
+        // memory limit (count distinct cannot spill); two texts colliding in 64 bits are as good as impossible.
+        "SELECT count(*) AS n, count(DISTINCT text_hash({})) AS d FROM {} AS c",
         text_of(t, columns, "c"),
         table_ref(&t.info.name)
     );

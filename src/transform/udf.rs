@@ -4,6 +4,8 @@
 //!   quoted as a string; a value that is not valid JSON stays a string, so nothing is lost either way.
 //! - `vector_dim(list)`: the number of elements of an embedding (NULL for NULL).
 //! - `vector_norm(list)`: its L2 norm as a double (NULL for NULL).
+//! - `text_hash(text)`: XXH3-64 of the text's bytes (NULL for NULL), so counting distinct texts holds 8 bytes per
+//!   text instead of the text (3.3M texts: tens of MB instead of over 600 MB, an aggregation that cannot spill).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -20,6 +22,9 @@ pub fn register_all(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(ToJson::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(VectorFn::new("vector_dim")));
     ctx.register_udf(ScalarUDF::new_from_impl(VectorFn::new("vector_norm")));
+    ctx.register_udf(ScalarUDF::new_from_impl(TextHash {
+        signature: Signature::uniform(1, vec![DataType::Utf8], Volatility::Immutable),
+    }));
     super::json_fn::register_all(ctx);
 }
 
@@ -91,6 +96,35 @@ impl ScalarUDFImpl for ToJson {
             }
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct TextHash {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for TextHash {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn name(&self) -> &str {
+        "text_hash"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::UInt64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let array = args.args[0].clone().into_array(args.number_rows)?;
+        let s = array.as_string::<i32>();
+        let out: arrow::array::UInt64Array = s
+            .iter()
+            .map(|v| v.map(|t| xxhash_rust::xxh3::xxh3_64(t.as_bytes())))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
 
