@@ -506,6 +506,16 @@ fn same_value(key: &str, given: &Value, recorded: &Value) -> bool {
         ("source" | "target", Some(url)) if url.contains("://") => {
             Value::String(crate::source::redact_url(url)) == *recorded
         }
+        // A file named relatively now and absolutely then (or through a link) is the same file.
+        (_, Some(path)) => {
+            given == recorded
+                || recorded.as_str().is_some_and(|then| {
+                    match (std::fs::canonicalize(path), std::fs::canonicalize(then)) {
+                        (Ok(a), Ok(b)) => a == b,
+                        _ => false,
+                    }
+                })
+        }
         _ => given == recorded,
     }
 }
@@ -781,5 +791,22 @@ mod tests {
         .with_config_file()
         .unwrap_err();
         assert!(e.to_string().contains("sorce"), "{e}");
+    }
+
+    #[test]
+    fn the_same_file_named_two_ways_is_the_same_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("db.sqlite");
+        std::fs::write(&f, b"x").unwrap();
+        let abs = Value::String(f.display().to_string());
+        let dotted = Value::String(dir.path().join(".").join("db.sqlite").display().to_string());
+        assert!(same_value("source", &dotted, &abs));
+        let other = dir.path().join("other.sqlite");
+        std::fs::write(&other, b"x").unwrap();
+        assert!(!same_value(
+            "source",
+            &Value::String(other.display().to_string()),
+            &abs
+        ));
     }
 }

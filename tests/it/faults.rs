@@ -130,7 +130,7 @@ fn changed_value_is_caught_by_sampled_comparison() {
 #[test]
 fn orphan_edge_is_caught() {
     let g = good_bundle();
-    rewrite(&g.target, "edges", "edges", |b| {
+    rewrite(&g.target, "nodes", "edges", |b| {
         let t = b.column_by_name("target_id").unwrap().as_string::<i32>();
         let mut v: Vec<String> = t.iter().map(|s| s.unwrap().to_string()).collect();
         v[0] = "nodes_does/not/exist.py".into();
@@ -193,7 +193,7 @@ fn duplicated_id_is_caught() {
 #[test]
 fn changed_file_is_caught_by_checksums_and_source_change_by_counts() {
     let g = good_bundle();
-    rewrite(&g.target, "edges", "edges", |b| {
+    rewrite(&g.target, "nodes", "edges", |b| {
         b.slice(1, b.num_rows() - 1)
     });
     let (c, r) = validate(&g);
