@@ -50,6 +50,32 @@ fn code_graph_into_bolt_counts_idempotence_constraint_and_rollback() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(!stderr(&out).contains(ARCADEDB_PASSWORD));
     let db = "it_target_graph";
+    // The code graph's lookup index on `name` exists for each label (asked through ArcadeDB's own SQL over HTTP:
+    // its Cypher has no SHOW INDEXES).
+    let http: u16 = arcadedb_port().parse::<u16>().unwrap() + 1;
+    let o = std::process::Command::new("curl")
+        .args([
+            "-fsS",
+            "-u",
+            &format!("root:{ARCADEDB_PASSWORD}"),
+            &format!("http://127.0.0.1:{http}/api/v1/query/{db}"),
+            "-d",
+            r#"{"language":"sql","command":"select from schema:indexes"}"#,
+        ])
+        .output()
+        .unwrap();
+    let indexes = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{indexes}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for label in ["File", "Class", "Function"] {
+        assert!(
+            indexes.contains(&format!(r#""name":"engram_{label}_name","indexType":"LSM_TREE","typeName":"{label}","properties":[["name"]]"#)),
+            "no name index on {label}: {indexes}"
+        );
+    }
     for label in ["File", "Class", "Function"] {
         assert_eq!(
             count(db, &format!("MATCH (n:{label}) RETURN count(n) AS c")),

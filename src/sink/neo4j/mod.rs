@@ -99,6 +99,10 @@ pub struct Neo4jSink {
 /// are cut to stay well under that.
 const MAX_UNWIND_BYTES: usize = 256 * 1024;
 
+/// Node properties that get an index of their own when a label's nodes have them (the seed's code graph: names
+/// and repository ids are what its readers look nodes up by).
+const LOOKUP_PROPERTIES: &[&str] = &["name", "repo_id"];
+
 /// `code_files` -> `CodeFiles`: a space's default label.
 pub fn label_of_space(space: &str) -> String {
     space
@@ -253,6 +257,59 @@ impl Neo4jSink {
                 Graph::connect(cfg).map_err(|e| self.err("cannot connect", e))
             })
             .await
+    }
+
+    /// The code graph's lookup indexes (the seed's `name` and `repo_id`) on every label whose nodes have those
+    /// properties, as the first memory of each space shows. After the data, not before: MERGE finds nodes by the
+    /// `id` constraint, so these indexes serve readers only and are cheaper built once over the loaded nodes.
+    async fn lookup_indexes(&self, bundle: &Path, manifest: &BundleManifest) -> Result<()> {
+        for sp in &manifest.spaces {
+            let Some(first) = sp.memories.files.first() else {
+                continue;
+            };
+            let path = bundle
+                .join("spaces")
+                .join(&sp.space)
+                .join("memories")
+                .join(&first.file);
+            let mut keys: Vec<String> = vec![];
+            if let Some(b) = parquet_io::open_reader(&path, 1)?.next() {
+                let b =
+                    b.map_err(|e| Error::source_err(path.display().to_string(), e.to_string()))?;
+                if let Some(c) = b
+                    .column_by_name(memory::CONTENT)
+                    .and_then(|c| c.as_string_opt::<i32>().cloned())
+                {
+                    if c.len() > 0 && !c.is_null(0) {
+                        keys = node_properties(c.value(0))
+                            .value
+                            .keys()
+                            .map(|k| k.value.clone())
+                            .collect();
+                    }
+                }
+            }
+            let label = self.label(&sp.space);
+            for prop in LOOKUP_PROPERTIES
+                .iter()
+                .filter(|p| keys.iter().any(|k| k == *p))
+            {
+                let name: String = format!("engram_{label}_{prop}")
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                self.run(
+                    "create a lookup index",
+                    neo4rs::query(&format!(
+                        "CREATE INDEX {name} IF NOT EXISTS FOR (n:{}) ON (n.{})",
+                        quoted(&label),
+                        quoted(prop)
+                    )),
+                )
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     fn label(&self, space: &str) -> String {
@@ -561,7 +618,7 @@ impl Sink for Neo4jSink {
             }
         }
         pb.finish_and_clear();
-        Ok(())
+        self.lookup_indexes(bundle, manifest).await
     }
 
     async fn rollback(&self, _bundle: &Path, manifest: &BundleManifest) -> Result<u64> {
