@@ -56,6 +56,8 @@ fn target() -> ProgressDrawTarget {
 /// A warning the user must see whatever the terminal: on stderr, with or without --quiet (quiet silences
 /// progress, not news), and in the log.
 pub fn warn(message: &str) {
-    tracing::warn!("{message}");
+    // Printed once for people; logged at info so a log file (RUST_LOG=info) has it too, without the default
+    // filter (warn) printing it a second time.
+    tracing::info!(target: "warning", "{message}");
     eprintln!("warning: {message}");
 }
