@@ -837,19 +837,30 @@ async fn deliver(
         report::Delivery::new(sink, bundle, &out, &read_back, &checks, started.elapsed());
     delivery.predicted_lost = prediction.map(|p| p.lost);
     report::save_delivery(&work.report(), &delivery)?;
-    println!(
-        "loaded {} into {}: sent {} memories{} in {:.1} s ({:.0} memories/s)",
-        bundle.display(),
-        sink.identity(),
-        out.sent,
-        if out.resumed > 0 {
-            format!(" (resumed: {} acknowledged before)", out.resumed)
-        } else {
-            String::new()
-        },
-        out.seconds,
-        out.rows_per_second
-    );
+    if sink.already_loaded() {
+        // Nothing went over the wire: say so rather than count the acknowledged units as sent.
+        println!(
+            "{} was already loaded into {}: nothing sent, {} memories checked in {:.1} s",
+            bundle.display(),
+            sink.identity(),
+            out.sent,
+            out.seconds
+        );
+    } else {
+        println!(
+            "loaded {} into {}: sent {} memories{} in {:.1} s ({:.0} memories/s)",
+            bundle.display(),
+            sink.identity(),
+            out.sent,
+            if out.resumed > 0 {
+                format!(" (resumed: {} acknowledged before)", out.resumed)
+            } else {
+                String::new()
+            },
+            out.seconds,
+            out.rows_per_second
+        );
+    }
     println!("read-back verification:");
     print!("{}", read_back.rendered);
     validate::print_results(&checks);

@@ -131,6 +131,11 @@ pub trait Sink: Send + Sync {
     async fn finish(&self, _bundle: &Path, _manifest: &BundleManifest) -> Result<()> {
         Ok(())
     }
+    /// After `prepare`: the target already holds this bundle's load (recorded there), so its units are
+    /// acknowledged without being sent. Default: no.
+    fn already_loaded(&self) -> bool {
+        false
+    }
     /// Whether `rollback` can remove anything; a target that cannot says so without being asked over the network
     /// (so its answer does not depend on the server being up). Default: yes.
     fn can_roll_back(&self) -> bool {

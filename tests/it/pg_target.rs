@@ -113,6 +113,12 @@ fn fixture_into_postgres_with_index_idempotent_and_rolled_back() {
         "{}",
         stderr(&out)
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("was already loaded into") && stdout.contains("nothing sent"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(": sent "), "{stdout}");
     assert_eq!(count("it_target", "engram.memories"), memories);
     assert_eq!(count("it_target", "engram.engram_loads"), 1);
     assert_eq!(

@@ -629,6 +629,10 @@ impl Sink for PostgresSink {
         limits.batch_rows.max(1)
     }
 
+    fn already_loaded(&self) -> bool {
+        self.already_loaded.load(Ordering::SeqCst)
+    }
+
     async fn write(&self, unit: &WriteUnit) -> Result<Vec<RowOutcome>> {
         if self.already_loaded.load(Ordering::SeqCst) {
             return Ok(vec![RowOutcome::Accepted; unit.batch.num_rows()]);
