@@ -6,8 +6,9 @@
 //! `target_explained`) and `bundle_memories`: one verdict in SQL for every sink.
 //!
 //! Tables a check can use: `bundle_memories`, `bundle_edges`, `bundle_orphans`, `source."<table>"` (snapshot),
-//! the mapping's views (`memories`, `edges`, `orphans`, `expected_counts`), `source_counts`, `integrity`,
-//! `sample_values`, `target_rules`; functions `vector_dim`, `vector_norm`, `to_json`.
+//! the mapping's views (`memories`, `edges`, `orphans`, `expected_counts`), `bundle_counts`, `derived_counts`,
+//! `source_counts`, `integrity`, `sample_values`, `sample_coverage`, `not_staged`, `target_rules`; functions
+//! `vector_dim`, `vector_norm`, `to_json`, `text_hash`, the JSON functions.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -158,6 +159,21 @@ pub async fn run(
     .await?;
 
     register_target_rules(&ctx, opts.id_scope, bundle.embedding.dimension)?;
+    // What the bundle holds per source table, counted once for the checks that compare it (counts_bundle,
+    // counts_derived). Edges count with orphans: a reference whose parent is missing is kept, not lost.
+    transform::run_statements(
+        &ctx,
+        "CREATE VIEW bundle_counts AS
+         SELECT source_name, 'memories' AS kind, '' AS name, count(*) AS actual
+         FROM bundle_memories GROUP BY source_name
+         UNION ALL
+         SELECT source_name, 'edges' AS kind, edge_type AS name, count(*) AS actual
+         FROM (SELECT source_name, edge_type FROM bundle_edges
+               UNION ALL SELECT source_name, edge_type FROM bundle_orphans) e
+         GROUP BY source_name, edge_type;",
+        "the bundle's counts",
+    )
+    .await?;
     let derived = opts.derived_counts.clone().unwrap_or_else(|| {
         "SELECT CAST(NULL AS VARCHAR) AS source_name, CAST(NULL AS VARCHAR) AS kind, \
          CAST(NULL AS VARCHAR) AS name, CAST(NULL AS BIGINT) AS derived WHERE false"

@@ -1,15 +1,7 @@
 -- Snapshot vs bundle: per source table, the memories and edges the mapping says it must produce (its
 -- expected_counts view, computed from the snapshot) against what the bundle holds. Edges count with orphans:
 -- a reference whose parent is missing is kept as an orphan, not lost. Loss must be zero.
-WITH actual AS (
-  SELECT source_name, 'memories' AS kind, '' AS name, count(*) AS actual
-  FROM bundle_memories GROUP BY source_name
-  UNION ALL
-  SELECT source_name, 'edges' AS kind, edge_type AS name, count(*) AS actual
-  FROM (SELECT source_name, edge_type FROM bundle_edges
-        UNION ALL SELECT source_name, edge_type FROM bundle_orphans) e
-  GROUP BY source_name, edge_type
-)
+WITH actual AS (SELECT * FROM bundle_counts)
 SELECT coalesce(e.source_name, a.source_name) AS source_name,
        coalesce(e.kind, a.kind) AS kind,
        coalesce(e.name, a.name) AS name,

@@ -3,15 +3,7 @@
 -- mapping's expected_counts and against the bundle. A mapping edited to drop rows that also lowers its own
 -- expected counts fails here. A mapping of the user's own (option sql) has no derived counts: counts_bundle is
 -- then the measure.
-WITH actual AS (
-  SELECT source_name, 'memories' AS kind, '' AS name, count(*) AS actual
-  FROM bundle_memories GROUP BY source_name
-  UNION ALL
-  SELECT source_name, 'edges' AS kind, edge_type AS name, count(*) AS actual
-  FROM (SELECT source_name, edge_type FROM bundle_edges
-        UNION ALL SELECT source_name, edge_type FROM bundle_orphans) e
-  GROUP BY source_name, edge_type
-),
+WITH actual AS (SELECT * FROM bundle_counts),
 derived AS (SELECT * FROM derived_counts WHERE derived > 0),
 known AS (SELECT DISTINCT source_name FROM derived_counts),
 got AS (SELECT * FROM actual WHERE source_name IN (SELECT source_name FROM known)),

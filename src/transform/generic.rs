@@ -484,6 +484,15 @@ pub fn link_type_column(t: &TableInfo) -> Option<&str> {
     })
 }
 
+/// A link row's edge type: its type column's value, else (or when NULL) the table's name in capitals.
+fn link_type_expr(t: &TableEntry) -> String {
+    let table = lit(&t.info.name.to_uppercase());
+    match link_type_column(&t.info) {
+        Some(c) => format!("coalesce({}, {table})", as_text(t, "c", c)),
+        None => table,
+    }
+}
+
 /// The tables the generic mapping turns into edges (for `plan` and the run's summary).
 pub fn link_tables(manifest: &Manifest, opts: &MappingOptions) -> Vec<String> {
     let infos = infos(manifest);
@@ -514,14 +523,7 @@ fn link_edges(
             .table(&fb.parent_table)
             .expect("checked by link_keys"),
     );
-    let etype = match link_type_column(&t.info) {
-        Some(c) => format!(
-            "coalesce({}, {})",
-            as_text(t, "c", c),
-            lit(&name.to_uppercase())
-        ),
-        None => lit(&name.to_uppercase()),
-    };
+    let etype = link_type_expr(t);
     let weight = match t.info.columns.iter().find(|c| {
         c.name.eq_ignore_ascii_case("weight")
             && t.schema.iter().any(|f| {
@@ -617,14 +619,7 @@ pub fn derived_counts_sql(manifest: &Manifest, opts: &MappingOptions) -> String 
     for t in &manifest.tables {
         let name = &t.info.name;
         if !opts.skip_edges && link_keys(&t.info, &infos, opts).is_some() {
-            let etype = match link_type_column(&t.info) {
-                Some(c) => format!(
-                    "coalesce({}, {})",
-                    as_text(t, "c", c),
-                    lit(&name.to_uppercase())
-                ),
-                None => lit(&name.to_uppercase()),
-            };
+            let etype = link_type_expr(t);
             parts.push(format!(
                 "SELECT {} AS source_name, 'edges' AS kind, {etype} AS name, count(*) AS derived FROM {} c GROUP BY {etype}",
                 lit(name),

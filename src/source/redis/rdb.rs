@@ -215,19 +215,7 @@ const MAX_STRING: u64 = 1 << 32;
 impl<R: Read> RdbReader<R> {
     /// Reads and checks the header (`REDIS` and a 4-digit version).
     pub fn new(inner: R) -> Result<Self> {
-        let mut r = RdbReader {
-            inner,
-            offset: 0,
-            crc: 0,
-            version: 0,
-            aux: vec![],
-            checksum: Checksum::Pending,
-            skipped: Skipped::default(),
-            db: 0,
-            done: false,
-            last_string_encoding: "raw",
-            recording: None,
-        };
+        let mut r = Self::at_start(inner, 0);
         let mut magic = [0u8; 9];
         r.read_exact(&mut magic).map_err(|e| RdbError {
             message: format!(
@@ -251,6 +239,23 @@ impl<R: Read> RdbReader<R> {
         }
         r.version = v;
         Ok(r)
+    }
+
+    /// A reader before its first byte, of an RDB `version` (0 until the header says).
+    fn at_start(inner: R, version: u32) -> Self {
+        RdbReader {
+            inner,
+            offset: 0,
+            crc: 0,
+            version,
+            aux: vec![],
+            checksum: Checksum::Pending,
+            skipped: Skipped::default(),
+            db: 0,
+            done: false,
+            last_string_encoding: "raw",
+            recording: None,
+        }
     }
 
     pub fn offset(&self) -> u64 {
@@ -819,19 +824,7 @@ pub fn dump_payload(payload: &[u8]) -> Result<(u8, Value)> {
     if stored != 0 && stored != computed {
         return Err(bad("checksum mismatch"));
     }
-    let mut r = RdbReader {
-        inner: body,
-        offset: 0,
-        crc: 0,
-        version,
-        aux: vec![],
-        checksum: Checksum::Pending,
-        skipped: Skipped::default(),
-        db: 0,
-        done: false,
-        last_string_encoding: "raw",
-        recording: None,
-    };
+    let mut r = RdbReader::at_start(body, version);
     let t = r.u8()?;
     let v = r.value(t)?;
     if r.offset != body.len() as u64 {
