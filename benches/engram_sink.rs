@@ -203,7 +203,9 @@ fn full_load() {
         let key = RunKey::of(&[("bench", &spec)]);
         let started = Instant::now();
         let out = rt
-            .block_on(load::run(&bundle, &manifest, &sink, &limits, &ckpt, &key))
+            .block_on(load::run(
+                &bundle, &manifest, &sink, &limits, &ckpt, &key, None,
+            ))
             .unwrap();
         let rb = rt
             .block_on(sink.read_back(&bundle, &manifest, &out.rejected))

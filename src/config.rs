@@ -252,6 +252,19 @@ pub struct Options {
     #[arg(long, conflicts_with = "fresh")]
     pub reuse_snapshot: bool,
 
+    /// Re-run an earlier completed run of this work directory on the source as it is now, migrating the
+    /// difference: a new snapshot is diffed against the last by key and row content, unchanged memories keep
+    /// their vectors (the persistent embedding cache: size it with --embedding-cache-mb to hold them), and a live
+    /// target is sent only the memories added or changed, and asked to delete those gone. The report's "delta"
+    /// says what changed. The bundle is replaced by the new one, which equals a fresh full run's.
+    #[arg(long, conflicts_with_all = ["fresh", "reuse_snapshot"])]
+    pub incremental: bool,
+
+    /// Proceed although the source's tables or columns changed since the last completed run in the work
+    /// directory (a re-run otherwise stops, exit 2, naming each table and column); the report lists the drift.
+    #[arg(long)]
+    pub allow_schema_drift: bool,
+
     /// Rows sampled for the value-by-value comparison of validation [default: 1000].
     #[arg(long)]
     pub sample_size: Option<usize>,
@@ -589,9 +602,8 @@ pub fn role(key: &str) -> Option<Role> {
         | "max-file-rows"
         | "memory-limit-mb" => Tuning,
         "work-dir" | "config" | "source-password" | "target-password" | "embedding-api-key"
-        | "dry-run" | "checkpoint-file" | "overwrite" | "fresh" | "reuse-snapshot" | "quiet" => {
-            Invocation
-        }
+        | "dry-run" | "checkpoint-file" | "overwrite" | "fresh" | "reuse-snapshot" | "quiet"
+        | "incremental" | "allow-schema-drift" => Invocation,
         _ => return None,
     })
 }

@@ -62,6 +62,17 @@ pub enum Error {
         complete: bool,
     },
 
+    /// The source's tables or columns are not those the last completed run in the work directory migrated:
+    /// the mapping may no longer say what the user meant. Stops before the transform unless
+    /// `--allow-schema-drift`.
+    #[error("{}", schema_drift(changes, record))]
+    SchemaDrift {
+        /// One line per table or column (see `delta::Drift`).
+        changes: Vec<String>,
+        /// The record of the last run's schema.
+        record: String,
+    },
+
     /// A bug or an impossible state; please report it.
     #[error("internal error: {0}")]
     Internal(String),
@@ -81,8 +92,9 @@ fn source_changed(snapshot: &str, changes: &[String], complete: bool) -> String 
         "Choose one:\n\
          \x20 --fresh            take a new snapshot and migrate the source as it is now (the bundle is rebuilt;\n\
          \x20                    add --overwrite where the target bundle already exists)\n\
-         \x20 --reuse-snapshot   keep the old snapshot on purpose: migrate and validate the data as it was then\n\
-         \x20 (incremental re-runs, which migrate only the difference, are not built yet)"
+         \x20 --incremental      take a new snapshot and migrate the difference (unchanged memories keep their\n\
+         \x20                    vectors; a live target is sent only what changed)\n\
+         \x20 --reuse-snapshot   keep the old snapshot on purpose: migrate and validate the data as it was then"
     } else {
         "An interrupted snapshot cannot be finished from a changed source (it would mix two states): start over\n\
          with --fresh, or use another --work-dir."
@@ -90,6 +102,17 @@ fn source_changed(snapshot: &str, changes: &[String], complete: bool) -> String 
     let what = if complete { "" } else { "interrupted " };
     format!(
         "the source has changed since the {what}snapshot in {snapshot} was taken:\n{}\n{choices}",
+        lines.join("\n")
+    )
+}
+
+fn schema_drift(changes: &[String], record: &str) -> String {
+    let lines: Vec<String> = changes.iter().map(|c| format!("  - {c}")).collect();
+    format!(
+        "the source's schema has changed since the last completed run (recorded in {record}):\n{}\n\
+         The mapping may no longer say what you meant: check it (a generated mapping is regenerated from the new \
+         schema; review a --sql file against it), then run again with --allow-schema-drift to proceed; the \
+         report lists the drift either way.",
         lines.join("\n")
     )
 }
@@ -175,7 +198,10 @@ impl Error {
     /// The process exit code for this error; see `exit`.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) | Error::Sql { .. } | Error::SourceChanged { .. } => exit::USAGE,
+            Error::Usage(_)
+            | Error::Sql { .. }
+            | Error::SourceChanged { .. }
+            | Error::SchemaDrift { .. } => exit::USAGE,
             Error::Source { .. } => exit::SOURCE,
             Error::Target { .. } | Error::Io { .. } => exit::TARGET,
             Error::ValidationFailed { .. } => exit::VALIDATION,

@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod catalog;
 pub mod checksum;
 pub mod config;
+pub mod delta;
 pub mod embed;
 pub mod error;
 pub mod json;

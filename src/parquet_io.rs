@@ -240,6 +240,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// Writes one batch as a whole Parquet file, atomically (for small side files such as hash lists).
+pub fn write_batch_atomic(path: &Path, batch: &RecordBatch) -> Result<()> {
+    let mut bytes = vec![];
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let mut w = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props))
+        .map_err(|e| Error::Internal(format!("writing {}: {e}", path.display())))?;
+    w.write(batch)
+        .and_then(|_| w.close().map(|_| ()))
+        .map_err(|e| Error::Internal(format!("writing {}: {e}", path.display())))?;
+    write_atomic(path, &bytes)
+}
+
 /// The committed part files of a folder, in name order.
 pub fn list_parts(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.exists() {

@@ -114,6 +114,10 @@ fn generated_mapping(
                 "has no tables to migrate",
             ));
         }
+        MappingPlan::Engram => (
+            transform::engram::generate(manifest, embedding_dim),
+            "generated from the Engram spaces".to_string(),
+        ),
         MappingPlan::Graph(g) => (
             transform::neo4j::generate(g),
             "generated from sql/neo4j.sql".to_string(),
@@ -326,6 +330,153 @@ impl Ctx {
         self.report.source_changed_since_snapshot = changes;
     }
 
+    fn incremental(&self) -> bool {
+        self.plan.source.as_ref().is_some_and(|s| s.incremental)
+    }
+
+    fn filters(&self) -> (Vec<String>, Vec<String>) {
+        self.plan
+            .source
+            .as_ref()
+            .map(|s| (s.include.clone(), s.exclude.clone()))
+            .unwrap_or_default()
+    }
+
+    /// `--incremental`, before the snapshot: the last run's snapshot becomes the baseline (`snapshot.prev`),
+    /// and the hashes of the memories the target holds are kept (unless an earlier delta never reached it, in
+    /// which case the older hashes stay, so it is sent everything it missed). A killed incremental run finds
+    /// its baseline in place and resumes.
+    fn begin_incremental(&mut self, bundle_dir: &Path) -> Result<()> {
+        let w = self.plan.work_dir.clone();
+        let prev = w.previous_snapshot();
+        if prev.join(snapshot::MANIFEST).is_file() {
+            tracing::info!(dir = %prev.display(), "resuming an incremental run against its baseline");
+            return Ok(());
+        }
+        let snap = w.snapshot();
+        let done = Manifest::load(&snap).ok().filter(|m| m.complete);
+        let Some(done) = done.filter(|_| bundle_dir.join(bundle::BUNDLE_FILE).is_file()) else {
+            return Err(Error::usage(format!(
+                "--incremental needs an earlier completed run in {} (its snapshot) and its bundle {}; run once \
+                 without --incremental first",
+                w.root().display(),
+                bundle_dir.display()
+            )));
+        };
+        // A later run that stopped after its snapshot (a schema drift, a failed check) left a snapshot that is
+        // not what the bundle was made from: a delta against it would be wrong.
+        if let Some(last) = crate::delta::SchemaRecord::load(&w.schema_record())? {
+            if !last.checksums.is_empty() && !last.is_snapshot_of(&done) {
+                return Err(Error::usage(format!(
+                    "--incremental: the snapshot in {} is not the one the last completed run ({}) migrated: a later \
+                     run stopped after taking it. Run without --incremental (--fresh --overwrite) to rebuild from \
+                     the source as it is now",
+                    snap.display(),
+                    last.run_id
+                )));
+            }
+        }
+        if !w.undelivered().exists() {
+            let hashes = crate::delta::memory_hashes(bundle_dir, self.plan.limits.batch_rows)?;
+            crate::delta::save_hashes(&w.previous_memories(), &hashes)?;
+        }
+        fs::rename(&snap, &prev).map_err(Error::io("rename into place", &prev))
+    }
+
+    /// Stops (exit 2) when the snapshot's tables or columns are not those of the last completed run, unless
+    /// `--allow-schema-drift`; the report lists the drift either way. The baseline is the work directory's
+    /// record of the last completed run (an incremental run's previous snapshot where there is none).
+    fn check_schema_drift(&mut self, manifest: &Manifest) -> Result<()> {
+        let (include, exclude) = self.filters();
+        let path = self.plan.work_dir.schema_record();
+        let prev = self.plan.work_dir.previous_snapshot();
+        let (last, record) = match crate::delta::SchemaRecord::load(&path)? {
+            Some(r) => (r, path),
+            // A work directory of an older version has no record: an incremental run has its baseline.
+            None => match Manifest::load(&prev) {
+                Ok(m) if self.incremental() => (
+                    crate::delta::SchemaRecord::of(&m, "previous snapshot", &include, &exclude),
+                    prev.join(snapshot::MANIFEST),
+                ),
+                _ => return Ok(()),
+            },
+        };
+        let now = crate::delta::SchemaRecord::of(manifest, &self.report.run_id, &include, &exclude);
+        if !last.same_source(&now) {
+            tracing::info!(record = %record.display(), "the last completed run migrated another source: no drift check");
+            return Ok(());
+        }
+        let drift = crate::delta::schema_drift(&last, &now, source::is_included);
+        if drift.is_empty() {
+            return Ok(());
+        }
+        self.report.schema_drift = drift.clone();
+        let changes: Vec<String> = drift.iter().map(|d| d.to_string()).collect();
+        if self
+            .plan
+            .source
+            .as_ref()
+            .is_some_and(|s| s.allow_schema_drift)
+        {
+            crate::progress::warn(&format!(
+                "the source's schema has changed since the last run; proceeding as asked (--allow-schema-drift): {}",
+                changes.join("; ")
+            ));
+            return Ok(());
+        }
+        Err(Error::SchemaDrift {
+            changes,
+            record: record.display().to_string(),
+        })
+    }
+
+    /// `--incremental`: the row delta of every table against the baseline snapshot, into the report.
+    fn row_delta(&mut self, dir: &Path, manifest: &Manifest) -> Result<()> {
+        let t = Timer::start();
+        let prev = self.plan.work_dir.previous_snapshot();
+        let old = Manifest::load(&prev)?;
+        let d =
+            crate::delta::snapshot_delta(&prev, &old, dir, manifest, self.plan.limits.batch_rows)?;
+        self.report.stages.push(t.stage(
+            "delta",
+            d.added + d.changed + d.deleted + d.unchanged,
+            format!(
+                "{} added, {} changed, {} deleted, {} unchanged rows",
+                d.added, d.changed, d.deleted, d.unchanged
+            ),
+        ));
+        self.report.delta = Some(d);
+        Ok(())
+    }
+
+    /// `--incremental`, after the bundle: which memories the target must be sent and delete. None when the
+    /// target's state is not known (an earlier load of it did not finish): it is then sent the whole bundle.
+    fn memory_delta(&mut self, bundle_dir: &Path) -> Result<Option<crate::delta::MemoryDelta>> {
+        let path = self.plan.work_dir.previous_memories();
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let before = crate::delta::load_hashes(&path)?;
+        let now = crate::delta::memory_hashes(bundle_dir, self.plan.limits.batch_rows)?;
+        let d = crate::delta::memory_delta(&before, &now);
+        if let Some(r) = self.report.delta.as_mut() {
+            r.memories = Some(d.counts.clone());
+        }
+        Ok(Some(d))
+    }
+
+    /// A completed run: its schema becomes the next run's baseline, and an incremental run's old snapshot goes.
+    fn complete_run(&mut self, manifest: &Manifest) -> Result<()> {
+        let (include, exclude) = self.filters();
+        crate::delta::SchemaRecord::of(manifest, &self.report.run_id, &include, &exclude)
+            .save(&self.plan.work_dir.schema_record())?;
+        let prev = self.plan.work_dir.previous_snapshot();
+        if prev.exists() {
+            fs::remove_dir_all(&prev).map_err(Error::io("remove", &prev))?;
+        }
+        Ok(())
+    }
+
     fn bundle_dir(&self) -> Result<PathBuf> {
         self.plan
             .bundle
@@ -359,7 +510,17 @@ impl Ctx {
         let manifest = if src.kind() == "snapshot" {
             Manifest::load(&dir)?
         } else {
-            let taken = snapshot::take(src.as_mut(), &dir, &snapshot_options(&self.plan))?;
+            let opts = snapshot_options(&self.plan);
+            let taken = match snapshot::take(src.as_mut(), &dir, &opts) {
+                // An incremental run's own new snapshot, of a source that changed again since it was killed:
+                // the baseline (snapshot.prev) is safe, so the new one is simply taken again.
+                Err(Error::SourceChanged { .. }) if self.incremental() => {
+                    tracing::info!(dir = %dir.display(), "the source changed again; taking the new snapshot again");
+                    fs::remove_dir_all(&dir).map_err(Error::io("remove", &dir))?;
+                    snapshot::take(src.as_mut(), &dir, &opts)?
+                }
+                other => other?,
+            };
             self.source = Some(src);
             self.reused_stale(&dir, taken.stale);
             taken.manifest
@@ -468,7 +629,10 @@ impl Ctx {
         };
         // A run killed after its bundle was renamed into place (but before it finished) left a complete bundle
         // of this very input: keep it instead of asking for --overwrite.
-        if target.join(bundle::BUNDLE_FILE).is_file() && !self.plan.overwrite {
+        // So does an incremental run whose input did not change.
+        if target.join(bundle::BUNDLE_FILE).is_file()
+            && (!self.plan.overwrite || self.incremental())
+        {
             if let Ok(done) = bundle::BundleManifest::load(&target) {
                 if done.transform_key == summary.key
                     && done.embedding.provider == embedder.provider_name()
@@ -499,7 +663,8 @@ impl Ctx {
             run_id: self.report.run_id.clone(),
             source: self.report.source.clone(),
             mapping: origin.to_string(),
-            overwrite: self.plan.overwrite,
+            // An incremental run replaces the earlier run's bundle, as a fresh full run with --overwrite would.
+            overwrite: self.plan.overwrite || self.incremental(),
             checkpoint_file,
             run_key: RunKey::of(&[
                 ("transform", &summary.key),
@@ -754,17 +919,20 @@ async fn load_live_cmd(opts: Options, target: &Target) -> Result<()> {
     let sink = target
         .open(&d.options)?
         .ok_or_else(|| Error::Internal("load_live_cmd without a live target".into()))?;
-    deliver(&plan, bundle, sink.as_ref(), d).await
+    deliver(&plan, bundle, sink.as_ref(), d, None).await
 }
 
 /// Sends a finished bundle to a sink through the one loader, reads back what the target kept, and writes the
 /// "delivery" section of `report.json`. Exit 5 (validation failed) when the target does not hold every memory.
 /// Order: what the bundle alone decides (accepts, predicted loss), then the target's health, then the load.
+/// With `delta` (an incremental run), a sink that accepts it is sent only the added and changed memories and
+/// asked to delete those gone; the read-back still checks the whole bundle.
 async fn deliver(
     plan: &RunPlan,
     bundle: &Path,
     sink: &dyn crate::sink::Sink,
     d: &plan::DeliverPlan,
+    delta: Option<&crate::delta::MemoryDelta>,
 ) -> Result<()> {
     let work = &plan.work_dir;
     let _lock = work.lock()?;
@@ -811,14 +979,56 @@ async fn deliver(
         .iter()
         .map(|s| s.memories.checksum.as_str())
         .collect();
+    // A sink that takes no partial load is sent the whole bundle; it is still asked to delete what is gone.
+    let gone = delta.map(|m| &m.delete);
+    let delta = delta.filter(|_| sink.accepts_delta());
+    let scope = match delta {
+        Some(m) => format!(
+            "delta: {} to send, {} to delete",
+            m.send.len(),
+            m.delete.len()
+        ),
+        None => "whole bundle".to_string(),
+    };
     let run_key = RunKey::of(&[
         ("bundle", &manifest.run_id),
         ("memories", &checksums.join(",")),
         ("target", &sink.identity()),
+        ("scope", &scope),
     ]);
     let started = Timer::start();
-    let out =
-        crate::sink::load::run(bundle, &manifest, sink, limits, checkpoint_file, &run_key).await?;
+    let out = crate::sink::load::run(
+        bundle,
+        &manifest,
+        sink,
+        limits,
+        checkpoint_file,
+        &run_key,
+        delta.map(|m| &m.send),
+    )
+    .await?;
+    // Deletes after the sends: deleting is idempotent, so a resumed load simply asks again.
+    let mut deletes = None;
+    if let Some(gone) = gone {
+        let mut outcome = crate::sink::DeleteOutcome::default();
+        let mut by_space: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for (space, id) in gone {
+            by_space.entry(space).or_default().push(id.clone());
+        }
+        for (space, ids) in by_space {
+            outcome.add(sink.delete(space, &ids).await?);
+        }
+        if outcome.kept > 0 {
+            crate::progress::warn(&format!(
+                "{}: {} of {} memories deleted from the source are still in the target: {}",
+                sink.identity(),
+                outcome.kept,
+                outcome.requested,
+                outcome.note
+            ));
+        }
+        deletes = Some(outcome);
+    }
     let read_back = sink.read_back(bundle, &manifest, &out.rejected).await?;
     // The verdict in SQL, the same checks for every sink (sql/validate/target_*.sql).
     let vopts = ValidateOptions {
@@ -836,6 +1046,8 @@ async fn deliver(
     let mut delivery =
         report::Delivery::new(sink, bundle, &out, &read_back, &checks, started.elapsed());
     delivery.predicted_lost = prediction.map(|p| p.lost);
+    delivery.scope = scope;
+    delivery.deletes = deletes;
     report::save_delivery(&work.report(), &delivery)?;
     if sink.already_loaded() {
         // Nothing went over the wire: say so rather than count the acknowledged units as sent.
@@ -848,9 +1060,10 @@ async fn deliver(
         );
     } else {
         println!(
-            "loaded {} into {}: sent {} memories{} in {:.1} s ({:.0} memories/s)",
+            "loaded {} into {} ({}): sent {} memories{} in {:.1} s ({:.0} memories/s)",
             bundle.display(),
             sink.identity(),
+            delivery.scope,
             out.sent,
             if out.resumed > 0 {
                 format!(" (resumed: {} acknowledged before)", out.resumed)
@@ -936,9 +1149,14 @@ pub async fn run_cmd(opts: Options) -> Result<()> {
         .bundle
         .clone()
         .ok_or_else(|| Error::Internal("a run plan without a bundle".into()))?;
-    run_bundle(opts, plan.clone(), &bundle_dir).await?;
+    let delta = run_bundle(opts, plan.clone(), &bundle_dir).await?;
     if let (Some(sink), Some(d)) = (sink, &plan.deliver) {
-        deliver(&plan, &bundle_dir, sink.as_ref(), d).await?;
+        deliver(&plan, &bundle_dir, sink.as_ref(), d, delta.as_ref()).await?;
+        // The target holds this bundle: the next incremental run diffs against it.
+        let marker = plan.work_dir.undelivered();
+        if marker.exists() {
+            fs::remove_file(&marker).map_err(Error::io("remove", &marker))?;
+        }
     }
     Ok(())
 }
@@ -982,8 +1200,13 @@ fn continuing(opts: Options, redoes: config::Role) -> Result<Options> {
     opts.continuing(&recorded, redoes)
 }
 
-/// The bundle half of `run`: snapshot, transform, embed + bundle, validate, as the plan says.
-async fn run_bundle(mut opts: Options, plan: RunPlan, bundle_dir: &Path) -> Result<()> {
+/// The bundle half of `run`: snapshot, transform, embed + bundle, validate, as the plan says. An incremental
+/// run also answers what its live target must be sent (None: everything).
+async fn run_bundle(
+    mut opts: Options,
+    plan: RunPlan,
+    bundle_dir: &Path,
+) -> Result<Option<crate::delta::MemoryDelta>> {
     let started = Timer::start();
     // Fail before the long stages when the target is in the way; an existing bundle may be this run's own,
     // finished just before a kill, which the load stage recognises.
@@ -1003,19 +1226,35 @@ async fn run_bundle(mut opts: Options, plan: RunPlan, bundle_dir: &Path) -> Resu
         fresh(&ctx.plan)?;
     }
     record_plan(&ctx.plan, &ctx.opts)?;
+    let mut delta = None;
     let r = async {
         ctx.embedder = Some(embedder(&ctx.plan.embedding, &ctx.opts, &ctx.work)?);
+        if ctx.incremental() {
+            ctx.begin_incremental(bundle_dir)?;
+        }
+        if ctx.plan.deliver.is_some() {
+            // Until the delivery succeeds, the target's state is this run's business: see `begin_incremental`.
+            crate::parquet_io::write_atomic(&ctx.plan.work_dir.undelivered(), b"")?;
+        }
         let (dir, manifest) = ctx.snapshot()?;
+        ctx.check_schema_drift(&manifest)?;
+        if ctx.incremental() {
+            ctx.row_delta(&dir, &manifest)?;
+        }
         let (summary, sql, origin) = ctx.transform(&dir, &manifest).await?;
         ctx.load(&summary, &origin)?;
+        if ctx.incremental() {
+            delta = ctx.memory_delta(bundle_dir)?;
+        }
         if ctx.plan.validate.is_some() {
             let failed = ctx.validate(&dir, &manifest, &sql, &origin).await?;
             failed_checks(failed, ctx.report.validation.len(), &ctx.report_path)?;
         }
-        Ok(())
+        ctx.complete_run(&manifest)
     }
     .await;
-    ctx.finish(started, r)
+    ctx.finish(started, r)?;
+    Ok(delta)
 }
 
 /// The kind of an open source, for choosing its mapping.

@@ -91,6 +91,10 @@ pub struct SourcePlan {
     pub fetch_size: Option<usize>,
     /// `--reuse-snapshot`: a complete snapshot is used even when the source has changed since.
     pub reuse_snapshot: bool,
+    /// `--incremental`: a new snapshot diffed against the last completed run's.
+    pub incremental: bool,
+    /// `--allow-schema-drift`: proceed when the tables or columns changed since the last completed run.
+    pub allow_schema_drift: bool,
 }
 
 /// Which mapping SQL runs, with every knob the flags set.
@@ -105,6 +109,8 @@ pub enum MappingPlan {
     Graph(GraphMapping),
     /// `sql/redis.sql` (key -> memory, TTL -> decay, sorted sets -> members and edges).
     Redis(RedisMapping),
+    /// Generated from `sql/engram.sql`'s shape: each space's memories back as they were, with their vectors.
+    Engram,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -199,6 +205,12 @@ impl RunPlan {
 
     /// The plan a command executes: what it needs is required, the rest resolved where the flags give it.
     pub fn for_command(o: &Options, command: Command) -> Result<RunPlan> {
+        if o.incremental && command != Command::Run {
+            return Err(Error::usage(format!(
+                "--incremental is a flag of `run` (it diffs, rebuilds and delivers as one run), not of `{}`",
+                command.name()
+            )));
+        }
         let target = o
             .target
             .as_deref()
@@ -405,6 +417,12 @@ impl RunPlan {
                         ", an existing snapshot is reused even if the source changed since",
                     );
                 }
+                if s.incremental {
+                    src.push_str(", incremental: a new snapshot diffed against the last run's");
+                }
+                if s.allow_schema_drift {
+                    src.push_str(", schema drift since the last run allowed");
+                }
                 line("source", src);
             }
             None => line("source", "none: a finished bundle is sent".into()),
@@ -526,6 +544,9 @@ impl MappingPlan {
             MappingPlan::Generic(m) => format!("generated from the catalog; {}", knobs(m)),
             MappingPlan::Graph(g) => format!("sql/neo4j.sql; {}", knobs(g)),
             MappingPlan::Redis(r) => format!("sql/redis.sql; {}", knobs(r)),
+            MappingPlan::Engram => {
+                "generated: each Engram space back into a space of the same id".to_string()
+            }
         }
     }
 }
@@ -541,6 +562,12 @@ fn source_plan(o: &Options, spec: &str) -> Result<SourcePlan> {
     } else {
         kind
     };
+    if o.incremental && kind == SourceKind::Snapshot {
+        return Err(Error::usage(format!(
+            "--incremental diffs a new snapshot of a source against the last one; {spec} is a snapshot \
+             directory, which cannot change: give the database it was taken from"
+        )));
+    }
     Ok(SourcePlan {
         kind,
         location: if spec.contains("://") {
@@ -557,6 +584,8 @@ fn source_plan(o: &Options, spec: &str) -> Result<SourcePlan> {
         keep_expired: o.expired.as_deref() == Some("keep"),
         fetch_size: o.fetch_size,
         reuse_snapshot: o.reuse_snapshot,
+        incremental: o.incremental,
+        allow_schema_drift: o.allow_schema_drift,
     })
 }
 
@@ -604,6 +633,7 @@ pub fn mapping_plan(o: &Options, origin: SourceKind) -> Result<MappingPlan> {
         }
     }
     Ok(match origin {
+        SourceKind::Engram => MappingPlan::Engram,
         SourceKind::Redis => MappingPlan::Redis(RedisMapping {
             memory_space: o.memory_space.clone(),
             ttl_as_decay: o.ttl_as_decay.unwrap_or(true),

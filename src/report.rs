@@ -56,6 +56,14 @@ pub struct RunReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub source_changed_since_snapshot: Vec<String>,
     pub tables: Vec<TableLine>,
+    /// How the source's tables and columns differ from the last completed run's (`--allow-schema-drift`
+    /// proceeded, or the run stopped on it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schema_drift: Vec<crate::delta::Drift>,
+    /// `--incremental`: rows added, changed, deleted and unchanged since the last run, per table, and the
+    /// bundle's memories against those the target last received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<crate::delta::Delta>,
     /// What the generic mapping embedded of each table and how many distinct texts that gave.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub texts: Vec<crate::transform::generic::TextChoice>,
@@ -129,6 +137,11 @@ pub struct Delivery {
     pub rejected: u64,
     /// What the sink predicted the target would drop silently, before sending (None: no prediction).
     pub predicted_lost: Option<u64>,
+    /// "whole bundle", or an incremental run's "delta: N to send, M to delete".
+    pub scope: String,
+    /// An incremental run's deletes: what the target removed and what it kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletes: Option<crate::sink::DeleteOutcome>,
     /// Every target check passed: the target holds every bundle memory as the bundle has it.
     pub complete: bool,
     /// The target checks (sql/validate/target_*.sql) over the sink's read-back.
@@ -158,6 +171,8 @@ impl Delivery {
             memories_per_second: out.rows_per_second,
             rejected: out.rejected.len() as u64,
             predicted_lost: None,
+            scope: "whole bundle".into(),
+            deletes: None,
             complete: checks.iter().all(|c| c.passed),
             checks: checks.to_vec(),
             read_back: rb.details.clone(),
@@ -221,6 +236,41 @@ impl RunReport {
                         println!("{:<8}first: {}", "", n.first.join(", "));
                     }
                 }
+            }
+        }
+        if !self.schema_drift.is_empty() {
+            println!();
+            println!("schema drift since the last run (--allow-schema-drift):");
+            for d in &self.schema_drift {
+                println!("{:<4}{d}", "");
+            }
+        }
+        if let Some(d) = &self.delta {
+            println!();
+            println!(
+                "{:<32} {:>10} {:>10} {:>10} {:>10}",
+                "delta since the last run", "added", "changed", "deleted", "unchanged"
+            );
+            for t in &d.tables {
+                println!(
+                    "{:<32} {:>10} {:>10} {:>10} {:>10}{}",
+                    t.table,
+                    t.added,
+                    t.changed,
+                    t.deleted,
+                    t.unchanged,
+                    if t.key.is_empty() {
+                        "  (no key: by whole-row content)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            if let Some(m) = &d.memories {
+                println!(
+                    "{:<32} {:>10} {:>10} {:>10} {:>10}",
+                    "memories (bundle)", m.added, m.changed, m.deleted, m.unchanged
+                );
             }
         }
         if !self.spaces.is_empty() {

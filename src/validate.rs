@@ -828,6 +828,10 @@ fn register_sample(
         let rows = source.fetch_rows(&entry.info, &keys)?;
         for ((_, key_text, content), row) in items.iter().zip(rows) {
             for c in entry.info.columns.iter().filter(|c| !c.synthetic) {
+                // A column the source cannot re-read by key (Engram's embedding): nothing to compare it with.
+                if row.as_ref().is_some_and(|r| !r.contains_key(&c.name)) {
+                    continue;
+                }
                 let mut src_v = row
                     .as_ref()
                     .map(|r| r.get(&c.name).cloned().unwrap_or(Value::Null));

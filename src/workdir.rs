@@ -5,6 +5,10 @@
 //! <work>/
 //!   .lock                 pid of the command using it (WorkLock)
 //!   snapshot/             the source staged as Parquet + manifest.json (unless the source is a snapshot)
+//!   snapshot.prev/        the last run's snapshot while an incremental run diffs against it
+//!   schema.json           the tables and columns of the last completed run (schema-drift check; kept by --fresh)
+//!   delta/                previous-memories.parquet: hashes of the memories a target last received;
+//!                         undelivered: marks an incremental delta not yet delivered to its live target
 //!   mapping.sql           the generated mapping that ran
 //!   transform/            staged memories, edges and orphans (transform.partial/ while being written)
 //!   spill/                DataFusion's spill files
@@ -49,6 +53,26 @@ impl WorkDir {
     pub fn snapshot(&self) -> PathBuf {
         self.root.join("snapshot")
     }
+    /// The last run's snapshot, kept while an incremental run diffs the new one against it.
+    pub fn previous_snapshot(&self) -> PathBuf {
+        self.root.join("snapshot.prev")
+    }
+    /// The schema of the last completed run, which the next one is checked against for drift.
+    pub fn schema_record(&self) -> PathBuf {
+        self.root.join("schema.json")
+    }
+    pub fn delta(&self) -> PathBuf {
+        self.root.join("delta")
+    }
+    /// Hashes of the memories the target last received (the bundle before this incremental run).
+    pub fn previous_memories(&self) -> PathBuf {
+        self.delta().join("previous-memories.parquet")
+    }
+    /// Present while an incremental run's delta has not reached its live target: the next run keeps
+    /// `previous_memories` as it is, so the target is sent everything it has missed.
+    pub fn undelivered(&self) -> PathBuf {
+        self.delta().join("undelivered")
+    }
     pub fn mapping_sql(&self) -> PathBuf {
         self.root.join("mapping.sql")
     }
@@ -89,12 +113,15 @@ impl WorkDir {
     }
 
     /// `--fresh`: forgets the earlier state of a run (snapshot, mapping, staged output, checkpoints, plan,
-    /// report) and the bundle's half-built sibling. The embedding cache stays: its vectors depend only on the
-    /// text and the provider.
+    /// report, an incremental run's delta state) and the bundle's half-built sibling. The embedding cache stays:
+    /// its vectors depend only on the text and the provider. The schema record stays: a fresh run of a source
+    /// whose schema changed is still told so.
     pub fn fresh(&self, bundle: Option<&Path>) -> Result<()> {
         for p in [
             self.spill(),
             self.snapshot(),
+            self.previous_snapshot(),
+            self.delta(),
             self.transform(),
             self.transform_partial(),
             self.mapping_sql(),

@@ -6,7 +6,7 @@
 //! unit of it is answered, the rows done per part and the refusals so far are checkpointed. A killed load
 //! started again skips the rows done; the sink's writes are keyed by memory id, so a unit sent twice lands once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -91,7 +91,10 @@ fn units_of_part<'a>(
     mut skip: u64,
     batch_rows: usize,
     unit_rows: usize,
+    only: Option<&'a HashSet<(String, String)>>,
 ) -> Box<dyn Iterator<Item = Result<WriteUnit>> + 'a> {
+    // Rows of batches the filter emptied, checkpointed with the next unit of the part.
+    let mut carried = 0u64;
     let reader = match parquet_io::open_reader(&part.path, batch_rows) {
         Ok(r) => r,
         Err(e) => return Box::new(std::iter::once(Err(e))),
@@ -114,6 +117,19 @@ fn units_of_part<'a>(
         }
         let batch = batch.slice(skip as usize, (n - skip) as usize);
         skip = 0;
+        // The checkpoint counts rows of the part, sent or filtered out, so a resume skips both.
+        let read = batch.num_rows() as u64 + std::mem::take(&mut carried);
+        let batch = match only {
+            None => batch,
+            Some(keep) => match keep_rows(&batch, &part.space, keep) {
+                Ok(b) => b,
+                Err(e) => return vec![Err(e)],
+            },
+        };
+        if batch.num_rows() == 0 {
+            carried = read;
+            return vec![];
+        }
         let rows = batch.num_rows();
         let mut units = vec![];
         let mut at = 0;
@@ -129,14 +145,32 @@ fn units_of_part<'a>(
             at += len;
         }
         if let Some(last) = units.last_mut() {
-            last.ends_batch = Some(rows as u64);
+            last.ends_batch = Some(read);
         }
         units.into_iter().map(Ok).collect()
     }))
 }
 
-/// Sends every memory of `bundle` to `sink`: `prepare` first, then the units in bundle order, then `finish`.
-/// Progress goes to `checkpoint_file` under `run_key`. The read-back is the caller's next step.
+/// The rows of `batch` whose (space, id) is in `keep`.
+fn keep_rows(
+    batch: &arrow::array::RecordBatch,
+    space: &str,
+    keep: &HashSet<(String, String)>,
+) -> Result<arrow::array::RecordBatch> {
+    let ids = batch
+        .column_by_name("id")
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+        .ok_or_else(|| Error::Internal("a bundle memory batch without a text id".into()))?;
+    let mask: arrow::array::BooleanArray = ids
+        .iter()
+        .map(|id| Some(id.is_some_and(|id| keep.contains(&(space.to_string(), id.to_string())))))
+        .collect();
+    Ok(arrow::compute::filter_record_batch(batch, &mask)?)
+}
+
+/// Sends every memory of `bundle` to `sink` (or, with `only`, those of these (space, id)): `prepare` first,
+/// then the units in bundle order, then `finish`. Progress goes to `checkpoint_file` under `run_key`. The
+/// read-back is the caller's next step.
 pub async fn run(
     bundle: &Path,
     manifest: &BundleManifest,
@@ -144,12 +178,17 @@ pub async fn run(
     limits: &DeliverLimits,
     checkpoint_file: &Path,
     run_key: &RunKey,
+    only: Option<&HashSet<(String, String)>>,
 ) -> Result<LoadOutcome> {
     let started = Instant::now();
     sink.prepare(manifest).await?;
     let mut ckpt: Checkpoint<LoadProgress> = Checkpoint::load_or_new(checkpoint_file, run_key)?;
-    let resumed: u64 = ckpt.state.rows_done.values().sum();
-    let total = manifest.totals.get("memories").copied().unwrap_or(0);
+    // Rows sent before an interruption (a delta load filters rows out: rows read are not rows sent).
+    let resumed: u64 = ckpt.state.sent;
+    let total = match only {
+        Some(keep) => keep.len() as u64,
+        None => manifest.totals.get("memories").copied().unwrap_or(0),
+    };
     let pb = crate::progress::bar(total, &format!("send to {}", sink.name()), "memories");
     pb.inc(resumed);
     let parts = memory_parts(bundle, manifest);
@@ -165,7 +204,7 @@ pub async fn run(
     let units = parts
         .iter()
         .zip(skips)
-        .flat_map(|(part, skip)| units_of_part(part, skip, batch_rows, unit_rows));
+        .flat_map(|(part, skip)| units_of_part(part, skip, batch_rows, unit_rows, only));
     let mut answers = stream::iter(units)
         .map(|unit| async move {
             let unit = unit?;
@@ -201,11 +240,11 @@ pub async fn run(
         }
         let done = unit.batch.num_rows() as u64;
         sent += done;
+        ckpt.state.sent += done;
         pb.inc(done);
         // Units arrive in order, so when the last unit of a batch is answered the whole batch is.
         if let Some(rows) = unit.ends_batch {
             *ckpt.state.rows_done.entry(unit.part.clone()).or_default() += rows;
-            ckpt.state.sent += rows;
             ckpt.save(checkpoint_file)?;
         }
     }

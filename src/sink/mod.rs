@@ -100,6 +100,28 @@ pub struct LossPrediction {
     pub worst: Vec<String>,
 }
 
+/// What a target did with an incremental run's deletes.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct DeleteOutcome {
+    pub requested: u64,
+    /// Removed, or already absent.
+    pub deleted: u64,
+    /// Still held: the target cannot delete (said in `note`).
+    pub kept: u64,
+    pub note: String,
+}
+
+impl DeleteOutcome {
+    pub fn add(&mut self, o: DeleteOutcome) {
+        self.requested += o.requested;
+        self.deleted += o.deleted;
+        self.kept += o.kept;
+        if self.note.is_empty() {
+            self.note = o.note;
+        }
+    }
+}
+
 /// A target that loads finished bundles. Writes must be idempotent (keyed by memory id): a resumed load sends
 /// the unacknowledged tail again.
 #[async_trait::async_trait]
@@ -148,6 +170,25 @@ pub trait Sink: Send + Sync {
             "{}: this target cannot roll back a load; nothing was changed",
             self.identity()
         )))
+    }
+    /// Whether a load may send only part of a bundle (an incremental run's added and changed memories): the
+    /// sink keeps no per-load state that needs the whole bundle. Default: no, the whole bundle is sent (its
+    /// writes are idempotent, so that is always correct, only slower).
+    fn accepts_delta(&self) -> bool {
+        false
+    }
+    /// Deletes memories by id (an incremental run's deleted rows). Answers what the target really removed; a
+    /// target without deletes keeps them and says why. Default: nothing is deleted.
+    async fn delete(&self, _space: &str, ids: &[String]) -> Result<DeleteOutcome> {
+        Ok(DeleteOutcome {
+            requested: ids.len() as u64,
+            deleted: 0,
+            kept: ids.len() as u64,
+            note: format!(
+                "{} cannot delete memories: they stay in the target",
+                self.name()
+            ),
+        })
     }
     /// Reads back what the target holds and compares it with the bundle.
     async fn read_back(

@@ -4,6 +4,7 @@
 //! The list of sources is explicit: `open` below. Today: SQLite files and snapshot directories (a snapshot is a
 //! source too, so any run can be reproduced from one). PostgreSQL, Neo4j and Redis plug in here.
 
+pub mod engram;
 pub mod neo4j;
 pub mod postgres;
 pub mod redis;
@@ -76,6 +77,7 @@ pub trait Source: Send {
         emit: &mut Emit,
     ) -> Result<ReadEnd>;
     /// Re-reads rows by key (a JSON object of key column -> value) for validation; None where the row is gone.
+    /// A column the source cannot re-read by key is left out of the row's map, and is not compared.
     fn fetch_rows(
         &mut self,
         table: &TableInfo,
@@ -176,6 +178,8 @@ pub enum SourceKind {
     Postgres,
     Neo4j,
     Redis,
+    /// A live Engram server's memories, read back (`engram+http://`).
+    Engram,
     /// A snapshot directory written by an earlier run: read as it is.
     Snapshot,
 }
@@ -187,6 +191,7 @@ impl SourceKind {
             SourceKind::Postgres => "postgres",
             SourceKind::Neo4j => "neo4j",
             SourceKind::Redis => "redis",
+            SourceKind::Engram => "engram",
             SourceKind::Snapshot => "snapshot",
         }
     }
@@ -274,6 +279,19 @@ impl SourceFactory for RedisFactory {
     }
 }
 
+struct EngramFactory;
+impl SourceFactory for EngramFactory {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Engram
+    }
+    fn matches(&self, spec: &str) -> bool {
+        spec.starts_with("engram+http://") || spec.starts_with("engram+grpc://")
+    }
+    fn open(&self, spec: &str, _opts: &SourceOptions) -> Result<Box<dyn Source>> {
+        Ok(Box::new(engram::EngramSource::open(spec)?))
+    }
+}
+
 struct SnapshotFactory;
 impl SourceFactory for SnapshotFactory {
     fn kind(&self) -> SourceKind {
@@ -312,6 +330,7 @@ pub fn registry() -> &'static [&'static dyn SourceFactory] {
         &PostgresFactory,
         &Neo4jFactory,
         &RedisFactory,
+        &EngramFactory,
         &SnapshotFactory,
         &SqliteFactory,
     ]

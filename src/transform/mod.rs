@@ -4,6 +4,7 @@
 //! parts in the work directory. Staging (rather than streaming straight into the sink) makes `transform` a
 //! stage of its own and gives the load stage fixed parts to checkpoint against.
 
+pub mod engram;
 pub mod generic;
 pub mod json_fn;
 pub mod neo4j;

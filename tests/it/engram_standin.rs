@@ -99,6 +99,8 @@ pub struct State {
     pub writes: Mutex<HashMap<(String, String), u32>>,
     /// Remember requests received, including refused and failed ones.
     pub requests: AtomicU64,
+    /// Ids of DELETE requests received (Engram keeps the memories; see `delete_memory`).
+    pub deletes: Mutex<Vec<String>>,
     seq: AtomicU64,
     /// Space creations in progress now, and the most there were at once.
     creating: AtomicU64,
@@ -142,6 +144,7 @@ impl State {
             spaces: Mutex::new(BTreeMap::new()),
             writes: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
+            deletes: Mutex::new(vec![]),
             creating: AtomicU64::new(0),
             max_creating_at_once: AtomicU64::new(0),
             seq: AtomicU64::new(0),
@@ -481,6 +484,23 @@ async fn list_memories(
     .into_response()
 }
 
+/// Engram deletes nothing: its handler answers 200 `"status": "not_supported"` for any id and keeps the memory
+/// (engram-cli/src/api.rs, delete_memory_by_id). Counted, so a test can see the request was made.
+async fn delete_memory(
+    AxState(st): AxState<Shared>,
+    h: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    auth!(st, h);
+    st.deletes.lock().unwrap().push(id.clone());
+    Json(json!({
+        "status": "not_supported",
+        "message": "Memory deletion is not supported in Engram due to cognitive design principles",
+        "memory_id": id,
+    }))
+    .into_response()
+}
+
 async fn get_memory(
     AxState(st): AxState<Shared>,
     h: HeaderMap,
@@ -532,7 +552,10 @@ fn router(st: Shared) -> Router {
         .route("/api/v1/spaces", get(list_spaces).post(create_space))
         .route("/api/v1/memories/remember", post(remember_http))
         .route("/api/v1/memories", get(list_memories))
-        .route("/api/v1/memories/{id}", get(get_memory))
+        .route(
+            "/api/v1/memories/{id}",
+            get(get_memory).delete(delete_memory),
+        )
         .route("/api/v1/system/health", get(system_health))
         .with_state(st)
 }

@@ -12,6 +12,7 @@ mod engram_clients;
 mod engram_standin;
 mod exact;
 mod faults;
+mod incremental;
 mod neo4j;
 mod neo4j_target;
 mod openai_server;

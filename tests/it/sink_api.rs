@@ -160,7 +160,9 @@ fn a_sink_from_outside_the_crate_loads_resumes_and_reads_back() {
 
     // The 9th unit fails: the load stops with an error, having checkpointed only whole batches.
     let e = rt
-        .block_on(load::run(&bundle, &manifest, &sink, &limits, &ckpt, &key))
+        .block_on(load::run(
+            &bundle, &manifest, &sink, &limits, &ckpt, &key, None,
+        ))
         .unwrap_err();
     assert!(e.to_string().contains("injected failure"), "{e}");
     let done: u64 = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&ckpt).unwrap())
@@ -178,7 +180,9 @@ fn a_sink_from_outside_the_crate_loads_resumes_and_reads_back() {
     // Resumed: everything lands; only the unacknowledged tail (less than one batch per unit in flight) twice.
     sink.fail_in.store(i64::MAX, Ordering::SeqCst);
     let out = rt
-        .block_on(load::run(&bundle, &manifest, &sink, &limits, &ckpt, &key))
+        .block_on(load::run(
+            &bundle, &manifest, &sink, &limits, &ckpt, &key, None,
+        ))
         .unwrap();
     assert_eq!(out.resumed, done);
     assert_eq!(out.sent + out.resumed, 126);

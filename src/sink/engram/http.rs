@@ -115,6 +115,16 @@ pub fn remember_body(m: &Memory) -> Result<Vec<u8>> {
     Ok(serde_json::to_vec(&RememberBody::new(m))?)
 }
 
+/// What the server did with a delete.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Deleted {
+    Deleted,
+    /// Not there (any more).
+    Absent,
+    /// Still held; why, as the server said it.
+    Kept(String),
+}
+
 /// One memory of the read-back listing.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Listed {
@@ -429,6 +439,39 @@ impl HttpApi {
             .await
             .into_iter()
             .collect()
+    }
+
+    /// `DELETE /api/v1/memories/{id}` in a space. Engram (as of this writing) answers 200 with
+    /// `"status": "not_supported"` and keeps the memory: that is `Deleted::Kept`, never counted as deleted.
+    pub async fn delete(&self, space: &str, id: &str) -> Result<Deleted> {
+        let mut url = url::Url::parse("http://x/api/v1/memories/").expect("a valid base");
+        url.path_segments_mut()
+            .expect("a base with a path")
+            .pop_if_empty()
+            .push(id);
+        let path = url.path().to_string();
+        let (status, body) = self
+            .send("DELETE /api/v1/memories/ID", id, || {
+                self.request(reqwest::Method::DELETE, &path)
+                    .header("x-memory-space", space)
+            })
+            .await?;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        match classify(status) {
+            StatusClass::Fatal => Err(self.refused(status)),
+            _ if status == 404 => Ok(Deleted::Absent),
+            StatusClass::Ok if v["status"].as_str() == Some("not_supported") => Ok(Deleted::Kept(
+                v["message"]
+                    .as_str()
+                    .unwrap_or("the server answered \"not_supported\"")
+                    .to_string(),
+            )),
+            StatusClass::Ok => Ok(Deleted::Deleted),
+            _ => Ok(Deleted::Kept(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ))),
+        }
     }
 
     /// The server's count per space: `spaces[].memories` of `GET /api/v1/system/health`.

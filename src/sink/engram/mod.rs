@@ -382,6 +382,9 @@ impl crate::sink::SinkFactory for EngramFactory {
 }
 
 /// A running Engram server as a sink. Spaces, counts and the read-back go over HTTP for both protocols.
+/// Deletes in flight at once (an incremental run's deletes are few; the server answers each at once).
+const DELETES_AT_ONCE: usize = 16;
+
 pub struct EngramSink {
     target: EngramTarget,
     opts: LiveOptions,
@@ -559,6 +562,43 @@ impl crate::sink::Sink for EngramSink {
 
     fn can_roll_back(&self) -> bool {
         false
+    }
+
+    /// Every write is a remember keyed by id: a part of a bundle is as good a load as the whole.
+    fn accepts_delta(&self) -> bool {
+        true
+    }
+
+    /// One `DELETE /api/v1/memories/{id}` per memory (over HTTP for both protocols: the gRPC service has no
+    /// delete). Engram keeps the memory and answers "not_supported": counted as kept, with its words.
+    async fn delete(&self, space: &str, ids: &[String]) -> Result<crate::sink::DeleteOutcome> {
+        use futures::stream::{self, StreamExt};
+        // Owned values: a future that borrows the ids does not satisfy async_trait's bounds.
+        let (http, space) = (self.http.clone(), space.to_string());
+        let answers: Vec<Result<http::Deleted>> = stream::iter(ids.to_vec())
+            .map(move |id| {
+                let (http, space) = (http.clone(), space.clone());
+                async move { http.delete(&space, &id).await }
+            })
+            .buffered(DELETES_AT_ONCE)
+            .collect()
+            .await;
+        let mut out = crate::sink::DeleteOutcome {
+            requested: ids.len() as u64,
+            ..Default::default()
+        };
+        for a in answers {
+            match a? {
+                http::Deleted::Deleted | http::Deleted::Absent => out.deleted += 1,
+                http::Deleted::Kept(why) => {
+                    out.kept += 1;
+                    if out.note.is_empty() {
+                        out.note = format!("Engram kept them, answering: {why}");
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Engram deletes nothing: `DELETE /api/v1/memories/{id}` answers 200 with `"status": "not_supported"` and

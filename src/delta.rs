@@ -1,0 +1,769 @@
+//! What changed since the last run, for `run --incremental` and for every re-run's schema check:
+//!
+//! - **schema drift**: the tables and columns of this snapshot against the record of the last completed run
+//!   (`<work>/schema.json`); a new, removed or retyped column, or a new or removed table, stops the run unless
+//!   `--allow-schema-drift`;
+//! - **row delta**: each table of this snapshot against the last run's (`<work>/snapshot.prev`), by key and a
+//!   per-row content hash (Arrow's row format, XXH3-128, as the checksums); a table without a key of its own is
+//!   compared as a multiset of whole-row hashes, so a changed row there is a delete plus an add;
+//! - **memory delta**: the memories of the new bundle against the hashes of those the target last received
+//!   (`<work>/delta/previous-memories.parquet`): what a live target must be sent and what it must delete.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, FixedSizeBinaryArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::row::{RowConverter, SortField};
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::bundle::BundleManifest;
+use crate::error::{Error, Result};
+use crate::parquet_io;
+use crate::snapshot::format::{table_files, Manifest, TableEntry};
+
+// ---------------------------------------------------------------------------------------------------------
+// Schema drift
+
+/// A column as the drift check compares it: the declared source type decides; the Arrow type is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnShape {
+    pub name: String,
+    pub source_type: String,
+    pub arrow_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableShape {
+    pub name: String,
+    pub columns: Vec<ColumnShape>,
+}
+
+/// The schema a completed run migrated (`<work>/schema.json`), and the table filters it ran with: a table a
+/// filter left out is not "removed" when the filter changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaRecord {
+    pub run_id: String,
+    /// The source's description (kind, location): a work directory reused for another source with `--fresh`
+    /// has no drift, it has another source.
+    #[serde(default)]
+    pub source: serde_json::Value,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub tables: Vec<TableShape>,
+    /// Each table's snapshot checksum: an incremental run checks that the snapshot it diffs against is this
+    /// run's, not one a later, unfinished run left.
+    #[serde(default)]
+    pub checksums: std::collections::BTreeMap<String, String>,
+}
+
+impl SchemaRecord {
+    pub fn of(manifest: &Manifest, run_id: &str, include: &[String], exclude: &[String]) -> Self {
+        SchemaRecord {
+            run_id: run_id.to_string(),
+            source: manifest.source.clone(),
+            include: include.to_vec(),
+            exclude: exclude.to_vec(),
+            tables: manifest
+                .tables
+                .iter()
+                .map(|t| TableShape {
+                    name: t.info.name.clone(),
+                    columns: t
+                        .info
+                        .columns
+                        .iter()
+                        .map(|c| ColumnShape {
+                            name: c.name.clone(),
+                            source_type: c.source_type.clone(),
+                            arrow_type: c.arrow_type.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            checksums: manifest
+                .tables
+                .iter()
+                .map(|t| (t.info.name.clone(), t.checksum.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether both records are of one source (same kind and location).
+    pub fn same_source(&self, other: &SchemaRecord) -> bool {
+        self.source.get("kind") == other.source.get("kind")
+            && self.source.get("path") == other.source.get("path")
+    }
+
+    /// Whether `manifest` is the snapshot this run migrated.
+    pub fn is_snapshot_of(&self, manifest: &Manifest) -> bool {
+        self.checksums.len() == manifest.tables.len()
+            && manifest
+                .tables
+                .iter()
+                .all(|t| self.checksums.get(&t.info.name) == Some(&t.checksum))
+    }
+
+    pub fn load(path: &Path) -> Result<Option<SchemaRecord>> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", path)(e)),
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::usage(format!(
+                "{}: not a schema record ({e}); remove it to skip the schema-drift check once",
+                path.display()
+            ))
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        parquet_io::write_atomic(path, &serde_json::to_vec_pretty(self)?)
+    }
+}
+
+/// One difference between the last run's schema and this snapshot's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Drift {
+    pub table: String,
+    /// None for a whole table added or removed.
+    pub column: Option<String>,
+    /// `table added`, `table removed`, `column added`, `column removed`, `column retyped`.
+    pub change: String,
+    /// The types involved, for people.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.column {
+            Some(c) => write!(
+                f,
+                "table {}: {} {c} ({})",
+                self.table, self.change, self.detail
+            ),
+            None => write!(f, "table {}: {} ({})", self.table, self.change, self.detail),
+        }
+    }
+}
+
+fn shape_of(c: &ColumnShape) -> String {
+    if c.source_type.is_empty() {
+        c.arrow_type.clone()
+    } else {
+        format!("{} as {}", c.source_type, c.arrow_type)
+    }
+}
+
+/// How this snapshot's schema differs from the last run's. Tables outside either run's `--include`/`--exclude`
+/// are not compared. A column is retyped when its declared source type changed; an Arrow type that changed
+/// under the same declaration (a SQLite value that no longer fits, staged widened) is the data's doing, not the
+/// schema's, and is not drift.
+pub fn schema_drift(
+    last: &SchemaRecord,
+    now: &SchemaRecord,
+    included: impl Fn(&str, &[String], &[String]) -> bool,
+) -> Vec<Drift> {
+    let in_both = |t: &str| {
+        included(t, &last.include, &last.exclude) && included(t, &now.include, &now.exclude)
+    };
+    let mut out = vec![];
+    let names = |cols: &[ColumnShape]| {
+        cols.iter()
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for old in last.tables.iter().filter(|t| in_both(&t.name)) {
+        let Some(new) = now.tables.iter().find(|t| t.name == old.name) else {
+            out.push(Drift {
+                table: old.name.clone(),
+                column: None,
+                change: "table removed".into(),
+                detail: format!("it had columns {}", names(&old.columns)),
+            });
+            continue;
+        };
+        for c in &old.columns {
+            match new.columns.iter().find(|n| n.name == c.name) {
+                None => out.push(Drift {
+                    table: old.name.clone(),
+                    column: Some(c.name.clone()),
+                    change: "column removed".into(),
+                    detail: format!("was {}", shape_of(c)),
+                }),
+                Some(n) if n.source_type != c.source_type => out.push(Drift {
+                    table: old.name.clone(),
+                    column: Some(c.name.clone()),
+                    change: "column retyped".into(),
+                    detail: format!("{} -> {}", shape_of(c), shape_of(n)),
+                }),
+                Some(_) => {}
+            }
+        }
+        for n in new
+            .columns
+            .iter()
+            .filter(|n| !old.columns.iter().any(|c| c.name == n.name))
+        {
+            out.push(Drift {
+                table: old.name.clone(),
+                column: Some(n.name.clone()),
+                change: "column added".into(),
+                detail: shape_of(n),
+            });
+        }
+    }
+    for new in now.tables.iter().filter(|t| in_both(&t.name)) {
+        if !last.tables.iter().any(|t| t.name == new.name) {
+            out.push(Drift {
+                table: new.name.clone(),
+                column: None,
+                change: "table added".into(),
+                detail: format!("columns {}", names(&new.columns)),
+            });
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Row delta
+
+/// How one table changed between two snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableDelta {
+    pub table: String,
+    /// The key rows were matched by; empty when the table has none of its own (compared by whole-row content).
+    pub key: Vec<String>,
+    pub added: u64,
+    pub changed: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+}
+
+/// The delta of a whole run: rows of the source, and memories of the bundle.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    pub added: u64,
+    pub changed: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+    pub tables: Vec<TableDelta>,
+    /// The bundle's memories against those the target last received; set once the bundle is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memories: Option<MemoryDeltaCounts>,
+}
+
+impl Delta {
+    pub fn of_tables(tables: Vec<TableDelta>) -> Delta {
+        let mut d = Delta {
+            tables,
+            ..Default::default()
+        };
+        for t in &d.tables {
+            d.added += t.added;
+            d.changed += t.changed;
+            d.deleted += t.deleted;
+            d.unchanged += t.unchanged;
+        }
+        d
+    }
+}
+
+/// The columns a row is keyed by: the table's primary key, unless the tool made it up (a SQLite rowid), which
+/// says nothing about the row's identity across runs.
+fn own_key(entry: &TableEntry) -> Vec<String> {
+    let synthetic = |k: &String| entry.info.column(k).is_some_and(|c| c.synthetic);
+    if entry.info.primary_key.is_empty() || entry.info.primary_key.iter().any(synthetic) {
+        return vec![];
+    }
+    entry.info.primary_key.clone()
+}
+
+/// Reads a table's staged rows as (key hash, row hash) pairs; the key hash is the row hash when there is no key.
+/// Synthetic columns are left out of the row hash: they number rows, they are not their content.
+fn row_hashes(
+    dir: &Path,
+    entry: &TableEntry,
+    key: &[String],
+    batch_rows: usize,
+    mut each: impl FnMut(u128, u128),
+) -> Result<()> {
+    let content: Vec<String> = entry
+        .info
+        .columns
+        .iter()
+        .filter(|c| !c.synthetic)
+        .map(|c| c.name.clone())
+        .collect();
+    let mut converters: Option<(RowConverter, RowConverter, Vec<usize>, Vec<usize>)> = None;
+    for file in table_files(dir, entry) {
+        for batch in parquet_io::open_reader(&file, batch_rows)? {
+            let batch =
+                batch.map_err(|e| Error::source_err(file.display().to_string(), e.to_string()))?;
+            if converters.is_none() {
+                let schema = batch.schema();
+                let index = |names: &[String]| -> Result<Vec<usize>> {
+                    names
+                        .iter()
+                        .map(|n| {
+                            schema.index_of(n).map_err(|_| {
+                                Error::source_err(
+                                    file.display().to_string(),
+                                    format!(
+                                        "table {}: the staged file has no column {n:?}",
+                                        entry.info.name
+                                    ),
+                                )
+                            })
+                        })
+                        .collect()
+                };
+                let (ki, ci) = (index(key)?, index(&content)?);
+                let conv = |idx: &[usize]| {
+                    RowConverter::new(
+                        idx.iter()
+                            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+                            .collect(),
+                    )
+                };
+                converters = Some((conv(&ki)?, conv(&ci)?, ki, ci));
+            }
+            let (kc, cc, ki, ci) = converters.as_ref().expect("set above");
+            let cols = |idx: &[usize]| {
+                idx.iter()
+                    .map(|&i| batch.column(i).clone())
+                    .collect::<Vec<ArrayRef>>()
+            };
+            let content_rows = cc.convert_columns(&cols(ci))?;
+            if key.is_empty() {
+                for r in content_rows.iter() {
+                    let h = xxh3_128(r.as_ref());
+                    each(h, h);
+                }
+            } else {
+                let key_rows = kc.convert_columns(&cols(ki))?;
+                for (k, r) in key_rows.iter().zip(content_rows.iter()) {
+                    each(xxh3_128(k.as_ref()), xxh3_128(r.as_ref()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How `new` differs from `old` (None: the table is new). A table only in the old snapshot is all deleted: see
+/// `removed_table`.
+pub fn table_delta(
+    old: Option<(&Path, &TableEntry)>,
+    new: (&Path, &TableEntry),
+    batch_rows: usize,
+) -> Result<TableDelta> {
+    let (new_dir, new_entry) = new;
+    let key = own_key(new_entry);
+    let mut d = TableDelta {
+        table: new_entry.info.name.clone(),
+        key: key.clone(),
+        ..Default::default()
+    };
+    let Some((old_dir, old_entry)) = old else {
+        d.added = new_entry.rows;
+        return Ok(d);
+    };
+    // A key the old table did not have (or not as its key) matches nothing: compare by content instead.
+    let key = if own_key(old_entry) == key {
+        key
+    } else {
+        vec![]
+    };
+    d.key = key.clone();
+    if key.is_empty() {
+        // A multiset of whole-row hashes: a row is unchanged when an equal row was there before.
+        let mut before: HashMap<u128, u64> = HashMap::new();
+        row_hashes(old_dir, old_entry, &key, batch_rows, |_, r| {
+            *before.entry(r).or_default() += 1
+        })?;
+        row_hashes(new_dir, new_entry, &key, batch_rows, |_, r| {
+            match before.get_mut(&r) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    d.unchanged += 1;
+                }
+                _ => d.added += 1,
+            }
+        })?;
+        d.deleted = before.values().sum();
+        return Ok(d);
+    }
+    let mut before: HashMap<u128, u128> = HashMap::with_capacity(old_entry.rows as usize);
+    row_hashes(old_dir, old_entry, &key, batch_rows, |k, r| {
+        before.insert(k, r);
+    })?;
+    row_hashes(new_dir, new_entry, &key, batch_rows, |k, r| {
+        match before.remove(&k) {
+            None => d.added += 1,
+            Some(was) if was == r => d.unchanged += 1,
+            Some(_) => d.changed += 1,
+        }
+    })?;
+    d.deleted = before.len() as u64;
+    Ok(d)
+}
+
+/// A table of the old snapshot that this one no longer has: every row deleted.
+pub fn removed_table(entry: &TableEntry) -> TableDelta {
+    TableDelta {
+        table: entry.info.name.clone(),
+        key: own_key(entry),
+        deleted: entry.rows,
+        ..Default::default()
+    }
+}
+
+/// The row delta of every table between the last run's snapshot and this one.
+pub fn snapshot_delta(
+    old_dir: &Path,
+    old: &Manifest,
+    new_dir: &Path,
+    new: &Manifest,
+    batch_rows: usize,
+) -> Result<Delta> {
+    let mut tables = vec![];
+    for t in &new.tables {
+        let before = old.table(&t.info.name).map(|o| (old_dir, o));
+        tables.push(table_delta(before, (new_dir, t), batch_rows)?);
+    }
+    for o in old
+        .tables
+        .iter()
+        .filter(|o| new.table(&o.info.name).is_none())
+    {
+        tables.push(removed_table(o));
+    }
+    Ok(Delta::of_tables(tables))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Memory delta
+
+/// Content hash of every memory of a bundle, by (space, id): every column, the embedding included, so a new
+/// vector (another provider, a re-embedded text) is a change too.
+pub fn memory_hashes(bundle: &Path, batch_rows: usize) -> Result<HashMap<(String, String), u128>> {
+    let manifest = BundleManifest::load(bundle)?;
+    let mut out = HashMap::new();
+    for s in &manifest.spaces {
+        let dir = bundle.join("spaces").join(&s.space).join("memories");
+        for f in &s.memories.files {
+            let path = dir.join(&f.file);
+            for batch in parquet_io::open_reader(&path, batch_rows)? {
+                let batch = batch
+                    .map_err(|e| Error::source_err(path.display().to_string(), e.to_string()))?;
+                let conv = RowConverter::new(
+                    batch
+                        .schema()
+                        .fields()
+                        .iter()
+                        .map(|f| SortField::new(f.data_type().clone()))
+                        .collect(),
+                )?;
+                let rows = conv.convert_columns(batch.columns())?;
+                let ids = id_column(&batch, &path)?;
+                for (i, r) in rows.iter().enumerate() {
+                    out.insert(
+                        (s.space.clone(), ids.value(i).to_string()),
+                        xxh3_128(r.as_ref()),
+                    );
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn id_column<'a>(batch: &'a RecordBatch, path: &Path) -> Result<&'a StringArray> {
+    batch
+        .column_by_name("id")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or_else(|| {
+            Error::source_err(
+                path.display().to_string(),
+                "a bundle memory part without a text id column",
+            )
+        })
+}
+
+fn hash_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("space", DataType::Utf8, false),
+        Field::new("id", DataType::Utf8, false),
+        Field::new("hash", DataType::FixedSizeBinary(16), false),
+    ]))
+}
+
+/// Saves memory hashes (atomically): the state a target was last sent.
+pub fn save_hashes(path: &Path, hashes: &HashMap<(String, String), u128>) -> Result<()> {
+    let mut keys: Vec<_> = hashes.iter().collect();
+    keys.sort();
+    let space = StringArray::from_iter_values(keys.iter().map(|((s, _), _)| s.as_str()));
+    let id = StringArray::from_iter_values(keys.iter().map(|((_, i), _)| i.as_str()));
+    let hash = FixedSizeBinaryArray::try_from_iter(keys.iter().map(|(_, h)| h.to_le_bytes()))
+        .map_err(|e| Error::Internal(format!("memory hashes: {e}")))?;
+    let batch = RecordBatch::try_new(
+        hash_schema(),
+        vec![Arc::new(space), Arc::new(id), Arc::new(hash)],
+    )?;
+    parquet_io::write_batch_atomic(path, &batch)
+}
+
+pub fn load_hashes(path: &Path) -> Result<HashMap<(String, String), u128>> {
+    let mut out = HashMap::new();
+    for batch in parquet_io::read_all(path)? {
+        let s = batch.column(0).as_any().downcast_ref::<StringArray>();
+        let i = batch.column(1).as_any().downcast_ref::<StringArray>();
+        let h = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<FixedSizeBinaryArray>();
+        let (Some(s), Some(i), Some(h)) = (s, i, h) else {
+            return Err(Error::source_err(
+                path.display().to_string(),
+                "not a memory hash file; remove it",
+            ));
+        };
+        for r in 0..batch.num_rows() {
+            let bytes: [u8; 16] = h.value(r).try_into().expect("16 bytes");
+            out.insert(
+                (s.value(r).to_string(), i.value(r).to_string()),
+                u128::from_le_bytes(bytes),
+            );
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryDeltaCounts {
+    pub added: u64,
+    pub changed: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+}
+
+/// Which memories a target must be sent (added or changed) and which it must delete, by space.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemoryDelta {
+    pub send: std::collections::HashSet<(String, String)>,
+    pub delete: Vec<(String, String)>,
+    pub counts: MemoryDeltaCounts,
+}
+
+pub fn memory_delta(
+    before: &HashMap<(String, String), u128>,
+    now: &HashMap<(String, String), u128>,
+) -> MemoryDelta {
+    let mut d = MemoryDelta::default();
+    for (k, h) in now {
+        match before.get(k) {
+            None => {
+                d.counts.added += 1;
+                d.send.insert(k.clone());
+            }
+            Some(b) if b == h => d.counts.unchanged += 1,
+            Some(_) => {
+                d.counts.changed += 1;
+                d.send.insert(k.clone());
+            }
+        }
+    }
+    let gone: BTreeSet<_> = before
+        .keys()
+        .filter(|k| !now.contains_key(*k))
+        .cloned()
+        .collect();
+    d.counts.deleted = gone.len() as u64;
+    d.delete = gone.into_iter().collect();
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array};
+
+    fn shape(tables: &[(&str, &[(&str, &str)])]) -> SchemaRecord {
+        SchemaRecord {
+            run_id: "r".into(),
+            source: serde_json::Value::Null,
+            include: vec![],
+            exclude: vec![],
+            checksums: Default::default(),
+            tables: tables
+                .iter()
+                .map(|(t, cols)| TableShape {
+                    name: t.to_string(),
+                    columns: cols
+                        .iter()
+                        .map(|(c, ty)| ColumnShape {
+                            name: c.to_string(),
+                            source_type: ty.to_string(),
+                            arrow_type: "Utf8".into(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn all(_: &str, _: &[String], _: &[String]) -> bool {
+        true
+    }
+
+    #[test]
+    fn schema_drift_names_each_table_and_column() {
+        let last = shape(&[
+            ("a", &[("id", "INTEGER"), ("x", "TEXT"), ("y", "TEXT")]),
+            ("gone", &[("id", "INTEGER")]),
+        ]);
+        let now = shape(&[
+            ("a", &[("id", "INTEGER"), ("x", "REAL"), ("z", "TEXT")]),
+            ("new", &[("k", "TEXT")]),
+        ]);
+        let d: Vec<String> = schema_drift(&last, &now, all)
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(
+            d,
+            vec![
+                "table a: column retyped x (TEXT as Utf8 -> REAL as Utf8)",
+                "table a: column removed y (was TEXT as Utf8)",
+                "table a: column added z (TEXT as Utf8)",
+                "table gone: table removed (it had columns id)",
+                "table new: table added (columns k)",
+            ]
+        );
+        assert!(schema_drift(&last, &last, all).is_empty());
+    }
+
+    #[test]
+    fn a_widened_arrow_type_under_the_same_declaration_is_not_drift() {
+        let last = shape(&[("a", &[("n", "INTEGER")])]);
+        let mut now = last.clone();
+        now.tables[0].columns[0].arrow_type = "Utf8 (widened)".into();
+        assert!(schema_drift(&last, &now, all).is_empty());
+    }
+
+    #[test]
+    fn tables_a_filter_leaves_out_are_not_drift() {
+        let mut last = shape(&[("a", &[("id", "INTEGER")])]);
+        last.include = vec!["a".into()];
+        let now = shape(&[("a", &[("id", "INTEGER")]), ("b", &[("id", "INTEGER")])]);
+        let included =
+            |t: &str, inc: &[String], _: &[String]| inc.is_empty() || inc.iter().any(|i| i == t);
+        assert!(schema_drift(&last, &now, included).is_empty());
+    }
+
+    /// A table of (id, value) rows written as one part, with its manifest entry.
+    fn table(dir: &Path, rows: &[(i64, f64)], keyed: bool) -> TableEntry {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", DataType::Float64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .unwrap();
+        let entry: TableEntry = serde_json::from_value(serde_json::json!({
+            "name": "t",
+            "columns": [
+                {"name": "id", "source_type": "INTEGER", "arrow_type": "Int64", "mapped_as": "integer",
+                 "fidelity": "exact", "synthetic": !keyed},
+                {"name": "v", "source_type": "REAL", "arrow_type": "Float64", "mapped_as": "real", "fidelity": "exact"}
+            ],
+            "primary_key": ["id"], "foreign_keys": [], "row_estimate": null,
+            "folder": "000-t", "schema": [],
+            "files": [{"file": "part-00000.parquet", "rows": rows.len(), "bytes": 0, "checksum": "0"}],
+            "resume_after": null, "rows": rows.len(), "checksum": "0", "read_up_to": null, "complete": true
+        }))
+        .unwrap();
+        let tdir = Manifest::table_dir(dir, &entry);
+        std::fs::create_dir_all(&tdir).unwrap();
+        parquet_io::write_batch_atomic(&tdir.join("part-00000.parquet"), &batch).unwrap();
+        entry
+    }
+
+    #[test]
+    fn keyed_rows_are_added_changed_deleted_or_unchanged() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // 17 significant digits: a change of one unit in the last place is a change.
+        let x: f64 = 0.1 + 0.2;
+        let next = f64::from_bits(x.to_bits() + 1);
+        let old = table(a.path(), &[(1, 0.1), (2, x), (3, 3.0), (4, f64::NAN)], true);
+        let new = table(
+            b.path(),
+            &[(1, 0.1), (2, next), (4, f64::NAN), (5, 5.0)],
+            true,
+        );
+        let d = table_delta(Some((a.path(), &old)), (b.path(), &new), 2).unwrap();
+        assert_eq!(
+            (d.added, d.changed, d.deleted, d.unchanged),
+            (1, 1, 1, 2),
+            "{d:?}"
+        );
+        assert_eq!(d.key, vec!["id".to_string()]);
+        let same = table_delta(Some((a.path(), &old)), (a.path(), &old), 3).unwrap();
+        assert_eq!(
+            (same.added, same.changed, same.deleted, same.unchanged),
+            (0, 0, 0, 4)
+        );
+    }
+
+    #[test]
+    fn rows_without_a_key_of_their_own_compare_by_content_as_a_multiset() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // The synthetic rowid renumbers: it must not count; a duplicate row is two rows.
+        let old = table(a.path(), &[(1, 1.0), (2, 1.0), (3, 2.0)], false);
+        let new = table(b.path(), &[(7, 1.0), (8, 2.5), (9, 2.0)], false);
+        let d = table_delta(Some((a.path(), &old)), (b.path(), &new), 10).unwrap();
+        assert!(d.key.is_empty());
+        assert_eq!(
+            (d.added, d.changed, d.deleted, d.unchanged),
+            (1, 0, 1, 2),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn memory_delta_and_hash_files_round_trip() {
+        let k = |s: &str, i: &str| (s.to_string(), i.to_string());
+        let before: HashMap<_, _> =
+            [(k("a", "1"), 1u128), (k("a", "2"), 2), (k("b", "1"), 3)].into();
+        let now: HashMap<_, _> = [(k("a", "1"), 1u128), (k("a", "2"), 9), (k("b", "2"), 4)].into();
+        let d = memory_delta(&before, &now);
+        assert_eq!(
+            d.counts,
+            MemoryDeltaCounts {
+                added: 1,
+                changed: 1,
+                deleted: 1,
+                unchanged: 1
+            }
+        );
+        assert_eq!(d.delete, vec![k("b", "1")]);
+        assert!(
+            d.send.contains(&k("a", "2")) && d.send.contains(&k("b", "2")) && d.send.len() == 2
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("h.parquet");
+        save_hashes(&f, &before).unwrap();
+        assert_eq!(load_hashes(&f).unwrap(), before);
+    }
+}

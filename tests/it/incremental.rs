@@ -1,0 +1,765 @@
+//! Incremental re-runs, schema drift and Engram as a source (issue 21). Each incremental run is checked against a
+//! fresh full run of the changed source (the bundles' per-space checksums cover every column, embeddings
+//! included), and its delta against changes the test made itself.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use crate::common::*;
+use crate::engram_standin::{Config, Standin, Write};
+
+/// A deterministic generator: doubles with 17 significant digits, NULLs, unicode.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 11
+    }
+    fn f64(&mut self) -> f64 {
+        (self.next() as f64 / (1u64 << 53) as f64) * 1000.0 - 500.0
+    }
+}
+
+/// parents (keyed), children (keyed, FK to parents, NULLs), log (no key of its own: a SQLite rowid table).
+fn source_db(dir: &Path) -> PathBuf {
+    let db = dir.join("src.sqlite");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE parents (id INTEGER PRIMARY KEY, name TEXT NOT NULL, score REAL);
+         CREATE TABLE children (id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parents(id),
+                                note TEXT, v REAL);
+         CREATE TABLE log (msg TEXT, n INTEGER);",
+    )
+    .unwrap();
+    let mut g = Lcg(7);
+    let tx = c.unchecked_transaction().unwrap();
+    for i in 1..=60 {
+        tx.execute(
+            "INSERT INTO parents VALUES (?1, ?2, ?3)",
+            rusqlite::params![
+                i,
+                format!("parent {i} ünïcode"),
+                if i % 7 == 0 { None } else { Some(g.f64()) }
+            ],
+        )
+        .unwrap();
+    }
+    for i in 1..=400 {
+        let note = if i % 5 == 0 {
+            None
+        } else {
+            Some(format!("child {i} of {}", i % 60 + 1))
+        };
+        tx.execute(
+            "INSERT INTO children VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![i, i % 60 + 1, note, g.f64()],
+        )
+        .unwrap();
+    }
+    for i in 0..30 {
+        tx.execute(
+            "INSERT INTO log VALUES (?1, ?2)",
+            rusqlite::params![format!("event {}", i % 25), i % 4],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    db
+}
+
+fn sql(db: &Path, s: &str) {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute_batch(s)
+        .unwrap();
+}
+
+fn migrate(source: &str, target: &Path, work: &Path, extra: &[&str]) -> Output {
+    let mut a = vec![
+        "run",
+        "--source",
+        source,
+        "--target",
+        p(target),
+        "--work-dir",
+        p(work),
+    ];
+    // The persistent cache keeps the vectors of unchanged memories (hashing turns it off by default).
+    a.extend_from_slice(&["--embedding-cache-mb", "64"]);
+    a.extend_from_slice(extra);
+    run(&a)
+}
+
+fn ok(out: &Output) {
+    assert_eq!(code(out), 0, "{}", stderr(out));
+}
+
+fn delta_of(report: &serde_json::Value, table: &str) -> (u64, u64, u64, u64) {
+    let t = report["delta"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == table)
+        .unwrap_or_else(|| panic!("no delta for {table}: {}", report["delta"]));
+    let n = |k: &str| t[k].as_u64().unwrap();
+    (n("added"), n("changed"), n("deleted"), n("unchanged"))
+}
+
+/// The bundle a fresh full run of `db` (copied, so nothing is shared) writes.
+fn full_run(dir: &Path, db: &Path) -> PathBuf {
+    let copy = dir.join("full.sqlite");
+    std::fs::copy(db, &copy).unwrap();
+    let (target, work) = (dir.join("full-bundle"), dir.join("full-work"));
+    ok(&migrate(p(&copy), &target, &work, &[]));
+    target
+}
+
+#[test]
+fn sqlite_incremental_reports_the_exact_delta_and_equals_a_full_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = source_db(tmp.path());
+    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
+    ok(&migrate(p(&db), &target, &work, &[]));
+    let first = json(&work.join("report.json"));
+    assert!(first["delta"].is_null(), "a first run has no delta");
+
+    // One unit in the last place of a double is a change; so are a new NULL and a new text.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let v: f64 = c
+        .query_row("SELECT v FROM children WHERE id = 10", [], |r| r.get(0))
+        .unwrap();
+    c.execute(
+        "UPDATE children SET v = ?1 WHERE id = 10",
+        [f64::from_bits(v.to_bits() + 1)],
+    )
+    .unwrap();
+    drop(c);
+    sql(
+        &db,
+        "UPDATE children SET note = 'changed ✓' WHERE id = 11;
+         UPDATE children SET note = NULL WHERE id = 12;
+         DELETE FROM children WHERE id IN (20, 21);
+         INSERT INTO children VALUES (1001, 3, 'new one', 0.30000000000000004), (1002, NULL, NULL, NULL);
+         UPDATE parents SET name = 'renamed' WHERE id = 5;
+         INSERT INTO log VALUES ('event 3', 3);
+         DELETE FROM log WHERE rowid = 30;",
+    );
+    let out = migrate(p(&db), &target, &work, &["--incremental"]);
+    ok(&out);
+    let r = json(&work.join("report.json"));
+    assert_eq!(delta_of(&r, "children"), (2, 3, 2, 395));
+    assert_eq!(delta_of(&r, "parents"), (0, 1, 0, 59));
+    // log has no key of its own: its rows compare by content, as a multiset (the new row repeats an old one).
+    assert_eq!(delta_of(&r, "log"), (1, 0, 1, 29));
+    let d = &r["delta"];
+    assert_eq!(
+        (
+            d["added"].as_u64(),
+            d["changed"].as_u64(),
+            d["deleted"].as_u64()
+        ),
+        (Some(3), Some(4), Some(3))
+    );
+    let m = &d["memories"];
+    assert_eq!(m["deleted"].as_u64(), Some(3), "{m}");
+    assert_eq!(m["added"].as_u64(), Some(3), "{m}");
+    // Only what changed was embedded: the rest came from the cache of the earlier run.
+    let e = &r["embedding"];
+    let embedded = e["embedded"].as_u64().unwrap();
+    assert!(embedded > 0 && embedded <= 7, "embedded {embedded}: {e}");
+    assert!(e["hits_from_earlier_runs"].as_u64().unwrap() >= 400, "{e}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("delta since the last run"));
+    assert!(
+        !work.join("snapshot.prev").exists(),
+        "the baseline goes once the run is complete"
+    );
+
+    // The same bundle as a fresh full run of the changed source.
+    let full = full_run(tmp.path(), &db);
+    assert_eq!(space_checksums(&target), space_checksums(&full));
+
+    // Nothing changed since: an empty delta, and the bundle is kept as it is.
+    ok(&migrate(p(&db), &target, &work, &["--incremental"]));
+    let r = json(&work.join("report.json"));
+    assert_eq!(
+        (
+            r["delta"]["added"].as_u64(),
+            r["delta"]["changed"].as_u64(),
+            r["delta"]["deleted"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0))
+    );
+    assert_eq!(
+        r["delta"]["memories"]["unchanged"].as_u64(),
+        json(&target.join("bundle.json"))["totals"]["memories"].as_u64()
+    );
+    assert_eq!(space_checksums(&target), space_checksums(&full));
+}
+
+#[test]
+fn incremental_needs_an_earlier_run_and_a_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = source_db(tmp.path());
+    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
+    let out = migrate(p(&db), &target, &work, &["--incremental"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs an earlier completed run"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!target.exists(), "nothing written");
+    ok(&migrate(p(&db), &target, &work, &[]));
+    let out = run(&[
+        "snapshot",
+        "--source",
+        p(&db),
+        "--work-dir",
+        p(&work),
+        "--incremental",
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--incremental is a flag of `run`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_killed_incremental_run_resumes_against_its_baseline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = source_db(tmp.path());
+    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
+    ok(&migrate(p(&db), &target, &work, &[]));
+    sql(
+        &db,
+        "DELETE FROM children WHERE id <= 50; UPDATE parents SET score = NULL WHERE id = 1;",
+    );
+    // The run stops after its new snapshot (a failing mapping file stands for a kill between stages).
+    let bad = tmp.path().join("bad.sql");
+    std::fs::write(&bad, "CREATE VIEW memories AS SELECT * FROM no_such_table;").unwrap();
+    let out = migrate(p(&db), &target, &work, &["--incremental", "--sql", p(&bad)]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        work.join("snapshot.prev/manifest.json").is_file(),
+        "the baseline is kept"
+    );
+    // The source changes again before the resume: the new snapshot is taken again, the baseline stays.
+    sql(&db, "INSERT INTO children VALUES (2000, 1, 'late', 1.5);");
+    ok(&migrate(p(&db), &target, &work, &["--incremental"]));
+    let r = json(&work.join("report.json"));
+    assert_eq!(delta_of(&r, "children"), (1, 0, 50, 350));
+    assert_eq!(delta_of(&r, "parents"), (0, 1, 0, 59));
+    assert_eq!(
+        space_checksums(&target),
+        space_checksums(&full_run(tmp.path(), &db))
+    );
+}
+
+fn drift_stops(out: &Output, said: &[&str]) {
+    let e = stderr(out);
+    assert_eq!(code(out), 2, "{e}");
+    assert!(
+        e.contains("schema has changed since the last completed run"),
+        "{e}"
+    );
+    for s in said {
+        assert!(e.contains(s), "expected {s:?} in: {e}");
+    }
+    assert!(e.contains("--allow-schema-drift"), "{e}");
+}
+
+#[test]
+fn schema_drift_stops_each_kind_of_change_and_allow_proceeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = source_db(tmp.path());
+    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
+    ok(&migrate(p(&db), &target, &work, &[]));
+    let again = |extra: &[&str]| {
+        let mut a = vec!["--fresh", "--overwrite"];
+        a.extend_from_slice(extra);
+        migrate(p(&db), &target, &work, &a)
+    };
+    // Data changes alone are no drift.
+    sql(&db, "UPDATE children SET note = 'x' WHERE id = 1;");
+    ok(&again(&[]));
+
+    sql(&db, "ALTER TABLE children ADD COLUMN extra TEXT;");
+    let out = again(&[]);
+    drift_stops(&out, &["table children: column added extra (TEXT"]);
+    let r = json(&work.join("report.json"));
+    assert_eq!(
+        r["schema_drift"][0]["change"], "column added",
+        "the report lists it: {r}"
+    );
+    // An incremental run now refuses: the work directory's snapshot is the stopped run's, not the bundle's.
+    let out = migrate(p(&db), &target, &work, &["--incremental"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not the one the last completed run"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = again(&["--allow-schema-drift"]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("column added extra"));
+    assert_eq!(
+        json(&work.join("report.json"))["schema_drift"][0]["column"],
+        "extra"
+    );
+    // The accepted schema is the new baseline.
+    ok(&again(&[]));
+
+    sql(&db, "ALTER TABLE children DROP COLUMN extra;");
+    drift_stops(&again(&[]), &["table children: column removed extra"]);
+    ok(&again(&["--allow-schema-drift"]));
+
+    // A retyped column: SQLite rebuilds the table.
+    sql(
+        &db,
+        "CREATE TABLE parents2 (id INTEGER PRIMARY KEY, name TEXT NOT NULL, score TEXT);
+         INSERT INTO parents2 SELECT id, name, CAST(score AS TEXT) FROM parents;
+         PRAGMA foreign_keys = OFF; DROP TABLE parents; ALTER TABLE parents2 RENAME TO parents;",
+    );
+    drift_stops(
+        &again(&[]),
+        &["table parents: column retyped score (REAL", "-> TEXT"],
+    );
+    ok(&again(&["--allow-schema-drift"]));
+
+    sql(&db, "CREATE TABLE tags (id INTEGER PRIMARY KEY, tag TEXT);");
+    drift_stops(&again(&[]), &["table tags: table added"]);
+    ok(&again(&["--allow-schema-drift"]));
+    sql(&db, "DROP TABLE tags;");
+    drift_stops(&again(&[]), &["table tags: table removed"]);
+    ok(&again(&["--allow-schema-drift"]));
+    // A table the run leaves out is no drift.
+    sql(&db, "CREATE TABLE scratch (id INTEGER PRIMARY KEY);");
+    ok(&again(&["--exclude", "scratch"]));
+    // Nor is another source in the same work directory (--fresh): it has another schema, not a drifted one.
+    let other = tmp.path().join("other.sqlite");
+    sql(
+        &other,
+        "CREATE TABLE z (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO z VALUES (1, 'a'), (2, 'b');",
+    );
+    ok(&migrate(
+        p(&other),
+        &target,
+        &work,
+        &["--fresh", "--overwrite"],
+    ));
+}
+
+#[test]
+fn an_incremental_run_stops_on_drift_and_proceeds_when_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = source_db(tmp.path());
+    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
+    ok(&migrate(p(&db), &target, &work, &[]));
+    sql(
+        &db,
+        "ALTER TABLE parents ADD COLUMN motto TEXT; UPDATE parents SET motto = 'm' WHERE id = 1;",
+    );
+    drift_stops(
+        &migrate(p(&db), &target, &work, &["--incremental"]),
+        &["table parents: column added motto"],
+    );
+    ok(&migrate(
+        p(&db),
+        &target,
+        &work,
+        &["--incremental", "--allow-schema-drift"],
+    ));
+    let r = json(&work.join("report.json"));
+    // A new column changes every row of its table.
+    assert_eq!(delta_of(&r, "parents"), (0, 60, 0, 0));
+    assert_eq!(delta_of(&r, "children"), (0, 0, 0, 400));
+    assert_eq!(r["schema_drift"][0]["column"], "motto");
+    assert_eq!(
+        space_checksums(&target),
+        space_checksums(&full_run(tmp.path(), &db))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------- Engram
+
+fn standin_target(s: &Standin) -> String {
+    s.http_target()
+}
+
+#[test]
+fn the_delta_goes_to_engram_and_deletes_are_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = source_db(tmp.path());
+    let standin = Standin::start(Config::default());
+    let target: &'static str = Box::leak(standin_target(&standin).into_boxed_str());
+    let (bundle, work) = (tmp.path().join("b"), tmp.path().join("w"));
+    let live = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--source",
+            p(&db),
+            "--target",
+            target,
+            "--bundle",
+            p(&bundle),
+        ];
+        args.extend_from_slice(&[
+            "--work-dir",
+            p(&work),
+            "--embedding-cache-mb",
+            "64",
+            "--max-predicted-loss",
+            "1",
+        ]);
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    ok(&live(&[]));
+    let sent_first: u64 = standin
+        .state
+        .writes
+        .lock()
+        .unwrap()
+        .values()
+        .map(|n| *n as u64)
+        .sum();
+    assert!(
+        sent_first >= 460,
+        "the first run sends everything: {sent_first}"
+    );
+
+    sql(&db, "UPDATE children SET note = 'now different' WHERE id = 7; DELETE FROM children WHERE id = 8;
+              INSERT INTO children VALUES (3000, 2, 'brand new', 2.5);");
+    let out = live(&["--incremental"]);
+    ok(&out);
+    let writes = standin.state.writes.lock().unwrap().clone();
+    let twice: Vec<_> = writes
+        .iter()
+        .filter(|(_, n)| **n == 2)
+        .map(|(k, _)| k.1.clone())
+        .collect();
+    assert_eq!(
+        twice,
+        vec!["children_7".to_string()],
+        "only the changed memory is sent again"
+    );
+    assert_eq!(
+        writes.get(&("children".to_string(), "children_3000".to_string())),
+        Some(&1)
+    );
+    let sent_now: u64 = writes.values().map(|n| *n as u64).sum();
+    assert_eq!(
+        sent_now - sent_first,
+        2,
+        "one changed and one added memory sent, nothing else"
+    );
+    assert_eq!(
+        *standin.state.deletes.lock().unwrap(),
+        vec!["children_8".to_string()]
+    );
+    let r = json(&work.join("report.json"));
+    let d = &r["delivery"];
+    assert_eq!(d["scope"], "delta: 2 to send, 1 to delete", "{d}");
+    // Engram answers "not_supported" and keeps it: counted as kept, said on screen and in the report.
+    assert_eq!(d["deletes"]["kept"].as_u64(), Some(1), "{d}");
+    assert!(
+        stderr(&out).contains("still in the target"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!work.join("delta/undelivered").exists(), "delivered");
+}
+
+#[test]
+fn an_undelivered_delta_is_sent_with_the_next_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = source_db(tmp.path());
+    let standin = Standin::start(Config::default());
+    let target: &'static str = Box::leak(standin_target(&standin).into_boxed_str());
+    let (bundle, work) = (tmp.path().join("b"), tmp.path().join("w"));
+    let live = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--source",
+            p(&db),
+            "--target",
+            target,
+            "--bundle",
+            p(&bundle),
+        ];
+        args.extend_from_slice(&[
+            "--work-dir",
+            p(&work),
+            "--embedding-cache-mb",
+            "64",
+            "--max-predicted-loss",
+            "1",
+        ]);
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    ok(&live(&[]));
+    // The second run's delivery fails (the server refuses every write for a while): its delta stays owed.
+    sql(&db, "UPDATE children SET note = 'second' WHERE id = 30;");
+    standin
+        .state
+        .config
+        .fail_next
+        .store(10_000, std::sync::atomic::Ordering::SeqCst);
+    let out = live(&["--incremental"]);
+    assert_ne!(code(&out), 0, "the delivery failed");
+    assert!(work.join("delta/undelivered").exists());
+    standin
+        .state
+        .config
+        .fail_next
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    sql(&db, "UPDATE children SET note = 'third' WHERE id = 31;");
+    ok(&live(&["--incremental"]));
+    let writes = standin.state.writes.lock().unwrap().clone();
+    for id in ["children_30", "children_31"] {
+        assert_eq!(
+            writes.get(&("children".to_string(), id.to_string())),
+            Some(&2),
+            "{id} sent again"
+        );
+    }
+    let r = json(&work.join("report.json"));
+    assert_eq!(r["delivery"]["scope"], "delta: 2 to send, 0 to delete");
+}
+
+/// Unit vectors that differ (Engram's near-duplicate filter keeps them all).
+fn vector(seed: u64) -> Vec<f32> {
+    let mut g = Lcg(seed * 7919 + 1);
+    let v: Vec<f32> = (0..768).map(|_| g.f64() as f32).collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+#[test]
+fn engram_memories_come_back_into_a_bundle_with_their_vectors() {
+    let standin = Standin::start(Config::default());
+    for (space, n) in [("notes", 25u64), ("people", 12)] {
+        for i in 0..n {
+            standin
+                .state
+                .remember(Write {
+                    space: space.into(),
+                    id: Some(format!("{space}-{i}")),
+                    content: format!("{{\"title\": \"{space} {i} ✓\"}}"),
+                    embedding: Some(vector(i + if space == "notes" { 0 } else { 1000 })),
+                    confidence: Some(0.25 + i as f32 / 100.0),
+                    timestamp: Some(format!("2026-01-{:02}T10:00:00Z", i + 1)),
+                })
+                .unwrap();
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
+    let source = standin_target(&standin);
+    let out = run(&[
+        "run",
+        "--source",
+        &source,
+        "--target",
+        p(&target),
+        "--work-dir",
+        p(&work),
+    ]);
+    ok(&out);
+    let b = json(&target.join("bundle.json"));
+    assert_eq!(b["totals"]["memories"].as_u64(), Some(37));
+    assert_eq!(
+        b["totals"]["edges"].as_u64(),
+        Some(0),
+        "Engram stores no edges"
+    );
+    assert_eq!(
+        b["embedding"]["existing_vectors"].as_u64(),
+        Some(37),
+        "{}",
+        b["embedding"]
+    );
+    let mems = bundle_memories(&target);
+    for m in &mems {
+        let (space, id) = (m["space"].as_str().unwrap(), m["id"].as_str().unwrap());
+        let i: u64 = id.rsplit('-').next().unwrap().parse().unwrap();
+        let want = vector(i + if space == "notes" { 0 } else { 1000 });
+        let got: Vec<f32> = m["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let diff = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            diff < 1e-6,
+            "{space}/{id}: the server's vector is kept ({diff})"
+        );
+        let content: serde_json::Value =
+            serde_json::from_str(m["content"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            content["content"],
+            format!("{{\"title\": \"{space} {i} ✓\"}}")
+        );
+        assert_eq!(content["id"], id);
+    }
+    let r = json(&work.join("report.json"));
+    assert_eq!(r["outcome"], "ok", "{}", r["validation"]);
+    // One space with --include.
+    let (t2, w2) = (tmp.path().join("b2"), tmp.path().join("w2"));
+    ok(&run(&[
+        "run",
+        "--source",
+        &source,
+        "--target",
+        p(&t2),
+        "--work-dir",
+        p(&w2),
+        "--include",
+        "people",
+    ]));
+    assert_eq!(
+        json(&t2.join("bundle.json"))["totals"]["memories"].as_u64(),
+        Some(12)
+    );
+}
+
+#[test]
+fn engram_source_errors_name_the_server() {
+    let out = run(&[
+        "plan",
+        "--source",
+        "engram+http://127.0.0.1:9",
+        "--target",
+        "/tmp/x",
+    ]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("Engram at http://127.0.0.1:9"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[
+        "plan",
+        "--source",
+        "engram+grpc://127.0.0.1:9",
+        "--target",
+        "/tmp/x",
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("engram+http://"), "{}", stderr(&out));
+}
+
+// ---------------------------------------------------------------------------------- PostgreSQL and Redis
+
+/// A fresh full run of `source` as it is now, in a work directory of its own.
+fn full_run_of(dir: &Path, source: &str, extra: &[&str]) -> PathBuf {
+    let (target, work) = (dir.join("full-bundle"), dir.join("full-work"));
+    ok(&migrate(source, &target, &work, extra));
+    target
+}
+
+#[test]
+fn postgres_incremental_reports_the_delta_and_equals_a_full_run() {
+    let url = pg_database("it_incremental");
+    psql(
+        "it_incremental",
+        "CREATE TABLE teams (id int PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE members (id bigint PRIMARY KEY, team_id int REFERENCES teams(id), name text,
+                               score float8, tags text[], seen timestamptz);
+         CREATE TABLE events (what text, n int);
+         INSERT INTO teams SELECT g, 'team ' || g FROM generate_series(1, 20) g;
+         INSERT INTO members SELECT g, 1 + g % 20, CASE WHEN g % 9 = 0 THEN NULL ELSE 'member ' || g END,
+                sin(g) * 1e6, ARRAY['a' || g % 3], '2026-01-01'::timestamptz + g * interval '1 hour'
+           FROM generate_series(1, 300) g;
+         INSERT INTO events SELECT 'event ' || g % 10, g % 3 FROM generate_series(1, 40) g;",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
+    ok(&migrate(&url, &target, &work, &[]));
+    psql(
+        "it_incremental",
+        "UPDATE members SET score = score + 1e-9 WHERE id = 5;
+         UPDATE members SET name = NULL WHERE id = 6;
+         DELETE FROM members WHERE id IN (7, 8, 9);
+         INSERT INTO members VALUES (1000, 2, 'new', 0.1, '{}', NULL);
+         UPDATE teams SET name = 'renamed' WHERE id = 3;
+         DELETE FROM events WHERE ctid = (SELECT min(ctid) FROM events WHERE what = 'event 1');",
+    );
+    ok(&migrate(&url, &target, &work, &["--incremental"]));
+    let r = json(&work.join("report.json"));
+    assert_eq!(delta_of(&r, "members"), (1, 2, 3, 295));
+    assert_eq!(delta_of(&r, "teams"), (0, 1, 0, 19));
+    assert_eq!(delta_of(&r, "events"), (0, 0, 1, 39), "no key: by content");
+    let embedded = r["embedding"]["embedded"].as_u64().unwrap();
+    assert!(
+        embedded <= 5,
+        "only changed texts embedded: {}",
+        r["embedding"]
+    );
+    assert_eq!(
+        space_checksums(&target),
+        space_checksums(&full_run_of(tmp.path(), &url, &[]))
+    );
+}
+
+#[test]
+fn redis_incremental_reports_the_delta_and_equals_a_full_run() {
+    use crate::redis::{cmd, con, lock, reset, server};
+    let _guard = lock(7);
+    let (url, _) = server(7);
+    let mut c = con(&url);
+    reset(&mut c);
+    for i in 0..50 {
+        cmd(
+            &mut c,
+            &[
+                b"SET",
+                format!("user:{i}").as_bytes(),
+                format!("{{\"n\": {i}}}").as_bytes(),
+            ],
+        );
+    }
+    cmd(&mut c, &[b"HSET", b"cfg", b"a", b"1", b"b", b"2"]);
+    cmd(
+        &mut c,
+        &[b"ZADD", b"board", b"1.5", b"x", b"2.25", b"y", b"3", b"z"],
+    );
+    cmd(&mut c, &[b"SELECT", b"1"]);
+    cmd(
+        &mut c,
+        &[b"SET", b"user:1", b"the same key in another database"],
+    );
+    cmd(&mut c, &[b"SELECT", b"0"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
+    ok(&migrate(&url, &target, &work, &[]));
+    cmd(&mut c, &[b"SET", b"user:3", b"changed"]);
+    cmd(&mut c, &[b"DEL", b"user:4"]);
+    cmd(&mut c, &[b"SET", "user:ü\u{1F600}".as_bytes(), b"new"]);
+    cmd(&mut c, &[b"ZADD", b"board", b"9", b"y"]);
+    cmd(&mut c, &[b"HSET", b"cfg", b"c", b"3"]);
+    ok(&migrate(&url, &target, &work, &["--incremental"]));
+    let r = json(&work.join("report.json"));
+    // keys: user:3 and the two collections changed (their value JSON), user:4 deleted, one added.
+    assert_eq!(delta_of(&r, "keys"), (1, 3, 1, 50));
+    // members are keyed by position in their collection's canonical order: y moved past z (both positions
+    // changed), cfg gained c at the end.
+    assert_eq!(delta_of(&r, "members"), (1, 2, 0, 3));
+    assert_eq!(
+        space_checksums(&target),
+        space_checksums(&full_run_of(tmp.path(), &url, &[]))
+    );
+    reset(&mut c);
+}
