@@ -250,6 +250,20 @@ pub fn bundle_digests(
     bundle: &Path,
     manifest: &BundleManifest,
 ) -> Result<std::collections::HashMap<(String, String), (Option<u64>, u64)>> {
+    bundle_digests_as(bundle, manifest, |content| {
+        serde_json::from_str(content)
+            .map(|j| crate::json::json_digest(&j))
+            .unwrap_or(0)
+    })
+}
+
+/// `bundle_digests`, with the content digested as the target stores it (a graph target keeps the content's
+/// fields as node properties: `sink::neo4j::node_view`).
+pub fn bundle_digests_as(
+    bundle: &Path,
+    manifest: &BundleManifest,
+    content_digest: impl Fn(&str) -> u64,
+) -> Result<std::collections::HashMap<(String, String), (Option<u64>, u64)>> {
     use crate::schema::memory;
     use arrow::array::{Array, AsArray};
     let mut out = std::collections::HashMap::new();
@@ -284,9 +298,7 @@ pub fn bundle_digests(
                     let v = (!emb.is_null(i)).then(|| {
                         vector_digest(values.values()[i * dim..(i + 1) * dim].iter().copied())
                     });
-                    let c = serde_json::from_str(content.value(i))
-                        .map(|j| crate::json::json_digest(&j))
-                        .unwrap_or(0);
+                    let c = content_digest(content.value(i));
                     out.insert((sp.space.clone(), ids.value(i).to_string()), (v, c));
                 }
             }

@@ -146,26 +146,54 @@ fn json_to_bolt(v: &Value) -> BoltType {
     }
 }
 
-/// A memory's node properties (see the module doc).
-fn node_properties(content: &str) -> neo4rs::BoltMap {
-    let mut m = neo4rs::BoltMap::new();
+/// A memory's content as its node holds it: the top-level fields that are not null, renamed where they clash with
+/// the tool's own properties, nested values as JSON text; content that is not a JSON object whole, as `content`.
+/// The one place that says it: the write sends it, the read-back compares the node's properties with it.
+pub fn node_view(content: &str) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
     match serde_json::from_str::<Value>(content) {
         Ok(Value::Object(fields)) => {
-            for (k, v) in &fields {
+            for (k, v) in fields {
                 let name = if OWN.contains(&k.as_str()) {
                     format!("content_{k}")
                 } else {
-                    k.clone()
+                    k
                 };
-                if !v.is_null() {
-                    m.put(name.into(), json_to_bolt(v));
+                match v {
+                    Value::Null => {}
+                    Value::Array(_) | Value::Object(_) => {
+                        m.insert(name, Value::String(v.to_string()));
+                    }
+                    scalar => {
+                        m.insert(name, scalar);
+                    }
                 }
             }
         }
-        // Content that is not a JSON object is kept whole.
-        _ => m.put("content".into(), BoltType::from(content)),
+        _ => {
+            m.insert("content".into(), Value::String(content.to_string()));
+        }
     }
     m
+}
+
+/// A memory's node properties (see the module doc).
+fn node_properties(content: &str) -> neo4rs::BoltMap {
+    let mut m = neo4rs::BoltMap::new();
+    for (k, v) in node_view(content) {
+        m.put(k.into(), json_to_bolt(&v));
+    }
+    m
+}
+
+/// The content part of a node's properties (every property but the tool's own), for the read-back.
+fn content_of_node(props: serde_json::Map<String, Value>) -> Value {
+    Value::Object(
+        props
+            .into_iter()
+            .filter(|(k, _)| !OWN.contains(&k.as_str()))
+            .collect(),
+    )
 }
 
 impl Neo4jSink {
@@ -667,35 +695,45 @@ impl Sink for Neo4jSink {
         rejected: &[Rejection],
     ) -> Result<ReadBack> {
         let spaces: Vec<String> = manifest.spaces.iter().map(|s| s.space.clone()).collect();
-        let want = super::bundle_digests(bundle, manifest)?;
+        let want = super::bundle_digests_as(bundle, manifest, |c| {
+            crate::json::json_digest(&Value::Object(node_view(c)))
+        })?;
         let q = neo4rs::query(&format!(
-            "MATCH (n:{BASE_LABEL}) WHERE n.space IN $spaces RETURN n.space AS space, n.id AS id, n.embedding AS e"
+            "MATCH (n:{BASE_LABEL}) WHERE n.space IN $spaces \
+             RETURN n.space AS space, n.id AS id, n.embedding AS e, properties(n) AS p"
         ))
         .param("spaces", spaces.clone());
         let mut held = vec![];
-        let mut per_space: BTreeMap<String, (u64, u64, u64)> = manifest
+        let mut per_space: BTreeMap<String, (u64, u64, u64, u64)> = manifest
             .spaces
             .iter()
-            .map(|s| (s.space.clone(), (s.memories.rows, 0, 0)))
+            .map(|s| (s.space.clone(), (s.memories.rows, 0, 0, 0)))
             .collect();
         for r in self.rows("read back the nodes", q).await? {
             let (Ok(space), Ok(id)) = (r.get::<String>("space"), r.get::<String>("id")) else {
                 continue;
             };
-            let Some((expected, _)) = want.get(&(space.clone(), id.clone())) else {
+            let Some((expected, content)) = want.get(&(space.clone(), id.clone())) else {
                 continue;
             };
             let got: Option<Vec<f64>> = r.get("e").ok();
             let got: Option<u64> = got.map(|v| super::vector_digest(v.iter().map(|x| *x as f32)));
             let ok = &got == expected;
+            // Every content field, property by property, as one digest (json_digest: key order and number
+            // spelling do not matter, a value, a missing or an extra property does).
+            let props: Option<serde_json::Map<String, Value>> = r.get("p").ok();
+            let content_ok = props
+                .map(|p| crate::json::json_digest(&content_of_node(p)) == *content)
+                .unwrap_or(false);
             let e = per_space.entry(space.clone()).or_default();
             e.1 += 1;
             e.2 += u64::from(!ok);
+            e.3 += u64::from(!content_ok);
             held.push(HeldMemory {
                 space,
                 id,
                 embedding_matches: Some(ok),
-                content_matches: None,
+                content_matches: Some(content_ok),
             });
         }
         let q = neo4rs::query(&format!(
@@ -710,12 +748,12 @@ impl Sink for Neo4jSink {
         }
         let bundle_edges: u64 = manifest.spaces.iter().map(|s| s.edges.rows).sum();
         let mut rendered = format!(
-            "{:<32} {:>9} {:>9} {:>9}\n",
-            "space (label)", "bundle", "target", "emb diff"
+            "{:<32} {:>9} {:>9} {:>9} {:>12}\n",
+            "space (label)", "bundle", "target", "emb diff", "content diff"
         );
-        for (s, (b, t, d)) in &per_space {
+        for (s, (b, t, d, c)) in &per_space {
             rendered.push_str(&format!(
-                "{:<32} {b:>9} {t:>9} {d:>9}\n",
+                "{:<32} {b:>9} {t:>9} {d:>9} {c:>12}\n",
                 format!("{s} ({})", self.label(s))
             ));
         }
@@ -738,8 +776,8 @@ impl Sink for Neo4jSink {
             .collect();
         let details = serde_json::json!({
             "labels": per_space.keys().map(|s| (s.clone(), self.label(s))).collect::<BTreeMap<_, _>>(),
-            "spaces": per_space.iter().map(|(s, (b, t, d))| serde_json::json!({
-                "space": s, "bundle": b, "target": t, "embedding_differs": d
+            "spaces": per_space.iter().map(|(s, (b, t, d, c))| serde_json::json!({
+                "space": s, "bundle": b, "target": t, "embedding_differs": d, "content_differs": c
             })).collect::<Vec<_>>(),
             "relationships_per_type": types,
             "relationships_in_bundle": bundle_edges,
