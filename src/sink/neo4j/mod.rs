@@ -355,7 +355,16 @@ impl Neo4jSink {
         let backoff = crate::retry::Backoff::default();
         let mut attempt = 0;
         loop {
-            match g.run(q.clone()).await {
+            // An explicit transaction, not an auto-commit `run`: ArcadeDB answers an auto-committed UNWIND ... MERGE
+            // into new nodes with DeadlockDetected ("modified by a concurrent transaction") a dozen times in a row
+            // with no other writer, which the driver's retries turned into seconds per load; in an explicit
+            // transaction the same statement lands at once. Neo4j runs both the same way.
+            let once = async {
+                let mut txn = g.start_txn().await?;
+                txn.run(q.clone()).await?;
+                txn.commit().await
+            };
+            match once.await {
                 Ok(()) => return Ok(()),
                 Err(e) if is_transient(&e) && backoff.allows(attempt + 1) => {
                     attempt += 1;
