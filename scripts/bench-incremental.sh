@@ -6,6 +6,7 @@
 # each under /usr/bin/time -v. Prints wall seconds, peak RSS, the delta and what was embedded, and the ratio.
 #
 #   scripts/bench-incremental.sh [ROWS]     default: 1000000
+#   PROVIDER=model2vec:DIR ...              the embedding provider of all three runs (default: hashing)
 #   CACHE_MB=4096 ...                       the persistent embedding cache, which keeps unchanged vectors
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,10 +18,14 @@ missing=(); [ -x /usr/bin/time ] || missing+=(time); command -v bc >/dev/null ||
 BIN="$CARGO_TARGET_DIR/release/engram-migrate"
 ROWS="${1:-1000000}"
 CACHE_MB="${CACHE_MB:-4096}"
-WORK="${BENCH_DIR:-/tmp/engram-migrate-bench}/incremental-$ROWS"
+PROVIDER="${PROVIDER:-hashing}"
+BASE="${BENCH_DIR:-/tmp/engram-migrate-bench}"
+WORK="$BASE/incremental-$ROWS"
 rm -rf "$WORK"; mkdir -p "$WORK"
+# The generated database is shared with scripts/bench-e2e.sh; this run changes a copy of it.
+[ -f "$BASE/in-$ROWS.sqlite" ] || bash scripts/gen-large-sqlite.sh "$ROWS" "$BASE/in-$ROWS.sqlite" >&2
 DB="$WORK/src.sqlite"
-bash scripts/gen-large-sqlite.sh "$ROWS" "$DB" >&2
+cp "$BASE/in-$ROWS.sqlite" "$DB"
 
 peak() { grep "Maximum resident" "$1" | awk '{print $NF}'; }
 wall() { grep "Elapsed (wall" "$1" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }'; }
@@ -31,7 +36,7 @@ timed() { # NAME ARGS...: runs the binary, prints a line
 }
 
 printf "%-34s %10s %12s\n" what seconds peak_RSS_MB
-timed "full run (first)" run --source "$DB" --target "$WORK/bundle" --work-dir "$WORK/w" --embedding-cache-mb "$CACHE_MB"
+timed "full run (first)" run --source "$DB" --target "$WORK/bundle" --work-dir "$WORK/w" --embedding-provider "$PROVIDER" --embedding-cache-mb "$CACHE_MB"
 
 # 1% of the rows: 0.8% of orders updated, 0.1% deleted, 0.1% inserted; 1% of customers renamed.
 C=$(sqlite3 "$DB" "SELECT count(*) FROM customers")
@@ -44,8 +49,8 @@ UPDATE customers SET name = name || ' (renamed)' WHERE id % 100 = 0;
 SQL
 cp "$DB" "$WORK/changed.sqlite"
 
-timed "run --incremental (1% changed)" run --source "$DB" --target "$WORK/bundle" --work-dir "$WORK/w" --embedding-cache-mb "$CACHE_MB" --incremental
-timed "full run of the changed source" run --source "$WORK/changed.sqlite" --target "$WORK/full" --work-dir "$WORK/full.work"
+timed "run --incremental (1% changed)" run --source "$DB" --target "$WORK/bundle" --work-dir "$WORK/w" --embedding-provider "$PROVIDER" --embedding-cache-mb "$CACHE_MB" --incremental
+timed "full run of the changed source" run --source "$WORK/changed.sqlite" --target "$WORK/full" --work-dir "$WORK/full.work" --embedding-provider "$PROVIDER"
 
 inc=$(wall "$WORK/run --incremental (1% changed).time"); full=$(wall "$WORK/full run of the changed source.time")
 printf "incremental / full: %.2f\n" "$(echo "$inc / $full" | bc -l)"
