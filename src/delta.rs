@@ -451,8 +451,11 @@ pub fn snapshot_delta(
 // Memory delta
 
 /// Content hash of every memory of a bundle, by (space, id): every column, the embedding included, so a new
-/// vector (another provider, a re-embedded text) is a change too.
+/// vector (another provider, a re-embedded text) is a change too. The embedding's floats are hashed as their
+/// bytes, not through the row format, which would encode each of a million times 768 floats first.
 pub fn memory_hashes(bundle: &Path, batch_rows: usize) -> Result<HashMap<(String, String), u128>> {
+    use arrow::array::AsArray;
+    use xxhash_rust::xxh3::Xxh3;
     let manifest = BundleManifest::load(bundle)?;
     let mut out = HashMap::new();
     for s in &manifest.spaces {
@@ -462,21 +465,38 @@ pub fn memory_hashes(bundle: &Path, batch_rows: usize) -> Result<HashMap<(String
             for batch in parquet_io::open_reader(&path, batch_rows)? {
                 let batch = batch
                     .map_err(|e| Error::source_err(path.display().to_string(), e.to_string()))?;
+                let schema = batch.schema();
+                let emb = schema.index_of(crate::schema::memory::EMBEDDING).ok();
+                let rest: Vec<usize> = (0..batch.num_columns())
+                    .filter(|i| Some(*i) != emb)
+                    .collect();
                 let conv = RowConverter::new(
-                    batch
-                        .schema()
-                        .fields()
-                        .iter()
-                        .map(|f| SortField::new(f.data_type().clone()))
+                    rest.iter()
+                        .map(|&i| SortField::new(schema.field(i).data_type().clone()))
                         .collect(),
                 )?;
-                let rows = conv.convert_columns(batch.columns())?;
+                let cols: Vec<ArrayRef> = rest.iter().map(|&i| batch.column(i).clone()).collect();
+                let rows = conv.convert_columns(&cols)?;
+                let vectors = emb.and_then(|i| batch.column(i).as_fixed_size_list_opt().cloned());
                 let ids = id_column(&batch, &path)?;
                 for (i, r) in rows.iter().enumerate() {
-                    out.insert(
-                        (s.space.clone(), ids.value(i).to_string()),
-                        xxh3_128(r.as_ref()),
-                    );
+                    let mut h = Xxh3::new();
+                    h.update(r.as_ref());
+                    match &vectors {
+                        Some(v) if !v.is_null(i) => {
+                            let dim = v.value_length() as usize;
+                            let floats = v
+                                .values()
+                                .as_primitive::<arrow::datatypes::Float32Type>()
+                                .values();
+                            let start = (v.offset() + i) * dim;
+                            // The floats' bytes as stored (little-endian on every platform this runs on).
+                            let bytes = floats.inner().as_slice();
+                            h.update(&bytes[start * 4..(start + dim) * 4]);
+                        }
+                        _ => h.update(b"no vector"),
+                    }
+                    out.insert((s.space.clone(), ids.value(i).to_string()), h.digest128());
                 }
             }
         }

@@ -377,8 +377,32 @@ impl Ctx {
             }
         }
         if !w.undelivered().exists() {
+            let t = Timer::start();
+            // The last incremental run saved the hashes of the bundle it made: used when they are of this bundle.
+            let (saved, of) = w.bundle_memories();
+            let bundle_run = bundle::BundleManifest::load(bundle_dir)?.run_id;
+            let recorded = fs::read(&of)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["run_id"].as_str().map(String::from));
+            if recorded.as_deref() == Some(bundle_run.as_str()) && saved.is_file() {
+                fs::rename(&saved, w.previous_memories())
+                    .map_err(Error::io("rename into place", w.previous_memories()))?;
+                let _ = fs::remove_file(&of);
+                self.report.stages.push(t.stage(
+                    "baseline",
+                    0,
+                    "hashes of the memories the target holds, saved by the last run",
+                ));
+                return fs::rename(&snap, &prev).map_err(Error::io("rename into place", &prev));
+            }
             let hashes = crate::delta::memory_hashes(bundle_dir, self.plan.limits.batch_rows)?;
             crate::delta::save_hashes(&w.previous_memories(), &hashes)?;
+            self.report.stages.push(t.stage(
+                "baseline",
+                hashes.len() as u64,
+                "hashes of the memories the target holds",
+            ));
         }
         fs::rename(&snap, &prev).map_err(Error::io("rename into place", &prev))
     }
@@ -456,9 +480,26 @@ impl Ctx {
         if !path.is_file() {
             return Ok(None);
         }
+        let t = Timer::start();
         let before = crate::delta::load_hashes(&path)?;
         let now = crate::delta::memory_hashes(bundle_dir, self.plan.limits.batch_rows)?;
         let d = crate::delta::memory_delta(&before, &now);
+        // The next incremental run's baseline, so it need not hash this bundle again.
+        let (saved, of) = self.plan.work_dir.bundle_memories();
+        crate::delta::save_hashes(&saved, &now)?;
+        let run_id = bundle::BundleManifest::load(bundle_dir)?.run_id;
+        crate::parquet_io::write_atomic(
+            &of,
+            &serde_json::to_vec(&serde_json::json!({ "run_id": run_id }))?,
+        )?;
+        self.report.stages.push(t.stage(
+            "memory delta",
+            now.len() as u64,
+            format!(
+                "{} added, {} changed, {} deleted memories",
+                d.counts.added, d.counts.changed, d.counts.deleted
+            ),
+        ));
         if let Some(r) = self.report.delta.as_mut() {
             r.memories = Some(d.counts.clone());
         }
@@ -1228,7 +1269,18 @@ async fn run_bundle(
     record_plan(&ctx.plan, &ctx.opts)?;
     let mut delta = None;
     let r = async {
-        ctx.embedder = Some(embedder(&ctx.plan.embedding, &ctx.opts, &ctx.work)?);
+        let t = Timer::start();
+        let e = embedder(&ctx.plan.embedding, &ctx.opts, &ctx.work)?;
+        // Reading an earlier run's vectors back is work of its own (gigabytes for a million memories): shown.
+        let loaded = e.disk_cache().map(|d| d.stats().loaded).unwrap_or(0);
+        if loaded > 0 {
+            ctx.report.stages.push(t.stage(
+                "open cache",
+                loaded,
+                "vectors of earlier runs read back",
+            ));
+        }
+        ctx.embedder = Some(e);
         if ctx.incremental() {
             ctx.begin_incremental(bundle_dir)?;
         }

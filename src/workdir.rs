@@ -8,6 +8,7 @@
 //!   snapshot.prev/        the last run's snapshot while an incremental run diffs against it
 //!   schema.json           the tables and columns of the last completed run (schema-drift check; kept by --fresh)
 //!   delta/                previous-memories.parquet: hashes of the memories a target last received;
+//!                         bundle-memories.parquet/.json: hashes of the current bundle's (the next baseline);
 //!                         undelivered: marks an incremental delta not yet delivered to its live target
 //!   mapping.sql           the generated mapping that ran
 //!   transform/            staged memories, edges and orphans (transform.partial/ while being written)
@@ -67,6 +68,14 @@ impl WorkDir {
     /// Hashes of the memories the target last received (the bundle before this incremental run).
     pub fn previous_memories(&self) -> PathBuf {
         self.delta().join("previous-memories.parquet")
+    }
+    /// Hashes of the current bundle's memories, saved by an incremental run for the next one's baseline, and
+    /// the run id of the bundle they are of (`bundle-memories.json`, written last).
+    pub fn bundle_memories(&self) -> (PathBuf, PathBuf) {
+        (
+            self.delta().join("bundle-memories.parquet"),
+            self.delta().join("bundle-memories.json"),
+        )
     }
     /// Present while an incremental run's delta has not reached its live target: the next run keeps
     /// `previous_memories` as it is, so the target is sent everything it has missed.

@@ -8,7 +8,7 @@
 //! vectors of different models never mix. Entries never go stale (same text, same model, same vector), which is
 //! why `--fresh` keeps the cache: delete `<work>/embed-cache` to drop it.
 //!
-//! On open, every part is read into memory (one flat slab, as the stage's FIFO cache); new vectors are added in
+//! On open, every part is read into memory (a slab of fixed-size chunks); new vectors are added in
 //! memory and written as one new part per [`DiskCache::flush`] (the load stage flushes after each committed
 //! bundle part, so a killed run keeps what it had embedded for them). Parts are written under a hidden name and
 //! renamed, so a part that exists is complete; more than [`COMPACT_PARTS`] parts are merged into one on open.
@@ -36,6 +36,9 @@ pub const CACHE_DIR: &str = "embed-cache";
 
 /// More parts than this are merged into one when the cache is opened.
 pub const COMPACT_PARTS: usize = 16;
+
+/// Vectors per slab chunk, and per batch written by `flush`.
+const CHUNK: usize = 4096;
 
 /// Bytes of index and key per entry, on top of the vector (for the `max_bytes` bound).
 const ENTRY_OVERHEAD: usize = 40;
@@ -73,7 +76,9 @@ pub struct DiskCache {
     max_entries: usize,
     index: KeyMap<usize>,
     keys: Vec<u128>,
-    slab: Vec<f32>,
+    /// The vectors, `CHUNK` per allocation: one growing Vec doubled its capacity (copying gigabytes) as a
+    /// million-vector cache filled, and held old and new copies at once.
+    slab: Vec<Vec<f32>>,
     /// Entries below this slot came from disk; the others are this run's.
     loaded: usize,
     /// Entries from this slot on are not yet written.
@@ -190,9 +195,15 @@ impl DiskCache {
     }
 
     fn push(&mut self, key: u128, vector: &[f32]) {
+        if self.keys.len() % CHUNK == 0 {
+            self.slab.push(Vec::with_capacity(CHUNK * self.dim));
+        }
         self.index.insert(key, self.keys.len());
         self.keys.push(key);
-        self.slab.extend_from_slice(vector);
+        self.slab
+            .last_mut()
+            .expect("a chunk was pushed above")
+            .extend_from_slice(vector);
     }
 
     pub fn dimension(&self) -> usize {
@@ -217,7 +228,8 @@ impl DiskCache {
     }
 
     pub fn vector(&self, slot: usize) -> &[f32] {
-        &self.slab[slot * self.dim..(slot + 1) * self.dim]
+        let at = (slot % CHUNK) * self.dim;
+        &self.slab[slot / CHUNK][at..at + self.dim]
     }
 
     /// Adds a vector for a key not present; false (nothing kept) when the cache is full.
@@ -235,37 +247,43 @@ impl DiskCache {
         true
     }
 
-    /// Writes the entries added since the last flush as one new part.
+    /// Writes the entries added since the last flush as one new part, `CHUNK` vectors per batch and row group (a
+    /// copy of everything unflushed at once, and a writer buffering 65,536 vectors per row group, took gigabytes).
     pub fn flush(&mut self) -> Result<()> {
         let n = self.keys.len() - self.unflushed;
         if n == 0 {
             return Ok(());
         }
-        let keys = FixedSizeBinaryArray::try_from_iter(
-            self.keys[self.unflushed..].iter().map(|k| k.to_le_bytes()),
-        )?;
-        let values = Float32Array::new(
-            ScalarBuffer::from(self.slab[self.unflushed * self.dim..].to_vec()),
-            None,
-        );
-        let vectors = FixedSizeListArray::try_new(
-            Arc::new(Field::new("item", DataType::Float32, false)),
-            self.dim as i32,
-            Arc::new(values),
-            None,
-        )?;
         let schema = schema(self.dim);
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(keys) as ArrayRef, Arc::new(vectors)],
-        )?;
         let limits = PartLimits {
             max_file_bytes: u64::MAX,
             max_file_rows: u64::MAX,
-            row_group_rows: 65_536,
+            row_group_rows: CHUNK,
         };
-        let mut w = RollingWriter::new(&self.dir, schema, limits, self.next_part)?;
-        w.write(&batch)?;
+        let mut w = RollingWriter::new(&self.dir, schema.clone(), limits, self.next_part)?;
+        let mut from = self.unflushed;
+        while from < self.keys.len() {
+            let to = (from + CHUNK).min(self.keys.len());
+            let keys = FixedSizeBinaryArray::try_from_iter(
+                self.keys[from..to].iter().map(|k| k.to_le_bytes()),
+            )?;
+            let mut flat = Vec::with_capacity((to - from) * self.dim);
+            for slot in from..to {
+                flat.extend_from_slice(self.vector(slot));
+            }
+            let vectors = FixedSizeListArray::try_new(
+                Arc::new(Field::new("item", DataType::Float32, false)),
+                self.dim as i32,
+                Arc::new(Float32Array::new(ScalarBuffer::from(flat), None)),
+                None,
+            )?;
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(keys) as ArrayRef, Arc::new(vectors)],
+            )?;
+            w.write(&batch)?;
+            from = to;
+        }
         w.finish(false)?;
         self.next_part += 1;
         self.unflushed = self.keys.len();

@@ -197,6 +197,13 @@ fn sqlite_incremental_reports_the_exact_delta_and_equals_a_full_run() {
         json(&target.join("bundle.json"))["totals"]["memories"].as_u64()
     );
     assert_eq!(space_checksums(&target), space_checksums(&full));
+    // Its baseline came from the hashes the run before saved of the bundle it made, not from hashing it again.
+    let stages = r["stages"].as_array().unwrap();
+    let baseline = stages.iter().find(|s| s["stage"] == "baseline").unwrap();
+    assert!(
+        baseline["note"].as_str().unwrap().contains("saved by the last run"),
+        "{baseline}"
+    );
 }
 
 #[test]

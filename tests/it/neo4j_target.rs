@@ -121,7 +121,10 @@ fn code_graph_into_bolt_counts_idempotence_constraint_and_rollback() {
     // The read-back compares every node's content property by property: a property the bundle does not have
     // (which a load's MERGE leaves in place) fails the target check, naming the node; removed, it passes again.
     let one = "MATCH (n:Node) WHERE n.id = 'code_src/pkg/mod_1.py'";
-    cypher(db, &[neo4rs::query(&format!("{one} SET n.reviewer = 'someone'"))]);
+    cypher(
+        db,
+        &[neo4rs::query(&format!("{one} SET n.reviewer = 'someone'"))],
+    );
     let out = run(&args);
     assert_eq!(code(&out), 5, "{}", stderr(&out));
     let report = json(&bundle.with_extension("work").join("report.json"));
@@ -132,8 +135,15 @@ fn code_graph_into_bolt_counts_idempotence_constraint_and_rollback() {
         .filter(|c| !c["passed"].as_bool().unwrap_or(true))
         .map(|c| c["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(failed, vec!["target_content".to_string()], "{}", report["delivery"]);
-    assert!(report["delivery"].to_string().contains("code_src/pkg/mod_1.py"));
+    assert_eq!(
+        failed,
+        vec!["target_content".to_string()],
+        "{}",
+        report["delivery"]
+    );
+    assert!(report["delivery"]
+        .to_string()
+        .contains("code_src/pkg/mod_1.py"));
     cypher(db, &[neo4rs::query(&format!("{one} REMOVE n.reviewer"))]);
     let out = run(&args);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
