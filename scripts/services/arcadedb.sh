@@ -56,9 +56,41 @@ start() {
   if [ -f "$data/server.pid" ] && kill -0 "$(cat "$data/server.pid")" 2>/dev/null; then
     ready "$http" && { echo "bolt://127.0.0.1:$port"; return 0; }
   fi
-  # The heap is kept small: the machine is shared; benchmarks may raise it with ARCADEDB_HEAP.
-  # Run from the data directory: the server writes its log/ folder into its working directory.
+  # The ports sit in the kernel's ephemeral range, so a client connection of another test can hold one for a
+  # moment: the server then fails to bind its HTTP port but stays up (the Bolt listener keeps the JVM alive).
+  # Wait for both ports to be free, and start again when the log says a port was taken.
   cd "$data"
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    for _ in $(seq 1 20); do
+      [ -z "$(ss -Htan "( sport = :$port or sport = :$http )" 2>/dev/null)" ] && break
+      sleep 0.5
+    done
+    launch "$port" "$http" "$data"
+    for _ in $(seq 1 240); do
+      if ready "$http"; then
+        echo "bolt://127.0.0.1:$port"
+        return 0
+      fi
+      if grep -q "Unable to listen\|Address already in use" "$data/server.log" 2>/dev/null; then
+        echo "arcadedb.sh: a port was taken (attempt $attempt); starting again" >&2
+        stop_pid "$data"
+        continue 2
+      fi
+      if ! kill -0 "$(cat "$data/server.pid")" 2>/dev/null; then
+        echo "arcadedb.sh: the server exited; its log:" >&2; tail -30 "$data/server.log" >&2; exit 1
+      fi
+      sleep 0.5
+    done
+    echo "arcadedb.sh: not ready after 120 s; log tail:" >&2; tail -30 "$data/server.log" >&2; exit 1
+  done
+  echo "arcadedb.sh: ports $port/$http stayed taken; log tail:" >&2; tail -30 "$data/server.log" >&2; exit 1
+}
+
+# Starts the server process in the background (from the data directory: it writes its log/ folder there).
+launch() {
+  local port="$1" http="$2" data="$3"
+  # The heap is kept small: the machine is shared; benchmarks may raise it with ARCADEDB_HEAP.
   nohup "$HOME_DIR/jre/bin/java" -Xmx"${ARCADEDB_HEAP:-1g}" -XX:+UseSerialGC \
     -Darcadedb.server.rootPath="$data" \
     -Darcadedb.server.databaseDirectory="$data/databases" \
@@ -71,21 +103,11 @@ start() {
     -Darcadedb.bolt.defaultDatabase=neo4j \
     -cp "$HOME_DIR/jars/*" com.arcadedb.server.ArcadeDBServer >"$data/server.log" 2>&1 &
   echo $! > "$data/server.pid"
-  for _ in $(seq 1 240); do
-    if ready "$http"; then
-      echo "bolt://127.0.0.1:$port"
-      return 0
-    fi
-    if ! kill -0 "$(cat "$data/server.pid")" 2>/dev/null; then
-      echo "arcadedb.sh: the server exited; its log:" >&2; tail -30 "$data/server.log" >&2; exit 1
-    fi
-    sleep 0.5
-  done
-  echo "arcadedb.sh: not ready after 120 s; log tail:" >&2; tail -30 "$data/server.log" >&2; exit 1
 }
 
-stop() {
-  local port="${1:-57687}"; local data; data="$(data_dir "$port")"
+# Stops the server whose pid is recorded in the data directory, if it runs.
+stop_pid() {
+  local data="$1"
   if [ -f "$data/server.pid" ]; then
     local pid; pid="$(cat "$data/server.pid")"
     if kill -0 "$pid" 2>/dev/null; then
@@ -94,6 +116,11 @@ stop() {
       kill -9 "$pid" 2>/dev/null || true
     fi
   fi
+}
+
+stop() {
+  local port="${1:-57687}"; local data; data="$(data_dir "$port")"
+  stop_pid "$data"
   rm -rf "$data"
 }
 

@@ -271,3 +271,61 @@ fn a_killed_load_resumes_to_exactly_the_bundle() {
         edges
     );
 }
+
+/// Nothing listens on the port: `run` stops before the snapshot (no bundle written) with exit 4 and a message that
+/// names the target; `load` of a finished bundle the same.
+#[test]
+fn an_unreachable_server_fails_fast_and_names_the_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("b");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let target = format!("bolt://127.0.0.1:{port}/neo4j");
+    let started = std::time::Instant::now();
+    let out = run(&[
+        "run",
+        "--source",
+        p(&fixture()),
+        "--bundle",
+        p(&bundle),
+        "--target",
+        &target,
+        "--target-user",
+        "root",
+        "--target-password",
+        "pw-not-shown-42",
+    ]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
+    assert!(!e.contains("pw-not-shown-42"), "{e}");
+    assert!(!bundle.exists(), "stopped before the bundle was written");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "fails fast"
+    );
+    // A finished bundle sent to the same address: the same answer.
+    let out = run(&["run", "--source", p(&fixture()), "--target", p(&bundle)]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(&[
+        "load",
+        "--bundle",
+        p(&bundle),
+        "--target",
+        &target,
+        "--target-user",
+        "root",
+        "--target-password",
+        "pw-not-shown-42",
+        "--max-predicted-loss",
+        "1",
+    ]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        stderr(&out)
+    );
+}
