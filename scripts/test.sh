@@ -19,6 +19,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 bash scripts/python-env.sh >/dev/null
 
+# Every server the tests and the guides start listens on a fixed loopback port, and those ports lie inside the
+# kernel's ephemeral range (32768-60999): a client connection of another test could be given one of them as its
+# local port for a moment, and a server started then fails to bind (seen in CI: ArcadeDB's HTTP port, then a
+# guide's PostgreSQL). Reserve them, so the kernel never hands them out as ephemeral ports (root only; a machine
+# that refuses it runs the tests anyway).
+RESERVED="55400-55600,56370-56500,57400-57450,57680-58000"
+if [ -w /proc/sys/net/ipv4/ip_local_reserved_ports ]; then
+  echo "$RESERVED" > /proc/sys/net/ipv4/ip_local_reserved_ports || echo "test.sh: could not reserve ports $RESERVED" >&2
+else
+  echo "test.sh: cannot reserve the test servers' ports ($RESERVED): a rare port clash may fail a test" >&2
+fi
+
 # The integration tests start a PostgreSQL 15 + pgvector server through scripts/services/postgres.sh (installed
 # here first, so a cold machine pays the apt and pgvector build once, outside any test's time); stop it at the end.
 export ENGRAM_TEST_PG_PORT="${ENGRAM_TEST_PG_PORT:-55432}"

@@ -66,8 +66,13 @@ host  all all 127.0.0.1/32 scram-sha-256
 HBA
   fi
   if ! runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
-    runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DATA" -l "$DATA/server.log" -w -t 60 start \
-      -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DATA -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null
+    if ! runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DATA" -l "$DATA/server.log" -w -t 60 start \
+      -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DATA -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null; then
+      echo "postgres.sh: the server on port $PORT did not start; its log:" >&2
+      tail -20 "$DATA/server.log" >&2
+      ss -tanp 2>/dev/null | grep ":$PORT " >&2 || true
+      exit 1
+    fi
   fi
   local psql=(runuser -u postgres -- psql -h "$DATA" -p "$PORT" -U postgres -qAt -v ON_ERROR_STOP=1)
   "${psql[@]}" -c "ALTER USER postgres PASSWORD 'engram'" >/dev/null
