@@ -201,7 +201,10 @@ fn sqlite_incremental_reports_the_exact_delta_and_equals_a_full_run() {
     let stages = r["stages"].as_array().unwrap();
     let baseline = stages.iter().find(|s| s["stage"] == "baseline").unwrap();
     assert!(
-        baseline["note"].as_str().unwrap().contains("saved by the last run"),
+        baseline["note"]
+            .as_str()
+            .unwrap()
+            .contains("saved by the last run"),
         "{baseline}"
     );
 }
