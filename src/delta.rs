@@ -565,6 +565,9 @@ pub fn load_hashes(path: &Path) -> Result<HashMap<(String, String), u128>> {
     Ok(out)
 }
 
+/// Memory ids by space.
+pub type IdsBySpace = HashMap<String, std::collections::HashSet<String>>;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemoryDeltaCounts {
     pub added: u64,
@@ -576,9 +579,17 @@ pub struct MemoryDeltaCounts {
 /// Which memories a target must be sent (added or changed) and which it must delete, by space.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MemoryDelta {
-    pub send: std::collections::HashSet<(String, String)>,
+    /// Space -> ids of the memories to send: looked up by `&str` per row, no key built for each.
+    pub send: IdsBySpace,
     pub delete: Vec<(String, String)>,
     pub counts: MemoryDeltaCounts,
+}
+
+impl MemoryDelta {
+    /// How many memories are to be sent.
+    pub fn to_send(&self) -> usize {
+        self.send.values().map(|ids| ids.len()).sum()
+    }
 }
 
 pub fn memory_delta(
@@ -590,12 +601,12 @@ pub fn memory_delta(
         match before.get(k) {
             None => {
                 d.counts.added += 1;
-                d.send.insert(k.clone());
+                d.send.entry(k.0.clone()).or_default().insert(k.1.clone());
             }
             Some(b) if b == h => d.counts.unchanged += 1,
             Some(_) => {
                 d.counts.changed += 1;
-                d.send.insert(k.clone());
+                d.send.entry(k.0.clone()).or_default().insert(k.1.clone());
             }
         }
     }
@@ -779,7 +790,10 @@ mod tests {
         );
         assert_eq!(d.delete, vec![k("b", "1")]);
         assert!(
-            d.send.contains(&k("a", "2")) && d.send.contains(&k("b", "2")) && d.send.len() == 2
+            d.send["a"].contains("2")
+                && d.send["b"].contains("2")
+                && d.to_send() == 2
+                && d.send.len() == 2
         );
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("h.parquet");

@@ -1026,7 +1026,7 @@ async fn deliver(
     let scope = match delta {
         Some(m) => format!(
             "delta: {} to send, {} to delete",
-            m.send.len(),
+            m.to_send(),
             m.delete.len()
         ),
         None => "whole bundle".to_string(),

@@ -6,7 +6,7 @@
 //! unit of it is answered, the rows done per part and the refusals so far are checkpointed. A killed load
 //! started again skips the rows done; the sink's writes are keyed by memory id, so a unit sent twice lands once.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{RowOutcome, Sink, WriteUnit};
 use crate::bundle::BundleManifest;
+use crate::delta::IdsBySpace;
 use crate::error::{Error, Result};
 use crate::parquet_io;
 use crate::workdir::{Checkpoint, RunKey};
@@ -91,7 +92,7 @@ fn units_of_part<'a>(
     mut skip: u64,
     batch_rows: usize,
     unit_rows: usize,
-    only: Option<&'a HashSet<(String, String)>>,
+    only: Option<&'a IdsBySpace>,
 ) -> Box<dyn Iterator<Item = Result<WriteUnit>> + 'a> {
     // Rows of batches the filter emptied, checkpointed with the next unit of the part.
     let mut carried = 0u64;
@@ -151,19 +152,22 @@ fn units_of_part<'a>(
     }))
 }
 
-/// The rows of `batch` whose (space, id) is in `keep`.
+/// The rows of `batch` (memories of `space`) whose id `keep` names.
 fn keep_rows(
     batch: &arrow::array::RecordBatch,
     space: &str,
-    keep: &HashSet<(String, String)>,
+    keep: &IdsBySpace,
 ) -> Result<arrow::array::RecordBatch> {
     let ids = batch
         .column_by_name("id")
         .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
         .ok_or_else(|| Error::Internal("a bundle memory batch without a text id".into()))?;
+    let Some(keep) = keep.get(space) else {
+        return Ok(batch.slice(0, 0));
+    };
     let mask: arrow::array::BooleanArray = ids
         .iter()
-        .map(|id| Some(id.is_some_and(|id| keep.contains(&(space.to_string(), id.to_string())))))
+        .map(|id| Some(id.is_some_and(|id| keep.contains(id))))
         .collect();
     Ok(arrow::compute::filter_record_batch(batch, &mask)?)
 }
@@ -178,7 +182,7 @@ pub async fn run(
     limits: &DeliverLimits,
     checkpoint_file: &Path,
     run_key: &RunKey,
-    only: Option<&HashSet<(String, String)>>,
+    only: Option<&IdsBySpace>,
 ) -> Result<LoadOutcome> {
     let started = Instant::now();
     sink.prepare(manifest).await?;
@@ -186,7 +190,7 @@ pub async fn run(
     // Rows sent before an interruption (a delta load filters rows out: rows read are not rows sent).
     let resumed: u64 = ckpt.state.sent;
     let total = match only {
-        Some(keep) => keep.len() as u64,
+        Some(keep) => keep.values().map(|ids| ids.len() as u64).sum(),
         None => manifest.totals.get("memories").copied().unwrap_or(0),
     };
     let pb = crate::progress::bar(total, &format!("send to {}", sink.name()), "memories");

@@ -24,10 +24,8 @@ use serde_json::{Map, Value};
 
 use super::{Catalog, ColumnInfo, Emit, Fingerprint, ReadEnd, Source, TableInfo};
 use crate::error::{Error, Result};
+use crate::sink::engram::http::{list_path, memory_path, ListPage, PAGE};
 use crate::sink::engram::{EngramTarget, ENGRAM_DIM};
-
-/// Engram caps `limit` at 1000.
-const PAGE: usize = 1000;
 
 /// The staged columns of every space's table, as a type-mapping table: (name, Engram's JSON field, Arrow type).
 const COLUMNS: &[(&str, &str, &str)] = &[
@@ -44,18 +42,7 @@ pub struct EngramSource {
     timeout: Duration,
 }
 
-#[derive(Debug, Deserialize)]
-struct Page {
-    memories: Vec<Listed>,
-    #[serde(default)]
-    tier_counts: Option<TierCounts>,
-}
-
-#[derive(Debug, Deserialize)]
-struct TierCounts {
-    total: u64,
-}
-
+/// A memory as the listing gives it, every field.
 #[derive(Debug, Deserialize)]
 struct Listed {
     id: String,
@@ -184,12 +171,8 @@ impl EngramSource {
         Ok(spaces)
     }
 
-    fn page(&self, space: &str, offset: usize, limit: usize) -> Result<Page> {
-        let path = format!(
-            "/api/v1/memories?space={}&tier=all&offset={offset}&limit={limit}&include_embeddings=true",
-            url::form_urlencoded::byte_serialize(space.as_bytes()).collect::<String>()
-        );
-        self.get_json(&path, Some(space))
+    fn page(&self, space: &str, offset: usize, limit: usize) -> Result<ListPage<Listed>> {
+        self.get_json(&list_path(space, offset, limit), Some(space))
     }
 
     fn total(&self, space: &str) -> Result<u64> {
@@ -399,12 +382,7 @@ impl Source for EngramSource {
                 out.push(None);
                 continue;
             };
-            let mut u = url::Url::parse("http://x/api/v1/memories/").expect("a valid base");
-            u.path_segments_mut()
-                .expect("a base with a path")
-                .pop_if_empty()
-                .push(id);
-            let (status, body) = self.get(u.path(), Some(&table.name))?;
+            let (status, body) = self.get(&memory_path(id), Some(&table.name))?;
             if status == 404 {
                 out.push(None);
                 continue;

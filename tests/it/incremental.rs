@@ -402,34 +402,38 @@ fn standin_target(s: &Standin) -> String {
     s.http_target()
 }
 
+/// `run` of `db` into the Engram stand-in, the bundle in `dir/b` and the work directory `dir/w`.
+fn run_live(db: &Path, standin: &Standin, dir: &Path, extra: &[&str]) -> Output {
+    let target = standin_target(standin);
+    let (bundle, work) = (dir.join("b"), dir.join("w"));
+    let mut a = vec![
+        "run",
+        "--source",
+        p(db),
+        "--target",
+        &target,
+        "--bundle",
+        p(&bundle),
+    ];
+    a.extend_from_slice(&[
+        "--work-dir",
+        p(&work),
+        "--embedding-cache-mb",
+        "64",
+        "--max-predicted-loss",
+        "1",
+    ]);
+    a.extend_from_slice(extra);
+    run(&a)
+}
+
 #[test]
 fn the_delta_goes_to_engram_and_deletes_are_asked_for() {
     let tmp = tempfile::tempdir().unwrap();
     let db = source_db(tmp.path());
     let standin = Standin::start(Config::default());
-    let target: &'static str = Box::leak(standin_target(&standin).into_boxed_str());
-    let (bundle, work) = (tmp.path().join("b"), tmp.path().join("w"));
-    let live = |extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            "--source",
-            p(&db),
-            "--target",
-            target,
-            "--bundle",
-            p(&bundle),
-        ];
-        args.extend_from_slice(&[
-            "--work-dir",
-            p(&work),
-            "--embedding-cache-mb",
-            "64",
-            "--max-predicted-loss",
-            "1",
-        ]);
-        args.extend_from_slice(extra);
-        run(&args)
-    };
+    let work = tmp.path().join("w");
+    let live = |extra: &[&str]| run_live(&db, &standin, tmp.path(), extra);
     ok(&live(&[]));
     let sent_first: u64 = standin
         .state
@@ -491,29 +495,8 @@ fn an_undelivered_delta_is_sent_with_the_next_one() {
     let tmp = tempfile::tempdir().unwrap();
     let db = source_db(tmp.path());
     let standin = Standin::start(Config::default());
-    let target: &'static str = Box::leak(standin_target(&standin).into_boxed_str());
-    let (bundle, work) = (tmp.path().join("b"), tmp.path().join("w"));
-    let live = |extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            "--source",
-            p(&db),
-            "--target",
-            target,
-            "--bundle",
-            p(&bundle),
-        ];
-        args.extend_from_slice(&[
-            "--work-dir",
-            p(&work),
-            "--embedding-cache-mb",
-            "64",
-            "--max-predicted-loss",
-            "1",
-        ]);
-        args.extend_from_slice(extra);
-        run(&args)
-    };
+    let work = tmp.path().join("w");
+    let live = |extra: &[&str]| run_live(&db, &standin, tmp.path(), extra);
     ok(&live(&[]));
     // The second run's delivery fails (the server refuses every write for a while): its delta stays owed.
     sql(&db, "UPDATE children SET note = 'second' WHERE id = 30;");

@@ -133,16 +133,36 @@ pub struct Listed {
     pub embedding: Option<Vec<f32>>,
 }
 
+/// A page of `GET /api/v1/memories`: the memories as `T` reads them (the read-back takes id and embedding only,
+/// the Engram source every field), and the server's count.
 #[derive(Debug, Deserialize)]
-struct ListPage {
-    memories: Vec<Listed>,
+pub struct ListPage<T> {
+    pub memories: Vec<T>,
     #[serde(default)]
-    tier_counts: Option<TierCounts>,
+    pub tier_counts: Option<TierCounts>,
 }
 
 #[derive(Debug, Deserialize)]
-struct TierCounts {
-    total: u64,
+pub struct TierCounts {
+    pub total: u64,
+}
+
+/// A page of a space's memories with their embeddings, all tiers (Engram caps `limit` at 1000).
+pub fn list_path(space: &str, offset: usize, limit: usize) -> String {
+    format!(
+        "/api/v1/memories?space={}&tier=all&offset={offset}&limit={limit}&include_embeddings=true",
+        url::form_urlencoded::byte_serialize(space.as_bytes()).collect::<String>()
+    )
+}
+
+/// `/api/v1/memories/{id}`, the id percent-encoded as one path segment (ids may hold `/`, `?`, spaces).
+pub fn memory_path(id: &str) -> String {
+    let mut url = url::Url::parse("http://x/api/v1/memories/").expect("a valid base");
+    url.path_segments_mut()
+        .expect("a base with a path")
+        .pop_if_empty()
+        .push(id);
+    url.path().to_string()
 }
 
 #[derive(Clone)]
@@ -164,7 +184,7 @@ impl std::fmt::Debug for HttpApi {
 const SPACES_AT_ONCE: usize = 8;
 
 /// A page of the listing: Engram caps `limit` at 1000.
-const PAGE: usize = 1000;
+pub const PAGE: usize = 1000;
 
 impl HttpApi {
     pub fn new(
@@ -444,12 +464,7 @@ impl HttpApi {
     /// `DELETE /api/v1/memories/{id}` in a space. Engram (as of this writing) answers 200 with
     /// `"status": "not_supported"` and keeps the memory: that is `Deleted::Kept`, never counted as deleted.
     pub async fn delete(&self, space: &str, id: &str) -> Result<Deleted> {
-        let mut url = url::Url::parse("http://x/api/v1/memories/").expect("a valid base");
-        url.path_segments_mut()
-            .expect("a base with a path")
-            .pop_if_empty()
-            .push(id);
-        let path = url.path().to_string();
+        let path = memory_path(id);
         let (status, body) = self
             .send("DELETE /api/v1/memories/ID", id, || {
                 self.request(reqwest::Method::DELETE, &path)
@@ -503,10 +518,7 @@ impl HttpApi {
         let mut out = vec![];
         let mut total = None;
         loop {
-            let path = format!(
-                "/api/v1/memories?space={space}&tier=all&offset={}&limit={PAGE}&include_embeddings=true",
-                out.len()
-            );
+            let path = list_path(space, out.len(), PAGE);
             let (status, body) = self
                 .send("GET /api/v1/memories", space, || {
                     self.request(reqwest::Method::GET, &path)
@@ -523,7 +535,7 @@ impl HttpApi {
                     )))
                 }
             }
-            let page: ListPage = serde_json::from_slice(&body).map_err(|e| {
+            let page: ListPage<Listed> = serde_json::from_slice(&body).map_err(|e| {
                 self.target_err(format!("listing space {space:?}: unexpected answer ({e})"))
             })?;
             if total.is_none() {
