@@ -204,7 +204,13 @@ fn full_load() {
         let started = Instant::now();
         let out = rt
             .block_on(load::run(
-                &bundle, &manifest, &sink, &limits, &ckpt, &key, None,
+                &bundle,
+                &manifest,
+                &sink,
+                &limits,
+                &ckpt,
+                &key,
+                Default::default(),
             ))
             .unwrap();
         let rb = rt

@@ -1045,31 +1045,22 @@ async fn deliver(
         limits,
         checkpoint_file,
         &run_key,
-        delta.map(|m| &m.send),
+        crate::sink::load::Delta {
+            send: delta.map(|m| &m.send),
+            delete: gone.map(|g| g.as_slice()),
+        },
     )
     .await?;
-    // Deletes after the sends: deleting is idempotent, so a resumed load simply asks again.
-    let mut deletes = None;
-    if let Some(gone) = gone {
-        let mut outcome = crate::sink::DeleteOutcome::default();
-        let mut by_space: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
-        for (space, id) in gone {
-            by_space.entry(space).or_default().push(id.clone());
-        }
-        for (space, ids) in by_space {
-            outcome.add(sink.delete(space, &ids).await?);
-        }
-        if outcome.kept > 0 {
-            crate::progress::warn(&format!(
-                "{}: {} of {} memories deleted from the source are still in the target: {}",
-                sink.identity(),
-                outcome.kept,
-                outcome.requested,
-                outcome.note
-            ));
-        }
-        deletes = Some(outcome);
+    if let Some(outcome) = out.deletes.as_ref().filter(|o| o.kept > 0) {
+        crate::progress::warn(&format!(
+            "{}: {} of {} memories deleted from the source are still in the target: {}",
+            sink.identity(),
+            outcome.kept,
+            outcome.requested,
+            outcome.note
+        ));
     }
+    let deletes = out.deletes.clone();
     let read_back = sink.read_back(bundle, &manifest, &out.rejected).await?;
     // The verdict in SQL, the same checks for every sink (sql/validate/target_*.sql).
     let vopts = ValidateOptions {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::{RowOutcome, Sink, WriteUnit};
+use super::{DeleteOutcome, LoadScope, RowOutcome, Sink, WriteUnit};
 use crate::bundle::BundleManifest;
 use crate::delta::IdsBySpace;
 use crate::error::{Error, Result};
@@ -57,6 +57,16 @@ pub struct LoadOutcome {
     pub rejected: Vec<Rejection>,
     pub seconds: f64,
     pub rows_per_second: f64,
+    /// What the target did with the deletes of a delta (None: none asked).
+    pub deletes: Option<DeleteOutcome>,
+}
+
+/// What an incremental run's load does besides sending: `send` narrows the memories sent to these (a sink
+/// that accepts a delta), `delete` are the memories gone from the source.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Delta<'a> {
+    pub send: Option<&'a IdsBySpace>,
+    pub delete: Option<&'a [(String, String)]>,
 }
 
 /// One memory part of the bundle.
@@ -172,8 +182,9 @@ fn keep_rows(
     Ok(arrow::compute::filter_record_batch(batch, &mask)?)
 }
 
-/// Sends every memory of `bundle` to `sink` (or, with `only`, those of these (space, id)): `prepare` first,
-/// then the units in bundle order, then `finish`. Progress goes to `checkpoint_file` under `run_key`. The
+/// Sends every memory of `bundle` to `sink` (or, with `delta.send`, those of these (space, id)): `prepare`
+/// first, then the units in bundle order, then the deletes of `delta.delete`, then `finish` (with
+/// [`LoadScope::Delta`] when only a delta was sent). Progress goes to `checkpoint_file` under `run_key`. The
 /// read-back is the caller's next step.
 pub async fn run(
     bundle: &Path,
@@ -182,8 +193,9 @@ pub async fn run(
     limits: &DeliverLimits,
     checkpoint_file: &Path,
     run_key: &RunKey,
-    only: Option<&IdsBySpace>,
+    delta: Delta<'_>,
 ) -> Result<LoadOutcome> {
+    let only = delta.send;
     let started = Instant::now();
     sink.prepare(manifest).await?;
     let mut ckpt: Checkpoint<LoadProgress> = Checkpoint::load_or_new(checkpoint_file, run_key)?;
@@ -254,7 +266,18 @@ pub async fn run(
     }
     drop(answers);
     pb.finish_and_clear();
-    sink.finish(bundle, manifest).await?;
+    // Deletes after the sends and before `finish` (a transactional target applies them with its merge);
+    // deleting is idempotent, so a resumed load simply asks again.
+    let deletes = match delta.delete {
+        Some(gone) => Some(delete(sink, gone).await?),
+        None => None,
+    };
+    let scope = if only.is_some() {
+        LoadScope::Delta
+    } else {
+        LoadScope::Whole
+    };
+    sink.finish(bundle, manifest, scope).await?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(LoadOutcome {
         sent,
@@ -266,5 +289,19 @@ pub async fn run(
         } else {
             0.0
         },
+        deletes,
     })
+}
+
+/// Asks `sink` to delete `gone` (space, id), space by space.
+async fn delete(sink: &dyn Sink, gone: &[(String, String)]) -> Result<DeleteOutcome> {
+    let mut outcome = DeleteOutcome::default();
+    let mut by_space: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (space, id) in gone {
+        by_space.entry(space).or_default().push(id.clone());
+    }
+    for (space, ids) in by_space {
+        outcome.add(sink.delete(space, &ids).await?);
+    }
+    Ok(outcome)
 }

@@ -122,6 +122,15 @@ impl DeleteOutcome {
     }
 }
 
+/// What one load sends: the whole bundle, or an incremental run's delta (its added and changed memories, then
+/// deletes of those gone). A delta load leaves the target's memories and edges of the bundle's spaces equal to
+/// the bundle's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadScope {
+    Whole,
+    Delta,
+}
+
 /// A target that loads finished bundles. Writes must be idempotent (keyed by memory id): a resumed load sends
 /// the unacknowledged tail again.
 #[async_trait::async_trait]
@@ -149,8 +158,15 @@ pub trait Sink: Send + Sync {
     fn unit_rows(&self, limits: &DeliverLimits) -> usize;
     /// Sends one unit; one outcome per row, in order. An error stops the load (it resumes from the checkpoint).
     async fn write(&self, unit: &WriteUnit) -> Result<Vec<RowOutcome>>;
-    /// After the last unit (what is not sent in units, indexes, analyze). Default: nothing.
-    async fn finish(&self, _bundle: &Path, _manifest: &BundleManifest) -> Result<()> {
+    /// After the last unit and the deletes (what is not sent in units, indexes, analyze). With
+    /// [`LoadScope::Delta`] the target's edges of the bundle's spaces are made the bundle's (an edge gone from the
+    /// source is removed). Default: nothing.
+    async fn finish(
+        &self,
+        _bundle: &Path,
+        _manifest: &BundleManifest,
+        _scope: LoadScope,
+    ) -> Result<()> {
         Ok(())
     }
     /// After `prepare`: the target already holds this bundle's load (recorded there), so its units are
@@ -177,8 +193,11 @@ pub trait Sink: Send + Sync {
     fn accepts_delta(&self) -> bool {
         false
     }
-    /// Deletes memories by id (an incremental run's deleted rows). Answers what the target really removed; a
-    /// target without deletes keeps them and says why. Default: nothing is deleted.
+    /// Deletes memories by id (an incremental run's deleted rows), with their edges. The loader calls it after
+    /// the units and before `finish`; a transactional target may stage the deletes and apply them with `finish`
+    /// (then they count as deleted here: a failed `finish` fails the load). Must be idempotent (a resumed load
+    /// asks again). Answers what the target removed; a target without deletes keeps them and says why. Default:
+    /// nothing is deleted.
     async fn delete(&self, _space: &str, ids: &[String]) -> Result<DeleteOutcome> {
         Ok(DeleteOutcome {
             requested: ids.len() as u64,

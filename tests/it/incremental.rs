@@ -756,3 +756,212 @@ fn redis_incremental_reports_the_delta_and_equals_a_full_run() {
     );
     reset(&mut c);
 }
+
+/// Changes that move, orphan and remove edges as well as memories: a changed row, a deleted one, a new one, a
+/// child moved to another parent (its old edge must go), a deleted parent (its children's edges become orphans)
+/// and a deleted row of the table without a key.
+const DELTA_WITH_EDGES: &str = "PRAGMA foreign_keys = OFF;
+     UPDATE children SET note = 'now different' WHERE id = 7;
+     DELETE FROM children WHERE id = 8;
+     INSERT INTO children VALUES (3000, 2, 'brand new', 2.5);
+     UPDATE children SET parent_id = 33 WHERE id = 9;
+     DELETE FROM parents WHERE id = 60;
+     DELETE FROM log WHERE rowid = 3;";
+
+/// The bundle's memories as `space/id`, sorted.
+fn bundle_ids(bundle: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = bundle_memories(bundle)
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["space"].as_str().unwrap(),
+                m["id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The bundle's edges (not orphans) as `source_id -type-> target_id`, sorted.
+fn bundle_edges(bundle: &Path) -> Vec<String> {
+    let mut out = vec![];
+    for space in std::fs::read_dir(bundle.join("spaces")).unwrap() {
+        let dir = space.unwrap().path().join("edges");
+        for f in std::fs::read_dir(&dir).into_iter().flatten() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e == "parquet") {
+                for b in engram_migrate::parquet_io::read_all(&f).unwrap() {
+                    for r in 0..b.num_rows() {
+                        let e = engram_migrate::json::row_object(&b, r).unwrap();
+                        let s = |k: &str| e[k].as_str().unwrap().to_string();
+                        out.push(format!(
+                            "{} -{}-> {}",
+                            s("source_id"),
+                            s("edge_type"),
+                            s("target_id")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn lines(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_delta_goes_to_postgres_with_deletes_and_stale_edges_and_rolls_back() {
+    let url = pg_database("it_incremental");
+    let tmp = tempfile::tempdir().unwrap();
+    let db = source_db(tmp.path());
+    let (bundle, work) = (tmp.path().join("b"), tmp.path().join("w"));
+    let live = |extra: &[&str]| {
+        let mut a = vec![
+            "run",
+            "--source",
+            p(&db),
+            "--target",
+            url.as_str(),
+            "--bundle",
+            p(&bundle),
+            "--work-dir",
+            p(&work),
+            "--embedding-cache-mb",
+            "64",
+        ];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let target_ids = || {
+        lines(&psql(
+            "it_incremental",
+            "SELECT space || '/' || id FROM engram.memories",
+        ))
+    };
+    let target_edges = || {
+        lines(&psql(
+            "it_incremental",
+            "SELECT source_id || ' -' || edge_type || '-> ' || target_id FROM engram.edges",
+        ))
+    };
+    let orphans = || psql("it_incremental", "SELECT count(*) FROM engram.orphans");
+    ok(&live(&[]));
+    let (first_ids, first_edges, first_orphans) = (target_ids(), target_edges(), orphans());
+    assert_eq!(first_ids, bundle_ids(&bundle));
+    assert_eq!(first_edges, bundle_edges(&bundle));
+
+    sql(&db, DELTA_WITH_EDGES);
+    let out = live(&["--incremental"]);
+    ok(&out);
+    let r = json(&work.join("report.json"));
+    let d = &r["delivery"];
+    assert!(d["scope"].as_str().unwrap().starts_with("delta: "), "{d}");
+    assert_eq!(d["deletes"]["deleted"].as_u64(), Some(3), "{d}");
+    // The target now holds exactly the new bundle: memories, edges (the moved child's old edge and the deleted
+    // parent's edges gone) and orphans.
+    assert_eq!(target_ids(), bundle_ids(&bundle));
+    assert_eq!(target_edges(), bundle_edges(&bundle));
+    assert_eq!(
+        orphans(),
+        json(&bundle.join("bundle.json"))["totals"]["orphans"].to_string()
+    );
+    let edges = target_edges();
+    assert!(
+        edges.contains(&"children_9 -fk:parent_id->parents-> parents_33".to_string()),
+        "{edges:?}"
+    );
+    assert!(
+        !edges.iter().any(|e| e.ends_with("parents_60")),
+        "{edges:?}"
+    );
+    assert!(!target_ids().contains(&"children/children_8".to_string()));
+
+    // Rolled back: the target is as the first load left it, deleted rows and removed edges back.
+    let out = run(&["rollback", "--bundle", p(&bundle), "--target", url.as_str()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(target_ids(), first_ids);
+    assert_eq!(target_edges(), first_edges);
+    assert_eq!(orphans(), first_orphans);
+}
+
+#[test]
+fn the_delta_goes_to_a_bolt_target_with_deletes_and_stale_relationships() {
+    let url = arcadedb_fixture("it_incremental_graph", "preexisting.cypher");
+    let tmp = tempfile::tempdir().unwrap();
+    let db = source_db(tmp.path());
+    let (bundle, work) = (tmp.path().join("b"), tmp.path().join("w"));
+    let live = |extra: &[&str]| {
+        let mut a = vec![
+            "run",
+            "--source",
+            p(&db),
+            "--target",
+            url.as_str(),
+            "--bundle",
+            p(&bundle),
+            "--work-dir",
+            p(&work),
+            "--embedding-cache-mb",
+            "64",
+            "--target-user",
+            "root",
+            "--target-password",
+            ARCADEDB_PASSWORD,
+            "--max-predicted-loss",
+            "1",
+        ];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let query = |q: &str| -> Vec<String> {
+        let (rt, g) = bolt("it_incremental_graph");
+        let mut out: Vec<String> = rt.block_on(async {
+            let mut s = g.execute(neo4rs::query(q)).await.unwrap();
+            let mut v = vec![];
+            while let Some(r) = s.next().await.unwrap() {
+                v.push(r.get::<String>("x").unwrap());
+            }
+            v
+        });
+        out.sort();
+        out
+    };
+    let target_ids =
+        || query("MATCH (n:Node) WHERE n.space IS NOT NULL RETURN n.space + '/' + n.id AS x");
+    let target_edges =
+        || query("MATCH (a:Node)-[e]->(b:Node) RETURN a.id + ' -' + type(e) + '-> ' + b.id AS x");
+    ok(&live(&[]));
+    assert_eq!(target_ids(), bundle_ids(&bundle));
+    assert_eq!(target_edges(), bundle_edges(&bundle));
+
+    sql(&db, DELTA_WITH_EDGES);
+    let out = live(&["--incremental"]);
+    ok(&out);
+    let d = &json(&work.join("report.json"))["delivery"];
+    assert!(d["scope"].as_str().unwrap().starts_with("delta: "), "{d}");
+    assert_eq!(d["deletes"]["deleted"].as_u64(), Some(3), "{d}");
+    assert_eq!(target_ids(), bundle_ids(&bundle));
+    let edges = target_edges();
+    assert_eq!(edges, bundle_edges(&bundle));
+    assert!(
+        edges.contains(&"children_9 -fk:parent_id->parents-> parents_33".to_string()),
+        "{edges:?}"
+    );
+    // What was there before the tool stays.
+    assert_eq!(
+        query("MATCH (n:Legacy) RETURN n.id AS x"),
+        vec!["legacy-1".to_string()]
+    );
+}

@@ -161,7 +161,13 @@ fn a_sink_from_outside_the_crate_loads_resumes_and_reads_back() {
     // The 9th unit fails: the load stops with an error, having checkpointed only whole batches.
     let e = rt
         .block_on(load::run(
-            &bundle, &manifest, &sink, &limits, &ckpt, &key, None,
+            &bundle,
+            &manifest,
+            &sink,
+            &limits,
+            &ckpt,
+            &key,
+            Default::default(),
         ))
         .unwrap_err();
     assert!(e.to_string().contains("injected failure"), "{e}");
@@ -181,7 +187,13 @@ fn a_sink_from_outside_the_crate_loads_resumes_and_reads_back() {
     sink.fail_in.store(i64::MAX, Ordering::SeqCst);
     let out = rt
         .block_on(load::run(
-            &bundle, &manifest, &sink, &limits, &ckpt, &key, None,
+            &bundle,
+            &manifest,
+            &sink,
+            &limits,
+            &ckpt,
+            &key,
+            Default::default(),
         ))
         .unwrap();
     assert_eq!(out.resumed, done);

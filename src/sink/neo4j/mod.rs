@@ -29,8 +29,8 @@ use neo4rs::{BoltType, ConfigBuilder, Graph};
 use serde_json::Value;
 
 use super::{
-    DeliverLimits, Explanation, HeldMemory, ReadBack, Rejection, RowOutcome, Sink, SinkFactory,
-    SinkOptions, WriteUnit,
+    DeleteOutcome, DeliverLimits, Explanation, HeldMemory, LoadScope, ReadBack, Rejection,
+    RowOutcome, Sink, SinkFactory, SinkOptions, WriteUnit,
 };
 use crate::bundle::BundleManifest;
 use crate::error::{Error, Result};
@@ -390,6 +390,135 @@ impl Neo4jSink {
     }
 }
 
+/// A relationship of the bundle (one edge): its ends, identity and properties.
+#[derive(Debug, Clone)]
+struct Relationship {
+    s: String,
+    t: String,
+    k: String,
+    w: f32,
+    n: String,
+    p: Option<String>,
+}
+
+impl Relationship {
+    fn bolt(self) -> BoltType {
+        let mut r = neo4rs::BoltMap::new();
+        r.put("s".into(), BoltType::from(self.s));
+        r.put("t".into(), BoltType::from(self.t));
+        r.put("k".into(), BoltType::from(self.k));
+        r.put("w".into(), BoltType::from(self.w as f64));
+        r.put("n".into(), BoltType::from(self.n));
+        r.put(
+            "p".into(),
+            match self.p {
+                Some(p) => BoltType::from(p),
+                None => BoltType::Null(neo4rs::BoltNull),
+            },
+        );
+        BoltType::Map(r)
+    }
+}
+
+/// Every edge of the bundle as a relationship, by type.
+fn bundle_relationships(
+    bundle: &Path,
+    manifest: &BundleManifest,
+) -> Result<BTreeMap<String, Vec<Relationship>>> {
+    let files: Vec<PathBuf> = manifest
+        .spaces
+        .iter()
+        .flat_map(|sp| {
+            sp.edges.files.iter().map(move |f| {
+                bundle
+                    .join("spaces")
+                    .join(&sp.space)
+                    .join("edges")
+                    .join(&f.file)
+            })
+        })
+        .collect();
+    let mut by_type: BTreeMap<String, Vec<Relationship>> = BTreeMap::new();
+    for path in &files {
+        for b in parquet_io::open_reader(path, 8192)? {
+            let b = b.map_err(|e| Error::source_err(path.display().to_string(), e.to_string()))?;
+            let s = |name: &str| {
+                b.column_by_name(name)
+                    .and_then(|c| c.as_string_opt::<i32>().cloned())
+                    .ok_or_else(|| {
+                        Error::source_err(path.display().to_string(), format!("no {name}"))
+                    })
+            };
+            let (src, dst, ty, props, sname, skey) = (
+                s(edge::SOURCE_ID)?,
+                s(edge::TARGET_ID)?,
+                s(edge::EDGE_TYPE)?,
+                s(edge::PROPERTIES)?,
+                s(edge::SOURCE_NAME)?,
+                s(edge::SOURCE_KEY)?,
+            );
+            let w = b
+                .column_by_name(edge::WEIGHT)
+                .and_then(|c| c.as_primitive_opt::<Float32Type>().cloned())
+                .ok_or_else(|| Error::source_err(path.display().to_string(), "no weight"))?;
+            for i in 0..b.num_rows() {
+                by_type
+                    .entry(ty.value(i).to_string())
+                    .or_default()
+                    .push(Relationship {
+                        s: src.value(i).to_string(),
+                        t: dst.value(i).to_string(),
+                        k: skey.value(i).to_string(),
+                        w: w.value(i),
+                        n: sname.value(i).to_string(),
+                        p: (!props.is_null(i)).then(|| props.value(i).to_string()),
+                    });
+            }
+        }
+    }
+    Ok(by_type)
+}
+
+/// A relationship's identity in the target: (type, source id, source_key, target id).
+type RelKey = (String, String, String, String);
+
+impl Neo4jSink {
+    /// The relationships the target has out of the nodes of the bundle's spaces, with their weight,
+    /// properties and source_name, streamed.
+    async fn held_relationships(
+        &self,
+        manifest: &BundleManifest,
+    ) -> Result<std::collections::HashMap<RelKey, (f64, Option<String>, String)>> {
+        let g = self.graph().await?;
+        let mut out = std::collections::HashMap::new();
+        for sp in &manifest.spaces {
+            let what = format!("read the relationships of space {}", sp.space);
+            let q = neo4rs::query(&format!(
+                "MATCH (a:{BASE_LABEL})-[e]->(b:{BASE_LABEL}) WHERE a.space = $space
+                 RETURN type(e) AS ty, a.id AS s, e.source_key AS k, b.id AS t, e.weight AS w,
+                        e.properties AS p, e.source_name AS n"
+            ))
+            .param("space", sp.space.as_str());
+            let mut rows = g.execute(q).await.map_err(|e| self.err(&what, e))?;
+            while let Some(r) = rows.next().await.map_err(|e| self.err(&what, e))? {
+                let text = |n: &str| {
+                    r.get::<Option<String>>(n)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default()
+                };
+                let key = (text("ty"), text("s"), text("k"), text("t"));
+                let w = r.get::<f64>("w").unwrap_or(f64::NAN);
+                out.insert(
+                    key,
+                    (w, r.get::<Option<String>>("p").ok().flatten(), text("n")),
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Errors worth a retry: the server says so (deadlocks, leader switches) or the connection broke.
 fn is_transient(e: &neo4rs::Error) -> bool {
     let t = e.to_string().to_lowercase();
@@ -572,72 +701,65 @@ impl Sink for Neo4jSink {
         Ok(vec![RowOutcome::Accepted; b.num_rows()])
     }
 
+    fn accepts_delta(&self) -> bool {
+        true
+    }
+
+    /// `DETACH DELETE` by id (ids are unique across spaces here), 500 to a transaction; an id already gone
+    /// counts as deleted.
+    async fn delete(&self, _space: &str, ids: &[String]) -> Result<DeleteOutcome> {
+        for chunk in ids.chunks(500) {
+            let q = neo4rs::query(&format!(
+                "UNWIND $ids AS i MATCH (n:{BASE_LABEL}) WHERE n.id = i DETACH DELETE n"
+            ))
+            .param("ids", chunk.to_vec());
+            self.run("delete nodes", q).await?;
+        }
+        Ok(DeleteOutcome {
+            requested: ids.len() as u64,
+            deleted: ids.len() as u64,
+            kept: 0,
+            note: String::new(),
+        })
+    }
+
     /// The relationships, after every node: type by type, in batches of 500 (a few hundred bytes each, under
-    /// `MAX_UNWIND_BYTES`), each batch its own transaction.
-    async fn finish(&self, bundle: &Path, manifest: &BundleManifest) -> Result<()> {
-        let files: Vec<PathBuf> = manifest
-            .spaces
-            .iter()
-            .flat_map(|sp| {
-                sp.edges.files.iter().map(move |f| {
-                    bundle
-                        .join("spaces")
-                        .join(&sp.space)
-                        .join("edges")
-                        .join(&f.file)
-                })
-            })
-            .collect();
-        let mut by_type: BTreeMap<String, Vec<BoltType>> = BTreeMap::new();
-        for path in &files {
-            for b in parquet_io::open_reader(path, 8192)? {
-                let b =
-                    b.map_err(|e| Error::source_err(path.display().to_string(), e.to_string()))?;
-                let s = |name: &str| {
-                    b.column_by_name(name)
-                        .and_then(|c| c.as_string_opt::<i32>().cloned())
-                        .ok_or_else(|| {
-                            Error::source_err(path.display().to_string(), format!("no {name}"))
-                        })
-                };
-                let (src, dst, ty, props, sname, skey) = (
-                    s(edge::SOURCE_ID)?,
-                    s(edge::TARGET_ID)?,
-                    s(edge::EDGE_TYPE)?,
-                    s(edge::PROPERTIES)?,
-                    s(edge::SOURCE_NAME)?,
-                    s(edge::SOURCE_KEY)?,
-                );
-                let w = b
-                    .column_by_name(edge::WEIGHT)
-                    .and_then(|c| c.as_primitive_opt::<Float32Type>().cloned())
-                    .ok_or_else(|| Error::source_err(path.display().to_string(), "no weight"))?;
-                for i in 0..b.num_rows() {
-                    let mut r = neo4rs::BoltMap::new();
-                    r.put("s".into(), BoltType::from(src.value(i)));
-                    r.put("t".into(), BoltType::from(dst.value(i)));
-                    r.put("k".into(), BoltType::from(skey.value(i)));
-                    r.put("w".into(), BoltType::from(w.value(i) as f64));
-                    r.put("n".into(), BoltType::from(sname.value(i)));
-                    r.put(
-                        "p".into(),
-                        if props.is_null(i) {
-                            BoltType::Null(neo4rs::BoltNull)
-                        } else {
-                            BoltType::from(props.value(i))
-                        },
-                    );
-                    by_type
-                        .entry(ty.value(i).to_string())
-                        .or_default()
-                        .push(BoltType::Map(r));
-                }
+    /// `MAX_UNWIND_BYTES`), each batch its own transaction. A delta load first reads the relationships the
+    /// target has out of the bundle's spaces: only those missing or different are written, and those the bundle
+    /// no longer has are deleted.
+    async fn finish(
+        &self,
+        bundle: &Path,
+        manifest: &BundleManifest,
+        scope: LoadScope,
+    ) -> Result<()> {
+        let mut by_type = bundle_relationships(bundle, manifest)?;
+        let mut stale: BTreeMap<String, Vec<BoltType>> = BTreeMap::new();
+        if scope == LoadScope::Delta {
+            let mut held = self.held_relationships(manifest).await?;
+            for (ty, rows) in by_type.iter_mut() {
+                rows.retain(|r| {
+                    let key = (ty.clone(), r.s.clone(), r.k.clone(), r.t.clone());
+                    match held.remove(&key) {
+                        Some(h) => h != (r.w as f64, r.p.clone(), r.n.clone()),
+                        None => true,
+                    }
+                });
+            }
+            for ((ty, s, k, t), _) in held {
+                let mut r = neo4rs::BoltMap::new();
+                r.put("s".into(), BoltType::from(s));
+                r.put("t".into(), BoltType::from(t));
+                r.put("k".into(), BoltType::from(k));
+                stale.entry(ty).or_default().push(BoltType::Map(r));
             }
         }
         let load = self.load_key();
-        let total: usize = by_type.values().map(Vec::len).sum();
+        let total: usize = by_type.values().map(Vec::len).sum::<usize>()
+            + stale.values().map(Vec::len).sum::<usize>();
         let pb = crate::progress::bar(total as u64, "relationships", "rels");
         for (ty, rows) in by_type {
+            let rows: Vec<BoltType> = rows.into_iter().map(Relationship::bolt).collect();
             for chunk in rows.chunks(500) {
                 let q = neo4rs::query(&format!(
                     "UNWIND $rows AS r
@@ -651,6 +773,20 @@ impl Sink for Neo4jSink {
                 .param("rows", BoltType::from(chunk.to_vec()))
                 .param("load", load.as_str());
                 self.run(&format!("write {ty} relationships"), q).await?;
+                pb.inc(chunk.len() as u64);
+            }
+        }
+        for (ty, rows) in stale {
+            for chunk in rows.chunks(500) {
+                let q = neo4rs::query(&format!(
+                    "UNWIND $rows AS r
+                     MATCH (a:{BASE_LABEL})-[e:{}]->(b:{BASE_LABEL})
+                     WHERE a.id = r.s AND b.id = r.t AND e.source_key = r.k
+                     DELETE e",
+                    quoted(&ty)
+                ))
+                .param("rows", BoltType::from(chunk.to_vec()));
+                self.run(&format!("delete {ty} relationships"), q).await?;
                 pb.inc(chunk.len() as u64);
             }
         }

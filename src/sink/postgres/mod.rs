@@ -30,8 +30,8 @@ use serde::Serialize;
 
 use self::copy::{json_fits_jsonb, CopyBuf};
 use super::{
-    DeliverLimits, Explanation, HeldMemory, ReadBack, Rejection, RowOutcome, Sink, SinkFactory,
-    SinkOptions, WriteUnit,
+    DeleteOutcome, DeliverLimits, Explanation, HeldMemory, LoadScope, ReadBack, Rejection,
+    RowOutcome, Sink, SinkFactory, SinkOptions, WriteUnit,
 };
 use crate::bundle::BundleManifest;
 use crate::error::{Error, Result};
@@ -604,7 +604,8 @@ impl Sink for PostgresSink {
                 c.batch_execute(&format!(
                     "CREATE TABLE IF NOT EXISTS {s}.memories__load_{key} (LIKE {s}.memories);
                      CREATE TABLE IF NOT EXISTS {s}.edges__load_{key} ({EDGE_STAGING_DDL});
-                     CREATE TABLE IF NOT EXISTS {s}.orphans__load_{key} ({EDGE_STAGING_DDL});"
+                     CREATE TABLE IF NOT EXISTS {s}.orphans__load_{key} ({EDGE_STAGING_DDL});
+                     CREATE TABLE IF NOT EXISTS {s}.deletes__load_{key} (space text NOT NULL, id text NOT NULL);"
                 ))?;
                 Ok((shapes, done))
             })
@@ -655,7 +656,37 @@ impl Sink for PostgresSink {
         Ok(outcomes)
     }
 
-    async fn finish(&self, bundle: &Path, manifest: &BundleManifest) -> Result<()> {
+    fn accepts_delta(&self) -> bool {
+        true
+    }
+
+    /// Staged in `deletes__load_<key>` and applied by the merge in `finish`, in its transaction, with
+    /// before-images (a rollback puts them back) and their edges.
+    async fn delete(&self, space: &str, ids: &[String]) -> Result<DeleteOutcome> {
+        let n = ids.len() as u64;
+        if !self.already_loaded.load(Ordering::SeqCst) {
+            let sql = format!(
+                "INSERT INTO {} (space, id) SELECT $1, unnest($2::text[])",
+                self.table(&format!("deletes__load_{}", self.key()))
+            );
+            let (space, ids) = (space.to_string(), ids.to_vec());
+            self.with_client(move |c| c.execute(&sql, &[&space, &ids]).map(|_| ()))
+                .await?;
+        }
+        Ok(DeleteOutcome {
+            requested: n,
+            deleted: n,
+            kept: 0,
+            note: String::new(),
+        })
+    }
+
+    async fn finish(
+        &self,
+        bundle: &Path,
+        manifest: &BundleManifest,
+        scope: LoadScope,
+    ) -> Result<()> {
         if self.already_loaded.load(Ordering::SeqCst) {
             crate::progress::warn(&format!(
                 "{}: this bundle's load is already recorded in {}.engram_loads; nothing was changed",
@@ -688,7 +719,13 @@ impl Sink for PostgresSink {
         let (orphans, n_orphans) = edge_copy(&orphan_files)?;
         let run_id = manifest.run_id.clone();
         let n_memories = manifest.spaces.iter().map(|s| s.memories.rows).sum::<u64>() as i64;
-        let merge = merge_sql(&s, &key);
+        // A delta load leaves the target's edges and orphans of the bundle's spaces equal to the bundle's.
+        let spaces: Vec<String> = manifest.spaces.iter().map(|s| s.space.clone()).collect();
+        let merge = merge_sql(
+            &s,
+            &key,
+            (scope == LoadScope::Delta).then_some(spaces.as_slice()),
+        );
         self.with_client(move |c| {
             // Edges are staged whole each time (a resumed load starts them over), then everything is merged.
             c.batch_execute(&format!(
@@ -706,7 +743,8 @@ impl Sink for PostgresSink {
                 &[&key, &run_id, &n_memories, &(n_edges as i64), &(n_orphans as i64)],
             )?;
             tx.batch_execute(&format!(
-                "DROP TABLE {s}.memories__load_{key}, {s}.edges__load_{key}, {s}.orphans__load_{key}"
+                "DROP TABLE {s}.memories__load_{key}, {s}.edges__load_{key}, {s}.orphans__load_{key}, \
+                 {s}.deletes__load_{key}"
             ))?;
             tx.commit()
         })
@@ -860,24 +898,68 @@ const EDGE_STAGING_DDL: &str =
     source_key jsonb NOT NULL";
 
 /// The merge of a load's staging tables into the real ones, run in one transaction: before-images first (which
-/// keys are new, and the rows about to be overwritten), then upserts. A unit sent twice by a resumed load is
-/// collapsed here (`DISTINCT ON` the key). An edge's target space is the target memory's: the source's own space
-/// when it holds that id, else the space that does.
-fn merge_sql(s: &str, k: &str) -> String {
+/// keys are new, and the rows about to be overwritten or removed), then upserts, then removals. A unit sent twice
+/// by a resumed load is collapsed here (`DISTINCT ON` the key). An edge's target space is the target memory's:
+/// the source's own space when it holds that id, else the space that does.
+///
+/// Removed: the memories staged in `deletes__load` with every edge at either end, and with `delta_spaces` (a
+/// delta load) the edges and orphans of those spaces that the bundle no longer has. Their before-images have
+/// `removed` set, so a rollback inserts them again.
+fn merge_sql(s: &str, k: &str, delta_spaces: Option<&[String]>) -> String {
     let set_memory: Vec<String> = MEMORY_COLUMNS
         .split(", ")
         .filter(|c| *c != "space" && *c != "id")
         .map(|c| format!("{c} = EXCLUDED.{c}"))
         .collect();
     let set_memory = set_memory.join(", ");
+    // Spaces are Engram space ids (a-z, 0-9, _ and -: checked by the transform), safe as literals.
+    let stale = match delta_spaces {
+        Some(spaces) => {
+            let list = spaces
+                .iter()
+                .map(|sp| format!("'{}'", sp.replace('\'', "''")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let list = if list.is_empty() {
+                "NULL".to_string()
+            } else {
+                list
+            };
+            format!(
+                "INSERT INTO {s}.edges__before_{k}
+                   SELECT x.space, x.source_id, x.target_space, x.target_id, x.edge_type, x.source_key, true,
+                          x.weight, x.properties, x.source_name, true
+                   FROM {s}.edges x
+                   WHERE x.space IN ({list}) AND NOT EXISTS (
+                     SELECT 1 FROM edges_ready r
+                     WHERE (r.space, r.source_id, r.target_space, r.target_id, r.edge_type, r.source_key)
+                         = (x.space, x.source_id, x.target_space, x.target_id, x.edge_type, x.source_key));
+                 INSERT INTO {s}.orphans__before_{k}
+                   SELECT x.space, x.source_id, x.target_id, x.edge_type, x.source_key, true, x.weight,
+                          x.properties, x.source_name, true
+                   FROM {s}.orphans x
+                   WHERE x.space IN ({list}) AND NOT EXISTS (
+                     SELECT 1 FROM {s}.orphans__load_{k} r
+                     WHERE (r.space, r.source_id, r.target_id, r.edge_type, r.source_key)
+                         = (x.space, x.source_id, x.target_id, x.edge_type, x.source_key));"
+            )
+        }
+        None => String::new(),
+    };
     format!(
         "SET CONSTRAINTS ALL DEFERRED;
          CREATE TABLE {s}.memories__before_{k} AS
            SELECT n.space, n.id, m.id IS NOT NULL AS existed, m.content, m.text, m.embedding, m.confidence,
                   m.activation, m.decay_rate, m.created_at, m.memory_type, m.source_kind, m.source_name,
-                  m.source_key
+                  m.source_key, false AS removed
            FROM (SELECT DISTINCT space, id FROM {s}.memories__load_{k}) n
            LEFT JOIN {s}.memories m ON m.space = n.space AND m.id = n.id;
+         INSERT INTO {s}.memories__before_{k}
+           SELECT m.space, m.id, true, m.content, m.text, m.embedding, m.confidence, m.activation,
+                  m.decay_rate, m.created_at, m.memory_type, m.source_kind, m.source_name, m.source_key, true
+           FROM {s}.memories m
+           WHERE (m.space, m.id) IN (SELECT space, id FROM {s}.deletes__load_{k})
+             AND (m.space, m.id) NOT IN (SELECT space, id FROM {s}.memories__load_{k});
          INSERT INTO {s}.memories ({MEMORY_COLUMNS})
            SELECT DISTINCT ON (space, id) {MEMORY_COLUMNS} FROM {s}.memories__load_{k} ORDER BY space, id
            ON CONFLICT (space, id) DO UPDATE SET {set_memory};
@@ -890,7 +972,7 @@ fn merge_sql(s: &str, k: &str) -> String {
                          ORDER BY m.space <> e.space, m.space LIMIT 1) t ON true;
          CREATE TABLE {s}.edges__before_{k} AS
            SELECT r.space, r.source_id, r.target_space, r.target_id, r.edge_type, r.source_key,
-                  x.space IS NOT NULL AS existed, x.weight, x.properties, x.source_name
+                  x.space IS NOT NULL AS existed, x.weight, x.properties, x.source_name, false AS removed
            FROM edges_ready r
            LEFT JOIN {s}.edges x ON (x.space, x.source_id, x.target_space, x.target_id, x.edge_type, x.source_key)
                                   = (r.space, r.source_id, r.target_space, r.target_id, r.edge_type, r.source_key);
@@ -900,7 +982,7 @@ fn merge_sql(s: &str, k: &str) -> String {
                          source_name = EXCLUDED.source_name;
          CREATE TABLE {s}.orphans__before_{k} AS
            SELECT DISTINCT r.space, r.source_id, r.target_id, r.edge_type, r.source_key,
-                  x.space IS NOT NULL AS existed, x.weight, x.properties, x.source_name
+                  x.space IS NOT NULL AS existed, x.weight, x.properties, x.source_name, false AS removed
            FROM {s}.orphans__load_{k} r
            LEFT JOIN {s}.orphans x ON (x.space, x.source_id, x.target_id, x.edge_type, x.source_key)
                                     = (r.space, r.source_id, r.target_id, r.edge_type, r.source_key);
@@ -909,7 +991,26 @@ fn merge_sql(s: &str, k: &str) -> String {
            FROM {s}.orphans__load_{k}
            ON CONFLICT (space, source_id, target_id, edge_type, source_key)
            DO UPDATE SET weight = EXCLUDED.weight, properties = EXCLUDED.properties,
-                         source_name = EXCLUDED.source_name;"
+                         source_name = EXCLUDED.source_name;
+         {stale}
+         INSERT INTO {s}.edges__before_{k}
+           SELECT x.space, x.source_id, x.target_space, x.target_id, x.edge_type, x.source_key, true, x.weight,
+                  x.properties, x.source_name, true
+           FROM {s}.edges x
+           WHERE ((x.space, x.source_id) IN (SELECT space, id FROM {s}.memories__before_{k} WHERE removed)
+              OR (x.target_space, x.target_id) IN (SELECT space, id FROM {s}.memories__before_{k} WHERE removed))
+             AND NOT EXISTS (
+               SELECT 1 FROM {s}.edges__before_{k} b
+               WHERE (b.space, b.source_id, b.target_space, b.target_id, b.edge_type, b.source_key)
+                   = (x.space, x.source_id, x.target_space, x.target_id, x.edge_type, x.source_key) AND b.removed);
+         DELETE FROM {s}.edges x USING {s}.edges__before_{k} b
+           WHERE b.removed AND (x.space, x.source_id, x.target_space, x.target_id, x.edge_type, x.source_key)
+                 = (b.space, b.source_id, b.target_space, b.target_id, b.edge_type, b.source_key);
+         DELETE FROM {s}.orphans x USING {s}.orphans__before_{k} b
+           WHERE b.removed AND (x.space, x.source_id, x.target_id, x.edge_type, x.source_key)
+                 = (b.space, b.source_id, b.target_id, b.edge_type, b.source_key);
+         DELETE FROM {s}.memories x USING {s}.memories__before_{k} b
+           WHERE b.removed AND x.space = b.space AND x.id = b.id;"
     )
 }
 
@@ -924,25 +1025,33 @@ fn rollback_sql(s: &str, k: &str) -> String {
     let restore_memory = restore_memory.join(", ");
     format!(
         "SET CONSTRAINTS ALL DEFERRED;
+         INSERT INTO {s}.memories ({MEMORY_COLUMNS})
+           SELECT {MEMORY_COLUMNS} FROM {s}.memories__before_{k} WHERE removed;
+         INSERT INTO {s}.edges
+           SELECT space, source_id, target_space, target_id, edge_type, weight, properties, source_name, source_key
+           FROM {s}.edges__before_{k} WHERE removed;
+         INSERT INTO {s}.orphans ({EDGE_COLUMNS})
+           SELECT space, source_id, target_id, edge_type, weight, properties, source_name, source_key
+           FROM {s}.orphans__before_{k} WHERE removed;
          DELETE FROM {s}.edges x USING {s}.edges__before_{k} b
            WHERE NOT b.existed AND (x.space, x.source_id, x.target_space, x.target_id, x.edge_type, x.source_key)
                  = (b.space, b.source_id, b.target_space, b.target_id, b.edge_type, b.source_key);
          UPDATE {s}.edges x SET weight = b.weight, properties = b.properties, source_name = b.source_name
            FROM {s}.edges__before_{k} b
-           WHERE b.existed AND (x.space, x.source_id, x.target_space, x.target_id, x.edge_type, x.source_key)
+           WHERE b.existed AND NOT b.removed AND (x.space, x.source_id, x.target_space, x.target_id, x.edge_type, x.source_key)
                  = (b.space, b.source_id, b.target_space, b.target_id, b.edge_type, b.source_key);
          DELETE FROM {s}.orphans x USING {s}.orphans__before_{k} b
            WHERE NOT b.existed AND (x.space, x.source_id, x.target_id, x.edge_type, x.source_key)
                  = (b.space, b.source_id, b.target_id, b.edge_type, b.source_key);
          UPDATE {s}.orphans x SET weight = b.weight, properties = b.properties, source_name = b.source_name
            FROM {s}.orphans__before_{k} b
-           WHERE b.existed AND (x.space, x.source_id, x.target_id, x.edge_type, x.source_key)
+           WHERE b.existed AND NOT b.removed AND (x.space, x.source_id, x.target_id, x.edge_type, x.source_key)
                  = (b.space, b.source_id, b.target_id, b.edge_type, b.source_key);
          DELETE FROM {s}.memories x USING {s}.memories__before_{k} b
            WHERE NOT b.existed AND x.space = b.space AND x.id = b.id;
          UPDATE {s}.memories x SET {restore_memory}
            FROM {s}.memories__before_{k} b
-           WHERE b.existed AND x.space = b.space AND x.id = b.id;
+           WHERE b.existed AND NOT b.removed AND x.space = b.space AND x.id = b.id;
          DELETE FROM {s}.engram_loads WHERE load_key = '{k}';
          DROP TABLE {s}.memories__before_{k}, {s}.edges__before_{k}, {s}.orphans__before_{k};"
     )
