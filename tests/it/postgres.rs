@@ -781,3 +781,60 @@ fn source_password_from_a_flag_or_the_environment() {
         );
     }
 }
+
+/// The binary COPY decoder on the types the fixture lacks, against the real server: `halfvec` and a `vector`
+/// without dimension, an `oid` beyond 2^31, a `time` of 24:00:00 and an array whose index starts at 0 (both
+/// widened to text, their values kept as PostgreSQL prints them), NULLs in each.
+#[test]
+fn the_binary_decoder_reads_rarer_types_and_widens_what_arrow_cannot_hold() {
+    let url = pg_database("it_decoder");
+    psql(
+        "it_decoder",
+        "CREATE EXTENSION IF NOT EXISTS vector;
+         CREATE TABLE rare (id int PRIMARY KEY, h halfvec(3), v vector, o oid, t time, a int[]);
+         INSERT INTO rare VALUES
+           (1, '[1.5,-2,0.25]', '[1,2,3,4]', 4000000000, '24:00:00', '[0:1]={7,8}'),
+           (2, NULL, NULL, NULL, NULL, NULL),
+           (3, '[0,0,1]', '[0.5]', 7, '12:34:56.789', '{1,NULL,3}');",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("w");
+    let o = run(&["snapshot", "--source", url.as_str(), "--work-dir", p(&work)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let snap = work.join("snapshot");
+    let rows = staged_rows(&snap, "rare");
+    let row = |id: i64| {
+        rows.iter()
+            .find(|r| r["id"] == json!(id))
+            .unwrap_or_else(|| panic!("row {id}: {rows:?}"))
+            .clone()
+    };
+    assert_eq!(row(1)["h"], json!([1.5, -2.0, 0.25]));
+    assert_eq!(row(1)["v"], json!([1.0, 2.0, 3.0, 4.0]));
+    assert_eq!(row(3)["v"], json!([0.5]));
+    assert_eq!(row(1)["o"], json!(4000000000u64));
+    assert_eq!(row(1)["t"], json!("24:00:00"));
+    assert_eq!(row(3)["t"], json!("12:34:56.789"));
+    assert_eq!(row(1)["a"], json!("[0:1]={7,8}"));
+    assert_eq!(row(3)["a"], json!("{1,NULL,3}"));
+    for c in ["h", "v", "o", "t", "a"] {
+        assert_eq!(row(2)[c], Value::Null, "{c}");
+    }
+    for (c, arrow, fidelity) in [
+        ("h", "FixedSizeList", "widened"),
+        ("v", "List", "exact"),
+        ("o", "Int64", "exact"),
+        ("t", "Utf8", "text fallback: a time of 24:00:00"),
+        ("a", "Utf8", "text fallback: an array whose index does not start at 1"),
+    ] {
+        let e = column_entry(&snap, "rare", c);
+        assert!(
+            e["arrow_type"].as_str().unwrap().starts_with(arrow),
+            "{c}: {e}"
+        );
+        assert!(
+            e["fidelity"].as_str().unwrap().starts_with(fidelity),
+            "{c}: {e}"
+        );
+    }
+}
