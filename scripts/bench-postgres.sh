@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PostgreSQL snapshot benchmark: fills a table of mixed types (default 1 000 000 rows) in a PostgreSQL 15 server
 # started by scripts/services/postgres.sh, then in the same run times
-#   - `engram-migrate snapshot` of that table (ConnectorX, partitions in parallel, Parquet + checksums), and
+#   - `engram-migrate snapshot` of that table (binary COPY into Arrow, partitions in parallel, Parquet + checksums), and
 #   - DuckDB's postgres extension: ATTACH ... (TYPE postgres) then COPY ... TO 'x.parquet',
 # each under /usr/bin/time -v, and prints rows/s, peak RSS and the ratio.
 #
@@ -79,7 +79,7 @@ ours_rows=$("$VENV/bin/python" -c "import json,sys; print(json.load(open(sys.arg
 duck_rows=$(tail -1 "$WORK/duck.log")
 [ "$ours_rows" = "$ROWS" ] && [ "$duck_rows" = "$ROWS" ] || { echo "row counts differ: ours $ours_rows, duckdb $duck_rows, table $ROWS" >&2; exit 1; }
 printf "%-44s %9s %12s %12s\n" what seconds rows/s peak_RSS_MB
-printf "%-44s %9.2f %12.0f %12s\n" "engram-migrate snapshot (ConnectorX)" "$ours_s" "$(echo "$ROWS / $ours_s" | bc -l)" "$ours_rss"
+printf "%-44s %9.2f %12.0f %12s\n" "engram-migrate snapshot" "$ours_s" "$(echo "$ROWS / $ours_s" | bc -l)" "$ours_rss"
 printf "%-44s %9.2f %12.0f %12s\n" "DuckDB postgres extension COPY TO parquet" "$duck_s" "$(echo "$ROWS / $duck_s" | bc -l)" "$duck_rss"
 printf "ratio (DuckDB time / ours): %.2fx; files: ours %s MB, DuckDB %s MB\n" "$(echo "$duck_s / $ours_s" | bc -l)" \
   "$(du -sm "$WORK/ours/snapshot" | cut -f1)" "$(du -sm "$WORK/duck.parquet" | cut -f1)"

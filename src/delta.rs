@@ -13,13 +13,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, FixedSizeBinaryArray, RecordBatch, StringArray};
+use arrow::array::{Array, FixedSizeBinaryArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use arrow::row::{RowConverter, SortField};
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_128;
 
 use crate::bundle::BundleManifest;
+use crate::checksum::Hasher;
 use crate::error::{Error, Result};
 use crate::parquet_io;
 use crate::snapshot::format::{table_files, Manifest, TableEntry};
@@ -300,12 +299,13 @@ fn row_hashes(
         .filter(|c| !c.synthetic)
         .map(|c| c.name.clone())
         .collect();
-    let mut converters: Option<(RowConverter, RowConverter, Vec<usize>, Vec<usize>)> = None;
+    // (key columns, content columns) and their hashers, from the first batch's schema.
+    let mut hashers: Option<(Vec<usize>, Vec<usize>, Hasher, Hasher)> = None;
     for file in table_files(dir, entry) {
         for batch in parquet_io::open_reader(&file, batch_rows)? {
             let batch =
                 batch.map_err(|e| Error::source_err(file.display().to_string(), e.to_string()))?;
-            if converters.is_none() {
+            if hashers.is_none() {
                 let schema = batch.schema();
                 let index = |names: &[String]| -> Result<Vec<usize>> {
                     names
@@ -324,31 +324,20 @@ fn row_hashes(
                         .collect()
                 };
                 let (ki, ci) = (index(key)?, index(&content)?);
-                let conv = |idx: &[usize]| {
-                    RowConverter::new(
-                        idx.iter()
-                            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-                            .collect(),
-                    )
-                };
-                converters = Some((conv(&ki)?, conv(&ci)?, ki, ci));
+                let hasher = |idx: &[usize]| Hasher::new(&Arc::new(schema.project(idx)?));
+                let (kh, ch) = (hasher(&ki)?, hasher(&ci)?);
+                hashers = Some((ki, ci, kh, ch));
             }
-            let (kc, cc, ki, ci) = converters.as_ref().expect("set above");
-            let cols = |idx: &[usize]| {
-                idx.iter()
-                    .map(|&i| batch.column(i).clone())
-                    .collect::<Vec<ArrayRef>>()
-            };
-            let content_rows = cc.convert_columns(&cols(ci))?;
+            let (ki, ci, kh, ch) = hashers.as_ref().expect("set above");
+            let content_hashes = ch.row_hashes(&batch.project(ci)?)?;
             if key.is_empty() {
-                for r in content_rows.iter() {
-                    let h = xxh3_128(r.as_ref());
+                for h in content_hashes {
                     each(h, h);
                 }
             } else {
-                let key_rows = kc.convert_columns(&cols(ki))?;
-                for (k, r) in key_rows.iter().zip(content_rows.iter()) {
-                    each(xxh3_128(k.as_ref()), xxh3_128(r.as_ref()));
+                let key_hashes = kh.row_hashes(&batch.project(ki)?)?;
+                for (k, h) in key_hashes.into_iter().zip(content_hashes) {
+                    each(k, h);
                 }
             }
         }
@@ -451,52 +440,26 @@ pub fn snapshot_delta(
 // Memory delta
 
 /// Content hash of every memory of a bundle, by (space, id): every column, the embedding included, so a new
-/// vector (another provider, a re-embedded text) is a change too. The embedding's floats are hashed as their
-/// bytes, not through the row format, which would encode each of a million times 768 floats first.
+/// vector (another provider, a re-embedded text) is a change too. The same row hash the bundle's checksums sum
+/// (`checksum::Hasher::row_hashes`).
 pub fn memory_hashes(bundle: &Path, batch_rows: usize) -> Result<HashMap<(String, String), u128>> {
-    use arrow::array::AsArray;
-    use xxhash_rust::xxh3::Xxh3;
     let manifest = BundleManifest::load(bundle)?;
     let mut out = HashMap::new();
     for s in &manifest.spaces {
         let dir = bundle.join("spaces").join(&s.space).join("memories");
         for f in &s.memories.files {
             let path = dir.join(&f.file);
+            let mut hasher: Option<crate::checksum::Hasher> = None;
             for batch in parquet_io::open_reader(&path, batch_rows)? {
                 let batch = batch
                     .map_err(|e| Error::source_err(path.display().to_string(), e.to_string()))?;
-                let schema = batch.schema();
-                let emb = schema.index_of(crate::schema::memory::EMBEDDING).ok();
-                let rest: Vec<usize> = (0..batch.num_columns())
-                    .filter(|i| Some(*i) != emb)
-                    .collect();
-                let conv = RowConverter::new(
-                    rest.iter()
-                        .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-                        .collect(),
-                )?;
-                let cols: Vec<ArrayRef> = rest.iter().map(|&i| batch.column(i).clone()).collect();
-                let rows = conv.convert_columns(&cols)?;
-                let vectors = emb.and_then(|i| batch.column(i).as_fixed_size_list_opt().cloned());
+                let h = match &mut hasher {
+                    Some(h) => h,
+                    None => hasher.insert(crate::checksum::Hasher::new(&batch.schema())?),
+                };
                 let ids = id_column(&batch, &path)?;
-                for (i, r) in rows.iter().enumerate() {
-                    let mut h = Xxh3::new();
-                    h.update(r.as_ref());
-                    match &vectors {
-                        Some(v) if !v.is_null(i) => {
-                            let dim = v.value_length() as usize;
-                            let floats = v
-                                .values()
-                                .as_primitive::<arrow::datatypes::Float32Type>()
-                                .values();
-                            let start = (v.offset() + i) * dim;
-                            // The floats' bytes as stored (little-endian on every platform this runs on).
-                            let bytes = floats.inner().as_slice();
-                            h.update(&bytes[start * 4..(start + dim) * 4]);
-                        }
-                        _ => h.update(b"no vector"),
-                    }
-                    out.insert((s.space.clone(), ids.value(i).to_string()), h.digest128());
+                for (i, hash) in h.row_hashes(&batch)?.into_iter().enumerate() {
+                    out.insert((s.space.clone(), ids.value(i).to_string()), hash);
                 }
             }
         }

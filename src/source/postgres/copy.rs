@@ -217,18 +217,21 @@ impl Col {
             Col::Text(b) => b.append_value(utf8(v)?),
             Col::Bytes(b) => b.append_value(v),
             Col::Uuid(b) => {
+                // The canonical text form (lowercase, hyphens after bytes 4, 6, 8 and 10), without allocating.
+                const HEX: &[u8; 16] = b"0123456789abcdef";
                 let u: [u8; 16] = be(v)?;
-                let h = |r: std::ops::Range<usize>| -> String {
-                    u[r].iter().map(|x| format!("{x:02x}")).collect()
-                };
-                b.append_value(format!(
-                    "{}-{}-{}-{}-{}",
-                    h(0..4),
-                    h(4..6),
-                    h(6..8),
-                    h(8..10),
-                    h(10..16)
-                ));
+                let mut out = [0u8; 36];
+                let mut at = 0;
+                for (i, x) in u.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        out[at] = b'-';
+                        at += 1;
+                    }
+                    out[at] = HEX[(x >> 4) as usize];
+                    out[at + 1] = HEX[(x & 15) as usize];
+                    at += 2;
+                }
+                b.append_value(std::str::from_utf8(&out).map_err(|e| Bad::Malformed(e.to_string()))?);
             }
             Col::Date(b) => b.append_value(days(i32::from_be_bytes(be(v)?))?),
             Col::Time(b) => {
