@@ -70,6 +70,35 @@ struct OpenPart {
     rows: u64,
 }
 
+/// The top-level columns of `batch` whose non-NULL values are mostly (over half) distinct, judged on at least
+/// 1,000 values: a dictionary would not pay for them.
+fn mostly_distinct(batch: &RecordBatch) -> Vec<String> {
+    use arrow::row::{RowConverter, SortField};
+    let mut out = vec![];
+    for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
+        let values = col.len() - col.null_count();
+        if values < 1000 || matches!(f.data_type(), arrow::datatypes::DataType::Boolean) {
+            continue;
+        }
+        let Ok(conv) = RowConverter::new(vec![SortField::new(f.data_type().clone())]) else {
+            continue;
+        };
+        let Ok(rows) = conv.convert_columns(std::slice::from_ref(col)) else {
+            continue;
+        };
+        let mut seen = std::collections::HashSet::with_capacity(values);
+        for (i, r) in rows.iter().enumerate() {
+            if col.is_valid(i) {
+                seen.insert(xxhash_rust::xxh3::xxh3_64(r.as_ref()));
+            }
+        }
+        if seen.len() * 2 > values {
+            out.push(f.name().clone());
+        }
+    }
+    out
+}
+
 /// Writes batches into `dir/part-NNNNN.parquet`, rolling over by size or rows. A part is written to a hidden
 /// temporary name, fsynced and renamed, so a part file that exists is complete.
 pub struct RollingWriter {
@@ -119,7 +148,8 @@ impl RollingWriter {
         &self.schema
     }
 
-    fn open_part(&mut self) -> Result<&mut OpenPart> {
+    /// Opens the next part; `first` (the batch about to be written) decides which columns get a dictionary.
+    fn open_part(&mut self, first: &RecordBatch) -> Result<&mut OpenPart> {
         if self.open.is_none() {
             let index = self.next_index;
             self.next_index += 1;
@@ -129,14 +159,20 @@ impl RollingWriter {
                 .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
                 .set_max_row_group_size(self.limits.row_group_rows);
             // Floats inside lists (embeddings, vectors) almost never repeat: a dictionary only costs time (it was
-            // a fifth of the load stage's profile), so they are written plain.
+            // a fifth of the load stage's profile), so they are written plain. So is a top-level column whose
+            // values are mostly distinct in the first batch (keys, texts, JSON, timestamps): the writer would hash
+            // every value into a dictionary it then abandons (a seventh of a PostgreSQL snapshot's profile).
             let descr = parquet::arrow::ArrowSchemaConverter::new().convert(&self.schema)?;
+            let distinct = mostly_distinct(first);
             for col in descr.columns() {
                 let float = matches!(
                     col.physical_type(),
                     parquet::basic::Type::FLOAT | parquet::basic::Type::DOUBLE
                 );
-                if float && col.max_rep_level() > 0 {
+                let top = col.path().parts().first().map(String::as_str);
+                let unique = col.max_rep_level() == 0
+                    && top.is_some_and(|t| distinct.iter().any(|d| d == t));
+                if (float && col.max_rep_level() > 0) || unique {
                     props = props.set_column_dictionary_enabled(col.path().clone(), false);
                 }
             }
@@ -160,7 +196,7 @@ impl RollingWriter {
             return Ok(None);
         }
         let limits = self.limits;
-        let part = self.open_part()?;
+        let part = self.open_part(batch)?;
         part.writer.write(batch)?;
         part.hasher.update(batch)?;
         part.rows += batch.num_rows() as u64;
@@ -198,7 +234,8 @@ impl RollingWriter {
     /// part, so the schema of an empty table survives (readers need it).
     pub fn finish(mut self, ensure_one: bool) -> Result<Option<PartFile>> {
         if self.open.is_none() && ensure_one && !self.wrote_any {
-            self.open_part()?;
+            let empty = RecordBatch::new_empty(self.schema.clone());
+            self.open_part(&empty)?;
         }
         if self.open.is_some() {
             return self.commit().map(Some);
