@@ -80,7 +80,8 @@ impl Hasher {
     pub fn row_hashes(&self, batch: &RecordBatch) -> Result<Vec<u128>> {
         let rows = match &self.converter {
             Some(c) => {
-                let cols: Vec<ArrayRef> = self.rest.iter().map(|&i| batch.column(i).clone()).collect();
+                let cols: Vec<ArrayRef> =
+                    self.rest.iter().map(|&i| batch.column(i).clone()).collect();
                 Some(c.convert_columns(&cols)?)
             }
             None => None,
@@ -220,7 +221,8 @@ mod tests {
             .iter()
             .flat_map(|r| r.clone().unwrap_or(vec![None, None]))
             .collect();
-        let nulls = arrow::buffer::NullBuffer::from(rows.iter().map(|r| r.is_some()).collect::<Vec<_>>());
+        let nulls =
+            arrow::buffer::NullBuffer::from(rows.iter().map(|r| r.is_some()).collect::<Vec<_>>());
         let v = FixedSizeListArray::new(item.clone(), 2, Arc::new(values), Some(nulls));
         let schema = Arc::new(Schema::new(vec![Field::new(
             "v",
@@ -233,7 +235,10 @@ mod tests {
     #[test]
     fn a_vector_row_hashes_the_same_whatever_its_batch_holds() {
         let a = vectors(&[Some(vec![Some(1.0), Some(2.0)])]);
-        let b = vectors(&[Some(vec![Some(1.0), Some(2.0)]), Some(vec![None, Some(3.0)])]);
+        let b = vectors(&[
+            Some(vec![Some(1.0), Some(2.0)]),
+            Some(vec![None, Some(3.0)]),
+        ]);
         let c = vectors(&[None, Some(vec![Some(1.0), Some(2.0)])]);
         let h = |x: &RecordBatch| Hasher::new(&x.schema()).unwrap().row_hashes(x).unwrap();
         assert_eq!(h(&a)[0], h(&b)[0], "a NULL float elsewhere in the batch");
@@ -241,7 +246,10 @@ mod tests {
         assert_eq!(h(&a.slice(0, 1))[0], h(&b.slice(0, 1))[0]);
         assert_eq!(h(&b.slice(1, 1))[0], h(&b)[1], "a sliced batch");
         let all: Vec<u128> = [h(&a)[0], h(&b)[1], h(&c)[0]].to_vec();
-        assert!(all[0] != all[1] && all[1] != all[2] && all[0] != all[2], "{all:?}");
+        assert!(
+            all[0] != all[1] && all[1] != all[2] && all[0] != all[2],
+            "{all:?}"
+        );
         // -0.0 and 0.0 are different bits, as in the row format.
         let z = h(&vectors(&[Some(vec![Some(0.0), Some(1.0)])]))[0];
         let nz = h(&vectors(&[Some(vec![Some(-0.0), Some(1.0)])]))[0];

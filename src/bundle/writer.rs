@@ -112,18 +112,53 @@ pub fn write(
                 max_file_rows: u64::MAX,
                 row_group_rows: 8192,
             };
-            let mut w = RollingWriter::new(&dir, memory_schema(dim), limits, index)?;
+            let w = RollingWriter::new(&dir, memory_schema(dim), limits, index)?;
             let src = transform_dir.join("memories").join(space).join(&part.file);
-            for b in parquet_io::open_reader(&src, opts.batch_size)? {
-                let b =
-                    b.map_err(|e| Error::Internal(format!("reading {}: {e}", src.display())))?;
-                let b = stage.apply(&b)?;
-                pb.inc(b.num_rows() as u64);
-                w.write(&b)?;
-            }
-            let written = w
-                .finish(true)?
-                .ok_or_else(|| Error::Internal("bundle part not written".into()))?;
+            // Embedding here, Parquet encoding (and its checksum) on a thread of its own: the two overlap, a
+            // batch or two apart, instead of taking turns on one core.
+            let written = std::thread::scope(|scope| -> Result<PartFile> {
+                // `None` is the end of the part; a channel closed without it (an error upstream) abandons the
+                // part: the writer is dropped unfinished and nothing is committed.
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Option<RecordBatch>>(2);
+                let encoder = scope.spawn(move || -> Result<Option<PartFile>> {
+                    let mut w = w;
+                    for b in rx {
+                        match b {
+                            Some(b) => {
+                                w.write(&b)?;
+                            }
+                            None => return w.finish(true),
+                        }
+                    }
+                    Ok(None)
+                });
+                let mut sent: Result<()> = Ok(());
+                for b in parquet_io::open_reader(&src, opts.batch_size)? {
+                    let b =
+                        b.map_err(|e| Error::Internal(format!("reading {}: {e}", src.display())));
+                    let b = match b.and_then(|b| stage.apply(&b)) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            sent = Err(e);
+                            break;
+                        }
+                    };
+                    pb.inc(b.num_rows() as u64);
+                    if tx.send(Some(b)).is_err() {
+                        break; // the encoder stopped: its error is the one to report
+                    }
+                }
+                if sent.is_ok() {
+                    let _ = tx.send(None);
+                }
+                drop(tx);
+                let encoded = match encoder.join() {
+                    Ok(r) => r,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                };
+                sent?;
+                encoded?.ok_or_else(|| Error::Internal("bundle part not written".into()))
+            })?;
             debug_assert_eq!(written.file, part_name(index));
             // The stage first (the embedding cache): a part the checkpoint records has its vectors persisted.
             stage.flush()?;

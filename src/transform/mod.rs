@@ -228,6 +228,9 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef, view: &str) -> Result<Re
     Ok(out)
 }
 
+/// Rows per staged memory part at most (about 100 MB of bundle part with 768-float embeddings).
+pub const MEMORY_PART_ROWS: u64 = 131_072;
+
 /// What the transform stage staged.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TransformSummary {
@@ -345,6 +348,12 @@ pub async fn run(
     };
 
     let pb = crate::progress::bar(manifest.total_rows(), "transform", "rows");
+    // A staged memory part becomes one bundle part, embeddings and all: bounded by rows too, so a large space
+    // makes several parts that the bundle's writers, checks and readers handle in parallel.
+    let memory_limits = PartLimits {
+        max_file_rows: limits.max_file_rows.min(MEMORY_PART_ROWS),
+        ..limits
+    };
     for (view, target) in [
         ("memories", memory_schema(embedding_dim)),
         ("edges", EDGE_SCHEMA.clone()),
@@ -355,7 +364,12 @@ pub async fn run(
                 "SELECT * FROM {view} WHERE space = {}",
                 generic::lit(&space)
             );
-            let parts = stage(&ctx, &q, origin, view, &target, &dir, limits, |n| {
+            let part_limits = if view == "memories" {
+                memory_limits
+            } else {
+                limits
+            };
+            let parts = stage(&ctx, &q, origin, view, &target, &dir, part_limits, |n| {
                 if view == "memories" {
                     pb.inc(n)
                 }

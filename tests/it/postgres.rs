@@ -825,7 +825,11 @@ fn the_binary_decoder_reads_rarer_types_and_widens_what_arrow_cannot_hold() {
         ("v", "List", "exact"),
         ("o", "Int64", "exact"),
         ("t", "Utf8", "text fallback: a time of 24:00:00"),
-        ("a", "Utf8", "text fallback: an array whose index does not start at 1"),
+        (
+            "a",
+            "Utf8",
+            "text fallback: an array whose index does not start at 1",
+        ),
     ] {
         let e = column_entry(&snap, "rare", c);
         assert!(

@@ -15,9 +15,9 @@ use std::io::Read;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, FixedSizeListArray,
-    Float32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder, ListArray,
-    RecordBatch, StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder,
+    FixedSizeListArray, Float32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder,
+    ListArray, RecordBatch, StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::compute::{cast_with_options, CastOptions};
@@ -89,7 +89,8 @@ fn days(d: i32) -> std::result::Result<i32, Bad> {
     let d = d as i64 + PG_EPOCH_DAYS;
     if d.abs() > MAX_DAYS {
         return Err(Bad::Misfit(
-            "a date that is infinite or beyond year 262000, which Arrow dates here cannot hold".into(),
+            "a date that is infinite or beyond year 262000, which Arrow dates here cannot hold"
+                .into(),
         ));
     }
     Ok(d as i32)
@@ -231,7 +232,9 @@ impl Col {
                     out[at + 1] = HEX[(x & 15) as usize];
                     at += 2;
                 }
-                b.append_value(std::str::from_utf8(&out).map_err(|e| Bad::Malformed(e.to_string()))?);
+                b.append_value(
+                    std::str::from_utf8(&out).map_err(|e| Bad::Malformed(e.to_string()))?,
+                );
             }
             Col::Date(b) => b.append_value(days(i32::from_be_bytes(be(v)?))?),
             Col::Time(b) => {
@@ -475,9 +478,7 @@ impl Decoder {
                 self.bytes += value.len();
                 match col.push(&value) {
                     Ok(()) => {}
-                    Err(Bad::Misfit(reason)) => {
-                        return Ok(Err(Misfit { column: i, reason }))
-                    }
+                    Err(Bad::Misfit(reason)) => return Ok(Err(Misfit { column: i, reason })),
                     Err(Bad::Malformed(m)) => {
                         return Err(malformed(format!(
                             "column {}: {m}",
@@ -522,10 +523,7 @@ impl Decoder {
                     Err(e) => {
                         return Ok(Err(Misfit {
                             column: i,
-                            reason: format!(
-                                "a value does not fit {}: {e}",
-                                self.types[i].name()
-                            ),
+                            reason: format!("a value does not fit {}: {e}", self.types[i].name()),
                         }))
                     }
                 }
@@ -617,20 +615,34 @@ mod tests {
         .unwrap();
         let b = &b[0];
         assert_eq!(b.num_rows(), 2);
-        assert_eq!(b.column(0).as_primitive::<arrow::datatypes::Int16Type>().value(0), -7);
         assert_eq!(
-            b.column(1).as_primitive::<arrow::datatypes::Int64Type>().value(0),
+            b.column(0)
+                .as_primitive::<arrow::datatypes::Int16Type>()
+                .value(0),
+            -7
+        );
+        assert_eq!(
+            b.column(1)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
             4_000_000_000,
             "an oid is unsigned"
         );
-        assert_eq!(b.column(2).as_primitive::<arrow::datatypes::Float64Type>().value(0), 0.1);
+        assert_eq!(
+            b.column(2)
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .value(0),
+            0.1
+        );
         assert_eq!(b.column(4).as_string::<i32>().value(0), "ünï");
         assert_eq!(
             b.column(5).as_string::<i32>().value(0),
             "00010203-0405-0607-0809-0a0b0c0d0e0f"
         );
         assert_eq!(
-            b.column(6).as_primitive::<arrow::datatypes::Date32Type>().value(0),
+            b.column(6)
+                .as_primitive::<arrow::datatypes::Date32Type>()
+                .value(0),
             10_957,
             "2000-01-01"
         );
@@ -641,7 +653,10 @@ mod tests {
             946_684_800_000_000 + 1_000_000
         );
         assert!((0..8).all(|c| b.column(c).is_null(1)));
-        assert_eq!(b.schema().field(7).data_type(), &PgType::TimestampTz.data_type());
+        assert_eq!(
+            b.schema().field(7).data_type(),
+            &PgType::TimestampTz.data_type()
+        );
     }
 
     #[test]
@@ -655,10 +670,7 @@ mod tests {
         arr.extend_from_slice(&(-1i32).to_be_bytes());
         arr.extend_from_slice(&4i32.to_be_bytes());
         arr.extend_from_slice(&(-9i32).to_be_bytes());
-        let empty: Vec<u8> = [0i32, 0, 23]
-            .iter()
-            .flat_map(|w| w.to_be_bytes())
-            .collect();
+        let empty: Vec<u8> = [0i32, 0, 23].iter().flat_map(|w| w.to_be_bytes()).collect();
         let mut vector = vec![0, 2, 0, 0];
         vector.extend_from_slice(&1.5f32.to_be_bytes());
         vector.extend_from_slice(&(-2.0f32).to_be_bytes());
@@ -679,7 +691,10 @@ mod tests {
         let first = list.value(0);
         let ints = first.as_primitive::<arrow::datatypes::Int32Type>();
         assert_eq!(ints.len(), 3);
-        assert_eq!((ints.value(0), ints.is_null(1), ints.value(2)), (5, true, -9));
+        assert_eq!(
+            (ints.value(0), ints.is_null(1), ints.value(2)),
+            (5, true, -9)
+        );
         assert_eq!(list.value(1).len(), 0, "an empty array is an empty list");
         let v = b.column(1).as_fixed_size_list();
         assert_eq!(
@@ -690,7 +705,9 @@ mod tests {
             vec![1.5, -2.0]
         );
         assert!(v.is_null(1));
-        let d = b.column(2).as_primitive::<arrow::datatypes::Decimal128Type>();
+        let d = b
+            .column(2)
+            .as_primitive::<arrow::datatypes::Decimal128Type>();
         assert_eq!(d.value(0), 1_234_567);
     }
 
@@ -702,9 +719,17 @@ mod tests {
             .collect();
         for (t, v, what) in [
             (PgType::Date, i32::MAX.to_be_bytes().to_vec(), "infinite"),
-            (PgType::Timestamp, i64::MIN.to_be_bytes().to_vec(), "infinite"),
+            (
+                PgType::Timestamp,
+                i64::MIN.to_be_bytes().to_vec(),
+                "infinite",
+            ),
             (PgType::Time, DAY_US.to_be_bytes().to_vec(), "24:00:00"),
-            (PgType::Array(Box::new(PgType::Int32)), two_dims, "2-dimensional"),
+            (
+                PgType::Array(Box::new(PgType::Int32)),
+                two_dims,
+                "2-dimensional",
+            ),
             (PgType::Decimal(5, 2), b"NaN".to_vec(), "does not fit"),
         ] {
             let m = decode(vec![PgType::Int32, t.clone()], &[vec![None, Some(v)]]).unwrap_err();
