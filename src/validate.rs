@@ -559,6 +559,10 @@ fn parquet_row_count(path: &Path) -> Result<u64> {
     Ok(meta.metadata().file_metadata().num_rows() as u64)
 }
 
+/// `integrity` (recorded against recomputed checksums, for the snapshot's tables and the bundle's parts) and
+/// `bundle_vectors` (space, id, missing, dimension, norm of every bundle memory's embedding): one read of each
+/// file. The memory parts are read once for both, so the embeddings (most of a bundle's bytes) are decoded once
+/// for the whole validation.
 fn register_integrity(
     ctx: &SessionContext,
     snap_dir: &Path,
@@ -567,10 +571,17 @@ fn register_integrity(
     bundle: &BundleManifest,
 ) -> Result<()> {
     let mut rows: Vec<(String, u64, String, u64, String)> = vec![];
+    let mut vectors: Vec<RecordBatch> = vec![];
     let mut check =
         |object: String, recorded_rows: u64, recorded: &str, files: Vec<PathBuf>| -> Result<()> {
             let existing: Vec<PathBuf> = files.iter().filter(|f| f.is_file()).cloned().collect();
-            let actual = parquet_io::checksum_parts(&existing)?;
+            let actual = if object.starts_with("bundle ") && object.ends_with(" memories") {
+                let (sum, stats) = memory_parts_pass(&existing)?;
+                vectors.extend(stats);
+                sum
+            } else {
+                parquet_io::checksum_parts(&existing)?
+            };
             let actual_sum = if existing.len() == files.len() {
                 actual.to_hex()
             } else {
@@ -654,7 +665,86 @@ fn register_integrity(
             utf8(rows.iter().map(|r| Some(r.4.clone())).collect()),
         ],
     )?;
-    mem_table(ctx, "integrity", batch)
+    mem_table(ctx, "integrity", batch)?;
+    let table = MemTable::try_new(vector_stats_schema(), vec![vectors])
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    ctx.register_table("bundle_vectors", Arc::new(table))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(())
+}
+
+fn vector_stats_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("space", DataType::Utf8, false),
+        Field::new("id", DataType::Utf8, false),
+        Field::new("missing", DataType::Boolean, false),
+        Field::new("dimension", DataType::Int64, true),
+        Field::new("norm", DataType::Float64, true),
+    ]))
+}
+
+/// The checksum of bundle memory parts and the embedding figures of every memory in them, files in parallel.
+fn memory_parts_pass(paths: &[PathBuf]) -> Result<(crate::checksum::Checksum, Vec<RecordBatch>)> {
+    use rayon::prelude::*;
+    let per_file: Vec<(crate::checksum::Checksum, Vec<RecordBatch>)> = paths
+        .par_iter()
+        .map(|p| memory_file_pass(p))
+        .collect::<Result<_>>()?;
+    let mut total = crate::checksum::Checksum::default();
+    let mut stats = vec![];
+    for (sum, s) in per_file {
+        total.combine(sum);
+        stats.extend(s);
+    }
+    Ok((total, stats))
+}
+
+fn memory_file_pass(p: &Path) -> Result<(crate::checksum::Checksum, Vec<RecordBatch>)> {
+    use arrow::array::{BooleanArray, Float64Array, Int64Array};
+    let mut hasher: Option<crate::checksum::Hasher> = None;
+    let mut stats = vec![];
+    let bad = |m: String| Error::Internal(format!("reading {}: {m}", p.display()));
+    // Small batches: each holds 3 KB a memory in decoded vectors, on every thread at once.
+    for b in parquet_io::open_reader(p, crate::bundle::writer::EMBED_BATCH_ROWS)? {
+        let b = b.map_err(|e| bad(e.to_string()))?;
+        let h = match &mut hasher {
+            Some(h) => h,
+            None => hasher.insert(crate::checksum::Hasher::new(&b.schema())?),
+        };
+        h.update(&b)?;
+        let (Some(space), Some(id), Some(emb)) = (
+            b.column_by_name(crate::schema::memory::SPACE),
+            b.column_by_name(crate::schema::memory::ID),
+            b.column_by_name(crate::schema::memory::EMBEDDING),
+        ) else {
+            return Err(bad("not a bundle memory part".into()));
+        };
+        let n = b.num_rows();
+        let (mut dims, mut norms) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for r in 0..n {
+            if emb.is_null(r) {
+                dims.push(None);
+                norms.push(None);
+            } else {
+                let (dim, sum) =
+                    transform::udf::slot_stats(emb.as_ref(), r).map_err(|e| bad(e.to_string()))?;
+                dims.push(Some(dim as i64));
+                norms.push(Some(sum.sqrt()));
+            }
+        }
+        let missing: BooleanArray = (0..n).map(|r| Some(emb.is_null(r))).collect();
+        stats.push(RecordBatch::try_new(
+            vector_stats_schema(),
+            vec![
+                space.clone(),
+                id.clone(),
+                Arc::new(missing),
+                Arc::new(Int64Array::from(dims)),
+                Arc::new(Float64Array::from(norms)),
+            ],
+        )?);
+    }
+    Ok((hasher.map(|h| h.finish()).unwrap_or_default(), stats))
 }
 
 /// `not_staged`: what the snapshot's tables recorded as not staged (see `catalog::NotStaged`), one row each, with

@@ -144,7 +144,7 @@ impl VectorFn {
 }
 
 /// (number of elements, sum of squares) of one list slot, whatever the list and float type, without copying.
-fn slot_stats(list: &dyn Array, row: usize) -> DfResult<(usize, f64)> {
+pub(crate) fn slot_stats(list: &dyn Array, row: usize) -> DfResult<(usize, f64)> {
     let (values, start, len): (&ArrayRef, usize, usize) = match list.data_type() {
         DataType::FixedSizeList(_, n) => {
             let l = list.as_fixed_size_list();
