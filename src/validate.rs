@@ -560,9 +560,11 @@ fn parquet_row_count(path: &Path) -> Result<u64> {
 }
 
 /// `integrity` (recorded against recomputed checksums, for the snapshot's tables and the bundle's parts) and
-/// `bundle_vectors` (space, id, missing, dimension, norm of every bundle memory's embedding): one read of each
-/// file. The memory parts are read once for both, so the embeddings (most of a bundle's bytes) are decoded once
-/// for the whole validation.
+/// `bundle_vectors` (space, id, missing, dimension, norm of each bundle memory whose embedding is missing, not of
+/// the bundle's dimension, zero, or not of unit norm within 1e-3; every other memory passes `embedding_quality`,
+/// and a row for each would be most of validation's memory at 10M memories): one read of each file. The memory
+/// parts are read once for both, so the embeddings (most of a bundle's bytes) are decoded once for the whole
+/// validation.
 fn register_integrity(
     ctx: &SessionContext,
     snap_dir: &Path,
@@ -576,7 +578,7 @@ fn register_integrity(
         |object: String, recorded_rows: u64, recorded: &str, files: Vec<PathBuf>| -> Result<()> {
             let existing: Vec<PathBuf> = files.iter().filter(|f| f.is_file()).cloned().collect();
             let actual = if object.starts_with("bundle ") && object.ends_with(" memories") {
-                let (sum, stats) = memory_parts_pass(&existing)?;
+                let (sum, stats) = memory_parts_pass(&existing, bundle.embedding.dimension)?;
                 vectors.extend(stats);
                 sum
             } else {
@@ -684,11 +686,14 @@ fn vector_stats_schema() -> SchemaRef {
 }
 
 /// The checksum of bundle memory parts and the embedding figures of every memory in them, files in parallel.
-fn memory_parts_pass(paths: &[PathBuf]) -> Result<(crate::checksum::Checksum, Vec<RecordBatch>)> {
+fn memory_parts_pass(
+    paths: &[PathBuf],
+    dim: usize,
+) -> Result<(crate::checksum::Checksum, Vec<RecordBatch>)> {
     use rayon::prelude::*;
     let per_file: Vec<(crate::checksum::Checksum, Vec<RecordBatch>)> = paths
         .par_iter()
-        .map(|p| memory_file_pass(p))
+        .map(|p| memory_file_pass(p, dim))
         .collect::<Result<_>>()?;
     let mut total = crate::checksum::Checksum::default();
     let mut stats = vec![];
@@ -699,7 +704,7 @@ fn memory_parts_pass(paths: &[PathBuf]) -> Result<(crate::checksum::Checksum, Ve
     Ok((total, stats))
 }
 
-fn memory_file_pass(p: &Path) -> Result<(crate::checksum::Checksum, Vec<RecordBatch>)> {
+fn memory_file_pass(p: &Path, dim: usize) -> Result<(crate::checksum::Checksum, Vec<RecordBatch>)> {
     use arrow::array::{BooleanArray, Float64Array, Int64Array};
     let mut hasher: Option<crate::checksum::Hasher> = None;
     let mut stats = vec![];
@@ -732,8 +737,22 @@ fn memory_file_pass(p: &Path) -> Result<(crate::checksum::Checksum, Vec<RecordBa
                 norms.push(Some(sum.sqrt()));
             }
         }
+        // Only the rows that may fail the check (NaN norms included: `!(x <= y)`).
+        let keep: BooleanArray = (0..n)
+            .map(|r| {
+                Some(match (dims[r], norms[r]) {
+                    (Some(d), Some(norm)) => {
+                        d != dim as i64 || norm == 0.0 || !((norm - 1.0).abs() <= 1e-3)
+                    }
+                    _ => true,
+                })
+            })
+            .collect();
+        if keep.true_count() == 0 {
+            continue;
+        }
         let missing: BooleanArray = (0..n).map(|r| Some(emb.is_null(r))).collect();
-        stats.push(RecordBatch::try_new(
+        let all = RecordBatch::try_new(
             vector_stats_schema(),
             vec![
                 space.clone(),
@@ -742,7 +761,8 @@ fn memory_file_pass(p: &Path) -> Result<(crate::checksum::Checksum, Vec<RecordBa
                 Arc::new(Int64Array::from(dims)),
                 Arc::new(Float64Array::from(norms)),
             ],
-        )?);
+        )?;
+        stats.push(arrow::compute::filter_record_batch(&all, &keep)?);
     }
     Ok((hasher.map(|h| h.finish()).unwrap_or_default(), stats))
 }
