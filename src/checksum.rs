@@ -110,15 +110,21 @@ impl Hasher {
     }
 
     pub fn update(&mut self, batch: &RecordBatch) -> Result<()> {
+        let hashes = self.row_hashes(batch)?;
+        self.add_row_hashes(&hashes);
+        Ok(())
+    }
+
+    /// Adds rows by their hashes (from `row_hashes`), for a caller that keeps the hashes too.
+    pub fn add_row_hashes(&mut self, hashes: &[u128]) {
         let mut sum = 0u128;
-        for h in self.row_hashes(batch)? {
-            sum = sum.wrapping_add(h);
+        for h in hashes {
+            sum = sum.wrapping_add(*h);
         }
         self.acc.combine(Checksum {
-            rows: batch.num_rows() as u64,
+            rows: hashes.len() as u64,
             sum,
         });
-        Ok(())
     }
 
     pub fn finish(&self) -> Checksum {

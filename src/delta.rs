@@ -441,13 +441,28 @@ pub fn snapshot_delta(
 
 /// Content hash of every memory of a bundle, by (space, id): every column, the embedding included, so a new
 /// vector (another provider, a re-embedded text) is a change too. The same row hash the bundle's checksums sum
-/// (`checksum::Hasher::row_hashes`).
-pub fn memory_hashes(bundle: &Path, batch_rows: usize) -> Result<HashMap<(String, String), u128>> {
+/// (`checksum::Hasher::row_hashes`). A part whose hashes the bundle writer recorded in `recorded` (under its
+/// space, named by the part's checksum) is not read again.
+pub fn memory_hashes(
+    bundle: &Path,
+    batch_rows: usize,
+    recorded: Option<&Path>,
+) -> Result<HashMap<(String, String), u128>> {
     let manifest = BundleManifest::load(bundle)?;
     let mut out = HashMap::new();
     for s in &manifest.spaces {
         let dir = bundle.join("spaces").join(&s.space).join("memories");
         for f in &s.memories.files {
+            if let Some(r) = recorded {
+                let saved = r.join(&s.space).join(format!("{}.parquet", f.checksum));
+                if saved.is_file() {
+                    let hashes = load_hashes(&saved)?;
+                    if hashes.len() as u64 == f.rows {
+                        out.extend(hashes);
+                        continue;
+                    }
+                }
+            }
             let path = dir.join(&f.file);
             let mut hasher: Option<crate::checksum::Hasher> = None;
             for batch in parquet_io::open_reader(&path, batch_rows)? {
@@ -493,7 +508,9 @@ pub fn save_hashes(path: &Path, hashes: &HashMap<(String, String), u128>) -> Res
     keys.sort();
     let space = StringArray::from_iter_values(keys.iter().map(|((s, _), _)| s.as_str()));
     let id = StringArray::from_iter_values(keys.iter().map(|((_, i), _)| i.as_str()));
-    let hash = FixedSizeBinaryArray::try_from_iter(keys.iter().map(|(_, h)| h.to_le_bytes()))
+    // Built from one buffer (not `try_from_iter`, which refuses an empty set: a part may hold no memories).
+    let bytes: Vec<u8> = keys.iter().flat_map(|(_, h)| h.to_le_bytes()).collect();
+    let hash = FixedSizeBinaryArray::try_new(16, arrow::buffer::Buffer::from(bytes), None)
         .map_err(|e| Error::Internal(format!("memory hashes: {e}")))?;
     let batch = RecordBatch::try_new(
         hash_schema(),

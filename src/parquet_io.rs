@@ -198,19 +198,25 @@ impl RollingWriter {
 
     /// Writes one batch; returns the part that was committed if this batch completed one.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<Option<PartFile>> {
+        self.write_hashed(batch).map(|(part, _)| part)
+    }
+
+    /// `write`, also returning each row's hash (the checksum's, `checksum::Hasher::row_hashes`).
+    pub fn write_hashed(&mut self, batch: &RecordBatch) -> Result<(Option<PartFile>, Vec<u128>)> {
         if batch.num_rows() == 0 {
-            return Ok(None);
+            return Ok((None, vec![]));
         }
         let limits = self.limits;
         let part = self.open_part(batch)?;
         part.writer.write(batch)?;
-        part.hasher.update(batch)?;
+        let hashes = part.hasher.row_hashes(batch)?;
+        part.hasher.add_row_hashes(&hashes);
         part.rows += batch.num_rows() as u64;
         let size = part.writer.bytes_written() as u64 + part.writer.in_progress_size() as u64;
         if part.rows >= limits.max_file_rows || size >= limits.max_file_bytes {
-            return self.commit().map(Some);
+            return Ok((Some(self.commit()?), hashes));
         }
-        Ok(None)
+        Ok((None, hashes))
     }
 
     fn commit(&mut self) -> Result<PartFile> {

@@ -396,7 +396,11 @@ impl Ctx {
                 ));
                 return fs::rename(&snap, &prev).map_err(Error::io("rename into place", &prev));
             }
-            let hashes = crate::delta::memory_hashes(bundle_dir, self.plan.limits.batch_rows)?;
+            let hashes = crate::delta::memory_hashes(
+                bundle_dir,
+                self.plan.limits.batch_rows,
+                Some(&w.bundle_hashes()),
+            )?;
             crate::delta::save_hashes(&w.previous_memories(), &hashes)?;
             self.report.stages.push(t.stage(
                 "baseline",
@@ -482,7 +486,11 @@ impl Ctx {
         }
         let t = Timer::start();
         let before = crate::delta::load_hashes(&path)?;
-        let now = crate::delta::memory_hashes(bundle_dir, self.plan.limits.batch_rows)?;
+        let now = crate::delta::memory_hashes(
+            bundle_dir,
+            self.plan.limits.batch_rows,
+            Some(&self.plan.work_dir.bundle_hashes()),
+        )?;
         let d = crate::delta::memory_delta(&before, &now);
         // The next incremental run's baseline, so it need not hash this bundle again.
         let (saved, of) = self.plan.work_dir.bundle_memories();
@@ -707,6 +715,7 @@ impl Ctx {
             // An incremental run replaces the earlier run's bundle, as a fresh full run with --overwrite would.
             overwrite: self.plan.overwrite || self.incremental(),
             checkpoint_file,
+            hashes_dir: Some(self.plan.work_dir.bundle_hashes()),
             run_key: RunKey::of(&[
                 ("transform", &summary.key),
                 ("provider", &embedder.provider_name()),

@@ -77,6 +77,10 @@ impl WorkDir {
             self.delta().join("bundle-memories.json"),
         )
     }
+    /// Row hashes of the bundle's memory parts, recorded by the bundle writer (`<space>/<part checksum>.parquet`).
+    pub fn bundle_hashes(&self) -> PathBuf {
+        self.delta().join("bundle-hashes")
+    }
     /// Present while an incremental run's delta has not reached its live target: the next run keeps
     /// `previous_memories` as it is, so the target is sent everything it has missed.
     pub fn undelivered(&self) -> PathBuf {

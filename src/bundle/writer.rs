@@ -46,6 +46,9 @@ pub struct WriteOptions {
     pub checkpoint_file: std::path::PathBuf,
     /// Ties the checkpoint to one staged transform output, embedding and bundle.
     pub run_key: RunKey,
+    /// Where each memory part's row hashes go (`<dir>/<space>/<part checksum>.parquet`: space, id, hash), the
+    /// hashes its checksum sums: an incremental run reads them instead of hashing the bundle again.
+    pub hashes_dir: Option<std::path::PathBuf>,
 }
 
 pub struct WriteResult {
@@ -74,6 +77,15 @@ pub fn write(
         Checkpoint::load_or_new(&opts.checkpoint_file, &opts.run_key)?;
     if checkpoint.state.parts.is_empty() && partial.exists() {
         fs::remove_dir_all(&partial).map_err(Error::io("remove", &partial))?;
+    }
+    if let Some(h) = opts
+        .hashes_dir
+        .as_ref()
+        .filter(|_| checkpoint.state.parts.is_empty())
+    {
+        if h.exists() {
+            fs::remove_dir_all(h).map_err(Error::io("remove", h))?;
+        }
     }
     fs::create_dir_all(&partial).map_err(|e| {
         Error::target_err(
@@ -125,14 +137,28 @@ pub fn write(
                 // `None` is the end of the part; a channel closed without it (an error upstream) abandons the
                 // part: the writer is dropped unfinished and nothing is committed.
                 let (tx, rx) = std::sync::mpsc::sync_channel::<Option<RecordBatch>>(2);
+                let hashes_dir = opts.hashes_dir.as_ref().map(|d| d.join(space));
                 let encoder = scope.spawn(move || -> Result<Option<PartFile>> {
                     let mut w = w;
+                    let mut hashes = std::collections::HashMap::new();
                     for b in rx {
                         match b {
                             Some(b) => {
-                                w.write(&b)?;
+                                let (_, h) = w.write_hashed(&b)?;
+                                if hashes_dir.is_some() {
+                                    record_hashes(&mut hashes, space, &b, h)?;
+                                }
                             }
-                            None => return w.finish(true),
+                            None => {
+                                let part = w.finish(true)?;
+                                if let (Some(dir), Some(part)) = (&hashes_dir, &part) {
+                                    crate::delta::save_hashes(
+                                        &dir.join(format!("{}.parquet", part.checksum)),
+                                        &hashes,
+                                    )?;
+                                }
+                                return Ok(part);
+                            }
                         }
                     }
                     Ok(None)
@@ -242,6 +268,24 @@ fn copy_part(from: &Path, to: &Path) -> Result<()> {
     fs::File::open(to)
         .and_then(|f| f.sync_all())
         .map_err(Error::io("sync", to))?;
+    Ok(())
+}
+
+/// Adds a written batch's (space, id) -> row hash to `into`.
+fn record_hashes(
+    into: &mut std::collections::HashMap<(String, String), u128>,
+    space: &str,
+    batch: &RecordBatch,
+    hashes: Vec<u128>,
+) -> Result<()> {
+    use arrow::array::AsArray;
+    let ids = batch
+        .column_by_name(crate::schema::memory::ID)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| Error::Internal("a bundle memory batch without a text id".into()))?;
+    for (i, h) in hashes.into_iter().enumerate() {
+        into.insert((space.to_string(), ids.value(i).to_string()), h);
+    }
     Ok(())
 }
 
