@@ -442,14 +442,15 @@ pub fn snapshot_delta(
 /// Content hash of every memory of a bundle, by (space, id): every column, the embedding included, so a new
 /// vector (another provider, a re-embedded text) is a change too. The same row hash the bundle's checksums sum
 /// (`checksum::Hasher::row_hashes`). A part whose hashes the bundle writer recorded in `recorded` (under its
-/// space, named by the part's checksum) is not read again.
+/// space, named by the part's checksum) is not read again. Also returns how many parts had to be read.
 pub fn memory_hashes(
     bundle: &Path,
     batch_rows: usize,
     recorded: Option<&Path>,
-) -> Result<HashMap<(String, String), u128>> {
+) -> Result<(HashMap<(String, String), u128>, usize)> {
     let manifest = BundleManifest::load(bundle)?;
     let mut out = HashMap::new();
+    let mut read = 0;
     for s in &manifest.spaces {
         let dir = bundle.join("spaces").join(&s.space).join("memories");
         for f in &s.memories.files {
@@ -463,6 +464,7 @@ pub fn memory_hashes(
                     }
                 }
             }
+            read += 1;
             let path = dir.join(&f.file);
             let mut hasher: Option<crate::checksum::Hasher> = None;
             for batch in parquet_io::open_reader(&path, batch_rows)? {
@@ -479,7 +481,7 @@ pub fn memory_hashes(
             }
         }
     }
-    Ok(out)
+    Ok((out, read))
 }
 
 fn id_column<'a>(batch: &'a RecordBatch, path: &Path) -> Result<&'a StringArray> {

@@ -378,25 +378,8 @@ impl Ctx {
         }
         if !w.undelivered().exists() {
             let t = Timer::start();
-            // The last incremental run saved the hashes of the bundle it made: used when they are of this bundle.
-            let (saved, of) = w.bundle_memories();
-            let bundle_run = bundle::BundleManifest::load(bundle_dir)?.run_id;
-            let recorded = fs::read(&of)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|v| v["run_id"].as_str().map(String::from));
-            if recorded.as_deref() == Some(bundle_run.as_str()) && saved.is_file() {
-                fs::rename(&saved, w.previous_memories())
-                    .map_err(Error::io("rename into place", w.previous_memories()))?;
-                let _ = fs::remove_file(&of);
-                self.report.stages.push(t.stage(
-                    "baseline",
-                    0,
-                    "hashes of the memories the target holds, saved by the last run",
-                ));
-                return fs::rename(&snap, &prev).map_err(Error::io("rename into place", &prev));
-            }
-            let hashes = crate::delta::memory_hashes(
+            // The bundle's writer recorded its hashes; only a part it has no record of is read and hashed.
+            let (hashes, read) = crate::delta::memory_hashes(
                 bundle_dir,
                 self.plan.limits.batch_rows,
                 Some(&w.bundle_hashes()),
@@ -405,7 +388,12 @@ impl Ctx {
             self.report.stages.push(t.stage(
                 "baseline",
                 hashes.len() as u64,
-                "hashes of the memories the target holds",
+                if read == 0 {
+                    "hashes of the memories the target holds, recorded by the bundle writer"
+                        .to_string()
+                } else {
+                    format!("hashes of the memories the target holds ({read} bundle parts hashed)")
+                },
             ));
         }
         fs::rename(&snap, &prev).map_err(Error::io("rename into place", &prev))
@@ -486,20 +474,12 @@ impl Ctx {
         }
         let t = Timer::start();
         let before = crate::delta::load_hashes(&path)?;
-        let now = crate::delta::memory_hashes(
+        let (now, _) = crate::delta::memory_hashes(
             bundle_dir,
             self.plan.limits.batch_rows,
             Some(&self.plan.work_dir.bundle_hashes()),
         )?;
         let d = crate::delta::memory_delta(&before, &now);
-        // The next incremental run's baseline, so it need not hash this bundle again.
-        let (saved, of) = self.plan.work_dir.bundle_memories();
-        crate::delta::save_hashes(&saved, &now)?;
-        let run_id = bundle::BundleManifest::load(bundle_dir)?.run_id;
-        crate::parquet_io::write_atomic(
-            &of,
-            &serde_json::to_vec(&serde_json::json!({ "run_id": run_id }))?,
-        )?;
         self.report.stages.push(t.stage(
             "memory delta",
             now.len() as u64,

@@ -69,14 +69,6 @@ impl WorkDir {
     pub fn previous_memories(&self) -> PathBuf {
         self.delta().join("previous-memories.parquet")
     }
-    /// Hashes of the current bundle's memories, saved by an incremental run for the next one's baseline, and
-    /// the run id of the bundle they are of (`bundle-memories.json`, written last).
-    pub fn bundle_memories(&self) -> (PathBuf, PathBuf) {
-        (
-            self.delta().join("bundle-memories.parquet"),
-            self.delta().join("bundle-memories.json"),
-        )
-    }
     /// Row hashes of the bundle's memory parts, recorded by the bundle writer (`<space>/<part checksum>.parquet`).
     pub fn bundle_hashes(&self) -> PathBuf {
         self.delta().join("bundle-hashes")

@@ -112,6 +112,16 @@ pub struct DeleteOutcome {
 }
 
 impl DeleteOutcome {
+    /// Every one of `n` requested deletes done (or the memory already absent).
+    pub fn all_deleted(n: usize) -> DeleteOutcome {
+        DeleteOutcome {
+            requested: n as u64,
+            deleted: n as u64,
+            kept: 0,
+            note: String::new(),
+        }
+    }
+
     pub fn add(&mut self, o: DeleteOutcome) {
         self.requested += o.requested;
         self.deleted += o.deleted;

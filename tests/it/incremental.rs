@@ -197,14 +197,14 @@ fn sqlite_incremental_reports_the_exact_delta_and_equals_a_full_run() {
         json(&target.join("bundle.json"))["totals"]["memories"].as_u64()
     );
     assert_eq!(space_checksums(&target), space_checksums(&full));
-    // Its baseline came from the hashes the run before saved of the bundle it made, not from hashing it again.
+    // Its baseline came from the hashes the bundle's writer recorded, not from hashing the bundle again.
     let stages = r["stages"].as_array().unwrap();
     let baseline = stages.iter().find(|s| s["stage"] == "baseline").unwrap();
     assert!(
         baseline["note"]
             .as_str()
             .unwrap()
-            .contains("saved by the last run"),
+            .contains("recorded by the bundle writer"),
         "{baseline}"
     );
 }
@@ -980,13 +980,18 @@ fn the_bundle_writer_records_the_hashes_an_incremental_run_reads() {
         .map(|e| e.unwrap().path())
         .collect();
     assert!(!files.is_empty(), "no hashes recorded for space children");
-    let read = engram_migrate::delta::memory_hashes(&bundle, 100, None).unwrap();
-    let saved = engram_migrate::delta::memory_hashes(&bundle, 100, Some(&recorded)).unwrap();
+    let (read, parts) = engram_migrate::delta::memory_hashes(&bundle, 100, None).unwrap();
+    let (saved, none) =
+        engram_migrate::delta::memory_hashes(&bundle, 100, Some(&recorded)).unwrap();
     assert_eq!(read.len(), 490, "every memory");
     assert_eq!(read, saved);
+    assert!(parts > 0);
+    assert_eq!(none, 0, "every part's hashes recorded");
     // A recorded file that does not hold the part's rows is not trusted: the part is read instead.
     let any = &files[0];
     engram_migrate::delta::save_hashes(any, &Default::default()).unwrap();
-    let again = engram_migrate::delta::memory_hashes(&bundle, 100, Some(&recorded)).unwrap();
+    let (again, reread) =
+        engram_migrate::delta::memory_hashes(&bundle, 100, Some(&recorded)).unwrap();
     assert_eq!(read, again);
+    assert_eq!(reread, 1, "the part with a bad record is read");
 }

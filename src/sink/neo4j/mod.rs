@@ -715,12 +715,7 @@ impl Sink for Neo4jSink {
             .param("ids", chunk.to_vec());
             self.run("delete nodes", q).await?;
         }
-        Ok(DeleteOutcome {
-            requested: ids.len() as u64,
-            deleted: ids.len() as u64,
-            kept: 0,
-            note: String::new(),
-        })
+        Ok(DeleteOutcome::all_deleted(ids.len()))
     }
 
     /// The relationships, after every node: type by type, in batches of 500 (a few hundred bytes each, under

@@ -663,7 +663,6 @@ impl Sink for PostgresSink {
     /// Staged in `deletes__load_<key>` and applied by the merge in `finish`, in its transaction, with
     /// before-images (a rollback puts them back) and their edges.
     async fn delete(&self, space: &str, ids: &[String]) -> Result<DeleteOutcome> {
-        let n = ids.len() as u64;
         if !self.already_loaded.load(Ordering::SeqCst) {
             let sql = format!(
                 "INSERT INTO {} (space, id) SELECT $1, unnest($2::text[])",
@@ -673,12 +672,7 @@ impl Sink for PostgresSink {
             self.with_client(move |c| c.execute(&sql, &[&space, &ids]).map(|_| ()))
                 .await?;
         }
-        Ok(DeleteOutcome {
-            requested: n,
-            deleted: n,
-            kept: 0,
-            note: String::new(),
-        })
+        Ok(DeleteOutcome::all_deleted(ids.len()))
     }
 
     async fn finish(
