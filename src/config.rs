@@ -290,6 +290,13 @@ pub struct Options {
     #[arg(long)]
     pub memory_limit_mb: Option<u64>,
 
+    /// Where the SQL stages (transform, validation) and the embedding run: `local` (this process) or
+    /// `ballista://HOST:PORT`, a cluster started with `engram-migrate scheduler` and `engram-migrate executor`
+    /// (build feature `distributed`; the work directory must be on storage every executor reads at the same path)
+    /// [default: local].
+    #[arg(long)]
+    pub engine: Option<String>,
+
     /// No progress bars.
     #[arg(long, short = 'q')]
     pub quiet: bool,

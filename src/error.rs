@@ -73,6 +73,11 @@ pub enum Error {
         record: String,
     },
 
+    /// The SQL engine (a Ballista cluster) cannot run the run's queries: unreachable, lost a machine, refused
+    /// the plan. Exit 4 like a target: it is the run's infrastructure, not its input.
+    #[error("{location}: {message}")]
+    Engine { location: String, message: String },
+
     /// A bug or an impossible state; please report it.
     #[error("internal error: {0}")]
     Internal(String),
@@ -175,6 +180,15 @@ impl Error {
             }
             found
         };
+        if let Some(why) = cluster_failure(&message) {
+            return Error::Engine {
+                location: format!("the cluster running {origin}"),
+                message: format!(
+                    "{message} ({why}: start what is missing, or use --engine local, and run the same command \
+                     again: it resumes after the last finished stage)"
+                ),
+            };
+        }
         match err.find_root() {
             E::ResourcesExhausted(_) => Error::Sql {
                 origin,
@@ -203,10 +217,29 @@ impl Error {
             | Error::SourceChanged { .. }
             | Error::SchemaDrift { .. } => exit::USAGE,
             Error::Source { .. } => exit::SOURCE,
-            Error::Target { .. } | Error::Io { .. } => exit::TARGET,
+            Error::Target { .. } | Error::Engine { .. } | Error::Io { .. } => exit::TARGET,
             Error::ValidationFailed { .. } => exit::VALIDATION,
             Error::Internal(_) => exit::INTERNAL,
         }
+    }
+}
+
+/// A query that failed on a Ballista cluster rather than in its SQL: an executor or the scheduler went away
+/// (the results of a finished job could not be fetched, a connection was refused) or the scheduler could not run
+/// the plan (a stock scheduler without this tool's functions). Ballista reports these as execution errors with
+/// only a message, so its messages (ballista-core 50, `distributed_query.rs` and its gRPC client) are what
+/// tells them apart from an error of the user's SQL; a local session never produces them.
+fn cluster_failure(message: &str) -> Option<&'static str> {
+    if message.contains("GrpcConnectionError") || message.contains("Error connecting to Ballista") {
+        Some("a machine of the cluster cannot be reached")
+    } else if message.contains("Fail to execute query due to") {
+        Some("the cluster's scheduler refused the query")
+    } else if message.contains("Job ") && message.contains(" failed: ") {
+        Some("the cluster failed the job")
+    } else if message.contains("FetchFailed") || message.contains("Failed to fetch partition") {
+        Some("results held by an executor that went away could not be read")
+    } else {
+        None
     }
 }
 
@@ -233,6 +266,23 @@ mod tests {
     use super::*;
     use datafusion::arrow::error::ArrowError;
     use datafusion::error::DataFusionError as E;
+
+    /// A cluster's failures (as Ballista words them) are the engine's, exit 4, with what to do; the same SQL's
+    /// own errors stay the user's.
+    #[test]
+    fn cluster_failures_are_the_engines() {
+        for m in [
+            "GrpcConnectionError(\"Error connecting to Ballista scheduler or executor at http://127.0.0.1:1\")",
+            "Fail to execute query due to ExecuteQueryFailureResult { failure: Some(PlanParsingFailure(\"x\")) }",
+            "Job abc failed: Task failed",
+        ] {
+            let e = Error::sql("transform", E::Execution(m.into()));
+            assert_eq!(e.exit_code(), exit::TARGET, "{m}");
+            assert!(e.to_string().contains("run the same command again"), "{e}");
+        }
+        let e = Error::sql("transform", E::Plan("column x not found".into()));
+        assert_eq!(e.exit_code(), exit::USAGE);
+    }
 
     /// Classified by the error's variant, wherever it sits in the chain; the message text decides nothing.
     #[test]

@@ -9,6 +9,7 @@ pub mod checksum;
 pub mod config;
 pub mod delta;
 pub mod embed;
+pub mod engine;
 pub mod error;
 pub mod json;
 pub mod parquet_io;

@@ -41,6 +41,92 @@ enum Command {
     /// Remove from a live target (--target URL) what loading the bundle (--bundle DIR) put there, where the target
     /// can; a target that cannot says so and changes nothing. The bundle itself is never touched.
     Rollback(Options),
+    /// Start a Ballista scheduler for `--engine ballista://HOST:PORT` (build feature `distributed`): it knows this
+    /// tool's SQL functions, and lists its jobs' tasks per executor for the run report.
+    #[cfg(feature = "distributed")]
+    Scheduler(SchedulerArgs),
+    /// Start a Ballista executor that registers with a scheduler (build feature `distributed`). Every executor
+    /// must read the work directory at the same path as the run (one machine or a shared file system), and a
+    /// model2vec model at the path the run names.
+    #[cfg(feature = "distributed")]
+    Executor(ExecutorArgs),
+}
+
+#[cfg(feature = "distributed")]
+#[derive(clap::Args)]
+struct SchedulerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: String,
+    /// Port of the scheduler's gRPC service and of its job list (`GET /engram/v1/jobs`).
+    #[arg(long, default_value_t = 50050)]
+    port: u16,
+    /// Seconds without a heartbeat after which an executor is lost and its tasks run elsewhere.
+    #[arg(long, default_value_t = 30)]
+    executor_timeout_secs: u64,
+}
+
+#[cfg(feature = "distributed")]
+#[derive(clap::Args)]
+struct ExecutorArgs {
+    /// The scheduler, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    scheduler: String,
+    /// Address to listen on (and to be reached at).
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: String,
+    /// Port for results and shuffle data (Arrow Flight); the executor's gRPC port is the next one.
+    #[arg(long, default_value_t = 50051)]
+    port: u16,
+    /// Tasks run at once [default: the number of cores].
+    #[arg(long)]
+    concurrent_tasks: Option<usize>,
+    /// Directory for shuffle files [default: a temporary directory].
+    #[arg(long)]
+    work_dir: Option<String>,
+    /// Seconds between heartbeats to the scheduler (keep it well under the scheduler's --executor-timeout-secs).
+    #[arg(long, default_value_t = 5)]
+    heartbeat_secs: u64,
+}
+
+#[cfg(feature = "distributed")]
+fn run_cluster_process(command: Command) -> anyhow::Result<()> {
+    use engram_migrate::engine::ballista;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match command {
+        Command::Scheduler(a) => {
+            runtime.block_on(ballista::run_scheduler(ballista::SchedulerOptions {
+                bind: a.bind,
+                port: a.port,
+                executor_timeout_secs: a.executor_timeout_secs,
+            }))?
+        }
+        Command::Executor(a) => {
+            let (host, port) = a
+                .scheduler
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .ok_or_else(|| {
+                    engram_migrate::Error::usage(format!(
+                        "--scheduler {:?}: expected HOST:PORT",
+                        a.scheduler
+                    ))
+                })?;
+            runtime.block_on(ballista::run_executor(ballista::ExecutorOptions {
+                scheduler_host: host,
+                scheduler_port: port,
+                bind: a.bind,
+                port: a.port,
+                concurrent_tasks: a.concurrent_tasks.unwrap_or(0),
+                work_dir: a.work_dir,
+                heartbeat_secs: a.heartbeat_secs,
+            }))?
+        }
+        _ => unreachable!("only cluster processes come here"),
+    }
+    Ok(())
 }
 
 fn main() {
@@ -75,6 +161,8 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let (name, opts) = match cli.command {
+        #[cfg(feature = "distributed")]
+        c @ (Command::Scheduler(_) | Command::Executor(_)) => return run_cluster_process(c),
         Command::Plan(o) => ("plan", o),
         Command::Snapshot(o) => ("snapshot", o),
         Command::Transform(o) => ("transform", o),

@@ -54,10 +54,18 @@ pub fn snapshot_options(plan: &RunPlan) -> SnapshotOptions {
     }
 }
 
-fn sql_memory(plan: &RunPlan) -> transform::SqlMemory {
-    transform::SqlMemory {
-        limit_bytes: (plan.limits.memory_limit_mb as usize) << 20,
-        spill_dir: plan.work_dir.spill(),
+/// The SQL engine of the run (`--engine`), with its memory bound and where its spill and shared tables go.
+fn engine(plan: &RunPlan) -> crate::engine::Engine {
+    crate::engine::Engine {
+        spec: plan.engine.clone(),
+        workers: plan.limits.workers,
+        batch_size: plan.limits.batch_rows,
+        memory: crate::engine::SqlMemory {
+            limit_bytes: (plan.limits.memory_limit_mb as usize) << 20,
+            spill_dir: plan.work_dir.spill(),
+        },
+        shared_dir: plan.work_dir.engine_shared(),
+        job_name: crate::engine::process_job_name(),
     }
 }
 
@@ -191,6 +199,7 @@ fn check_mapping_names(m: &transform::generic::MappingOptions, manifest: &Manife
 /// `transform::generic::choose_texts`); nothing for the other mappings, whose text is their own.
 async fn text_choices(
     plan: &RunPlan,
+    engine: &crate::engine::Engine,
     dir: &Path,
     manifest: &Manifest,
 ) -> Result<Vec<transform::generic::TextChoice>> {
@@ -198,11 +207,7 @@ async fn text_choices(
         return Ok(vec![]);
     };
     check_mapping_names(m, manifest)?;
-    let ctx = transform::session(
-        plan.limits.workers,
-        plan.limits.batch_rows,
-        &sql_memory(plan),
-    )?;
+    let ctx = engine.session().await?;
     transform::register_snapshot(&ctx, dir, manifest).await?;
     transform::generic::choose_texts(&ctx, manifest, m).await
 }
@@ -242,8 +247,20 @@ fn provider(
 
 /// The stage's embedder for this run: the provider, the bounded in-memory cache and the persistent cache, sized
 /// as the plan says.
-fn embedder(e: &plan::EmbeddingPlan, opts: &Options, work: &Path) -> Result<Embedder> {
-    let provider = provider(e, opts)?;
+fn embedder(plan: &RunPlan, opts: &Options, work: &Path) -> Result<Embedder> {
+    let e = &plan.embedding;
+    #[allow(unused_mut)]
+    let mut provider = provider(e, opts)?;
+    // On a cluster the executors embed (a provider that runs in SQL: hashing, model2vec); an HTTP endpoint is
+    // still called from here, which holds its key.
+    #[cfg(feature = "distributed")]
+    if !plan.engine.is_local() && crate::embed::udf::load_provider(&e.provider).is_ok() {
+        provider = std::sync::Arc::new(crate::engine::ballista::ClusterEmbedding::new(
+            provider,
+            &e.provider,
+            engine(plan),
+        )?);
+    }
     let name = provider.name();
     let dim = provider.dimension();
     let embedder = Embedder::new(provider, e.cache_entries)?;
@@ -310,6 +327,19 @@ impl Ctx {
             source: None,
             embedder: None,
             against_snapshot: false,
+        }
+    }
+
+    /// Where the SQL ran, and on a cluster this run's jobs and their tasks per executor. A scheduler that stopped
+    /// answering by now is warned about, not fatal: the stages it ran have finished and been checked.
+    async fn record_engine(&mut self) {
+        let e = engine(&self.plan);
+        self.report.engine = e.spec.to_string();
+        match e.jobs().await {
+            Ok(jobs) => self.report.cluster = jobs,
+            Err(err) => crate::progress::warn(&format!(
+                "the report lacks the cluster's jobs and tasks: {err}"
+            )),
         }
     }
 
@@ -522,7 +552,7 @@ impl Ctx {
     /// The run's embedding dimension: the provider's own (made here if the command has not made it yet).
     fn embedding_dim(&mut self) -> Result<usize> {
         if self.embedder.is_none() {
-            self.embedder = Some(embedder(&self.plan.embedding, &self.opts, &self.work)?);
+            self.embedder = Some(embedder(&self.plan, &self.opts, &self.work)?);
         }
         Ok(self
             .embedder
@@ -595,7 +625,7 @@ impl Ctx {
     ) -> Result<(TransformSummary, String, String)> {
         let t = Timer::start();
         let dim = self.embedding_dim()?;
-        let texts = text_choices(&self.plan, dir, manifest).await?;
+        let texts = text_choices(&self.plan, &engine(&self.plan), dir, manifest).await?;
         for t in texts.iter().filter(|t| !t.added.is_empty()) {
             tracing::info!(
                 table = %t.table,
@@ -630,10 +660,8 @@ impl Ctx {
                     &sql,
                     &origin,
                     &out,
-                    self.plan.limits.workers,
-                    self.plan.limits.batch_rows,
                     limits(&self.plan),
-                    &sql_memory(&self.plan),
+                    &engine(&self.plan),
                     dim,
                 )
                 .await?;
@@ -654,7 +682,7 @@ impl Ctx {
         let target = self.bundle_dir()?;
         let mut embedder = match self.embedder.take() {
             Some(e) => e,
-            None => embedder(&self.plan.embedding, &self.opts, &self.work)?,
+            None => embedder(&self.plan, &self.opts, &self.work)?,
         };
         // A run killed after its bundle was renamed into place (but before it finished) left a complete bundle
         // of this very input: keep it instead of asking for --overwrite.
@@ -798,9 +826,7 @@ impl Ctx {
                 Some(MappingPlan::Redis(r)) => Some(transform::redis::derived_counts_sql(r)),
                 _ => None,
             },
-            workers: self.plan.limits.workers,
-            batch_size: self.plan.limits.batch_rows,
-            memory: sql_memory(&self.plan),
+            engine: engine(&self.plan),
         };
         let src: Option<&mut dyn Source> = match self.source.as_mut() {
             Some(s) => Some(s.as_mut()),
@@ -864,12 +890,15 @@ pub async fn transform_cmd(opts: Options) -> Result<()> {
     let started = Timer::start();
     let opts = continuing(opts, config::Role::Transform)?;
     let mut ctx = Ctx::new(Command::Transform, opts)?;
+    engine(&ctx.plan).check().await?;
     let _lock = WorkLock::acquire(&ctx.work)?;
     record_plan(&ctx.plan, &ctx.opts)?;
     let r = async {
         let dir = ctx.snapshot_dir()?;
         let manifest = require_complete(&dir)?;
-        ctx.transform(&dir, &manifest).await.map(|_| ())
+        ctx.transform(&dir, &manifest).await?;
+        ctx.record_engine().await;
+        Ok(())
     }
     .await;
     ctx.finish(started, r)
@@ -1059,9 +1088,7 @@ async fn deliver(
         extra_checks: None,
         allow_skipped: false,
         derived_counts: None,
-        workers: plan.limits.workers,
-        batch_size: plan.limits.batch_rows,
-        memory: sql_memory(plan),
+        engine: engine(plan),
     };
     let checks = validate::check_target(bundle, &read_back, &vopts).await?;
     let mut delivery =
@@ -1124,6 +1151,7 @@ pub async fn validate_cmd(opts: Options) -> Result<()> {
         }
     }
     let mut ctx = Ctx::new(Command::Validate, opts)?;
+    engine(&ctx.plan).check().await?;
     let _lock = WorkLock::acquire(&ctx.work)?;
     let r = async {
         let dir = ctx.snapshot_dir()?;
@@ -1137,12 +1165,13 @@ pub async fn validate_cmd(opts: Options) -> Result<()> {
             .mapping
             .clone()
             .ok_or_else(|| Error::usage("--source is required to validate"))?;
-        let texts = text_choices(&ctx.plan, &dir, &manifest).await?;
+        let texts = text_choices(&ctx.plan, &engine(&ctx.plan), &dir, &manifest).await?;
         let (sql, origin) = mapping_sql(&mapping, &manifest, &ctx.work, dim, &texts)?;
         ctx.report.source = manifest.source.clone();
         ctx.report.mapping = origin.clone();
         ctx.report.texts = texts;
         let failed = ctx.validate(&dir, &manifest, &sql, &origin).await?;
+        ctx.record_engine().await;
         failed_checks(failed, ctx.report.validation.len(), &ctx.report_path)
     }
     .await;
@@ -1156,6 +1185,8 @@ pub async fn validate_cmd(opts: Options) -> Result<()> {
 /// live target may have no API for), and only then sent, with its read-back. A failed validation sends nothing.
 pub async fn run_cmd(opts: Options) -> Result<()> {
     let plan = RunPlan::for_command(&opts, Command::Run)?;
+    // A cluster that cannot run queries stops the run before anything is read.
+    engine(&plan).check().await?;
     let sink = match &plan.deliver {
         Some(d) => {
             let sink = Target::parse(&d.spec)?
@@ -1250,7 +1281,7 @@ async fn run_bundle(
     let mut delta = None;
     let r = async {
         let t = Timer::start();
-        let e = embedder(&ctx.plan.embedding, &ctx.opts, &ctx.work)?;
+        let e = embedder(&ctx.plan, &ctx.opts, &ctx.work)?;
         // Reading an earlier run's vectors back is work of its own (gigabytes for a million memories): shown.
         let loaded = e.disk_cache().map(|d| d.stats().loaded).unwrap_or(0);
         if loaded > 0 {
@@ -1280,7 +1311,10 @@ async fn run_bundle(
         }
         if ctx.plan.validate.is_some() {
             let failed = ctx.validate(&dir, &manifest, &sql, &origin).await?;
+            ctx.record_engine().await;
             failed_checks(failed, ctx.report.validation.len(), &ctx.report_path)?;
+        } else {
+            ctx.record_engine().await;
         }
         ctx.complete_run(&manifest)
     }
@@ -1442,7 +1476,12 @@ async fn plan_prediction(plan: &RunPlan, opts: &Options, src: &mut dyn Source) -
             return Ok(());
         }
     };
-    let texts = text_choices(plan, dir, &manifest).await?;
+    // `plan` runs its SQL here whatever --engine says: it reads a sample and writes nothing, and needs no cluster.
+    let local = crate::engine::Engine {
+        spec: crate::engine::EngineSpec::Local,
+        ..engine(plan)
+    };
+    let texts = text_choices(plan, &local, dir, &manifest).await?;
     if !texts.is_empty() {
         println!("text embedded per table (from the snapshot):");
         for t in &texts {
@@ -1471,11 +1510,7 @@ async fn plan_prediction(plan: &RunPlan, opts: &Options, src: &mut dyn Source) -
         .as_ref()
         .ok_or_else(|| Error::usage("--source is required to know the mapping"))?;
     let (sql, origin) = generated_mapping(mapping, &manifest, dim, &texts)?;
-    let ctx = transform::session(
-        plan.limits.workers,
-        plan.limits.batch_rows,
-        &sql_memory(plan),
-    )?;
+    let ctx = local.session().await?;
     transform::register_snapshot(&ctx, dir, &manifest).await?;
     transform::run_statements(&ctx, &sql, &origin).await?;
     let target = plan

@@ -70,6 +70,8 @@ pub struct RunPlan {
     /// None with `--validate false`.
     pub validate: Option<ValidatePlan>,
     pub limits: Limits,
+    /// Where the SQL stages and the embedding run (`--engine`).
+    pub engine: crate::engine::EngineSpec,
     pub fresh: bool,
     pub overwrite: bool,
 }
@@ -370,6 +372,7 @@ impl RunPlan {
                 max_file_mb: o.max_file_mb.unwrap_or(128).max(1),
                 max_file_rows: o.max_file_rows,
             },
+            engine: crate::engine::EngineSpec::parse(o.engine.as_deref().unwrap_or("local"))?,
             bundle,
             deliver,
             work_dir,
@@ -522,6 +525,13 @@ impl RunPlan {
                     .map(|r| format!(" / {r} rows"))
                     .unwrap_or_default()
             ),
+        );
+        line(
+            "engine",
+            match &self.engine {
+                crate::engine::EngineSpec::Local => "local (this process)".to_string(),
+                e => format!("{e}: transform, validation and embedding on the cluster"),
+            },
         );
         if self.fresh {
             line(

@@ -70,6 +70,11 @@ pub struct RunReport {
     pub spaces: Vec<SpaceLine>,
     pub orphans: u64,
     pub embedding: Option<EmbeddingLine>,
+    /// `--engine`: where the SQL stages and the embedding ran (`local`, `ballista://HOST:PORT`).
+    pub engine: String,
+    /// On a cluster: this run's jobs, their stages and tasks per executor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::engine::EngineJobs>,
     pub validation: Vec<CheckResult>,
     pub outcome: String,
 }
@@ -285,6 +290,25 @@ impl RunReport {
                     "orphans", self.orphans
                 );
             }
+        }
+        if let Some(c) = &self.cluster {
+            let tasks: Vec<String> = c
+                .tasks_per_executor
+                .iter()
+                .map(|(e, n)| format!("{} {n}", e.get(..8).unwrap_or(e)))
+                .collect();
+            println!();
+            println!(
+                "engine: {}, {} jobs on {} executors; tasks per executor: {}",
+                self.engine,
+                c.jobs.len(),
+                c.executors.len(),
+                if tasks.is_empty() {
+                    "none".to_string()
+                } else {
+                    tasks.join(", ")
+                }
+            );
         }
         if let Some(e) = &self.embedding {
             println!();

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::datasource::MemTable;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -115,9 +114,8 @@ pub struct ValidateOptions {
     /// For the generated and shipped mappings: a query over `source.*` giving what the mapping must produce
     /// (source_name, kind, name, derived), written by the tool, not read from the mapping (`counts_derived`).
     pub derived_counts: Option<String>,
-    pub workers: usize,
-    pub batch_size: usize,
-    pub memory: transform::SqlMemory,
+    /// Where the checks' SQL runs (`--engine`).
+    pub engine: crate::engine::Engine,
 }
 
 /// Runs every check. `source` is the live source to re-count and re-read (None when the run's source is the
@@ -132,7 +130,7 @@ pub async fn run(
     opts: &ValidateOptions,
 ) -> Result<Vec<CheckResult>> {
     let bundle = BundleManifest::load(bundle_dir)?;
-    let ctx = transform::session(opts.workers, opts.batch_size, &opts.memory)?;
+    let ctx = opts.engine.session().await?;
     transform::register_snapshot(&ctx, snapshot_dir, manifest).await?;
     transform::run_statements(&ctx, mapping_sql, mapping_origin).await?;
 
@@ -314,7 +312,7 @@ pub async fn check_target(
     opts: &ValidateOptions,
 ) -> Result<Vec<CheckResult>> {
     let bundle = BundleManifest::load(bundle_dir)?;
-    let ctx = transform::session(opts.workers, opts.batch_size, &opts.memory)?;
+    let ctx = opts.engine.session().await?;
     register_files(
         &ctx,
         "bundle_memories",
@@ -389,11 +387,7 @@ async fn register_files(
     schema: SchemaRef,
 ) -> Result<()> {
     if files.is_empty() {
-        let t =
-            MemTable::try_new(schema, vec![vec![]]).map_err(|e| Error::Internal(e.to_string()))?;
-        ctx.register_table(name, Arc::new(t))
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        return Ok(());
+        return crate::engine::register_batches(ctx, name, schema, vec![]);
     }
     let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     let df = ctx
@@ -425,12 +419,9 @@ fn register_target_rules(
     mem_table(ctx, "target_rules", RecordBatch::try_new(schema, cols)?)
 }
 
+/// A table the checks join, computed here (on a cluster, written where the executors can read it).
 fn mem_table(ctx: &SessionContext, name: &str, batch: RecordBatch) -> Result<()> {
-    let t = MemTable::try_new(batch.schema(), vec![vec![batch]])
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    ctx.register_table(name, Arc::new(t))
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    Ok(())
+    crate::engine::register_batches(ctx, name, batch.schema(), vec![batch])
 }
 
 fn utf8(v: Vec<Option<String>>) -> ArrayRef {
@@ -668,11 +659,7 @@ fn register_integrity(
         ],
     )?;
     mem_table(ctx, "integrity", batch)?;
-    let table = MemTable::try_new(vector_stats_schema(), vec![vectors])
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    ctx.register_table("bundle_vectors", Arc::new(table))
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    Ok(())
+    crate::engine::register_batches(ctx, "bundle_vectors", vector_stats_schema(), vectors)
 }
 
 fn vector_stats_schema() -> SchemaRef {

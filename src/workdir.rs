@@ -90,6 +90,10 @@ impl WorkDir {
     pub fn spill(&self) -> PathBuf {
         self.root.join("spill")
     }
+    /// Files a cluster engine's executors read: tables the tool computed, texts to embed (`engine::ballista`).
+    pub fn engine_shared(&self) -> PathBuf {
+        self.root.join("engine")
+    }
     /// The persistent embedding cache's root (`embed::cache` lays out its provider folders inside).
     pub fn embed_cache_root(&self) -> &Path {
         &self.root
@@ -124,6 +128,7 @@ impl WorkDir {
     pub fn fresh(&self, bundle: Option<&Path>) -> Result<()> {
         for p in [
             self.spill(),
+            self.engine_shared(),
             self.snapshot(),
             self.previous_snapshot(),
             self.delta(),

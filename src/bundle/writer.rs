@@ -29,6 +29,10 @@ pub trait MemoryStage {
     fn flush(&mut self) -> Result<()>;
     /// How the vectors were made, for `bundle.json`.
     fn embedding_info(&self) -> EmbeddingInfo;
+    /// Rows per batch this stage wants, when more than the writer's default (a cluster's embedding).
+    fn batch_rows(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Parts of the bundle already written, keyed by their path inside the bundle. Saved after every part.
@@ -164,7 +168,12 @@ pub fn write(
                     Ok(None)
                 });
                 let mut sent: Result<()> = Ok(());
-                for b in parquet_io::open_reader(&src, opts.batch_size.min(EMBED_BATCH_ROWS))? {
+                for b in parquet_io::open_reader(
+                    &src,
+                    opts.batch_size
+                        .min(EMBED_BATCH_ROWS)
+                        .max(stage.batch_rows().unwrap_or(0)),
+                )? {
                     let b =
                         b.map_err(|e| Error::Internal(format!("reading {}: {e}", src.display())));
                     let b = match b.and_then(|b| stage.apply(&b)) {

@@ -32,6 +32,10 @@ impl MemoryStage for EmbedStage<'_> {
         self.embedder.flush()
     }
 
+    fn batch_rows(&self) -> Option<usize> {
+        self.embedder.preferred_batch_rows()
+    }
+
     fn embedding_info(&self) -> EmbeddingInfo {
         let e = &self.embedder;
         EmbeddingInfo {

@@ -13,6 +13,7 @@ pub mod model2vec;
 pub mod openai;
 pub mod quality;
 pub mod stage;
+pub mod udf;
 
 pub use cache::DiskCache;
 pub use hashing::HashingProvider;
@@ -33,4 +34,9 @@ pub trait EmbeddingProvider: Send + Sync {
     }
     /// Fill `out` (len = texts.len() * dimension()) with one L2-normalised vector per text, row-major.
     fn embed(&self, texts: &[&str], out: &mut [f32]) -> Result<()>;
+    /// Rows per batch the embedding stage should read when it can: a provider with a large fixed cost per call
+    /// (a cluster job) wants more than the stage's default.
+    fn preferred_batch_rows(&self) -> Option<usize> {
+        None
+    }
 }

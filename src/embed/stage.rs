@@ -346,6 +346,11 @@ impl Embedder {
     }
 
     /// The provider's own dimension, before zero-padding to 768.
+    /// The provider's preferred batch size (see `EmbeddingProvider::preferred_batch_rows`).
+    pub fn preferred_batch_rows(&self) -> Option<usize> {
+        self.provider.preferred_batch_rows()
+    }
+
     pub fn native_dimension(&self) -> usize {
         self.dim
     }

@@ -19,21 +19,23 @@ use datafusion::common::{exec_err, Result as DfResult};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-use datafusion::prelude::SessionContext;
 use serde_json::Value;
 
-pub fn register_all(ctx: &SessionContext) {
-    for (name, arity) in [
+pub fn all() -> Vec<ScalarUDF> {
+    [
         ("json_get", 2),
         ("json_get_float", 2),
         ("json_get_timestamp", 2),
         ("json_insert", 3),
-    ] {
-        ctx.register_udf(ScalarUDF::new_from_impl(JsonFn {
+    ]
+    .into_iter()
+    .map(|(name, arity)| {
+        ScalarUDF::new_from_impl(JsonFn {
             name,
             signature: Signature::uniform(arity, vec![DataType::Utf8], Volatility::Immutable),
-        }));
-    }
+        })
+    })
+    .collect()
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -195,7 +197,8 @@ impl ScalarUDFImpl for JsonFn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transform::{collect, session, SqlMemory};
+    use crate::engine::{local_session as session, SqlMemory};
+    use crate::transform::collect;
 
     #[test]
     fn text_and_timestamps_of_typed_values() {

@@ -13,7 +13,7 @@ pub mod udf;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -21,7 +21,7 @@ use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::TableReference;
 use futures::StreamExt;
@@ -31,45 +31,6 @@ use crate::error::{Error, Result};
 use crate::parquet_io::{self, PartFile, PartLimits, RollingWriter};
 use crate::schema::{self, memory_schema, EDGE_SCHEMA};
 use crate::snapshot::{self, Manifest};
-
-/// Memory DataFusion may use for joins, aggregations and sorts, and where it spills beyond that.
-#[derive(Debug, Clone)]
-pub struct SqlMemory {
-    pub limit_bytes: usize,
-    pub spill_dir: PathBuf,
-}
-
-/// A DataFusion session with the tool's functions registered and its memory bounded: aggregations and sorts
-/// spill to `spill_dir` past the limit (a hash join's build side cannot spill; past the limit it fails with a
-/// message naming the limit flag).
-pub fn session(
-    target_partitions: usize,
-    batch_size: usize,
-    memory: &SqlMemory,
-) -> Result<SessionContext> {
-    let mut config = SessionConfig::new()
-        .with_target_partitions(target_partitions.max(1))
-        .with_batch_size(batch_size.max(1))
-        .with_information_schema(true);
-    // Plain Utf8/Binary rather than the view types: the memory and edge schemas use them, and user mappings
-    // should not need casts to get there.
-    config.options_mut().sql_parser.map_string_types_to_utf8view = false;
-    config
-        .options_mut()
-        .execution
-        .parquet
-        .schema_force_view_types = false;
-    fs::create_dir_all(&memory.spill_dir)
-        .map_err(Error::io("create directory", &memory.spill_dir))?;
-    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-        .with_memory_limit(memory.limit_bytes, 1.0)
-        .with_temp_file_path(&memory.spill_dir)
-        .build_arc()
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
-    udf::register_all(&ctx);
-    Ok(ctx)
-}
 
 /// Registers every snapshot table as `source."<table>"`.
 pub async fn register_snapshot(
@@ -316,13 +277,11 @@ pub async fn run(
     sql: &str,
     origin: &str,
     out: &Path,
-    workers: usize,
-    batch_size: usize,
     limits: PartLimits,
-    memory: &SqlMemory,
+    engine: &crate::engine::Engine,
     embedding_dim: usize,
 ) -> Result<TransformSummary> {
-    let ctx = session(workers, batch_size, memory)?;
+    let ctx = engine.session().await?;
     register_snapshot(&ctx, snapshot_dir, manifest).await?;
     run_statements(&ctx, sql, origin).await?;
     for view in ["memories", "edges", "orphans", "expected_counts"] {

@@ -410,10 +410,10 @@ mod tests {
             ],
         )?;
         let dir = tempfile::tempdir().unwrap();
-        let ctx = super::super::session(
+        let ctx = crate::engine::local_session(
             1,
             1024,
-            &super::super::SqlMemory {
+            &crate::engine::SqlMemory {
                 limit_bytes: 64 << 20,
                 spill_dir: dir.path().to_path_buf(),
             },

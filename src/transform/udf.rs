@@ -18,14 +18,26 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
+/// Every SQL function of the tool: one list for a local session and for a cluster's scheduler and executors
+/// (which must decode plans naming them).
+pub fn all() -> Vec<ScalarUDF> {
+    let mut out = vec![
+        ScalarUDF::new_from_impl(ToJson::new()),
+        ScalarUDF::new_from_impl(VectorFn::new("vector_dim")),
+        ScalarUDF::new_from_impl(VectorFn::new("vector_norm")),
+        ScalarUDF::new_from_impl(TextHash {
+            signature: Signature::uniform(1, vec![DataType::Utf8], Volatility::Immutable),
+        }),
+        ScalarUDF::new_from_impl(crate::embed::udf::EmbedText::new()),
+    ];
+    out.extend(super::json_fn::all());
+    out
+}
+
 pub fn register_all(ctx: &SessionContext) {
-    ctx.register_udf(ScalarUDF::new_from_impl(ToJson::new()));
-    ctx.register_udf(ScalarUDF::new_from_impl(VectorFn::new("vector_dim")));
-    ctx.register_udf(ScalarUDF::new_from_impl(VectorFn::new("vector_norm")));
-    ctx.register_udf(ScalarUDF::new_from_impl(TextHash {
-        signature: Signature::uniform(1, vec![DataType::Utf8], Volatility::Immutable),
-    }));
-    super::json_fn::register_all(ctx);
+    for f in all() {
+        ctx.register_udf(f);
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -226,7 +238,8 @@ impl ScalarUDFImpl for VectorFn {
 
 #[cfg(test)]
 mod tests {
-    use crate::transform::{collect, session, SqlMemory};
+    use crate::engine::{local_session as session, SqlMemory};
+    use crate::transform::collect;
 
     #[tokio::test]
     async fn functions_work_in_sql() {

@@ -4,6 +4,8 @@
 
 mod bad_input;
 mod common;
+#[cfg(feature = "distributed")]
+mod distributed;
 mod docs;
 mod e2e;
 mod embed;

@@ -12,11 +12,11 @@ use std::sync::Mutex;
 
 use arrow::array::{Array, AsArray};
 use engram_migrate::bundle::BundleManifest;
+use engram_migrate::engine::{Engine, SqlMemory};
 use engram_migrate::schema::memory;
 use engram_migrate::sink::{
     load, DeliverLimits, Explanation, HeldMemory, ReadBack, Rejection, RowOutcome, Sink, WriteUnit,
 };
-use engram_migrate::transform::SqlMemory;
 use engram_migrate::validate::{self, IdScope, ValidateOptions};
 use engram_migrate::workdir::RunKey;
 use engram_migrate::{Error, Result};
@@ -226,12 +226,14 @@ fn a_sink_from_outside_the_crate_loads_resumes_and_reads_back() {
         extra_checks: None,
         allow_skipped: false,
         derived_counts: None,
-        workers: 2,
-        batch_size: 8192,
-        memory: SqlMemory {
-            limit_bytes: 256 << 20,
-            spill_dir: tmp.path().join("spill"),
-        },
+        engine: Engine::local(
+            2,
+            8192,
+            SqlMemory {
+                limit_bytes: 256 << 20,
+                spill_dir: tmp.path().join("spill"),
+            },
+        ),
     };
     let checks = rt
         .block_on(validate::check_target(&bundle, &rb, &vopts))
