@@ -51,5 +51,11 @@ export ENGRAM_MODEL2VEC_DIR ENGRAM_REQUIRE_MODELS=1
 
 # Benches are not built by `cargo test`; compile them (dev profile, shared artifacts) so a changed type cannot
 # leave a benchmark broken until someone runs it.
-if [ "$#" -eq 0 ]; then cargo test --benches --no-run; fi
-cargo test --no-fail-fast "$@"
+# Everything is tested with the optional `distributed` feature on (a superset: the Ballista engine's tests start a
+# real scheduler and two executors of this binary on loopback); the lean default build, what `cargo install` and
+# the README's first command build, is compiled too so that it cannot break unseen.
+if [ "$#" -eq 0 ]; then
+  cargo build --bins
+  cargo test --features distributed --benches --no-run
+fi
+cargo test --features distributed --no-fail-fast "$@"

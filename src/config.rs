@@ -610,7 +610,9 @@ pub fn role(key: &str) -> Option<Role> {
         | "memory-limit-mb" => Tuning,
         "work-dir" | "config" | "source-password" | "target-password" | "embedding-api-key"
         | "dry-run" | "checkpoint-file" | "overwrite" | "fresh" | "reuse-snapshot" | "quiet"
-        | "incremental" | "allow-schema-drift" => Invocation,
+        | "incremental" | "allow-schema-drift"
+        // Where the SQL runs is this invocation's: a later `validate` of a cluster's run needs no cluster.
+        | "engine" => Invocation,
         _ => return None,
     })
 }

@@ -319,6 +319,7 @@ impl RunPlan {
             .embedding_provider
             .clone()
             .unwrap_or_else(|| "hashing".into());
+        let engine = crate::engine::EngineSpec::parse(o.engine.as_deref().unwrap_or("local"))?;
         let plan = RunPlan {
             command,
             source,
@@ -370,9 +371,14 @@ impl RunPlan {
                 workers,
                 memory_limit_mb: o.memory_limit_mb.unwrap_or(2048).max(64),
                 max_file_mb: o.max_file_mb.unwrap_or(128).max(1),
-                max_file_rows: o.max_file_rows,
+                // A cluster reads a file as one task: without a size of the user's, files are split so that a
+                // table of a few hundred thousand rows already spreads over the executors.
+                max_file_rows: o.max_file_rows.or(match engine {
+                    crate::engine::EngineSpec::Local => None,
+                    _ => Some(crate::engine::CLUSTER_FILE_ROWS),
+                }),
             },
-            engine: crate::engine::EngineSpec::parse(o.engine.as_deref().unwrap_or("local"))?,
+            engine: engine.clone(),
             bundle,
             deliver,
             work_dir,

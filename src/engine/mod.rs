@@ -81,6 +81,11 @@ impl std::fmt::Display for EngineSpec {
     }
 }
 
+/// Rows per Parquet file on a cluster when `--max-file-rows` is not given. Ballista runs one task per file of a
+/// scan, so a table in one file is read by one executor; 65,536 rows (a few MB for typical rows) gives a
+/// 1M-row table 16 files, enough for a handful of executors, while the per-file overhead stays small.
+pub const CLUSTER_FILE_ROWS: u64 = 65_536;
+
 /// Memory DataFusion may use for joins, aggregations and sorts, and where it spills beyond that.
 #[derive(Debug, Clone)]
 pub struct SqlMemory {

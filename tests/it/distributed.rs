@@ -343,7 +343,7 @@ fn a_killed_executor_never_yields_a_passing_bundle_with_rows_missing() {
     victim.wait().unwrap();
     let started = Instant::now();
     let out = loop {
-        if let Some(_) = child.try_wait().unwrap() {
+        if child.try_wait().unwrap().is_some() {
             break child.wait_with_output().unwrap();
         }
         if started.elapsed() > Duration::from_secs(600) {

@@ -98,3 +98,10 @@ fn guides_run() {
         run_doc(doc);
     }
 }
+
+/// The cluster guide: a scheduler and two executors of this binary, the fixture through them, equal to a local run.
+#[cfg(feature = "distributed")]
+#[test]
+fn distributed_guide_runs() {
+    run_doc("docs/distributed.md");
+}
