@@ -3,8 +3,9 @@
 # binary on real SQLite files and a real PostgreSQL server; pyarrow and DuckDB cross-read every Parquet file it writes).
 #
 # The cargo target directory is $CARGO_TARGET_DIR, else ./target (the one `cargo run` in the README uses, so a
-# newcomer pays one cold build: ~19-22 min on 2 idle cores, dev profile); .ci/run sets it to a cache outside the
-# clone (~/.cache/engram-migrate/target) so later CI runs are warm.
+# newcomer's `cargo run` build is reused: ~14 min cold on 2 idle cores, dev profile, plus ~10 min for the build
+# with the `distributed` feature); .ci/run sets it to a cache outside the clone (~/.cache/engram-migrate/target) so
+# later CI runs are warm (a whole cold CI run: 30 min 37 s on 2026-12-07).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

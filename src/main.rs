@@ -81,7 +81,7 @@ struct ExecutorArgs {
     /// Tasks run at once [default: the number of cores].
     #[arg(long)]
     concurrent_tasks: Option<usize>,
-    /// Directory for shuffle files [default: a temporary directory].
+    /// Directory for shuffle files [default: <tmp>/engram-migrate-executor-<port>].
     #[arg(long)]
     work_dir: Option<String>,
     /// Seconds between heartbeats to the scheduler (keep it well under the scheduler's --executor-timeout-secs).

@@ -10,6 +10,7 @@
 //! `source_counts`, `integrity`, `sample_values`, `sample_coverage`, `not_staged`, `target_rules`; functions
 //! `vector_dim`, `vector_norm`, `to_json`, `text_hash`, the JSON functions.
 
+use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -257,12 +258,25 @@ async fn run_checks(
     checks: Vec<(String, String)>,
     pb: &indicatif::ProgressBar,
 ) -> Result<Vec<CheckResult>> {
+    // On a cluster a check is a job whose time is mostly waiting (scheduling, the executors' polls, shuffles
+    // between stages): several at once overlap those waits. Locally one at a time, so the checks' memory does not
+    // add up and each one's seconds are its own.
+    let at_once = if crate::engine::is_cluster(ctx) { 4 } else { 1 };
+    let outcomes: Vec<Result<(String, String, Vec<RecordBatch>, f64)>> =
+        futures::stream::iter(checks.into_iter().map(|(name, sql)| async move {
+            pb.set_message(name.clone());
+            let started = std::time::Instant::now();
+            let query = sql.trim().trim_end_matches(';').to_string();
+            let batches =
+                transform::collect(ctx, &query, &format!("validation check {name}")).await?;
+            Ok((name, sql, batches, started.elapsed().as_secs_f64()))
+        }))
+        .buffered(at_once)
+        .collect()
+        .await;
     let mut results = vec![];
-    for (name, sql) in checks {
-        pb.set_message(name.clone());
-        let started = std::time::Instant::now();
-        let query = sql.trim().trim_end_matches(';');
-        let batches = transform::collect(ctx, query, &format!("validation check {name}")).await?;
+    for outcome in outcomes {
+        let (name, sql, batches, seconds) = outcome?;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let mut examples = vec![];
         'outer: for b in &batches {
@@ -279,7 +293,7 @@ async fn run_checks(
             description,
             passed: rows == 0,
             offending_rows: rows,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds,
             examples,
             note: String::new(),
         });

@@ -55,8 +55,16 @@ fn engine_err(engine: &Engine, message: impl Into<String>) -> Error {
 /// from the executors. Tables the tool computes go to `<work>/engine` for the executors to read.
 pub async fn session(engine: &Engine) -> Result<SessionContext> {
     let (host, port) = scheduler_addr(engine)?;
+    // As many partitions as the cluster has task slots (at least this machine's workers): scans, joins and
+    // aggregations are cut into that many tasks, so every executor gets its share.
+    let slots: usize = check(engine)
+        .await?
+        .executors
+        .iter()
+        .map(|e| e.task_slots as usize)
+        .sum();
     let mut config = SessionConfig::new_with_ballista()
-        .with_target_partitions(engine.workers.max(1))
+        .with_target_partitions(slots.max(engine.workers).max(1))
         .with_batch_size(engine.batch_size.max(1))
         .with_information_schema(true)
         .with_ballista_job_name(&engine.job_name);
@@ -316,13 +324,23 @@ pub struct ExecutorOptions {
     /// Flight port (results and shuffle data); the gRPC port is the next one.
     pub port: u16,
     pub concurrent_tasks: usize,
-    /// Where shuffle files go; a temporary directory if None.
+    /// Where shuffle files go; `<tmp>/engram-migrate-executor-<port>` if None.
     pub work_dir: Option<String>,
     pub heartbeat_secs: u64,
 }
 
 /// Runs an executor until the process ends.
 pub async fn run_executor(opts: ExecutorOptions) -> Result<()> {
+    // A directory of our own for shuffle files when none is given: one that outlives the process's start (the
+    // library's default is a temporary directory it does not keep).
+    let work_dir = match &opts.work_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir()
+            .join(format!("engram-migrate-executor-{}", opts.port))
+            .display()
+            .to_string(),
+    };
+    std::fs::create_dir_all(&work_dir).map_err(Error::io("create directory", &work_dir))?;
     let mut registry = BallistaFunctionRegistry::default();
     for f in tool_functions() {
         registry.scalar_functions.insert(f.name().to_string(), f);
@@ -337,7 +355,7 @@ pub async fn run_executor(opts: ExecutorOptions) -> Result<()> {
         // Wait for a scheduler that is still starting instead of failing at once.
         scheduler_connect_timeout_seconds: 30,
         concurrent_tasks: opts.concurrent_tasks,
-        work_dir: opts.work_dir.clone(),
+        work_dir: Some(work_dir),
         executor_heartbeat_interval_seconds: opts.heartbeat_secs.max(1),
         print_thread_info: false,
         override_function_registry: Some(Arc::new(registry)),
@@ -381,9 +399,10 @@ pub struct ClusterEmbedding {
 }
 
 impl ClusterEmbedding {
-    /// Texts per request: large enough that a job's fixed cost (planning, scheduling, ~0.1 s) is small beside
-    /// the embedding, small enough that a request's texts and vectors stay a few hundred MB at most.
-    pub const REQUEST_ROWS: usize = 65_536;
+    /// Texts per request: large enough that a job's fixed cost (planning, and the executors' and the client's
+    /// 100 ms polls: a few tenths of a second) is small beside the embedding, small enough that the vectors in
+    /// flight stay small (16,384 x 768 floats = 48 MiB; at 65,536 the client's peak RSS was 1.6 GB, measured).
+    pub const REQUEST_ROWS: usize = 16_384;
 
     pub fn new(
         local: Arc<dyn crate::embed::EmbeddingProvider>,
@@ -472,7 +491,7 @@ impl ClusterEmbedding {
             *guard = Some(session(&self.engine).await?);
         }
         let ctx = guard.as_ref().expect("session just made");
-        ctx.register_table(&table, super::listing_table(&dir, schema)?)
+        ctx.register_table(&table, super::listing_table(&dir, schema, self.width)?)
             .map_err(|e| Error::Internal(format!("table {table}: {e}")))?;
         let sql = format!(
             "SELECT i, embed_text(text, {}, {dim}) AS v FROM {table}",

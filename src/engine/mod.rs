@@ -254,6 +254,14 @@ pub(crate) struct SharedTables {
     pub dir: PathBuf,
 }
 
+/// Whether the session's queries run on a cluster.
+pub fn is_cluster(ctx: &SessionContext) -> bool {
+    ctx.state()
+        .config()
+        .get_extension::<SharedTables>()
+        .is_some()
+}
+
 /// Registers batches the tool computed (counts, samples, rules) as the table `name`. Locally a memory table; on a
 /// cluster, whose executors cannot read this process's memory, one Parquet file on the shared storage, written
 /// first and registered like the snapshot's tables.
@@ -289,7 +297,7 @@ pub fn register_batches(
             }
             // An empty table is still a file (with the schema): `finish(true)` writes it.
             w.finish(true)?;
-            listing_table(&file_dir, schema)?
+            listing_table(&file_dir, schema, 1)?
         }
     };
     ctx.register_table(name, table)
@@ -297,10 +305,12 @@ pub fn register_batches(
     Ok(())
 }
 
-/// The Parquet files of `dir` as a table of a known schema (no schema inference, no async).
+/// The Parquet files of `dir` as a table of a known schema (no schema inference, no async), its files read in
+/// up to `partitions` parallel tasks (1 file per task on a cluster).
 pub fn listing_table(
     dir: &Path,
     schema: SchemaRef,
+    partitions: usize,
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
     use datafusion::datasource::file_format::parquet::ParquetFormat;
     use datafusion::datasource::listing::{
@@ -308,8 +318,9 @@ pub fn listing_table(
     };
     let url = ListingTableUrl::parse(format!("{}/", dir.display()))
         .map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
-    let options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_target_partitions(partitions.max(1));
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(schema);

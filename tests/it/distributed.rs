@@ -161,12 +161,6 @@ fn p_str(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// One cluster for the tests that only read from it (two executors of two task slots each).
-fn shared_cluster() -> &'static Cluster {
-    static CLUSTER: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
-    CLUSTER.get_or_init(|| Cluster::start(2, 30))
-}
-
 /// What must be equal between two bundles of the same input: per space the rows and checksums of memories
 /// (content and vectors) and edges, and the totals.
 fn bundle_content(bundle: &Path) -> serde_json::Value {
@@ -192,7 +186,9 @@ fn bundle_content(bundle: &Path) -> serde_json::Value {
 }
 
 fn run_both(source: &Path, extra: &[&str]) -> (tempfile::TempDir, serde_json::Value) {
-    let cluster = shared_cluster();
+    // A cluster of its own (two executors of two task slots each), stopped when the test ends: a cluster in a
+    // static would outlive the test binary (statics are never dropped).
+    let cluster = Cluster::start(2, 30);
     let tmp = tempfile::tempdir().unwrap();
     let local = tmp.path().join("local.bundle");
     let remote = tmp.path().join("cluster.bundle");
@@ -258,6 +254,19 @@ fn fixture_on_the_cluster_equals_the_local_run_with_tasks_on_both_executors() {
         );
     }
     // The embedding ran on the cluster: the report's embedding counts are those of a local run.
+    assert!(report["embedding"]["embedded"].as_u64().unwrap() > 0);
+}
+
+/// model2vec on the executors: each loads the model from the same path (potion-base-8M, scripts/models.sh) and the
+/// vectors are the local run's, bit for bit (the memories' checksums cover them).
+#[test]
+fn model2vec_on_the_executors_equals_the_local_run() {
+    let provider = format!("model2vec:{}", crate::embed::model_dir().display());
+    let (_tmp, report) = run_both(&fixture(), &["--embedding-provider", &provider]);
+    assert!(report["embedding"]["provider"]
+        .as_str()
+        .unwrap()
+        .starts_with("model2vec"));
     assert!(report["embedding"]["embedded"].as_u64().unwrap() > 0);
 }
 

@@ -12,7 +12,7 @@ use crate::common::*;
 use crate::openai_server::{vector, Behaviour, Server};
 
 /// potion-base-8M, fetched and checked (sha256) by scripts/models.sh into the cache outside the clone.
-fn model_dir() -> PathBuf {
+pub fn model_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let out = Command::new("bash")
