@@ -234,8 +234,19 @@ fn cluster_failure(message: &str) -> Option<&'static str> {
         Some("a machine of the cluster cannot be reached")
     } else if message.contains("Fail to execute query due to") {
         Some("the cluster's scheduler refused the query")
-    } else if message.contains("Job ") && message.contains(" failed: ") {
-        Some("the cluster failed the job")
+    } else if message.contains("Job ")
+        && message.contains(" failed: ")
+        && [
+            "ExecutorLost",
+            "FetchPartitionError",
+            "ResultLost",
+            "IoError",
+        ]
+        .iter()
+        .any(|r| message.contains(r))
+    {
+        // Only the cluster's own failure reasons: a task that failed on the data or the SQL stays the SQL's.
+        Some("the cluster lost a machine or its results during the job")
     } else if message.contains("FetchFailed") || message.contains("Failed to fetch partition") {
         Some("results held by an executor that went away could not be read")
     } else {
@@ -274,7 +285,7 @@ mod tests {
         for m in [
             "GrpcConnectionError(\"Error connecting to Ballista scheduler or executor at http://127.0.0.1:1\")",
             "Fail to execute query due to ExecuteQueryFailureResult { failure: Some(PlanParsingFailure(\"x\")) }",
-            "Job abc failed: Task failed",
+            "Job abc failed: Task failed: ExecutorLost(\"e1\")",
         ] {
             let e = Error::sql("transform", E::Execution(m.into()));
             assert_eq!(e.exit_code(), exit::TARGET, "{m}");
@@ -282,6 +293,17 @@ mod tests {
         }
         let e = Error::sql("transform", E::Plan("column x not found".into()));
         assert_eq!(e.exit_code(), exit::USAGE);
+        let e = Error::sql(
+            "transform",
+            E::Execution(
+                "Job abc failed: Task failed: ExecutionError(\"division by zero\")".into(),
+            ),
+        );
+        assert_eq!(
+            e.exit_code(),
+            exit::USAGE,
+            "a failure of the SQL on the data is the SQL's"
+        );
     }
 
     /// Classified by the error's variant, wherever it sits in the chain; the message text decides nothing.

@@ -335,6 +335,13 @@ impl Ctx {
     async fn record_engine(&mut self) {
         let e = engine(&self.plan);
         self.report.engine = e.spec.to_string();
+        // The tables written for the cluster hold sampled source values: not kept past the stages that read them.
+        let shared = self.plan.work_dir.engine_shared();
+        if shared.exists() {
+            if let Err(err) = fs::remove_dir_all(&shared) {
+                crate::progress::warn(&format!("cannot remove {}: {err}", shared.display()));
+            }
+        }
         match e.jobs().await {
             Ok(jobs) => self.report.cluster = jobs,
             Err(err) => crate::progress::warn(&format!(

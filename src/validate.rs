@@ -10,7 +10,7 @@
 //! `source_counts`, `integrity`, `sample_values`, `sample_coverage`, `not_staged`, `target_rules`; functions
 //! `vector_dim`, `vector_norm`, `to_json`, `text_hash`, the JSON functions.
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -157,6 +157,17 @@ pub async fn run(
     )
     .await?;
 
+    let total = |k: &str| bundle.totals.get(k).copied().unwrap_or(0);
+    crate::engine::verify_visible(
+        &ctx,
+        &[
+            ("bundle_memories".into(), total("memories")),
+            ("bundle_edges".into(), total("edges")),
+            ("bundle_orphans".into(), total("orphans")),
+        ],
+        "the bundle",
+    )
+    .await?;
     register_target_rules(&ctx, opts.id_scope, bundle.embedding.dimension)?;
     // What the bundle holds per source table, counted once for the checks that compare it (counts_bundle,
     // counts_derived). Edges count with orphans: a reference whose parent is missing is kept, not lost.
@@ -262,21 +273,21 @@ async fn run_checks(
     // between stages): several at once overlap those waits. Locally one at a time, so the checks' memory does not
     // add up and each one's seconds are its own.
     let at_once = if crate::engine::is_cluster(ctx) { 4 } else { 1 };
-    let outcomes: Vec<Result<(String, String, Vec<RecordBatch>, f64)>> =
+    // The first failing check stops the rest (try_collect), as one at a time did.
+    let outcomes: Vec<(String, String, Vec<RecordBatch>, f64)> =
         futures::stream::iter(checks.into_iter().map(|(name, sql)| async move {
             pb.set_message(name.clone());
             let started = std::time::Instant::now();
             let query = sql.trim().trim_end_matches(';').to_string();
             let batches =
                 transform::collect(ctx, &query, &format!("validation check {name}")).await?;
-            Ok((name, sql, batches, started.elapsed().as_secs_f64()))
+            Ok::<_, Error>((name, sql, batches, started.elapsed().as_secs_f64()))
         }))
         .buffered(at_once)
-        .collect()
-        .await;
+        .try_collect()
+        .await?;
     let mut results = vec![];
-    for outcome in outcomes {
-        let (name, sql, batches, seconds) = outcome?;
+    for (name, sql, batches, seconds) in outcomes {
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let mut examples = vec![];
         'outer: for b in &batches {

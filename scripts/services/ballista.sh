@@ -57,7 +57,8 @@ case "$cmd" in
         --work-dir "$DIR/executor-$i" >"$DIR/executor-$i.log" 2>&1 &
       echo $! >"$DIR/executor-$i.pid"
     done
-    for _ in $(seq 1 300); do
+    # Up to 60 s: on a loaded 2-core machine (the test suite beside it) executors can take a while to register.
+    for _ in $(seq 1 600); do
       [ "$(executors_up)" = "$N" ] && { echo "ballista://127.0.0.1:$PORT"; exit 0; }
       sleep 0.1
     done

@@ -1,8 +1,11 @@
-//! `embed_text(text, provider, dim)`: the embedding as a SQL function, so that a cluster's executors embed
+//! `embed_text(text, provider, dim [, name])`: the embedding as a SQL function, so that a cluster's executors embed
 //! (`--engine ballista://`): each executor loads the provider named by `provider` (`hashing`, or `model2vec:DIR`
 //! with DIR on that executor) once and embeds the rows of its tasks. `dim` is the provider's dimension, given
 //! by the caller so that planning on the client and the scheduler never loads a model; an executor whose
 //! provider has another dimension fails the query with a message saying so (the model differs between machines).
+//! `name` is the provider's name as the caller loaded it (for model2vec it carries a hash of the model's files):
+//! an executor whose model files differ, or that still holds an older model under the same path, fails the query
+//! instead of embedding with another model than the one the bundle records.
 //!
 //! The result is `FixedSizeList<Float32, dim>`, NULL for a NULL text; the vectors are the provider's own, checked
 //! again by the client's embedding stage like any provider's.
@@ -68,6 +71,18 @@ impl EmbedText {
                 vec![
                     TypeSignature::Exact(vec![DataType::Utf8, DataType::Utf8, DataType::Int64]),
                     TypeSignature::Exact(vec![DataType::Utf8View, DataType::Utf8, DataType::Int64]),
+                    TypeSignature::Exact(vec![
+                        DataType::Utf8,
+                        DataType::Utf8,
+                        DataType::Int64,
+                        DataType::Utf8,
+                    ]),
+                    TypeSignature::Exact(vec![
+                        DataType::Utf8View,
+                        DataType::Utf8,
+                        DataType::Int64,
+                        DataType::Utf8,
+                    ]),
                 ],
                 Volatility::Immutable,
             ),
@@ -123,6 +138,16 @@ impl ScalarUDFImpl for EmbedText {
             return exec_err!("{NAME}: dim must be a positive integer literal");
         };
         let p = provider(&spec)?;
+        if let Some(ColumnarValue::Scalar(ScalarValue::Utf8(Some(want)))) = args.args.get(3) {
+            if p.name() != *want {
+                return exec_err!(
+                    "{NAME}: provider {spec} is {} on this machine, the run's is {want} (the model's files \
+                     differ, or this executor loaded an older model: every executor needs the same model; restart \
+                     the executor after changing it)",
+                    p.name()
+                );
+            }
+        }
         if p.dimension() != dim {
             return exec_err!(
                 "{NAME}: provider {spec} has dimension {} on this machine, the run expects {dim} \
@@ -202,6 +227,26 @@ mod tests {
                 .contains("every executor needs the same model"),
             "{e}"
         );
+        let e = collect(
+            &ctx,
+            &format!("SELECT embed_text('x', 'hashing', {dim}, 'hashing-v0') AS v"),
+            "test",
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("every executor needs the same model"),
+            "{e}"
+        );
+        let b = collect(
+            &ctx,
+            &format!("SELECT embed_text('x', 'hashing', {dim}, 'hashing-v1') AS v"),
+            "test",
+        )
+        .await
+        .unwrap();
+        assert_eq!(b[0].num_rows(), 1);
         let e = collect(
             &ctx,
             "SELECT embed_text('x', 'openai:http://h', 8) AS v",

@@ -205,6 +205,8 @@ pub async fn run_scheduler(opts: SchedulerOptions) -> Result<()> {
         external_host: opts.bind.clone(),
         bind_port: opts.port,
         executor_timeout_seconds: opts.executor_timeout_secs.max(1),
+        // The report lists a run's jobs at its end: keep finished jobs a day, not the default hour.
+        finished_job_state_clean_up_interval_seconds: 86_400,
         expire_dead_executor_interval_seconds: (opts.executor_timeout_secs / 3).clamp(1, 15),
         // One task per executor in turn: the default (Bias) fills one executor's slots first, so a small job
         // never reaches the second executor and the cluster's width goes unused.
@@ -392,7 +394,6 @@ pub struct ClusterEmbedding {
     engine: Engine,
     /// Files per request: the cluster's task slots when it was opened.
     width: usize,
-    seq: std::sync::atomic::AtomicU64,
     ctx: tokio::sync::Mutex<Option<SessionContext>>,
     /// The embedding stage is synchronous; requests are driven on this runtime from a thread of their own.
     runtime: Option<tokio::runtime::Runtime>,
@@ -429,7 +430,15 @@ impl ClusterEmbedding {
             s.spawn(|| runtime.block_on(check(&engine)))
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })?;
+        });
+        let state = match state {
+            Ok(s) => s,
+            Err(e) => {
+                // Dropping a runtime inside the run's own runtime would panic.
+                runtime.shutdown_background();
+                return Err(e);
+            }
+        };
         let width = state
             .executors
             .iter()
@@ -441,7 +450,6 @@ impl ClusterEmbedding {
             spec,
             engine,
             width,
-            seq: Default::default(),
             ctx: Default::default(),
             runtime: Some(runtime),
         })
@@ -451,7 +459,9 @@ impl ClusterEmbedding {
         use arrow::array::{Array, AsArray, StringArray, UInt32Array};
         use arrow::datatypes::{DataType, Field, Schema};
         let dim = self.local.dimension();
-        let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Process-wide: a run may hold more than one ClusterEmbedding, and their files must not meet.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let table = format!("embed_request_{n}");
         let dir = self
             .engine
@@ -465,6 +475,14 @@ impl ClusterEmbedding {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(Error::io("remove", &dir))?;
         }
+        // The request's files go whatever happens below (an error, a panic unwinding).
+        struct Remove<'a>(&'a std::path::Path);
+        impl Drop for Remove<'_> {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(self.0);
+            }
+        }
+        let _remove = Remove(&dir);
         let per_file = texts.len().div_ceil(self.width).max(1);
         for (k, chunk) in texts.chunks(per_file).enumerate() {
             let first = (k * per_file) as u32;
@@ -494,13 +512,13 @@ impl ClusterEmbedding {
         ctx.register_table(&table, super::listing_table(&dir, schema, self.width)?)
             .map_err(|e| Error::Internal(format!("table {table}: {e}")))?;
         let sql = format!(
-            "SELECT i, embed_text(text, {}, {dim}) AS v FROM {table}",
-            crate::transform::generic::lit(&self.spec)
+            "SELECT i, embed_text(text, {}, {dim}, {}) AS v FROM {table}",
+            crate::transform::generic::lit(&self.spec),
+            crate::transform::generic::lit(&self.local.name())
         );
         let result = crate::transform::collect(ctx, &sql, "the embedding on the cluster").await;
         let _ = ctx.deregister_table(&table);
         drop(guard);
-        let _ = std::fs::remove_dir_all(&dir);
         // Every text gets exactly one vector, or the request fails: rows lost or doubled on the way would
         // otherwise become wrong vectors in the bundle.
         let mut filled = vec![false; texts.len()];

@@ -254,6 +254,61 @@ pub(crate) struct SharedTables {
     pub dir: PathBuf,
 }
 
+/// On a cluster, checks that the cluster sees the rows this machine wrote: `tables` are (SQL table reference, rows
+/// written here). Ballista lists a table's files on the scheduler and reads them on the executors; a work
+/// directory that is not the same storage at the same path everywhere lists as empty, not as an error, and would
+/// give an empty bundle whose checks, computed on the cluster too, all pass. One job counts every table. Locally
+/// nothing to check.
+pub async fn verify_visible(
+    ctx: &SessionContext,
+    tables: &[(String, u64)],
+    what: &str,
+) -> Result<()> {
+    if !is_cluster(ctx) || tables.is_empty() {
+        return Ok(());
+    }
+    let sql = tables
+        .iter()
+        .enumerate()
+        .map(|(i, (t, _))| format!("SELECT CAST({i} AS BIGINT) AS i, count(*) AS n FROM {t}"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let batches = crate::transform::collect(ctx, &sql, what).await?;
+    let mut seen = vec![None; tables.len()];
+    for b in &batches {
+        use arrow::array::AsArray;
+        let i = b.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+        let n = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+        for r in 0..b.num_rows() {
+            if let Some(slot) = seen.get_mut(i.value(r) as usize) {
+                *slot = Some(n.value(r) as u64);
+            }
+        }
+    }
+    let wrong: Vec<String> = tables
+        .iter()
+        .zip(&seen)
+        .filter(|((_, rows), got)| **got != Some(*rows))
+        .map(|((t, rows), got)| {
+            format!(
+                "{t}: {} rows on the cluster, {rows} written here",
+                got.unwrap_or(0)
+            )
+        })
+        .collect();
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Engine {
+        location: format!("the cluster reading {what}"),
+        message: format!(
+            "{}; the work directory must be the same storage at the same path on the scheduler and every \
+             executor (docs/distributed.md, Storage)",
+            wrong.join("; ")
+        ),
+    })
+}
+
 /// Whether the session's queries run on a cluster.
 pub fn is_cluster(ctx: &SessionContext) -> bool {
     ctx.state()
@@ -282,7 +337,11 @@ pub fn register_batches(
                 .map_err(|e| Error::Internal(format!("table {name}: {e}")))?,
         ),
         Some(dir) => {
-            let file_dir = shared_table_dir(&dir, name);
+            // A directory of its own per registration: a cached listing of a shared file system never serves
+            // an earlier registration's file under the same name.
+            static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let file_dir = shared_table_dir(&dir, &format!("{name}-{}-{n}", std::process::id()));
             if file_dir.exists() {
                 fs::remove_dir_all(&file_dir).map_err(Error::io("remove", &file_dir))?;
             }
@@ -432,13 +491,9 @@ mod tests {
                 .value(0),
             0
         );
-        assert!(
-            dir.path()
-                .join("shared/tables/t")
-                .read_dir()
-                .unwrap()
-                .count()
-                >= 1
-        );
+        assert!(std::fs::read_dir(dir.path().join("shared/tables"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("t-")));
     }
 }

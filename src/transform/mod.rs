@@ -60,7 +60,12 @@ pub async fn register_snapshot(
             )
         })?;
     }
-    Ok(())
+    let tables: Vec<(String, u64)> = manifest
+        .tables
+        .iter()
+        .map(|t| (format!("source.{}", generic::ident(&t.info.name)), t.rows))
+        .collect();
+    crate::engine::verify_visible(ctx, &tables, "the snapshot").await
 }
 
 /// Runs every statement of a SQL file (CREATE VIEW ... mostly). `origin` names the file in errors.
