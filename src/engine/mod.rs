@@ -491,9 +491,23 @@ mod tests {
                 .value(0),
             0
         );
+        // The rows the cluster sees must be the rows written here: a table that shows fewer (a work directory
+        // the executors do not share) is an engine error, not an empty input.
+        verify_visible(&ctx, &[("t".into(), 3)], "test tables")
+            .await
+            .unwrap();
+        let e = verify_visible(&ctx, &[("t".into(), 3), ("empty".into(), 5)], "test tables")
+            .await
+            .unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::TARGET);
+        assert!(
+            e.to_string()
+                .contains("empty: 0 rows on the cluster, 5 written here"),
+            "{e}"
+        );
         assert!(std::fs::read_dir(dir.path().join("shared/tables"))
             .unwrap()
             .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("t-")));
+            .any(|e| e.file_name().to_string_lossy().starts_with("t_")));
     }
 }
