@@ -315,23 +315,36 @@ fn a_killed_executor_never_yields_a_passing_bundle_with_rows_missing() {
     );
     let mut cluster = Cluster::start(2, 4);
     let remote = tmp.path().join("cluster.bundle");
-    let mut child = Command::new(bin())
-        .args([
-            "run",
-            "--quiet",
-            "--source",
-            p(&db),
-            "--target",
-            p(&remote),
-            "--engine",
-            &cluster.url(),
-            "--max-file-rows",
-            "5000",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Killed if the test fails before it has waited for it (a panic must not leave a run behind).
+    struct KillOnDrop(Option<Child>);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Some(c) = self.0.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut guard = KillOnDrop(Some(
+        Command::new(bin())
+            .args([
+                "run",
+                "--quiet",
+                "--source",
+                p(&db),
+                "--target",
+                p(&remote),
+                "--engine",
+                &cluster.url(),
+                "--max-file-rows",
+                "5000",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let child = guard.0.as_mut().unwrap();
     // Kill an executor once the cluster has finished some jobs of the run (the transform is under way).
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -353,10 +366,9 @@ fn a_killed_executor_never_yields_a_passing_bundle_with_rows_missing() {
     let started = Instant::now();
     let out = loop {
         if child.try_wait().unwrap().is_some() {
-            break child.wait_with_output().unwrap();
+            break guard.0.take().unwrap().wait_with_output().unwrap();
         }
         if started.elapsed() > Duration::from_secs(600) {
-            let _ = child.kill();
             panic!(
                 "the run hangs after an executor was killed\n{}",
                 cluster.logs()
