@@ -241,6 +241,8 @@ fn cluster_failure(message: &str) -> Option<&'static str> {
             "FetchPartitionError",
             "ResultLost",
             "IoError",
+            // The scheduler's own words for a stage given up after its executor went away.
+            "lost",
         ]
         .iter()
         .any(|r| message.contains(r))
@@ -286,6 +288,7 @@ mod tests {
             "GrpcConnectionError(\"Error connecting to Ballista scheduler or executor at http://127.0.0.1:1\")",
             "Fail to execute query due to ExecuteQueryFailureResult { failure: Some(PlanParsingFailure(\"x\")) }",
             "Job abc failed: Task failed: ExecutorLost(\"e1\")",
+            "Job abc failed: Job failed due to stage 2 failed: Task failure due to Executor e1 lost",
         ] {
             let e = Error::sql("transform", E::Execution(m.into()));
             assert_eq!(e.exit_code(), exit::TARGET, "{m}");

@@ -254,7 +254,7 @@ fn embedder(plan: &RunPlan, opts: &Options, work: &Path) -> Result<Embedder> {
     // On a cluster the executors embed (a provider that runs in SQL: hashing, model2vec); an HTTP endpoint is
     // still called from here, which holds its key.
     #[cfg(feature = "distributed")]
-    if !plan.engine.is_local() && crate::embed::udf::load_provider(&e.provider).is_ok() {
+    if !plan.engine.is_local() && crate::embed::udf::runs_in_sql(&e.provider) {
         provider = std::sync::Arc::new(crate::engine::ballista::ClusterEmbedding::new(
             provider,
             &e.provider,
@@ -335,13 +335,6 @@ impl Ctx {
     async fn record_engine(&mut self) {
         let e = engine(&self.plan);
         self.report.engine = e.spec.to_string();
-        // The tables written for the cluster hold sampled source values: not kept past the stages that read them.
-        let shared = self.plan.work_dir.engine_shared();
-        if shared.exists() {
-            if let Err(err) = fs::remove_dir_all(&shared) {
-                crate::progress::warn(&format!("cannot remove {}: {err}", shared.display()));
-            }
-        }
         match e.jobs().await {
             Ok(jobs) => self.report.cluster = jobs,
             Err(err) => crate::progress::warn(&format!(

@@ -255,7 +255,10 @@ pub async fn run(
             ));
         }
     }
-    let mut results = run_checks(&ctx, checks, &pb).await?;
+    let results = run_checks(&ctx, checks, &pb).await;
+    // The tables written for a cluster hold sampled source values: gone once the checks have read them.
+    crate::engine::remove_shared_tables(&ctx);
+    let mut results = results?;
     pb.finish_and_clear();
     if let Some(r) = results.iter_mut().find(|r| r.name == "sample_values") {
         r.note = coverage.note();
@@ -400,9 +403,10 @@ pub async fn check_target(
         .map(|(n, s)| (n.to_string(), s.to_string()))
         .collect();
     let pb = crate::progress::spinner("check the target");
-    let results = run_checks(&ctx, checks, &pb).await?;
+    let results = run_checks(&ctx, checks, &pb).await;
+    crate::engine::remove_shared_tables(&ctx);
     pb.finish_and_clear();
-    Ok(results)
+    results
 }
 
 async fn register_files(

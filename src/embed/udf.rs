@@ -29,8 +29,13 @@ use crate::schema::embedding_type;
 
 pub const NAME: &str = "embed_text";
 
-/// The providers an executor may load for `embed_text`: local ones only (an HTTP endpoint is called from the
-/// client, which holds its key).
+/// Whether `embed_text` can run this provider spec: local ones only (an HTTP endpoint is called from the client,
+/// which holds its key). Decided from the spec alone, without loading a model.
+pub fn runs_in_sql(spec: &str) -> bool {
+    spec == "hashing" || spec.starts_with("model2vec:")
+}
+
+/// Loads a provider `embed_text` can run (see [`runs_in_sql`]).
 pub fn load_provider(spec: &str) -> crate::Result<Arc<dyn EmbeddingProvider>> {
     if spec == "hashing" {
         return Ok(Arc::new(super::HashingProvider::new()));

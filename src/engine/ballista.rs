@@ -410,7 +410,7 @@ impl ClusterEmbedding {
         spec: &str,
         engine: Engine,
     ) -> Result<ClusterEmbedding> {
-        crate::embed::udf::load_provider(spec)?;
+        // `local` is the provider loaded here: the spec is one that runs in SQL (the caller checked).
         // Executors resolve the model's directory themselves: give them the absolute path.
         let spec = match spec.strip_prefix("model2vec:") {
             Some(dir) => format!(

@@ -388,6 +388,24 @@ pub fn listing_table(
     })?))
 }
 
+/// Removes the tables [`register_batches`] wrote for a cluster session (they may hold sampled source values):
+/// called when the session's queries are done. Nothing to do locally.
+pub fn remove_shared_tables(ctx: &SessionContext) {
+    let Some(dir) = ctx
+        .state()
+        .config()
+        .get_extension::<SharedTables>()
+        .map(|s| s.dir.join("tables"))
+    else {
+        return;
+    };
+    if dir.exists() {
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            crate::progress::warn(&format!("cannot remove {}: {e}", dir.display()));
+        }
+    }
+}
+
 /// One directory per table name under the shared directory; names are the tool's own (plain identifiers).
 fn shared_table_dir(dir: &Path, name: &str) -> PathBuf {
     let safe: String = name
@@ -430,6 +448,14 @@ mod tests {
         }
     }
 
+    fn first_i64(batches: &[RecordBatch], col: usize) -> i64 {
+        use arrow::array::AsArray;
+        batches[0]
+            .column(col)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0)
+    }
+
     #[tokio::test]
     async fn computed_tables_are_files_on_a_cluster_and_memory_locally() {
         use arrow::array::Int64Array;
@@ -451,14 +477,7 @@ mod tests {
         let n = crate::transform::collect(&ctx, "SELECT sum(n) AS s FROM t", "test")
             .await
             .unwrap();
-        assert_eq!(
-            n[0].column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
-                .value(0),
-            6
-        );
+        assert_eq!(first_i64(&n, 0), 6);
         assert!(!dir.path().join("shared").exists());
         // Marked as a cluster session: a Parquet file holds the rows (also an empty table).
         let mut config = session_config(1, 1024);
@@ -475,22 +494,8 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(
-            n[0].column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
-                .value(0),
-            6
-        );
-        assert_eq!(
-            n[0].column(1)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
-                .value(0),
-            0
-        );
+        assert_eq!(first_i64(&n, 0), 6);
+        assert_eq!(first_i64(&n, 1), 0);
         // The rows the cluster sees must be the rows written here: a table that shows fewer (a work directory
         // the executors do not share) is an engine error, not an empty input.
         verify_visible(&ctx, &[("t".into(), 3)], "test tables")

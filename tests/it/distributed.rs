@@ -214,6 +214,11 @@ fn run_both(source: &Path, extra: &[&str]) -> (tempfile::TempDir, serde_json::Va
         bundle_content(&local),
         "the cluster's bundle differs from the local one"
     );
+    // The tables written for the cluster (sampled source values among them) are not left behind.
+    assert!(!tmp
+        .path()
+        .join("cluster.bundle.work/engine/tables")
+        .exists());
     let report = json(&tmp.path().join("cluster.bundle.work/report.json"));
     assert_eq!(report["engine"], serde_json::json!(url));
     let failed: Vec<&serde_json::Value> = report["validation"]
@@ -325,20 +330,22 @@ fn a_killed_executor_never_yields_a_passing_bundle_with_rows_missing() {
             }
         }
     }
+    let url = cluster.url();
+    let run_args = [
+        "run",
+        "--source",
+        p(&db),
+        "--target",
+        p(&remote),
+        "--engine",
+        &url,
+        "--max-file-rows",
+        "5000",
+    ];
     let mut guard = KillOnDrop(Some(
         Command::new(bin())
-            .args([
-                "run",
-                "--quiet",
-                "--source",
-                p(&db),
-                "--target",
-                p(&remote),
-                "--engine",
-                &cluster.url(),
-                "--max-file-rows",
-                "5000",
-            ])
+            .args(run_args)
+            .arg("--quiet")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -394,17 +401,7 @@ fn a_killed_executor_never_yields_a_passing_bundle_with_rows_missing() {
                 // As it says: with an executor back, the same command resumes and completes, equal to local.
                 cluster.add_executor();
                 cluster.wait_for_executors(2);
-                let again = run(&[
-                    "run",
-                    "--source",
-                    p(&db),
-                    "--target",
-                    p(&remote),
-                    "--engine",
-                    &cluster.url(),
-                    "--max-file-rows",
-                    "5000",
-                ]);
+                let again = run(&run_args);
                 assert_eq!(code(&again), 0, "{}", cluster.logs());
                 assert_eq!(bundle_content(&remote), bundle_content(&local));
             }
