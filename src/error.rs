@@ -230,7 +230,11 @@ impl Error {
 /// only a message, so its messages (ballista-core 50, `distributed_query.rs` and its gRPC client) are what
 /// tells them apart from an error of the user's SQL; a local session never produces them.
 fn cluster_failure(message: &str) -> Option<&'static str> {
-    if message.contains("GrpcConnectionError") || message.contains("Error connecting to Ballista") {
+    if message.contains("GrpcConnectionError")
+        || message.contains("Error connecting to Ballista")
+        // A result stream (Arrow Flight over HTTP/2) cut off by an executor that went away while it was read.
+        || message.contains("h2 protocol error")
+    {
         Some("a machine of the cluster cannot be reached")
     } else if message.contains("Fail to execute query due to") {
         Some("the cluster's scheduler refused the query")
@@ -288,6 +292,7 @@ mod tests {
             "GrpcConnectionError(\"Error connecting to Ballista scheduler or executor at http://127.0.0.1:1\")",
             "Fail to execute query due to ExecuteQueryFailureResult { failure: Some(PlanParsingFailure(\"x\")) }",
             "Job abc failed: Task failed: ExecutorLost(\"e1\")",
+            "Arrow error: External error: status: Unknown, message: \"h2 protocol error: error reading a body from connection\"",
             "Job abc failed: Job failed due to stage 2 failed: Task failure due to Executor e1 lost",
         ] {
             let e = Error::sql("transform", E::Execution(m.into()));
