@@ -29,6 +29,12 @@ impl Checksum {
         self.sum = self.sum.wrapping_add(other.sum);
     }
 
+    /// Takes one row out again, by its hash (from `Hasher::row_hashes`): a checksum of a set that lost a row.
+    pub fn remove_row(&mut self, hash: u128) {
+        self.rows -= 1;
+        self.sum = self.sum.wrapping_sub(hash);
+    }
+
     /// `rows:sum` in hex, the form stored in manifests.
     pub fn to_hex(&self) -> String {
         format!("{:032x}", self.sum)

@@ -9,7 +9,7 @@
 //! - **memory delta**: the memories of the new bundle against the hashes of those the target last received
 //!   (`<work>/delta/previous-memories.parquet`): what a live target must be sent and what it must delete.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -242,6 +242,18 @@ pub struct TableDelta {
     pub changed: u64,
     pub deleted: u64,
     pub unchanged: u64,
+    /// Key hashes of the rows added or changed (in the new snapshot), for a table with a key of its own.
+    #[serde(skip)]
+    pub upserted: HashSet<u128>,
+    /// Key hashes of the rows deleted or changed (in the old snapshot), for a table with a key of its own.
+    #[serde(skip)]
+    pub gone: HashSet<u128>,
+}
+
+impl TableDelta {
+    pub fn is_unchanged(&self) -> bool {
+        self.added == 0 && self.changed == 0 && self.deleted == 0
+    }
 }
 
 /// The delta of a whole run: rows of the source, and memories of the bundle.
@@ -275,7 +287,7 @@ impl Delta {
 
 /// The columns a row is keyed by: the table's primary key, unless the tool made it up (a SQLite rowid), which
 /// says nothing about the row's identity across runs.
-fn own_key(entry: &TableEntry) -> Vec<String> {
+pub fn own_key(entry: &TableEntry) -> Vec<String> {
     let synthetic = |k: &String| entry.info.column(k).is_some_and(|c| c.synthetic);
     if entry.info.primary_key.is_empty() || entry.info.primary_key.iter().any(synthetic) {
         return vec![];
@@ -345,6 +357,96 @@ fn row_hashes(
     Ok(())
 }
 
+/// The rows of a staged table whose key hashes (as `table_delta` computes them) are in `wanted`, with only
+/// `columns` when given: an incremental run's changed rows, and the keys of those gone.
+pub fn rows_with_keys(
+    dir: &Path,
+    entry: &TableEntry,
+    wanted: &HashSet<u128>,
+    columns: Option<&[String]>,
+    batch_rows: usize,
+) -> Result<Vec<RecordBatch>> {
+    let key = own_key(entry);
+    let mut out = vec![];
+    if wanted.is_empty() || key.is_empty() {
+        return Ok(out);
+    }
+    let mut hasher: Option<(Vec<usize>, Hasher)> = None;
+    for file in table_files(dir, entry) {
+        for batch in parquet_io::open_reader(&file, batch_rows)? {
+            let batch =
+                batch.map_err(|e| Error::source_err(file.display().to_string(), e.to_string()))?;
+            if hasher.is_none() {
+                let schema = batch.schema();
+                let ki = key
+                    .iter()
+                    .map(|n| {
+                        schema.index_of(n).map_err(|_| {
+                            Error::source_err(
+                                file.display().to_string(),
+                                format!(
+                                    "table {}: the staged file has no column {n:?}",
+                                    entry.info.name
+                                ),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let h = Hasher::new(&Arc::new(schema.project(&ki)?))?;
+                hasher = Some((ki, h));
+            }
+            let (ki, h) = hasher.as_ref().expect("set above");
+            let keep: arrow::array::BooleanArray = h
+                .row_hashes(&batch.project(ki)?)?
+                .iter()
+                .map(|k| Some(wanted.contains(k)))
+                .collect();
+            if keep.true_count() == 0 {
+                continue;
+            }
+            let batch = match columns {
+                Some(cols) => {
+                    let idx = cols
+                        .iter()
+                        .map(|c| batch.schema().index_of(c))
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
+                    batch.project(&idx)?
+                }
+                None => batch,
+            };
+            out.push(arrow::compute::filter_record_batch(&batch, &keep)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Every row of a staged table, with only `columns` when given.
+pub fn all_rows(
+    dir: &Path,
+    entry: &TableEntry,
+    columns: Option<&[String]>,
+    batch_rows: usize,
+) -> Result<Vec<RecordBatch>> {
+    let mut out = vec![];
+    for file in table_files(dir, entry) {
+        for batch in parquet_io::open_reader(&file, batch_rows)? {
+            let batch =
+                batch.map_err(|e| Error::source_err(file.display().to_string(), e.to_string()))?;
+            out.push(match columns {
+                Some(cols) => {
+                    let idx = cols
+                        .iter()
+                        .map(|c| batch.schema().index_of(c))
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
+                    batch.project(&idx)?
+                }
+                None => batch,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// How `new` differs from `old` (None: the table is new). A table only in the old snapshot is all deleted: see
 /// `removed_table`.
 pub fn table_delta(
@@ -394,12 +496,20 @@ pub fn table_delta(
     })?;
     row_hashes(new_dir, new_entry, &key, batch_rows, |k, r| {
         match before.remove(&k) {
-            None => d.added += 1,
+            None => {
+                d.added += 1;
+                d.upserted.insert(k);
+            }
             Some(was) if was == r => d.unchanged += 1,
-            Some(_) => d.changed += 1,
+            Some(_) => {
+                d.changed += 1;
+                d.upserted.insert(k);
+                d.gone.insert(k);
+            }
         }
     })?;
     d.deleted = before.len() as u64;
+    d.gone.extend(before.into_keys());
     Ok(d)
 }
 
@@ -449,39 +559,110 @@ pub fn memory_hashes(
     recorded: Option<&Path>,
 ) -> Result<(HashMap<(String, String), u128>, usize)> {
     let manifest = BundleManifest::load(bundle)?;
+    // Only live rows: a part's record also holds the memories later layers removed.
+    let removed = crate::bundle::Removed::load(bundle, &manifest)?;
     let mut out = HashMap::new();
     let mut read = 0;
-    for s in &manifest.spaces {
-        let dir = bundle.join("spaces").join(&s.space).join("memories");
-        for f in &s.memories.files {
-            if let Some(r) = recorded {
-                let saved = r.join(&s.space).join(format!("{}.parquet", f.checksum));
-                if saved.is_file() {
-                    let hashes = load_hashes(&saved)?;
-                    if hashes.len() as u64 == f.rows {
-                        out.extend(hashes);
-                        continue;
-                    }
+    for part in manifest.memory_parts(bundle) {
+        let (space, f) = (&part.space, &part.file);
+        if let Some(r) = recorded {
+            let saved = r.join(space).join(format!("{}.parquet", f.checksum));
+            if saved.is_file() {
+                let hashes = load_hashes(&saved)?;
+                if hashes.len() as u64 == f.rows {
+                    out.extend(
+                        hashes
+                            .into_iter()
+                            .filter(|((s, id), _)| removed.is_live(s, id, f.layer)),
+                    );
+                    continue;
                 }
             }
-            read += 1;
-            let path = dir.join(&f.file);
-            let mut hasher: Option<crate::checksum::Hasher> = None;
-            for batch in parquet_io::open_reader(&path, batch_rows)? {
-                let batch = batch
-                    .map_err(|e| Error::source_err(path.display().to_string(), e.to_string()))?;
-                let h = match &mut hasher {
-                    Some(h) => h,
-                    None => hasher.insert(crate::checksum::Hasher::new(&batch.schema())?),
-                };
-                let ids = id_column(&batch, &path)?;
-                for (i, hash) in h.row_hashes(&batch)?.into_iter().enumerate() {
-                    out.insert((s.space.clone(), ids.value(i).to_string()), hash);
-                }
+        }
+        read += 1;
+        let path = &part.path;
+        let mut hasher: Option<crate::checksum::Hasher> = None;
+        for batch in crate::bundle::read_live(&part, &removed, batch_rows)? {
+            let batch = batch?;
+            let h = match &mut hasher {
+                Some(h) => h,
+                None => hasher.insert(crate::checksum::Hasher::new(&batch.schema())?),
+            };
+            let ids = id_column(&batch, path)?;
+            for (i, hash) in h.row_hashes(&batch)?.into_iter().enumerate() {
+                out.insert((space.clone(), ids.value(i).to_string()), hash);
             }
         }
     }
     Ok((out, read))
+}
+
+/// The row hashes of the live memories `wanted` (space -> ids) of a bundle: what its checksums sum for them. Read
+/// from the records its writer kept, scanned without holding them (a million entries are seconds as a map); a
+/// part without a record is read and hashed.
+pub fn hashes_of(
+    bundle: &Path,
+    manifest: &BundleManifest,
+    recorded: &Path,
+    wanted: &HashMap<String, HashSet<String>>,
+    batch_rows: usize,
+) -> Result<std::collections::BTreeMap<(String, String), u128>> {
+    let removed = crate::bundle::Removed::load(bundle, manifest)?;
+    let mut out = std::collections::BTreeMap::new();
+    for part in manifest.memory_parts(bundle) {
+        let (space, f) = (&part.space, &part.file);
+        let Some(ids) = wanted.get(space) else {
+            continue;
+        };
+        let mut take = |id: &str, hash: u128| {
+            if ids.contains(id) && removed.is_live(space, id, f.layer) {
+                out.insert((space.clone(), id.to_string()), hash);
+            }
+        };
+        let saved = recorded.join(space).join(format!("{}.parquet", f.checksum));
+        if saved.is_file() && parquet_io::read_schema(&saved)?.fields().len() == 3 {
+            let mut rows = 0u64;
+            for batch in parquet_io::open_reader(&saved, 65_536)? {
+                let batch = batch
+                    .map_err(|e| Error::source_err(saved.display().to_string(), e.to_string()))?;
+                let i = batch.column(1).as_any().downcast_ref::<StringArray>();
+                let h = batch
+                    .column(2)
+                    .as_any()
+                    .downcast_ref::<FixedSizeBinaryArray>();
+                let (Some(i), Some(h)) = (i, h) else {
+                    return Err(Error::source_err(
+                        saved.display().to_string(),
+                        "not a memory hash file; remove it",
+                    ));
+                };
+                for r in 0..batch.num_rows() {
+                    let bytes: [u8; 16] = h.value(r).try_into().expect("16 bytes");
+                    take(i.value(r), u128::from_le_bytes(bytes));
+                }
+                rows += batch.num_rows() as u64;
+            }
+            if rows == f.rows {
+                continue;
+            }
+        }
+        // No record (or not this part's): hash the part itself.
+        let mut hasher: Option<Hasher> = None;
+        let reader = parquet_io::open_reader(&part.path, batch_rows)?;
+        for batch in reader {
+            let batch = batch
+                .map_err(|e| Error::source_err(part.path.display().to_string(), e.to_string()))?;
+            let h = match &mut hasher {
+                Some(h) => h,
+                None => hasher.insert(Hasher::new(&batch.schema())?),
+            };
+            let ids = id_column(&batch, &part.path)?;
+            for (r, hash) in h.row_hashes(&batch)?.into_iter().enumerate() {
+                take(ids.value(r), hash);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn id_column<'a>(batch: &'a RecordBatch, path: &Path) -> Result<&'a StringArray> {

@@ -12,6 +12,7 @@ pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod json;
+pub mod layer;
 pub mod parquet_io;
 pub mod pipeline;
 pub mod plan;

@@ -45,6 +45,14 @@ pub struct PartFile {
     pub bytes: u64,
     /// Order-independent content checksum of the file's rows (see `checksum`).
     pub checksum: String,
+    /// A bundle memory part's layer: 0 for a full run's, N for the part the N-th incremental run added on top
+    /// (see `bundle::format::Removed`). Absent (0) everywhere else.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub layer: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl PartFile {
@@ -239,6 +247,7 @@ impl RollingWriter {
             rows: part.rows,
             bytes,
             checksum: checksum.to_hex(),
+            layer: 0,
         })
     }
 

@@ -102,6 +102,42 @@ pub fn mapping_sql(
     Ok((sql, format!("{} ({from})", path.display())))
 }
 
+/// A layer's memory delta: the memories it removed against those it wrote (the same id with the same hash is
+/// unchanged: a keyless table is mapped again whole).
+fn layer_counts(
+    removed: &std::collections::BTreeMap<(String, String), u128>,
+    written: &std::collections::HashMap<(String, String), u128>,
+    manifest: &bundle::BundleManifest,
+) -> crate::delta::MemoryDeltaCounts {
+    let mut c = crate::delta::MemoryDeltaCounts::default();
+    for (k, h) in written {
+        match removed.get(k) {
+            None => c.added += 1,
+            Some(was) if was != h => c.changed += 1,
+            Some(_) => {}
+        }
+    }
+    c.deleted = removed.keys().filter(|k| !written.contains_key(*k)).count() as u64;
+    let live = manifest.totals.get("memories").copied().unwrap_or(0);
+    c.unchanged = live.saturating_sub(c.added + c.changed);
+    c
+}
+
+/// The generated mapping's options for this snapshot: the run's embedding dimension, and the text columns the
+/// data made it add.
+fn generic_options(
+    m: &transform::generic::MappingOptions,
+    embedding_dim: usize,
+    texts: &[transform::generic::TextChoice],
+) -> transform::generic::MappingOptions {
+    let mut m = m.clone();
+    m.embedding_dim = embedding_dim;
+    for t in texts.iter().filter(|t| !t.explicit && !t.added.is_empty()) {
+        m.text_columns.insert(t.table.clone(), t.columns.clone());
+    }
+    m
+}
+
 /// The mapping SQL and where it comes from, written nowhere (`plan` writes nothing).
 fn generated_mapping(
     mapping: &MappingPlan,
@@ -132,11 +168,7 @@ fn generated_mapping(
         ),
         MappingPlan::Generic(m) => {
             check_mapping_names(m, manifest)?;
-            let mut m = m.clone();
-            m.embedding_dim = embedding_dim;
-            for t in texts.iter().filter(|t| !t.explicit && !t.added.is_empty()) {
-                m.text_columns.insert(t.table.clone(), t.columns.clone());
-            }
+            let m = generic_options(m, embedding_dim, texts);
             // Say which tables became edges: a newcomer must see that the link rows were not lost.
             let links = transform::generic::link_tables(manifest, &m);
             let from = if links.is_empty() {
@@ -292,6 +324,8 @@ struct Ctx {
     /// The snapshot stands for the source in validation: the source is a snapshot directory, or it changed
     /// since and the snapshot is reused on purpose (`--reuse-snapshot`).
     against_snapshot: bool,
+    /// An incremental run's layer (see `layer`), decided by the transform, written by the load.
+    layer: Option<bundle::writer::Base>,
 }
 
 impl Ctx {
@@ -327,6 +361,7 @@ impl Ctx {
             source: None,
             embedder: None,
             against_snapshot: false,
+            layer: None,
         }
     }
 
@@ -406,6 +441,18 @@ impl Ctx {
                 )));
             }
         }
+        // A live target is sent the delta of the memories it holds: their hashes, before the bundle changes. A
+        // bundle alone needs them only if it is rewritten (see `load`).
+        if self.plan.deliver.is_some() {
+            self.baseline(bundle_dir)?;
+        }
+        fs::rename(&snap, &prev).map_err(Error::io("rename into place", &prev))
+    }
+
+    /// The hashes of the memories the target holds (`previous_memories`), for the memory delta; kept as they
+    /// are while an earlier delta has not reached its live target.
+    fn baseline(&mut self, bundle_dir: &Path) -> Result<()> {
+        let w = self.plan.work_dir.clone();
         if !w.undelivered().exists() {
             let t = Timer::start();
             // The bundle's writer recorded its hashes; only a part it has no record of is read and hashed.
@@ -426,7 +473,7 @@ impl Ctx {
                 },
             ));
         }
-        fs::rename(&snap, &prev).map_err(Error::io("rename into place", &prev))
+        Ok(())
     }
 
     /// Stops (exit 2) when the snapshot's tables or columns are not those of the last completed run, unless
@@ -635,6 +682,8 @@ impl Ctx {
                 t.rows
             );
         }
+        // The mapping the bundle was made with, before this run writes its own (an incremental layer needs the same).
+        let previous_sql = fs::read_to_string(WorkDir::new(&self.work).mapping_sql()).ok();
         let (sql, origin) = mapping_sql(
             self.plan
                 .mapping
@@ -645,9 +694,28 @@ impl Ctx {
             dim,
             &texts,
         )?;
+        let key = transform::transform_key(&sql, manifest, dim);
+        if self.incremental() {
+            if let Some(done) = self
+                .layer_transform(
+                    dir,
+                    manifest,
+                    &sql,
+                    &key,
+                    previous_sql.as_deref(),
+                    &texts,
+                    &origin,
+                    &t,
+                )
+                .await?
+            {
+                self.report.texts = texts;
+                self.report.mapping = origin.clone();
+                return Ok((done, sql, origin));
+            }
+        }
         self.report.texts = texts;
         self.report.mapping = origin.clone();
-        let key = transform::transform_key(&sql, manifest, dim);
         let out = WorkDir::new(&self.work).transform();
         let reuse = TransformSummary::load(&out).ok().filter(|s| s.key == key);
         let (summary, note) = match reuse {
@@ -663,6 +731,7 @@ impl Ctx {
                     limits(&self.plan),
                     &engine(&self.plan),
                     dim,
+                    None,
                 )
                 .await?;
                 (s, format!("mapping {origin}"))
@@ -675,6 +744,127 @@ impl Ctx {
             note,
         ));
         Ok((summary, sql, origin))
+    }
+
+    /// `--incremental`: the transform of a layer (see `layer`): the changed rows mapped into memories, edges and
+    /// orphans mapped again. None when the bundle is to be rewritten instead (the reason is logged and noted).
+    #[allow(clippy::too_many_arguments)]
+    async fn layer_transform(
+        &mut self,
+        dir: &Path,
+        manifest: &Manifest,
+        sql: &str,
+        key: &str,
+        previous_sql: Option<&str>,
+        texts: &[transform::generic::TextChoice],
+        origin: &str,
+        t: &Timer,
+    ) -> Result<Option<TransformSummary>> {
+        let bundle_dir = self.bundle_dir()?;
+        let dim = self.embedding_dim()?;
+        let Some(MappingPlan::Generic(m)) = &self.plan.mapping else {
+            return Ok(None);
+        };
+        let why_not = if !matches!(engine(&self.plan).spec, crate::engine::EngineSpec::Local) {
+            Some("the SQL runs on a cluster")
+        } else if !self.report.schema_drift.is_empty() {
+            Some("the schema drifted")
+        } else if self.plan.embedding.reembed {
+            Some("--reembed")
+        } else {
+            None
+        };
+        let provider = self
+            .embedder
+            .as_ref()
+            .map(|e| e.provider_name())
+            .unwrap_or_default();
+        let Some(delta) = self.report.delta.as_ref() else {
+            return Ok(None);
+        };
+        let decision = match why_not {
+            Some(why) => crate::layer::Decision::Full(why.to_string()),
+            None => {
+                let prev_dir = self.plan.work_dir.previous_snapshot();
+                let old = Manifest::load(&prev_dir)?;
+                let mapping = generic_options(m, dim, texts);
+                crate::layer::prepare(crate::layer::Inputs {
+                    bundle_dir: &bundle_dir,
+                    recorded: &self.plan.work_dir.bundle_hashes(),
+                    previous_sql,
+                    sql,
+                    full_key: key,
+                    old_dir: &prev_dir,
+                    old: &old,
+                    new_dir: dir,
+                    new: manifest,
+                    delta,
+                    mapping: &mapping,
+                    embedding_dim: dim,
+                    provider: &provider,
+                    batch_rows: self.plan.limits.batch_rows,
+                })
+                .await?
+            }
+        };
+        let input = match decision {
+            crate::layer::Decision::Layer(input) => input,
+            crate::layer::Decision::Complete { orphans } => {
+                self.report.incremental_mode = Some("unchanged".into());
+                self.report.orphans = orphans;
+                self.report.stages.push(t.stage(
+                    "transform",
+                    0,
+                    "bundle of this input already complete",
+                ));
+                return Ok(Some(TransformSummary {
+                    key: key.to_string(),
+                    ..Default::default()
+                }));
+            }
+            crate::layer::Decision::Full(why) => {
+                tracing::info!(%why, "incremental run: the bundle is rewritten, not extended");
+                self.report.incremental_mode = Some(format!("rewrite: {why}"));
+                return Ok(None);
+            }
+        };
+        let out = WorkDir::new(&self.work).transform();
+        let summary = match TransformSummary::load(&out)
+            .ok()
+            .filter(|s| s.key == input.key)
+        {
+            Some(s) => s,
+            None => {
+                transform::run(
+                    &input.key,
+                    dir,
+                    manifest,
+                    &input.sql,
+                    origin,
+                    &out,
+                    limits(&self.plan),
+                    &engine(&self.plan),
+                    dim,
+                    Some(&input.changed),
+                )
+                .await?
+            }
+        };
+        let layer = input.base.manifest.top_layer() + 1;
+        let note = format!(
+            "layer {layer}: {} changed rows mapped, {} earlier memories removed; edges mapped again",
+            input.rows,
+            input.base.removed.len()
+        );
+        self.report.incremental_mode = Some(format!("layer {layer}"));
+        self.report.orphans = summary.orphan_rows();
+        self.report.stages.push(t.stage(
+            "transform",
+            summary.memory_rows() + summary.edge_rows(),
+            note,
+        ));
+        self.layer = Some(input.base);
+        Ok(Some(summary))
     }
 
     fn load(&mut self, summary: &TransformSummary, origin: &str) -> Result<()> {
@@ -690,10 +880,24 @@ impl Ctx {
         if target.join(bundle::BUNDLE_FILE).is_file()
             && (!self.plan.overwrite || self.incremental())
         {
+            let key = self
+                .layer
+                .as_ref()
+                .map(|b| b.transform_key.as_str())
+                .unwrap_or(&summary.key);
             if let Ok(done) = bundle::BundleManifest::load(&target) {
-                if done.transform_key == summary.key
-                    && done.embedding.provider == embedder.provider_name()
+                if done.transform_key == key && done.embedding.provider == embedder.provider_name()
                 {
+                    self.layer = None;
+                    if self.incremental() && self.plan.deliver.is_none() {
+                        let live = done.totals.get("memories").copied().unwrap_or(0);
+                        if let Some(r) = self.report.delta.as_mut() {
+                            r.memories = Some(crate::delta::MemoryDeltaCounts {
+                                unchanged: live,
+                                ..Default::default()
+                            });
+                        }
+                    }
                     for s in &done.spaces {
                         self.report.spaces.push(SpaceLine {
                             space: s.space.clone(),
@@ -710,6 +914,10 @@ impl Ctx {
                 }
             }
         }
+        // A rewrite's memory delta compares with the hashes of the bundle it replaces (a layer knows its own).
+        if self.incremental() && self.layer.is_none() && self.plan.deliver.is_none() {
+            self.baseline(&target)?;
+        }
         let checkpoint_file = self
             .opts
             .checkpoint_file
@@ -724,6 +932,7 @@ impl Ctx {
             overwrite: self.plan.overwrite || self.incremental(),
             checkpoint_file,
             hashes_dir: Some(self.plan.work_dir.bundle_hashes()),
+            base: self.layer.take(),
             run_key: RunKey::of(&[
                 ("transform", &summary.key),
                 ("provider", &embedder.provider_name()),
@@ -748,6 +957,12 @@ impl Ctx {
         };
         let staged = WorkDir::new(&self.work).transform();
         let res = bundle::writer::write(&staged, summary, &target, &mut stage, &lopts)?;
+        if let Some(base) = &lopts.base {
+            let counts = layer_counts(&base.removed, &res.layer_hashes, &res.manifest);
+            if let Some(r) = self.report.delta.as_mut() {
+                r.memories = Some(counts);
+            }
+        }
         for s in &res.manifest.spaces {
             self.report.spaces.push(SpaceLine {
                 space: s.space.clone(),
@@ -1306,7 +1521,13 @@ async fn run_bundle(
         }
         let (summary, sql, origin) = ctx.transform(&dir, &manifest).await?;
         ctx.load(&summary, &origin)?;
-        if ctx.incremental() {
+        // A live target's delta, or a rewritten bundle's counts (a layer counted its own).
+        let counted = ctx
+            .report
+            .delta
+            .as_ref()
+            .is_some_and(|d| d.memories.is_some());
+        if ctx.incremental() && (ctx.plan.deliver.is_some() || !counted) {
             delta = ctx.memory_delta(bundle_dir)?;
         }
         if ctx.plan.validate.is_some() {

@@ -60,6 +60,9 @@ pub struct RunReport {
     /// proceeded, or the run stopped on it).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub schema_drift: Vec<crate::delta::Drift>,
+    /// `--incremental`: how the bundle was made: `layer N` (extended by the changes), or `rewrite: why`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental_mode: Option<String>,
     /// `--incremental`: rows added, changed, deleted and unchanged since the last run, per table, and the
     /// bundle's memories against those the target last received.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -135,13 +135,7 @@ pub async fn run(
     transform::register_snapshot(&ctx, snapshot_dir, manifest).await?;
     transform::run_statements(&ctx, mapping_sql, mapping_origin).await?;
 
-    register_files(
-        &ctx,
-        "bundle_memories",
-        &bundle.memory_files(bundle_dir),
-        memory_schema(bundle.embedding.dimension),
-    )
-    .await?;
+    register_bundle_memories(&ctx, bundle_dir, &bundle).await?;
     register_files(
         &ctx,
         "bundle_edges",
@@ -341,13 +335,7 @@ pub async fn check_target(
 ) -> Result<Vec<CheckResult>> {
     let bundle = BundleManifest::load(bundle_dir)?;
     let ctx = opts.engine.session().await?;
-    register_files(
-        &ctx,
-        "bundle_memories",
-        &bundle.memory_files(bundle_dir),
-        memory_schema(bundle.embedding.dimension),
-    )
-    .await?;
+    register_bundle_memories(&ctx, bundle_dir, &bundle).await?;
     let held = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("space", DataType::Utf8, false),
@@ -407,6 +395,78 @@ pub async fn check_target(
     crate::engine::remove_shared_tables(&ctx);
     pb.finish_and_clear();
     results
+}
+
+/// `bundle_memories`: the bundle's live memories. A layered bundle (an incremental run's) is a view: the
+/// parts of each layer, without the (space, id) a layer above removed.
+async fn register_bundle_memories(
+    ctx: &SessionContext,
+    bundle_dir: &Path,
+    bundle: &BundleManifest,
+) -> Result<()> {
+    let schema = memory_schema(bundle.embedding.dimension);
+    if !bundle.is_layered() {
+        return register_files(
+            ctx,
+            "bundle_memories",
+            &bundle.memory_files(bundle_dir),
+            schema,
+        )
+        .await;
+    }
+    let parts = bundle.memory_parts(bundle_dir);
+    let layers: std::collections::BTreeSet<u32> = parts.iter().map(|p| p.file.layer).collect();
+    let (mut spaces, mut ids, mut by) = (vec![], vec![], vec![]);
+    for r in &bundle.removed {
+        for b in parquet_io::read_all(&bundle_dir.join(&r.file))? {
+            let col = |n: &str| {
+                b.column_by_name(n)
+                    .and_then(|c| c.as_string_opt::<i32>().cloned())
+                    .ok_or_else(|| Error::Internal(format!("{}: not a removal file", r.file)))
+            };
+            let (space, id) = (col("space")?, col("id")?);
+            for i in 0..b.num_rows() {
+                spaces.push(Some(space.value(i).to_string()));
+                ids.push(Some(id.value(i).to_string()));
+                by.push(r.layer as i64);
+            }
+        }
+    }
+    let removed_schema = Arc::new(Schema::new(vec![
+        Field::new("space", DataType::Utf8, true),
+        Field::new("id", DataType::Utf8, true),
+        Field::new("layer", DataType::Int64, false),
+    ]));
+    let removed = RecordBatch::try_new(
+        removed_schema.clone(),
+        vec![
+            utf8(spaces),
+            utf8(ids),
+            Arc::new(arrow::array::Int64Array::from(by)),
+        ],
+    )?;
+    crate::engine::register_batches(ctx, "bundle_removed", removed_schema, vec![removed])?;
+    let mut selects = vec![];
+    for layer in layers {
+        let name = format!("bundle_memories_layer_{layer}");
+        let files: Vec<PathBuf> = parts
+            .iter()
+            .filter(|p| p.file.layer == layer)
+            .map(|p| p.path.clone())
+            .collect();
+        register_files(ctx, &name, &files, schema.clone()).await?;
+        selects.push(format!(
+            "SELECT m.* FROM {name} m WHERE NOT EXISTS (SELECT 1 FROM bundle_removed r \
+             WHERE r.space = m.space AND r.id = m.id AND r.layer > {layer})"
+        ));
+    }
+    let view = ctx
+        .sql(&selects.join(" UNION ALL "))
+        .await
+        .map_err(|e| Error::Internal(format!("the bundle's live memories: {e}")))?;
+    ctx.register_table("bundle_memories", view.into_view())
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(())
 }
 
 async fn register_files(
@@ -594,11 +654,18 @@ fn register_integrity(
 ) -> Result<()> {
     let mut rows: Vec<(String, u64, String, u64, String)> = vec![];
     let mut vectors: Vec<RecordBatch> = vec![];
+    let removed = crate::bundle::Removed::load(bundle_dir, bundle)?;
+    let parts = bundle.memory_parts(bundle_dir);
     let mut check =
         |object: String, recorded_rows: u64, recorded: &str, files: Vec<PathBuf>| -> Result<()> {
             let existing: Vec<PathBuf> = files.iter().filter(|f| f.is_file()).cloned().collect();
             let actual = if object.starts_with("bundle ") && object.ends_with(" memories") {
-                let (sum, stats) = memory_parts_pass(&existing, bundle.embedding.dimension)?;
+                // The live rows of the space's parts (a layered bundle's checksum sums those).
+                let live: Vec<&crate::bundle::MemoryPart> = parts
+                    .iter()
+                    .filter(|p| existing.contains(&p.path))
+                    .collect();
+                let (sum, stats) = memory_parts_pass(&live, &removed, bundle.embedding.dimension)?;
                 vectors.extend(stats);
                 sum
             } else {
@@ -703,13 +770,14 @@ fn vector_stats_schema() -> SchemaRef {
 
 /// The checksum of bundle memory parts and the embedding figures of every memory in them, files in parallel.
 fn memory_parts_pass(
-    paths: &[PathBuf],
+    parts: &[&crate::bundle::MemoryPart],
+    removed: &crate::bundle::Removed,
     dim: usize,
 ) -> Result<(crate::checksum::Checksum, Vec<RecordBatch>)> {
     use rayon::prelude::*;
-    let per_file: Vec<(crate::checksum::Checksum, Vec<RecordBatch>)> = paths
+    let per_file: Vec<(crate::checksum::Checksum, Vec<RecordBatch>)> = parts
         .par_iter()
-        .map(|p| memory_file_pass(p, dim))
+        .map(|p| memory_file_pass(p, removed, dim))
         .collect::<Result<_>>()?;
     let mut total = crate::checksum::Checksum::default();
     let mut stats = vec![];
@@ -720,14 +788,19 @@ fn memory_parts_pass(
     Ok((total, stats))
 }
 
-fn memory_file_pass(p: &Path, dim: usize) -> Result<(crate::checksum::Checksum, Vec<RecordBatch>)> {
+fn memory_file_pass(
+    part: &crate::bundle::MemoryPart,
+    removed: &crate::bundle::Removed,
+    dim: usize,
+) -> Result<(crate::checksum::Checksum, Vec<RecordBatch>)> {
     use arrow::array::{BooleanArray, Float64Array, Int64Array};
     let mut hasher: Option<crate::checksum::Hasher> = None;
     let mut stats = vec![];
+    let p = &part.path;
     let bad = |m: String| Error::Internal(format!("reading {}: {m}", p.display()));
     // Small batches: each holds 3 KB a memory in decoded vectors, on every thread at once.
-    for b in parquet_io::open_reader(p, crate::bundle::writer::EMBED_BATCH_ROWS)? {
-        let b = b.map_err(|e| bad(e.to_string()))?;
+    for b in crate::bundle::read_live(part, removed, crate::bundle::writer::EMBED_BATCH_ROWS)? {
+        let b = b?;
         let h = match &mut hasher {
             Some(h) => h,
             None => hasher.insert(crate::checksum::Hasher::new(&b.schema())?),
@@ -874,13 +947,15 @@ fn register_sample(
     let mut rng = SplitMix(opts.sample_seed);
     let mut reservoir: Vec<(String, String, String)> = vec![];
     let mut seen = 0u64;
-    for f in bundle.memory_files(bundle_dir) {
-        let file = std::fs::File::open(&f).map_err(Error::io("open", &f))?;
+    let removed = crate::bundle::Removed::load(bundle_dir, bundle)?;
+    for part in bundle.memory_parts(bundle_dir) {
+        let f = &part.path;
+        let file = std::fs::File::open(f).map_err(Error::io("open", f))?;
         let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| Error::Internal(format!("reading {}: {e}", f.display())))?;
         let mask = parquet::arrow::ProjectionMask::columns(
             builder.parquet_schema(),
-            ["content", "source_name", "source_key"],
+            ["space", "id", "content", "source_name", "source_key"],
         );
         for b in builder
             .with_projection(mask)
@@ -888,6 +963,7 @@ fn register_sample(
             .map_err(|e| Error::Internal(e.to_string()))?
         {
             let b = b.map_err(|e| Error::Internal(format!("reading {}: {e}", f.display())))?;
+            let b = removed.live(b, part.file.layer)?;
             let col = |n: &str| b.column_by_name(n).map(|c| c.as_string::<i32>().clone());
             let (Some(content), Some(name), Some(key)) =
                 (col("content"), col("source_name"), col("source_key"))

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -15,6 +16,9 @@ use crate::parquet_io::PartFile;
 pub const BUNDLE_FILE: &str = "bundle.json";
 /// 2: embeddings at the provider's own dimension (`embedding.dimension`); 1 padded them to 768 for Engram.
 pub const FORMAT: &str = "engram-bundle/2";
+/// 3: a bundle an incremental run extended in layers (`removed` not empty): a reader of format 2 would see
+/// removed memories as live, so such a bundle says so.
+pub const FORMAT_LAYERED: &str = "engram-bundle/3";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PartSet {
@@ -76,6 +80,28 @@ pub struct BundleManifest {
     pub spaces: Vec<SpaceEntry>,
     pub orphans: PartSet,
     pub totals: BTreeMap<String, u64>,
+    /// Memories an incremental run removed from the layers below its own (see [`Removed`]); empty for a
+    /// bundle one full run wrote.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<RemovedSet>,
+}
+
+/// The memories (space, id) that layer `layer` removed from every layer below it: those the source deleted or
+/// changed since the run before (a changed one comes back in `layer` itself). File schema: space, id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RemovedSet {
+    pub layer: u32,
+    /// Relative to the bundle: `removed/layer-NNNNN.parquet`.
+    pub file: String,
+    pub rows: u64,
+}
+
+/// One memory part of a bundle, with what a reader needs to keep only its live rows.
+#[derive(Debug, Clone)]
+pub struct MemoryPart {
+    pub space: String,
+    pub path: PathBuf,
+    pub file: PartFile,
 }
 
 impl BundleManifest {
@@ -95,6 +121,50 @@ impl BundleManifest {
         })
     }
 
+    /// Whether later layers removed memories from earlier ones: readers must then filter through [`Removed`].
+    pub fn is_layered(&self) -> bool {
+        !self.removed.is_empty()
+    }
+
+    /// The highest layer of any memory part or removal (0 for a bundle one full run wrote).
+    pub fn top_layer(&self) -> u32 {
+        let parts = self
+            .spaces
+            .iter()
+            .flat_map(|s| s.memories.files.iter().map(|f| f.layer));
+        parts
+            .chain(self.removed.iter().map(|r| r.layer))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Every memory part, with its space and layer. Read their rows through [`read_live`].
+    pub fn memory_parts(&self, dir: &Path) -> Vec<MemoryPart> {
+        self.spaces
+            .iter()
+            .flat_map(|s| {
+                s.memories.files.iter().map(move |f| MemoryPart {
+                    space: s.space.clone(),
+                    path: dir
+                        .join("spaces")
+                        .join(&s.space)
+                        .join("memories")
+                        .join(&f.file),
+                    file: f.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The memory parts of one space.
+    pub fn memory_parts_of(&self, dir: &Path, space: &str) -> Vec<MemoryPart> {
+        let mut parts = self.memory_parts(dir);
+        parts.retain(|p| p.space == space);
+        parts
+    }
+
+    /// The memory part files (for their schema, or their bytes as a whole: not their rows, which a layered
+    /// bundle filters; see [`read_live`]).
     pub fn memory_files(&self, dir: &Path) -> Vec<PathBuf> {
         self.spaces
             .iter()
@@ -130,4 +200,106 @@ impl BundleManifest {
             .map(|f| dir.join("orphans").join(&f.file))
             .collect()
     }
+}
+
+/// The memories later layers removed, by space and id, each with the highest layer that removed it. A row of
+/// a part in layer `l` is live unless a layer above `l` removed its (space, id): a changed memory is removed by
+/// layer `n` and written again in layer `n`, so its new version stays and its old one goes.
+#[derive(Debug, Default)]
+pub struct Removed {
+    by_space: std::collections::HashMap<String, std::collections::HashMap<String, u32>>,
+}
+
+impl Removed {
+    /// Reads every removal file the manifest lists (nothing for a bundle one full run wrote).
+    pub fn load(dir: &Path, manifest: &BundleManifest) -> Result<Removed> {
+        use arrow::array::AsArray;
+        let mut out = Removed::default();
+        for r in &manifest.removed {
+            let path = dir.join(&r.file);
+            let bad = |m: String| Error::target_err(path.display().to_string(), m);
+            let mut rows = 0u64;
+            for b in crate::parquet_io::open_reader(&path, 65_536)? {
+                let b = b.map_err(|e| bad(e.to_string()))?;
+                let (Some(space), Some(id)) = (
+                    b.column_by_name(crate::schema::memory::SPACE)
+                        .and_then(|c| c.as_string_opt::<i32>()),
+                    b.column_by_name(crate::schema::memory::ID)
+                        .and_then(|c| c.as_string_opt::<i32>()),
+                ) else {
+                    return Err(bad("not a removal file (space, id)".into()));
+                };
+                for i in 0..b.num_rows() {
+                    let layer = out
+                        .by_space
+                        .entry(space.value(i).to_string())
+                        .or_default()
+                        .entry(id.value(i).to_string())
+                        .or_insert(0);
+                    *layer = (*layer).max(r.layer);
+                }
+                rows += b.num_rows() as u64;
+            }
+            if rows != r.rows {
+                return Err(bad(format!(
+                    "holds {rows} removed memories, bundle.json says {}; the bundle is damaged: rebuild it \
+                     with a full run (--fresh --overwrite)",
+                    r.rows
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_space.is_empty()
+    }
+
+    /// Whether the memory (space, id) of a part in layer `layer` is still part of the bundle.
+    pub fn is_live(&self, space: &str, id: &str, layer: u32) -> bool {
+        self.by_space
+            .get(space)
+            .and_then(|ids| ids.get(id))
+            .is_none_or(|removed_by| *removed_by <= layer)
+    }
+
+    /// The live rows of a batch of memories read from a part of layer `layer`.
+    pub fn live(&self, batch: RecordBatch, layer: u32) -> Result<RecordBatch> {
+        use arrow::array::AsArray;
+        if self.is_empty() {
+            return Ok(batch);
+        }
+        let (Some(space), Some(id)) = (
+            batch
+                .column_by_name(crate::schema::memory::SPACE)
+                .and_then(|c| c.as_string_opt::<i32>()),
+            batch
+                .column_by_name(crate::schema::memory::ID)
+                .and_then(|c| c.as_string_opt::<i32>()),
+        ) else {
+            return Err(Error::Internal(
+                "a bundle memory batch without space and id".into(),
+            ));
+        };
+        let keep: arrow::array::BooleanArray = (0..batch.num_rows())
+            .map(|i| Some(self.is_live(space.value(i), id.value(i), layer)))
+            .collect();
+        if keep.true_count() == batch.num_rows() {
+            return Ok(batch);
+        }
+        Ok(arrow::compute::filter_record_batch(&batch, &keep)?)
+    }
+}
+
+/// The live rows of one memory part, batch by batch.
+pub fn read_live<'a>(
+    part: &'a MemoryPart,
+    removed: &'a Removed,
+    batch_rows: usize,
+) -> Result<impl Iterator<Item = Result<RecordBatch>> + 'a> {
+    let reader = crate::parquet_io::open_reader(&part.path, batch_rows)?;
+    Ok(reader.map(move |b| {
+        let b = b.map_err(|e| Error::target_err(part.path.display().to_string(), e.to_string()))?;
+        removed.live(b, part.file.layer)
+    }))
 }

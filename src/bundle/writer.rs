@@ -9,7 +9,9 @@ use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::format::{BundleManifest, EmbeddingInfo, PartSet, SpaceEntry, BUNDLE_FILE, FORMAT};
+use super::format::{
+    BundleManifest, EmbeddingInfo, PartSet, SpaceEntry, BUNDLE_FILE, FORMAT, FORMAT_LAYERED,
+};
 use crate::error::{Error, Result};
 use crate::parquet_io::{self, part_name, PartFile, PartLimits, RollingWriter};
 use crate::schema::memory_schema;
@@ -53,11 +55,27 @@ pub struct WriteOptions {
     /// Where each memory part's row hashes go (`<dir>/<space>/<part checksum>.parquet`: space, id, hash), the
     /// hashes its checksum sums: an incremental run reads them instead of hashing the bundle again.
     pub hashes_dir: Option<std::path::PathBuf>,
+    /// An incremental run's layer: the bundle at `target` is extended (its parts kept, hard-linked) instead of
+    /// replaced. None: a bundle of its own.
+    pub base: Option<Base>,
+}
+
+/// The bundle an incremental run extends, and what its layer removes from it.
+pub struct Base {
+    pub manifest: BundleManifest,
+    /// Each live memory (space, id) the layer removes (deleted or changed in the source; a changed one comes back
+    /// in the layer), with its row hash: the space's checksum no longer sums it.
+    pub removed: BTreeMap<(String, String), u128>,
+    /// The key a full run of the same input records (the layer's staged output has a key of its own): the
+    /// extended bundle is the same bundle, so a resumed run recognises it as complete.
+    pub transform_key: String,
 }
 
 pub struct WriteResult {
     pub manifest: BundleManifest,
     pub resumed_parts: usize,
+    /// With a base: the row hash of every memory (space, id) the layer wrote.
+    pub layer_hashes: std::collections::HashMap<(String, String), u128>,
 }
 
 /// Builds the bundle from staged transform output, every memory batch through `stage` on its way (the
@@ -82,10 +100,11 @@ pub fn write(
     if checkpoint.state.parts.is_empty() && partial.exists() {
         fs::remove_dir_all(&partial).map_err(Error::io("remove", &partial))?;
     }
+    // A layer keeps the base's records: its parts stay in the bundle.
     if let Some(h) = opts
         .hashes_dir
         .as_ref()
-        .filter(|_| checkpoint.state.parts.is_empty())
+        .filter(|_| checkpoint.state.parts.is_empty() && opts.base.is_none())
     {
         if h.exists() {
             fs::remove_dir_all(h).map_err(Error::io("remove", h))?;
@@ -98,35 +117,56 @@ pub fn write(
         )
     })?;
     let resumed_parts = checkpoint.state.parts.len();
+    let layer = opts
+        .base
+        .as_ref()
+        .map(|b| b.manifest.top_layer() + 1)
+        .unwrap_or(0);
+    if let Some(base) = &opts.base {
+        link_base(target, &partial, &base.manifest)?;
+    }
+    let mut layer_hashes = std::collections::HashMap::new();
     // The bundle keeps the stage's vectors at their own dimension (recorded in bundle.json).
     let dim = stage.embedding_info().dimension;
 
     let total = summary.memory_rows();
     let pb = crate::progress::bar(total, "embed + write", "memories");
     let mut spaces = vec![];
+    let base_spaces = opts
+        .base
+        .iter()
+        .flat_map(|b| b.manifest.spaces.iter().map(|s| &s.space));
     let all_spaces: std::collections::BTreeSet<&String> = summary
         .memories
         .keys()
         .chain(summary.edges.keys())
+        .chain(base_spaces)
         .collect();
     for space in all_spaces {
-        // Memories: one bundle part per staged part, embedded batch by batch.
-        let mut mem_files = vec![];
+        let base_set = opts
+            .base
+            .as_ref()
+            .and_then(|b| b.manifest.spaces.iter().find(|s| &s.space == space))
+            .map(|s| &s.memories);
+        // A layer's parts are numbered after the base's, so every part keeps its name.
+        let first_index = base_set
+            .and_then(|set| set.files.iter().map(|f| part_index(&f.file) + 1).max())
+            .unwrap_or(0);
+        // Memories: the base's parts as they are, then one part per staged part, embedded batch by batch.
+        let mut mem_files: Vec<PartFile> = base_set.map(|s| s.files.clone()).unwrap_or_default();
         for part in summary.memories.get(space).into_iter().flatten() {
-            let rel = format!("spaces/{space}/memories/{}", part.file);
+            let index = first_index + part_index(&part.file);
+            let rel = format!("spaces/{space}/memories/{}", part_name(index));
             if let Some(done) = checkpoint.state.parts.get(&rel) {
                 if partial.join(&rel).is_file() {
                     pb.inc(part.rows);
+                    if opts.base.is_some() {
+                        layer_hashes.extend(recorded_hashes(opts, space, done)?);
+                    }
                     mem_files.push(done.clone());
                     continue;
                 }
             }
-            let index: usize = part
-                .file
-                .trim_start_matches("part-")
-                .trim_end_matches(".parquet")
-                .parse()
-                .unwrap_or(0);
             let dir = partial.join("spaces").join(space).join("memories");
             let limits = PartLimits {
                 max_file_bytes: u64::MAX,
@@ -200,6 +240,10 @@ pub fn write(
                 encoded?.ok_or_else(|| Error::Internal("bundle part not written".into()))
             })?;
             debug_assert_eq!(written.file, part_name(index));
+            let written = PartFile { layer, ..written };
+            if opts.base.is_some() {
+                layer_hashes.extend(recorded_hashes(opts, space, &written)?);
+            }
             // The stage first (the embedding cache): a part the checkpoint records has its vectors persisted.
             stage.flush()?;
             checkpoint.state.parts.insert(rel, written.clone());
@@ -216,10 +260,20 @@ pub fn write(
             )?;
             edge_files.push(part.clone());
         }
+        let memories = match (&opts.base, base_set) {
+            (Some(base), Some(set)) => {
+                layered_set(set, mem_files, removed_of(&base.removed, space))?
+            }
+            _ => PartSet::from_files(mem_files)?,
+        };
         spaces.push(SpaceEntry {
-            label: summary.labels.get(space).cloned(),
+            label: summary.labels.get(space).cloned().or_else(|| {
+                let base = opts.base.as_ref()?;
+                let s = base.manifest.spaces.iter().find(|s| &s.space == space)?;
+                s.label.clone()
+            }),
             space: space.clone(),
-            memories: PartSet::from_files(mem_files)?,
+            memories,
             edges: PartSet::from_files(edge_files)?,
         });
     }
@@ -245,13 +299,27 @@ pub fn write(
     );
     totals.insert("orphans".to_string(), orphans.rows);
     totals.insert("spaces".to_string(), spaces.len() as u64);
+    let mut removed = vec![];
+    if let Some(base) = &opts.base {
+        removed = base.manifest.removed.clone();
+        removed.push(write_removed(&partial, layer, &base.removed)?);
+    }
     let manifest = BundleManifest {
-        format: FORMAT.into(),
+        format: if removed.is_empty() {
+            FORMAT.into()
+        } else {
+            FORMAT_LAYERED.into()
+        },
+        removed,
         run_id: opts.run_id.clone(),
         created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         source: opts.source.clone(),
         mapping: opts.mapping.clone(),
-        transform_key: summary.key.clone(),
+        transform_key: opts
+            .base
+            .as_ref()
+            .map(|b| b.transform_key.clone())
+            .unwrap_or_else(|| summary.key.clone()),
         embedding: stage.embedding_info(),
         spaces,
         orphans,
@@ -266,9 +334,136 @@ pub fn write(
     Ok(WriteResult {
         manifest,
         resumed_parts,
+        layer_hashes,
     })
 }
 
+fn part_index(file: &str) -> usize {
+    file.trim_start_matches("part-")
+        .trim_end_matches(".parquet")
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The base bundle's memory parts and removal files in the partial bundle, as hard links (the same bytes, no
+/// copy: the vectors of a million memories are gigabytes); a copy where the file system has no links.
+fn link_base(target: &Path, partial: &Path, base: &BundleManifest) -> Result<()> {
+    let mut rels: Vec<String> = base
+        .spaces
+        .iter()
+        .flat_map(|s| {
+            s.memories
+                .files
+                .iter()
+                .map(move |f| format!("spaces/{}/memories/{}", s.space, f.file))
+        })
+        .collect();
+    rels.extend(base.removed.iter().map(|r| r.file.clone()));
+    for rel in rels {
+        let (from, to) = (target.join(&rel), partial.join(&rel));
+        if to.is_file() {
+            continue; // a resumed layer linked it before
+        }
+        if let Some(dir) = to.parent() {
+            fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
+        }
+        if fs::hard_link(&from, &to).is_err() {
+            copy_part(&from, &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// The row hashes of the memories of `space` that `removed` lists.
+fn removed_of<'a>(
+    removed: &'a BTreeMap<(String, String), u128>,
+    space: &'a str,
+) -> impl Iterator<Item = u128> + 'a {
+    removed
+        .iter()
+        .filter(move |((s, _), _)| s == space)
+        .map(|(_, h)| *h)
+}
+
+/// A space's memories after a layer: the base's parts and the layer's, counted and checksummed as their live
+/// rows (the base's sum without the removed rows' hashes, plus the layer's parts).
+fn layered_set(
+    base: &PartSet,
+    files: Vec<PartFile>,
+    removed: impl Iterator<Item = u128>,
+) -> Result<PartSet> {
+    let mut sum =
+        crate::checksum::Checksum::from_hex(base.rows, &base.checksum).ok_or_else(|| {
+            Error::Internal(format!(
+                "bad checksum {:?} in the base bundle",
+                base.checksum
+            ))
+        })?;
+    for h in removed {
+        sum.remove_row(h);
+    }
+    let base_files: std::collections::BTreeSet<&str> =
+        base.files.iter().map(|f| f.file.as_str()).collect();
+    for f in files
+        .iter()
+        .filter(|f| !base_files.contains(f.file.as_str()))
+    {
+        sum.combine(f.checksum()?);
+    }
+    Ok(PartSet {
+        rows: sum.rows,
+        checksum: sum.to_hex(),
+        files,
+    })
+}
+
+/// `removed/layer-NNNNN.parquet`: the (space, id) a layer removes.
+fn write_removed(
+    partial: &Path,
+    layer: u32,
+    removed: &BTreeMap<(String, String), u128>,
+) -> Result<super::format::RemovedSet> {
+    use arrow::array::StringArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+    let file = format!("removed/layer-{layer:05}.parquet");
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new(crate::schema::memory::SPACE, DataType::Utf8, false),
+        Field::new(crate::schema::memory::ID, DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            std::sync::Arc::new(StringArray::from_iter_values(
+                removed.keys().map(|(s, _)| s.as_str()),
+            )),
+            std::sync::Arc::new(StringArray::from_iter_values(
+                removed.keys().map(|(_, i)| i.as_str()),
+            )),
+        ],
+    )?;
+    let path = partial.join(&file);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
+    }
+    parquet_io::write_batch_atomic(&path, &batch)?;
+    Ok(super::format::RemovedSet {
+        layer,
+        file,
+        rows: removed.len() as u64,
+    })
+}
+
+/// The row hashes the writer recorded for one of its parts (a layer needs them: see `Base`).
+fn recorded_hashes(
+    opts: &WriteOptions,
+    space: &str,
+    part: &PartFile,
+) -> Result<std::collections::HashMap<(String, String), u128>> {
+    let dir = opts.hashes_dir.as_ref().ok_or_else(|| {
+        Error::Internal("an incremental layer written without its hash records".into())
+    })?;
+    crate::delta::load_hashes(&dir.join(space).join(format!("{}.parquet", part.checksum)))
+}
 fn copy_part(from: &Path, to: &Path) -> Result<()> {
     if let Some(dir) = to.parent() {
         fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;

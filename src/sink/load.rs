@@ -7,14 +7,14 @@
 //! started again skips the rows done; the sink's writes are keyed by memory id, so a unit sent twice lands once.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::{DeleteOutcome, LoadScope, RowOutcome, Sink, WriteUnit};
-use crate::bundle::BundleManifest;
+use crate::bundle::{BundleManifest, MemoryPart, Removed};
 use crate::delta::IdsBySpace;
 use crate::error::{Error, Result};
 use crate::parquet_io;
@@ -71,26 +71,18 @@ pub struct Delta<'a> {
 
 /// One memory part of the bundle.
 struct Part {
-    space: String,
     /// `space/part-NNNNN.parquet`: its key in the checkpoint.
     rel: String,
-    path: PathBuf,
+    part: MemoryPart,
 }
 
 fn memory_parts(bundle: &Path, manifest: &BundleManifest) -> Vec<Part> {
     manifest
-        .spaces
-        .iter()
-        .flat_map(|s| {
-            s.memories.files.iter().map(move |f| Part {
-                space: s.space.clone(),
-                rel: format!("{}/{}", s.space, f.file),
-                path: bundle
-                    .join("spaces")
-                    .join(&s.space)
-                    .join("memories")
-                    .join(&f.file),
-            })
+        .memory_parts(bundle)
+        .into_iter()
+        .map(|p| Part {
+            rel: format!("{}/{}", p.space, p.file.file),
+            part: p,
         })
         .collect()
 }
@@ -103,19 +95,21 @@ fn units_of_part<'a>(
     batch_rows: usize,
     unit_rows: usize,
     only: Option<&'a IdsBySpace>,
+    removed: &'a Removed,
 ) -> Box<dyn Iterator<Item = Result<WriteUnit>> + 'a> {
     // Rows of batches the filter emptied, checkpointed with the next unit of the part.
     let mut carried = 0u64;
-    let reader = match parquet_io::open_reader(&part.path, batch_rows) {
+    let reader = match parquet_io::open_reader(&part.part.path, batch_rows) {
         Ok(r) => r,
         Err(e) => return Box::new(std::iter::once(Err(e))),
     };
+    let space = &part.part.space;
     Box::new(reader.flat_map(move |batch| -> Vec<Result<WriteUnit>> {
         let batch = match batch {
             Ok(b) => b,
             Err(e) => {
                 return vec![Err(Error::source_err(
-                    part.path.display().to_string(),
+                    part.part.path.display().to_string(),
                     e.to_string(),
                 ))]
             }
@@ -130,9 +124,14 @@ fn units_of_part<'a>(
         skip = 0;
         // The checkpoint counts rows of the part, sent or filtered out, so a resume skips both.
         let read = batch.num_rows() as u64 + std::mem::take(&mut carried);
+        // Rows a later layer of the bundle removed are not part of it (see `bundle::Removed`).
+        let batch = match removed.live(batch, part.part.file.layer) {
+            Ok(b) => b,
+            Err(e) => return vec![Err(e)],
+        };
         let batch = match only {
             None => batch,
-            Some(keep) => match keep_rows(&batch, &part.space, keep) {
+            Some(keep) => match keep_rows(&batch, space, keep) {
                 Ok(b) => b,
                 Err(e) => return vec![Err(e)],
             },
@@ -147,9 +146,9 @@ fn units_of_part<'a>(
         while at < rows {
             let len = unit_rows.min(rows - at);
             units.push(WriteUnit {
-                space: part.space.clone(),
+                space: space.clone(),
                 part: part.rel.clone(),
-                file: part.path.clone(),
+                file: part.part.path.clone(),
                 batch: batch.slice(at, len),
                 ends_batch: None,
             });
@@ -208,6 +207,8 @@ pub async fn run(
     let pb = crate::progress::bar(total, &format!("send to {}", sink.name()), "memories");
     pb.inc(resumed);
     let parts = memory_parts(bundle, manifest);
+    let removed = Removed::load(bundle, manifest)?;
+    let removed = &removed;
     let batch_rows = limits.batch_rows.max(1);
     let unit_rows = sink.unit_rows(limits).max(1);
     let skips: Vec<u64> = parts
@@ -220,7 +221,7 @@ pub async fn run(
     let units = parts
         .iter()
         .zip(skips)
-        .flat_map(|(part, skip)| units_of_part(part, skip, batch_rows, unit_rows, only));
+        .flat_map(|(part, skip)| units_of_part(part, skip, batch_rows, unit_rows, only, removed));
     let mut answers = stream::iter(units)
         .map(|unit| async move {
             let unit = unit?;

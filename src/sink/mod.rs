@@ -296,16 +296,13 @@ pub fn bundle_digests_as(
     use crate::schema::memory;
     use arrow::array::{Array, AsArray};
     let mut out = std::collections::HashMap::new();
+    let removed = crate::bundle::Removed::load(bundle, manifest)?;
     for sp in &manifest.spaces {
-        for f in &sp.memories.files {
-            let path = bundle
-                .join("spaces")
-                .join(&sp.space)
-                .join("memories")
-                .join(&f.file);
+        for part in manifest.memory_parts_of(bundle, &sp.space) {
+            let path = &part.path;
             let bad = |m: String| Error::source_err(path.display().to_string(), m);
-            for b in crate::parquet_io::open_reader(&path, 8192)? {
-                let b = b.map_err(|e| bad(e.to_string()))?;
+            for b in crate::bundle::read_live(&part, &removed, 8192)? {
+                let b = b?;
                 let string = |n: &str| {
                     b.column_by_name(n)
                         .and_then(|c| c.as_string_opt::<i32>().cloned())

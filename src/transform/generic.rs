@@ -659,6 +659,22 @@ fn injected_fault_drops(table: &str) -> bool {
 
 /// Generates the mapping SQL for a snapshot.
 pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
+    generate_in(manifest, opts, None)
+}
+
+/// The schema an incremental run registers each table's added and changed rows in (`changed."<table>"`, the
+/// same columns as `source."<table>"`).
+pub const CHANGED_SCHEMA: &str = "changed";
+
+/// The mapping SQL, its `memories` view read from `memories_from."<table>"` instead of `source."<table>"`
+/// when given: an incremental run maps only the rows that changed into memories (a memory depends on its own
+/// row alone), while edges, orphans and counts still read the whole snapshot (an edge also depends on whether
+/// its parent row exists).
+pub fn generate_in(
+    manifest: &Manifest,
+    opts: &MappingOptions,
+    memories_from: Option<&str>,
+) -> String {
     let kind = manifest
         .source
         .get("kind")
@@ -743,7 +759,10 @@ pub fn generate(manifest: &Manifest, opts: &MappingOptions) -> String {
             kind = lit(kind),
             sname = lit(name),
             key = key_json(t, "c"),
-            table = table_ref(name),
+            table = match memories_from {
+                Some(schema) => format!("{}.{}", ident(schema), ident(name)),
+                None => table_ref(name),
+            },
         ));
         expected.push(format!(
             "SELECT {} AS source_name, 'memories' AS kind, '' AS name, count(*) AS expected FROM {}",

@@ -68,6 +68,53 @@ pub async fn register_snapshot(
     crate::engine::verify_visible(ctx, &tables, "the snapshot").await
 }
 
+/// An incremental run's added and changed rows of each snapshot table (every table, empty where none), as
+/// `changed."<table>"` (see `generic::generate_in`).
+pub type ChangedRows = BTreeMap<String, Vec<RecordBatch>>;
+
+/// Registers `changed."<table>"` with the very schema DataFusion gave `source."<table>"` (it reads Parquet text
+/// as views, for one), so the mapping's expressions see the same types either way.
+async fn register_changed(ctx: &SessionContext, changed: &ChangedRows) -> Result<()> {
+    let catalog = ctx
+        .catalog("datafusion")
+        .ok_or_else(|| Error::Internal("DataFusion session without its default catalog".into()))?;
+    let schema = Arc::new(MemorySchemaProvider::new());
+    catalog
+        .register_schema(generic::CHANGED_SCHEMA, schema.clone())
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    for (table, batches) in changed {
+        let source = ctx
+            .table_provider(TableReference::partial("source", table.as_str()))
+            .await
+            .map_err(|e| Error::Internal(format!("snapshot table {table}: {e}")))?;
+        let s = source.schema();
+        let batches = batches
+            .iter()
+            .map(|b| {
+                let cols = s
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        let c = b.column_by_name(f.name()).ok_or_else(|| {
+                            Error::Internal(format!(
+                                "changed rows of {table}: no column {}",
+                                f.name()
+                            ))
+                        })?;
+                        Ok(arrow::compute::cast(c, f.data_type())?)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(RecordBatch::try_new(s.clone(), cols)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let t = datafusion::datasource::MemTable::try_new(s.clone(), vec![batches])
+            .map_err(|e| Error::Internal(format!("changed rows of {table}: {e}")))?;
+        datafusion::catalog::SchemaProvider::register_table(&*schema, table.clone(), Arc::new(t))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Runs every statement of a SQL file (CREATE VIEW ... mostly). `origin` names the file in errors.
 pub async fn run_statements(ctx: &SessionContext, sql: &str, origin: &str) -> Result<()> {
     let statements = DFParser::parse_sql(sql).map_err(|e| Error::sql(origin, e))?;
@@ -285,9 +332,13 @@ pub async fn run(
     limits: PartLimits,
     engine: &crate::engine::Engine,
     embedding_dim: usize,
+    changed: Option<&ChangedRows>,
 ) -> Result<TransformSummary> {
     let ctx = engine.session().await?;
     register_snapshot(&ctx, snapshot_dir, manifest).await?;
+    if let Some(changed) = changed {
+        register_changed(&ctx, changed).await?;
+    }
     run_statements(&ctx, sql, origin).await?;
     for view in ["memories", "edges", "orphans", "expected_counts"] {
         if ctx.table_exist(view).map_err(|e| Error::sql(origin, e))? {

@@ -19,7 +19,6 @@ use serde::Serialize;
 use super::{cosine, Protocol, DUPLICATE_COSINE, MAX_CONTENT_BYTES};
 use crate::bundle::BundleManifest;
 use crate::error::{Error, Result};
-use crate::parquet_io;
 use crate::schema::memory;
 
 const BANDS: usize = 12;
@@ -277,16 +276,12 @@ impl Predictor {
 /// Replays Engram's duplicate filter and limits over every space of the bundle.
 pub fn predict(bundle: &Path, manifest: &BundleManifest, space_limit: u64) -> Result<Prediction> {
     let mut p = Predictor::new(space_limit);
+    let removed = crate::bundle::Removed::load(bundle, manifest)?;
     for s in &manifest.spaces {
-        for f in &s.memories.files {
-            let path = bundle
-                .join("spaces")
-                .join(&s.space)
-                .join("memories")
-                .join(&f.file);
-            for b in parquet_io::open_reader(&path, 8192)? {
-                let b =
-                    b.map_err(|e| Error::source_err(path.display().to_string(), e.to_string()))?;
+        for part in manifest.memory_parts_of(bundle, &s.space) {
+            let path = &part.path;
+            for b in crate::bundle::read_live(&part, &removed, 8192)? {
+                let b = b?;
                 offer_batch(&mut p, Some(&s.space), &b)
                     .map_err(|m| Error::source_err(path.display().to_string(), m))?;
             }

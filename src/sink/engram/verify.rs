@@ -14,7 +14,6 @@ use super::http::HttpApi;
 use super::{cosine, memories_of, EngramTarget, Rejection, DUPLICATE_COSINE};
 use crate::bundle::BundleManifest;
 use crate::error::Result;
-use crate::parquet_io;
 
 /// Why a bundle memory is not on the server.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -215,6 +214,7 @@ pub async fn run(
         .map(|r| ((r.space.as_str(), r.id.as_str()), r))
         .collect();
     let counts = http.counts().await?;
+    let removed = crate::bundle::Removed::load(bundle, manifest)?;
     for s in &manifest.spaces {
         v.bundle_only.edges += s.edges.rows;
         if s.memories.rows == 0 {
@@ -242,16 +242,10 @@ pub async fn run(
         };
         let mut in_bundle: HashSet<String> = HashSet::new();
         let mut missing: Vec<(String, Vec<f32>)> = vec![];
-        for f in &s.memories.files {
-            let path = bundle
-                .join("spaces")
-                .join(&s.space)
-                .join("memories")
-                .join(&f.file);
-            for b in parquet_io::open_reader(&path, 8192)? {
-                let b = b.map_err(|e| {
-                    crate::Error::source_err(path.display().to_string(), e.to_string())
-                })?;
+        for part in manifest.memory_parts_of(bundle, &s.space) {
+            let path = &part.path;
+            for b in crate::bundle::read_live(&part, &removed, 8192)? {
+                let b = b?;
                 // Only ids and embeddings are compared: Engram's listing gives timestamps of its own.
                 for m in memories_of(&b, &path)? {
                     check.bundle += 1;
