@@ -7,7 +7,9 @@
 #
 #   scripts/bench-incremental.sh [ROWS]     default: 1000000
 #   PROVIDER=model2vec:DIR ...              the embedding provider of all three runs (default: hashing)
-#   CACHE_MB=4096 ...                       the persistent embedding cache, which keeps unchanged vectors
+#   CACHE_MB=4096 ...                       the persistent embedding cache on the first and incremental runs
+#                                           (default: none; an incremental run keeps unchanged vectors in the
+#                                           bundle it extends, so it needs no cache)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -17,7 +19,7 @@ missing=(); [ -x /usr/bin/time ] || missing+=(time); command -v bc >/dev/null ||
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --bins >&2
 BIN="$CARGO_TARGET_DIR/release/engram-migrate"
 ROWS="${1:-1000000}"
-CACHE_MB="${CACHE_MB:-4096}"
+CACHE=(); [ -z "${CACHE_MB:-}" ] || CACHE=(--embedding-cache-mb "$CACHE_MB")
 PROVIDER="${PROVIDER:-hashing}"
 BASE="${BENCH_DIR:-/tmp/engram-migrate-bench}"
 WORK="$BASE/incremental-$ROWS"
@@ -36,7 +38,7 @@ timed() { # NAME ARGS...: runs the binary, prints a line
 }
 
 printf "%-34s %10s %12s\n" what seconds peak_RSS_MB
-timed "full run (first)" run --source "$DB" --target "$WORK/bundle" --work-dir "$WORK/w" --embedding-provider "$PROVIDER" --embedding-cache-mb "$CACHE_MB"
+timed "full run (first)" run --source "$DB" --target "$WORK/bundle" --work-dir "$WORK/w" --embedding-provider "$PROVIDER" "${CACHE[@]}"
 
 # 1% of the rows: 0.8% of orders updated, 0.1% deleted, 0.1% inserted; 1% of customers renamed.
 C=$(sqlite3 "$DB" "SELECT count(*) FROM customers")
@@ -49,7 +51,7 @@ UPDATE customers SET name = name || ' (renamed)' WHERE id % 100 = 0;
 SQL
 cp "$DB" "$WORK/changed.sqlite"
 
-timed "run --incremental (1% changed)" run --source "$DB" --target "$WORK/bundle" --work-dir "$WORK/w" --embedding-provider "$PROVIDER" --embedding-cache-mb "$CACHE_MB" --incremental
+timed "run --incremental (1% changed)" run --source "$DB" --target "$WORK/bundle" --work-dir "$WORK/w" --embedding-provider "$PROVIDER" "${CACHE[@]}" --incremental
 timed "full run of the changed source" run --source "$WORK/changed.sqlite" --target "$WORK/full" --work-dir "$WORK/full.work" --embedding-provider "$PROVIDER"
 
 inc=$(wall "$WORK/run --incremental (1% changed).time"); full=$(wall "$WORK/full run of the changed source.time")
@@ -63,7 +65,8 @@ print(f"delta rows: {d['added']} added, {d['changed']} changed, {d['deleted']} d
 m = d.get("memories") or {}
 print(f"delta memories: {m}")
 e = r["embedding"]
-print(f"embedded {e['embedded']} of {e['texts']} texts ({e['hits_from_earlier_runs']} from the earlier run's cache)")
+print(f"embedded {e['embedded']} of {e['texts']} texts ({e.get('hits_from_earlier_runs', 0)} from the earlier run's cache)")
+print(f"bundle: {r.get('incremental_mode', 'rewrite')}")
 for s in r["stages"]:
     print(f"  stage {s['stage']:<14} {s['seconds']:>8.1f} s")
 a = json.load(open(sys.argv[2] + "/bundle.json")); b = json.load(open(sys.argv[3] + "/bundle.json"))

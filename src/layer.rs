@@ -40,9 +40,11 @@ pub struct LayerInput {
 
 pub enum Decision {
     Layer(Box<LayerInput>),
-    /// The bundle already is this input's (nothing changed, or a killed run committed its layer): orphans it holds.
+    /// The bundle already is this input's (nothing changed, or a killed run committed its layer): the orphans
+    /// it holds, and how many layers it has (all validated by the runs that wrote them).
     Complete {
         orphans: u64,
+        layers: u32,
     },
     /// The bundle is rewritten: why.
     Full(String),
@@ -79,6 +81,7 @@ pub async fn prepare(i: Inputs<'_>) -> Result<Decision> {
     if base.transform_key == i.full_key && base.embedding.provider == i.provider {
         return Ok(Decision::Complete {
             orphans: base.orphans.rows,
+            layers: base.top_layer() + 1,
         });
     }
     if i.previous_sql != Some(i.sql) {

@@ -326,6 +326,8 @@ struct Ctx {
     against_snapshot: bool,
     /// An incremental run's layer (see `layer`), decided by the transform, written by the load.
     layer: Option<bundle::writer::Base>,
+    /// Memory parts of layers below this were validated by the runs that wrote them (see `ValidateOptions`).
+    verified_below_layer: u32,
 }
 
 impl Ctx {
@@ -362,6 +364,7 @@ impl Ctx {
             embedder: None,
             against_snapshot: false,
             layer: None,
+            verified_below_layer: 0,
         }
     }
 
@@ -809,7 +812,8 @@ impl Ctx {
         };
         let input = match decision {
             crate::layer::Decision::Layer(input) => input,
-            crate::layer::Decision::Complete { orphans } => {
+            crate::layer::Decision::Complete { orphans, layers } => {
+                self.verified_below_layer = layers;
                 self.report.incremental_mode = Some("unchanged".into());
                 self.report.orphans = orphans;
                 self.report.stages.push(t.stage(
@@ -864,6 +868,7 @@ impl Ctx {
             note,
         ));
         self.layer = Some(input.base);
+        self.verified_below_layer = layer;
         Ok(Some(summary))
     }
 
@@ -1042,6 +1047,7 @@ impl Ctx {
                 _ => None,
             },
             engine: engine(&self.plan),
+            verified_below_layer: self.verified_below_layer,
         };
         let src: Option<&mut dyn Source> = match self.source.as_mut() {
             Some(s) => Some(s.as_mut()),
@@ -1304,6 +1310,7 @@ async fn deliver(
         allow_skipped: false,
         derived_counts: None,
         engine: engine(plan),
+        verified_below_layer: 0,
     };
     let checks = validate::check_target(bundle, &read_back, &vopts).await?;
     let mut delivery =

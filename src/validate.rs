@@ -117,6 +117,11 @@ pub struct ValidateOptions {
     pub derived_counts: Option<String>,
     /// Where the checks' SQL runs (`--engine`).
     pub engine: crate::engine::Engine,
+    /// An incremental run that extended the bundle: memory parts of layers below this one were verified by the
+    /// runs that wrote them and are immutable since (hard links): their checksums and vectors are not read
+    /// again, only their presence and sizes; the sample is drawn from the memories this run wrote. 0: every
+    /// part is read (a full run, `validate`).
+    pub verified_below_layer: u32,
 }
 
 /// Runs every check. `source` is the live source to re-count and re-read (None when the run's source is the
@@ -218,7 +223,14 @@ pub async fn run(
     pb.set_message("counts per label and type");
     register_group_counts(&ctx, if live { Some(&mut *source) } else { None }, manifest).await?;
     pb.set_message("checksums");
-    register_integrity(&ctx, snapshot_dir, manifest, bundle_dir, &bundle)?;
+    register_integrity(
+        &ctx,
+        snapshot_dir,
+        manifest,
+        bundle_dir,
+        &bundle,
+        opts.verified_below_layer,
+    )?;
     register_not_staged(&ctx, manifest, opts.allow_skipped)?;
     pb.set_message("sampling");
     let coverage = register_sample(&ctx, source, manifest, &bundle, bundle_dir, opts)?;
@@ -651,15 +663,25 @@ fn register_integrity(
     manifest: &Manifest,
     bundle_dir: &Path,
     bundle: &BundleManifest,
+    verified_below: u32,
 ) -> Result<()> {
     let mut rows: Vec<(String, u64, String, u64, String)> = vec![];
+    // Rows for the earlier layers' parts: what their presence and sizes say (see `verify_layers`).
+    let mut verified_rows: Vec<(String, u64, String, u64, String)> = vec![];
     let mut vectors: Vec<RecordBatch> = vec![];
     let removed = crate::bundle::Removed::load(bundle_dir, bundle)?;
+    let none_removed = crate::bundle::Removed::default();
     let parts = bundle.memory_parts(bundle_dir);
     let mut check =
         |object: String, recorded_rows: u64, recorded: &str, files: Vec<PathBuf>| -> Result<()> {
             let existing: Vec<PathBuf> = files.iter().filter(|f| f.is_file()).cloned().collect();
-            let actual = if object.starts_with("bundle ") && object.ends_with(" memories") {
+            // A space's memories are its live rows; the parts a run wrote, their rows as written.
+            let removed = if object.ends_with("written by this run") {
+                &none_removed
+            } else {
+                &removed
+            };
+            let actual = if object.starts_with("bundle ") && object.contains(" memories") {
                 // The live rows of the space's parts (a layered bundle's checksum sums those).
                 let live: Vec<&crate::bundle::MemoryPart> = parts
                     .iter()
@@ -706,12 +728,16 @@ fn register_integrity(
                     .join(&f.file)
             })
             .collect();
-        check(
-            format!("bundle {} memories", s.space),
-            s.memories.rows,
-            &s.memories.checksum,
-            mem,
-        )?;
+        if verified_below == 0 {
+            check(
+                format!("bundle {} memories", s.space),
+                s.memories.rows,
+                &s.memories.checksum,
+                mem,
+            )?;
+        } else {
+            verified_rows.extend(verify_layers(bundle_dir, s, verified_below, &mut check)?);
+        }
         let edges = s
             .edges
             .files
@@ -737,6 +763,7 @@ fn register_integrity(
         &bundle.orphans.checksum,
         bundle.orphan_files(bundle_dir),
     )?;
+    rows.extend(verified_rows);
     let schema = Arc::new(Schema::new(vec![
         Field::new("object", DataType::Utf8, false),
         Field::new("recorded_rows", DataType::UInt64, false),
@@ -856,6 +883,56 @@ fn memory_file_pass(
     Ok((hasher.map(|h| h.finish()).unwrap_or_default(), stats))
 }
 
+/// The integrity of one space's memories in an incremental run's validation: the parts of the layers this run
+/// wrote (`>= verified_below`) are read and checksummed (their own recorded checksums, rows as written); the
+/// parts of earlier layers, which the runs that wrote them validated and nothing rewrites, by their presence
+/// and byte sizes. Returns the rows for the earlier parts; the others go through `check`.
+fn verify_layers(
+    bundle_dir: &Path,
+    s: &crate::bundle::SpaceEntry,
+    verified_below: u32,
+    check: &mut dyn FnMut(String, u64, &str, Vec<PathBuf>) -> Result<()>,
+) -> Result<Vec<(String, u64, String, u64, String)>> {
+    let dir = bundle_dir.join("spaces").join(&s.space).join("memories");
+    let (old, new): (Vec<_>, Vec<_>) = s
+        .memories
+        .files
+        .iter()
+        .partition(|f| f.layer < verified_below);
+    if !new.is_empty() {
+        let mut sum = crate::checksum::Checksum::default();
+        for f in &new {
+            sum.combine(f.checksum()?);
+        }
+        check(
+            format!("bundle {} memories written by this run", s.space),
+            sum.rows,
+            &sum.to_hex(),
+            new.iter().map(|f| dir.join(&f.file)).collect(),
+        )?;
+    }
+    if old.is_empty() {
+        return Ok(vec![]);
+    }
+    let recorded_bytes: u64 = old.iter().map(|f| f.bytes).sum();
+    let (mut present, mut bytes) = (0usize, 0u64);
+    for f in &old {
+        if let Ok(m) = std::fs::metadata(dir.join(&f.file)) {
+            present += 1;
+            bytes += m.len();
+        }
+    }
+    let rows: u64 = old.iter().map(|f| f.rows).sum();
+    let said = |files: usize, bytes: u64| format!("{files} files, {bytes} bytes (sizes only)");
+    Ok(vec![(
+        format!("bundle {} memories of earlier runs", s.space),
+        rows,
+        said(old.len(), recorded_bytes),
+        if present == old.len() { rows } else { 0 },
+        said(present, bytes),
+    )])
+}
+
 /// `not_staged`: what the snapshot's tables recorded as not staged (see `catalog::NotStaged`), one row each, with
 /// whether `--allow-skipped` excuses it.
 fn register_not_staged(
@@ -948,7 +1025,13 @@ fn register_sample(
     let mut reservoir: Vec<(String, String, String)> = vec![];
     let mut seen = 0u64;
     let removed = crate::bundle::Removed::load(bundle_dir, bundle)?;
-    for part in bundle.memory_parts(bundle_dir) {
+    // An incremental run samples the memories it wrote: the earlier ones were sampled by their own runs.
+    let parts: Vec<_> = bundle
+        .memory_parts(bundle_dir)
+        .into_iter()
+        .filter(|p| p.file.layer >= opts.verified_below_layer)
+        .collect();
+    for part in parts {
         let f = &part.path;
         let file = std::fs::File::open(f).map_err(Error::io("open", f))?;
         let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)

@@ -166,11 +166,18 @@ fn sqlite_incremental_reports_the_exact_delta_and_equals_a_full_run() {
     let m = &d["memories"];
     assert_eq!(m["deleted"].as_u64(), Some(3), "{m}");
     assert_eq!(m["added"].as_u64(), Some(3), "{m}");
-    // Only what changed was embedded: the rest came from the cache of the earlier run.
+    // The bundle was extended by a layer: only the changed rows (and the keyless log, mapped again whole)
+    // went through the embedding stage, and of those only the new texts were embedded (the log's came from
+    // the cache).
+    assert_eq!(r["incremental_mode"], "layer 1", "{}", r["stages"]);
     let e = &r["embedding"];
     let embedded = e["embedded"].as_u64().unwrap();
     assert!(embedded > 0 && embedded <= 7, "embedded {embedded}: {e}");
-    assert!(e["hits_from_earlier_runs"].as_u64().unwrap() >= 400, "{e}");
+    let texts = e["texts"].as_u64().unwrap();
+    assert!(
+        texts <= 6 + 31,
+        "only the layer's memories are looked up: {e}"
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("delta since the last run"));
     assert!(
         !work.join("snapshot.prev").exists(),
@@ -197,16 +204,94 @@ fn sqlite_incremental_reports_the_exact_delta_and_equals_a_full_run() {
         json(&target.join("bundle.json"))["totals"]["memories"].as_u64()
     );
     assert_eq!(space_checksums(&target), space_checksums(&full));
-    // Its baseline came from the hashes the bundle's writer recorded, not from hashing the bundle again.
+    assert_eq!(r["incremental_mode"], "unchanged");
     let stages = r["stages"].as_array().unwrap();
-    let baseline = stages.iter().find(|s| s["stage"] == "baseline").unwrap();
     assert!(
-        baseline["note"]
-            .as_str()
-            .unwrap()
-            .contains("recorded by the bundle writer"),
-        "{baseline}"
+        stages.iter().all(|s| s["stage"] != "baseline"),
+        "a bundle without a live target needs no baseline: {stages:?}"
     );
+}
+
+/// Layers stack: each incremental run removes from every layer below it, a memory changed twice keeps its
+/// last version, one added and then deleted is gone, a deleted parent turns its children's edges into orphans;
+/// after each run the bundle equals a fresh full run's. The layered bundle then goes to a live target whole:
+/// every live memory once, no removed one.
+#[test]
+fn layers_stack_and_each_equals_a_full_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = source_db(tmp.path());
+    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
+    ok(&migrate(p(&db), &target, &work, &[]));
+    let steps = [
+        "UPDATE children SET note = 'once' WHERE id = 11; INSERT INTO children VALUES (1001, 3, 'new', 0.1);
+         DELETE FROM children WHERE id IN (20, 21);",
+        "UPDATE children SET note = 'twice' WHERE id = 11; DELETE FROM children WHERE id = 1001;
+         INSERT INTO children VALUES (20, 4, 'back again', 1.5); DELETE FROM parents WHERE id = 7;",
+        "UPDATE children SET parent_id = 999 WHERE id = 30; UPDATE parents SET name = 'p ✓' WHERE id = 8;",
+    ];
+    for (n, step) in steps.iter().enumerate() {
+        sql(&db, step);
+        ok(&migrate(p(&db), &target, &work, &["--incremental"]));
+        let r = json(&work.join("report.json"));
+        assert_eq!(
+            r["incremental_mode"],
+            format!("layer {}", n + 1),
+            "{}",
+            r["stages"]
+        );
+        let full_dir = tmp.path().join(format!("full-{n}"));
+        std::fs::create_dir_all(&full_dir).unwrap();
+        let full = full_run(&full_dir, &db);
+        assert_eq!(
+            space_checksums(&target),
+            space_checksums(&full),
+            "after step {n}"
+        );
+        let (a, b) = (
+            json(&target.join("bundle.json")),
+            json(&full.join("bundle.json")),
+        );
+        assert_eq!(a["totals"], b["totals"]);
+        assert_eq!(a["orphans"]["checksum"], b["orphans"]["checksum"]);
+        assert_eq!(a["transform_key"], b["transform_key"]);
+        assert_eq!(a["format"], "engram-bundle/3");
+        assert_eq!(a["removed"].as_array().unwrap().len(), n + 1);
+    }
+    let r = json(&work.join("report.json"));
+    assert_eq!(
+        r["delta"]["memories"]["changed"].as_u64(),
+        Some(2),
+        "{}",
+        r["delta"]
+    );
+
+    // The whole layered bundle into a fresh live target.
+    let standin = Standin::start(Config::default());
+    let out = run(&[
+        "load",
+        "--bundle",
+        p(&target),
+        "--target",
+        &standin_target(&standin),
+        "--work-dir",
+        p(&tmp.path().join("load-work")),
+        "--max-predicted-loss",
+        "1",
+    ]);
+    ok(&out);
+    let writes = standin.state.writes.lock().unwrap().clone();
+    let live = json(&target.join("bundle.json"))["totals"]["memories"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(writes.len() as u64, live, "every live memory");
+    assert!(writes.values().all(|n| *n == 1), "each once");
+    for gone in ["children_1001", "children_21"] {
+        assert!(
+            !writes.contains_key(&("children".to_string(), gone.to_string())),
+            "{gone} was removed"
+        );
+    }
+    assert!(!writes.contains_key(&("parents".to_string(), "parents_7".to_string())));
 }
 
 #[test]

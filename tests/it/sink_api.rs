@@ -234,6 +234,7 @@ fn a_sink_from_outside_the_crate_loads_resumes_and_reads_back() {
                 spill_dir: tmp.path().join("spill"),
             },
         ),
+        verified_below_layer: 0,
     };
     let checks = rt
         .block_on(validate::check_target(&bundle, &rb, &vopts))
