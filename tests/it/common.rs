@@ -298,19 +298,18 @@ pub fn check(report: &serde_json::Value, name: &str) -> serde_json::Value {
         .clone()
 }
 
-/// Memories of a bundle as JSON rows.
+/// Memories of a bundle as JSON rows: its live memories, read as every reader of the tool reads them (an
+/// incremental run's layered bundle holds removed rows in its earlier parts).
 pub fn bundle_memories(bundle: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    use engram_migrate::bundle::{read_live, BundleManifest, Removed};
+    let m = BundleManifest::load(bundle).unwrap();
+    let removed = Removed::load(bundle, &m).unwrap();
     let mut rows = vec![];
-    for space in std::fs::read_dir(bundle.join("spaces")).unwrap() {
-        let dir = space.unwrap().path().join("memories");
-        for f in std::fs::read_dir(&dir).unwrap() {
-            let f = f.unwrap().path();
-            if f.extension().is_some_and(|e| e == "parquet") {
-                for b in engram_migrate::parquet_io::read_all(&f).unwrap() {
-                    for r in 0..b.num_rows() {
-                        rows.push(engram_migrate::json::row_object(&b, r).unwrap());
-                    }
-                }
+    for part in m.memory_parts(bundle) {
+        for b in read_live(&part, &removed, 8192).unwrap() {
+            let b = b.unwrap();
+            for r in 0..b.num_rows() {
+                rows.push(engram_migrate::json::row_object(&b, r).unwrap());
             }
         }
     }
