@@ -74,6 +74,7 @@ pub struct Inputs<'a> {
 /// Whether this run can add a layer, and if so its input: the changed rows to map and the memories to remove
 /// (with their row hashes, which the space's checksum no longer sums).
 pub async fn prepare(i: Inputs<'_>) -> Result<Decision> {
+    let started = std::time::Instant::now();
     let full = |why: &str| Ok(Decision::Full(why.to_string()));
     let Ok(base) = BundleManifest::load(i.bundle_dir) else {
         return full("no readable earlier bundle");
@@ -152,7 +153,15 @@ pub async fn prepare(i: Inputs<'_>) -> Result<Decision> {
         }
     }
     let wanted: u64 = gone.values().map(|s| s.len() as u64).sum();
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "layer: changed rows and gone ids read"
+    );
     let removed = delta::hashes_of(i.bundle_dir, &base, i.recorded, &gone, i.batch_rows)?;
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "layer: hashes of the removed memories read"
+    );
     let live = base.totals.get("memories").copied().unwrap_or(0);
     let removed_before: u64 = base.removed.iter().map(|r| r.rows).sum();
     if (removed_before + removed.len() as u64) as f64 > MAX_REMOVED_SHARE * live.max(1) as f64 {

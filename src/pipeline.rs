@@ -698,6 +698,10 @@ impl Ctx {
             &texts,
         )?;
         let key = transform::transform_key(&sql, manifest, dim);
+        tracing::info!(
+            seconds = t.elapsed().as_secs_f64(),
+            "transform: text columns chosen, mapping generated"
+        );
         if self.incremental() {
             if let Some(done) = self
                 .layer_transform(

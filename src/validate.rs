@@ -220,8 +220,16 @@ pub async fn run(
         snapshot_dir,
         manifest,
     )?;
+    tracing::info!(
+        seconds = prep.elapsed().as_secs_f64(),
+        "validate: source counts"
+    );
     pb.set_message("counts per label and type");
     register_group_counts(&ctx, if live { Some(&mut *source) } else { None }, manifest).await?;
+    tracing::info!(
+        seconds = prep.elapsed().as_secs_f64(),
+        "validate: group counts"
+    );
     pb.set_message("checksums");
     register_integrity(
         &ctx,
@@ -231,6 +239,10 @@ pub async fn run(
         &bundle,
         opts.verified_below_layer,
     )?;
+    tracing::info!(
+        seconds = prep.elapsed().as_secs_f64(),
+        "validate: checksums and vectors"
+    );
     register_not_staged(&ctx, manifest, opts.allow_skipped)?;
     pb.set_message("sampling");
     let coverage = register_sample(&ctx, source, manifest, &bundle, bundle_dir, opts)?;
@@ -283,20 +295,28 @@ async fn run_checks(
     // add up and each one's seconds are its own.
     let at_once = if crate::engine::is_cluster(ctx) { 4 } else { 1 };
     // The first failing check stops the rest (try_collect), as one at a time did.
-    let outcomes: Vec<(String, String, Vec<RecordBatch>, f64)> =
+    let outcomes: Vec<(String, String, Vec<RecordBatch>, f64, String)> =
         futures::stream::iter(checks.into_iter().map(|(name, sql)| async move {
             pb.set_message(name.clone());
             let started = std::time::Instant::now();
+            let origin = format!("validation check {name}");
+            if let Some(cond) = only_if(&sql) {
+                let applies = transform::collect(ctx, cond.trim_end_matches(';'), &origin).await?;
+                if applies.iter().all(|b| b.num_rows() == 0) {
+                    let note = format!("not applicable: nothing to check here ({cond} is empty)");
+                    return Ok((name, sql, vec![], started.elapsed().as_secs_f64(), note));
+                }
+            }
             let query = sql.trim().trim_end_matches(';').to_string();
-            let batches =
-                transform::collect(ctx, &query, &format!("validation check {name}")).await?;
-            Ok::<_, Error>((name, sql, batches, started.elapsed().as_secs_f64()))
+            let batches = transform::collect(ctx, &query, &origin).await?;
+            let seconds = started.elapsed().as_secs_f64();
+            Ok::<_, Error>((name, sql, batches, seconds, String::new()))
         }))
         .buffered(at_once)
         .try_collect()
         .await?;
     let mut results = vec![];
-    for (name, sql, batches, seconds) in outcomes {
+    for (name, sql, batches, seconds, note) in outcomes {
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let mut examples = vec![];
         'outer: for b in &batches {
@@ -315,7 +335,7 @@ async fn run_checks(
             offending_rows: rows,
             seconds,
             examples,
-            note: String::new(),
+            note,
         });
     }
     Ok(results)
@@ -1200,13 +1220,24 @@ fn register_sample(
 /// Prints one line per check and up to 3 offending rows of each failed one.
 /// A check's description: its leading comment block, whole (a description cut at the first line's end stopped
 /// mid-sentence).
+/// A check's comment line `-- only if: <query>`: when the query returns no row, the check has nothing to look
+/// at in this bundle (sorted-set edges in a bundle without any) and passes without running, said in its note.
+const ONLY_IF: &str = "only if:";
+
+fn only_if(sql: &str) -> Option<&str> {
+    sql.lines()
+        .filter_map(|l| l.trim().strip_prefix("--"))
+        .find_map(|l| l.trim().strip_prefix(ONLY_IF))
+        .map(str::trim)
+}
+
 fn description_of(sql: &str) -> String {
     sql.lines()
         .map(str::trim)
         .skip_while(|l| l.is_empty())
         .map_while(|l| l.strip_prefix("--"))
         .map(str::trim)
-        .filter(|l| !l.is_empty())
+        .filter(|l| !l.is_empty() && !l.starts_with(ONLY_IF))
         .collect::<Vec<_>>()
         .join(" ")
 }

@@ -1,9 +1,9 @@
 -- Redis sorted-set neighbour edges (NEXT_BY_SCORE) as the members' own content says they must be: each joins
 -- two members of the same sorted set (same database and key), the score never decreases along an edge, and no
 -- member has two successors or two predecessors, so each set is one chain in score order (their number is
--- held by counts_derived). Returns the edges that break this; other sources have no such edges. Only the
--- memories these edges name are read into the join (a semi join on their ids), so the check costs nothing
--- where there are none.
+-- held by counts_derived). Returns the edges that break this; other sources have no such edges, and a bundle
+-- without any does not run the check (its "only if" line).
+-- only if: SELECT 1 FROM bundle_edges WHERE edge_type = 'NEXT_BY_SCORE' LIMIT 1
 WITH e AS (
   SELECT space, source_id, target_id FROM bundle_edges WHERE edge_type = 'NEXT_BY_SCORE'
 ),

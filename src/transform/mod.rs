@@ -369,35 +369,26 @@ pub async fn run(
         max_file_rows: limits.max_file_rows.min(MEMORY_PART_ROWS),
         ..limits
     };
-    for (view, target) in [
-        ("memories", memory_schema(embedding_dim)),
-        ("edges", EDGE_SCHEMA.clone()),
-    ] {
-        for space in distinct_spaces(&ctx, view, origin).await? {
-            let dir = partial.join(view).join(&space);
-            let q = format!(
-                "SELECT * FROM {view} WHERE space = {}",
-                generic::lit(&space)
-            );
-            let part_limits = if view == "memories" {
-                memory_limits
-            } else {
-                limits
-            };
-            let parts = stage(&ctx, &q, origin, view, &target, &dir, part_limits, |n| {
-                if view == "memories" {
-                    pb.inc(n)
-                }
-            })
-            .await?;
-            let slot = if view == "memories" {
-                &mut summary.memories
-            } else {
-                &mut summary.edges
-            };
-            slot.insert(space, parts);
-        }
-    }
+    summary.memories = stage_by_space(
+        &ctx,
+        "memories",
+        origin,
+        &memory_schema(embedding_dim),
+        &partial.join("memories"),
+        memory_limits,
+        |n| pb.inc(n),
+    )
+    .await?;
+    summary.edges = stage_by_space(
+        &ctx,
+        "edges",
+        origin,
+        &EDGE_SCHEMA,
+        &partial.join("edges"),
+        limits,
+        |_| {},
+    )
+    .await?;
     summary.orphans = stage(
         &ctx,
         "SELECT * FROM orphans",
@@ -459,24 +450,73 @@ pub async fn check_mapping_errors(ctx: &SessionContext, origin: &str) -> Result<
     )))
 }
 
-async fn distinct_spaces(ctx: &SessionContext, view: &str, origin: &str) -> Result<Vec<String>> {
-    let batches = collect(
-        ctx,
-        &format!("SELECT DISTINCT CAST(space AS VARCHAR) AS space FROM {view} ORDER BY 1"),
-        origin,
-    )
-    .await?;
-    let mut out = vec![];
-    for b in batches {
-        let col = b.column(0).as_string::<i32>();
-        for i in 0..col.len() {
-            if col.is_null(i) {
-                return Err(Error::usage(format!(
-                    "mapping view {view}: a row has a NULL space; every memory and edge needs one"
-                )));
-            }
-            out.push(col.value(i).to_string());
+/// Stages a view's rows under `dir/<space>/`, in one pass over the view (a view is evaluated once, not once
+/// to find its spaces and once per space: an edge view is a join of whole tables).
+#[allow(clippy::too_many_arguments)]
+async fn stage_by_space(
+    ctx: &SessionContext,
+    view: &str,
+    origin: &str,
+    target: &SchemaRef,
+    dir: &Path,
+    limits: PartLimits,
+    progress: impl Fn(u64),
+) -> Result<BTreeMap<String, Vec<PartFile>>> {
+    let mut s = stream(ctx, &format!("SELECT * FROM {view}"), origin).await?;
+    let mut writers: BTreeMap<String, RollingWriter> = BTreeMap::new();
+    let mut parts: BTreeMap<String, Vec<PartFile>> = BTreeMap::new();
+    while let Some(b) = s.next().await {
+        let b = b.map_err(|e| Error::sql_in(origin, &format!("view {view}"), e))?;
+        let b = conform(&b, target, view)?;
+        progress(b.num_rows() as u64);
+        for (space, rows) in split_by_space(&b, view)? {
+            let w = match writers.get_mut(&space) {
+                Some(w) => w,
+                None => {
+                    let w = RollingWriter::new(&dir.join(&space), target.clone(), limits, 0)?;
+                    writers.entry(space.clone()).or_insert(w)
+                }
+            };
+            parts.entry(space).or_default().extend(w.write(&rows)?);
         }
+    }
+    for (space, w) in writers {
+        parts.entry(space).or_default().extend(w.finish(true)?);
+    }
+    Ok(parts)
+}
+
+/// A conformed batch's rows per space (in order within each space).
+fn split_by_space(b: &RecordBatch, view: &str) -> Result<Vec<(String, RecordBatch)>> {
+    let spaces = b
+        .column_by_name(schema::memory::SPACE)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| Error::Internal(format!("view {view}: a batch without its space column")))?;
+    if spaces.null_count() > 0 {
+        return Err(Error::usage(format!(
+            "mapping view {view}: a row has a NULL space; every memory and edge needs one"
+        )));
+    }
+    if b.num_rows() == 0 {
+        return Ok(vec![]);
+    }
+    // Most batches hold one space (a generated mapping's branches each have theirs).
+    let first = spaces.value(0);
+    if (1..spaces.len()).all(|i| spaces.value(i) == first) {
+        return Ok(vec![(first.to_string(), b.clone())]);
+    }
+    let mut names: Vec<&str> = (0..spaces.len()).map(|i| spaces.value(i)).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut out = vec![];
+    for name in names {
+        let mask: arrow::array::BooleanArray = (0..spaces.len())
+            .map(|i| Some(spaces.value(i) == name))
+            .collect();
+        out.push((
+            name.to_string(),
+            arrow::compute::filter_record_batch(b, &mask)?,
+        ));
     }
     Ok(out)
 }
