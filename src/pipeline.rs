@@ -1174,6 +1174,14 @@ pub async fn load_cmd(opts: Options) -> Result<()> {
                 out.display()
             ))
         })?;
+        if summary.layer {
+            // Only the changed rows' memories: written alone they would be a bundle missing all the others.
+            return Err(Error::usage(format!(
+                "the staged output in {} is an incremental run's layer (the changed rows only), not a whole \
+                 transform; finish it with the same `run --incremental`, or run `engram-migrate transform` first",
+                out.display()
+            )));
+        }
         let origin = ctx
             .opts
             .sql

@@ -303,3 +303,95 @@ pub fn read_live<'a>(
         removed.live(b, part.file.layer)
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn ids(space: &str, ids: &[&str]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("space", DataType::Utf8, false),
+            Field::new("id", DataType::Utf8, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![space; ids.len()])),
+                Arc::new(StringArray::from(ids.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn manifest(removed: Vec<RemovedSet>) -> BundleManifest {
+        serde_json::from_value(serde_json::json!({
+            "format": FORMAT_LAYERED, "run_id": "t", "created_at": "t", "source": {}, "mapping": "t",
+            "transform_key": "t",
+            "embedding": {"provider": "t", "dimension": 2, "native_dimension": 2},
+            "spaces": [], "orphans": {"rows": 0, "checksum": "0", "files": []}, "totals": {},
+            "removed": removed,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_row_is_live_unless_a_layer_above_its_own_removed_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("removed")).unwrap();
+        let set = |layer: u32, batch: RecordBatch| {
+            let file = format!("removed/layer-{layer:05}.parquet");
+            crate::parquet_io::write_batch_atomic(&dir.path().join(&file), &batch).unwrap();
+            RemovedSet {
+                layer,
+                file,
+                rows: batch.num_rows() as u64,
+            }
+        };
+        // Layer 1 removed a and b (b came back in layer 1: changed); layer 2 removed b again.
+        let m = manifest(vec![
+            set(1, ids("s", &["a", "b"])),
+            set(2, ids("s", &["b"])),
+        ]);
+        let r = Removed::load(dir.path(), &m).unwrap();
+        assert!(!r.is_live("s", "a", 0));
+        assert!(
+            r.is_live("s", "a", 1),
+            "a layer's own rows are not removed by it"
+        );
+        assert!(!r.is_live("s", "b", 0));
+        assert!(!r.is_live("s", "b", 1), "removed again by layer 2");
+        assert!(r.is_live("s", "b", 2));
+        assert!(r.is_live("s", "c", 0));
+        assert!(r.is_live("t", "a", 0), "ids are per space");
+        let live = r.live(ids("s", &["a", "c", "b"]), 0).unwrap();
+        let kept = live
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept.value(0), "c");
+        assert_eq!(r.live(ids("s", &["a", "c"]), 1).unwrap().num_rows(), 2);
+    }
+
+    #[test]
+    fn a_removal_file_that_does_not_hold_what_the_manifest_says_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("removed")).unwrap();
+        let file = "removed/layer-00001.parquet".to_string();
+        crate::parquet_io::write_batch_atomic(&dir.path().join(&file), &ids("s", &["a"])).unwrap();
+        let m = manifest(vec![RemovedSet {
+            layer: 1,
+            file,
+            rows: 2,
+        }]);
+        let e = Removed::load(dir.path(), &m).unwrap_err().to_string();
+        assert!(e.contains("damaged"), "{e}");
+        assert!(Removed::load(dir.path(), &manifest(vec![]))
+            .unwrap()
+            .is_empty());
+    }
+}

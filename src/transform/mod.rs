@@ -255,6 +255,10 @@ pub struct TransformSummary {
     /// The mapping's `space_labels` view, if it defines one: a graph label per space (for graph targets).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// An incremental layer's staged output: the memories of the changed rows only, which make a bundle only on
+    /// top of the one they extend (`load` alone must not write them as a bundle of their own).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub layer: bool,
 }
 
 impl TransformSummary {
@@ -359,6 +363,7 @@ pub async fn run(
     let mut summary = TransformSummary {
         key: key.to_string(),
         labels: space_labels(&ctx, origin).await?,
+        layer: changed.is_some(),
         ..Default::default()
     };
 

@@ -265,6 +265,24 @@ fn layers_stack_and_each_equals_a_full_run() {
         "{}",
         r["delta"]
     );
+    // The work directory's staged output is the last layer's (the changed rows only): `load` alone refuses to
+    // make a bundle of it, even with --overwrite, and the bundle is untouched.
+    let before = space_checksums(&target);
+    let out = run(&[
+        "load",
+        "--work-dir",
+        p(&work),
+        "--target",
+        p(&target),
+        "--overwrite",
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("incremental run's layer"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(space_checksums(&target), before);
 
     // The whole layered bundle into a fresh live target.
     let standin = Standin::start(Config::default());
@@ -1080,4 +1098,60 @@ fn the_bundle_writer_records_the_hashes_an_incremental_run_reads() {
         engram_migrate::delta::memory_hashes(&bundle, 100, Some(&recorded)).unwrap();
     assert_eq!(read, again);
     assert_eq!(reread, 1, "the part with a bad record is read");
+}
+
+/// An incremental run killed while it writes its layer (hard links and new parts in `<bundle>.partial`) resumes
+/// with the same command: the layer is finished, the bundle equals a full run's, and it was extended, not
+/// rewritten.
+#[test]
+fn a_layer_killed_while_written_resumes_to_the_same_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = source_db(tmp.path());
+    // Enough changed rows that writing the layer takes a while (a fifth of the children: under the share that
+    // would rewrite the bundle).
+    sql(
+        &db,
+        "WITH RECURSIVE n(i) AS (SELECT 401 UNION ALL SELECT i + 1 FROM n WHERE i < 30000)
+         INSERT INTO children SELECT i, i % 60 + 1, 'child ' || i || ' of ' || (i % 60 + 1), i * 0.5 FROM n;",
+    );
+    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
+    ok(&migrate(p(&db), &target, &work, &[]));
+    sql(
+        &db,
+        "UPDATE children SET note = 'changed ' || id WHERE id % 5 = 0; DELETE FROM children WHERE id % 97 = 0;",
+    );
+    let args = [
+        "run",
+        "--source",
+        p(&db),
+        "--target",
+        p(&target),
+        "--work-dir",
+        p(&work),
+        "--embedding-cache-mb",
+        "64",
+        "--incremental",
+    ];
+    let partial = tmp.path().join("b.partial");
+    let marker = || {
+        std::fs::read_dir(partial.join("spaces/children/memories"))
+            .map(|d| d.count() > 1)
+            .unwrap_or(false)
+    };
+    assert!(
+        crate::resume::run_and_kill(&args, &marker),
+        "the run finished before its layer was being written"
+    );
+    assert!(
+        json(&target.join("bundle.json"))["removed"].is_null(),
+        "the bundle in place is still the first run's"
+    );
+    ok(&run(&args));
+    let r = json(&work.join("report.json"));
+    assert_eq!(r["incremental_mode"], "layer 1", "{}", r["stages"]);
+    assert!(!partial.exists());
+    assert_eq!(
+        space_checksums(&target),
+        space_checksums(&full_run(tmp.path(), &db))
+    );
 }
