@@ -277,9 +277,9 @@ fn provider(
     )))
 }
 
-/// The stage's embedder for this run: the provider, the bounded in-memory cache and the persistent cache, sized
-/// as the plan says.
-fn embedder(plan: &RunPlan, opts: &Options, work: &Path) -> Result<Embedder> {
+/// The stage's embedder for this run: the provider and the bounded in-memory cache, sized as the plan says. The
+/// persistent cache is attached by the load stage (`with_disk_cache`), which knows whether it needs it.
+fn embedder(plan: &RunPlan, opts: &Options) -> Result<Embedder> {
     let e = &plan.embedding;
     #[allow(unused_mut)]
     let mut provider = provider(e, opts)?;
@@ -293,12 +293,18 @@ fn embedder(plan: &RunPlan, opts: &Options, work: &Path) -> Result<Embedder> {
             engine(plan),
         )?);
     }
-    let name = provider.name();
-    let dim = provider.dimension();
-    let embedder = Embedder::new(provider, e.cache_entries)?;
-    if e.cache_mb == 0 {
+    Embedder::new(provider, e.cache_entries)
+}
+
+/// `embedder` with the persistent cache the plan asks for, read back (the vectors of earlier runs: gigabytes
+/// for a million memories, so only where a stage will look them up).
+fn with_disk_cache(plan: &RunPlan, work: &Path, embedder: Embedder) -> Result<Embedder> {
+    let e = &plan.embedding;
+    if e.cache_mb == 0 || embedder.disk_cache().is_some() {
         return Ok(embedder);
     }
+    let name = embedder.provider_name();
+    let dim = embedder.native_dimension();
     let disk = DiskCache::open(work, &name, dim, (e.cache_mb as usize) << 20)?;
     embedder.with_disk_cache(disk)
 }
@@ -602,7 +608,7 @@ impl Ctx {
     /// The run's embedding dimension: the provider's own (made here if the command has not made it yet).
     fn embedding_dim(&mut self) -> Result<usize> {
         if self.embedder.is_none() {
-            self.embedder = Some(embedder(&self.plan, &self.opts, &self.work)?);
+            self.embedder = Some(embedder(&self.plan, &self.opts)?);
         }
         Ok(self
             .embedder
@@ -881,7 +887,7 @@ impl Ctx {
         let target = self.bundle_dir()?;
         let mut embedder = match self.embedder.take() {
             Some(e) => e,
-            None => embedder(&self.plan, &self.opts, &self.work)?,
+            None => embedder(&self.plan, &self.opts)?,
         };
         // A run killed after its bundle was renamed into place (but before it finished) left a complete bundle
         // of this very input: keep it instead of asking for --overwrite.
@@ -921,6 +927,21 @@ impl Ctx {
                     ));
                     return Ok(());
                 }
+            }
+        }
+        // The persistent cache, read back for a bundle written whole; a layer embeds its few changed texts and
+        // keeps the unchanged vectors in the bundle: reading gigabytes of earlier vectors back would cost more.
+        if self.layer.is_none() {
+            let t = Timer::start();
+            embedder = with_disk_cache(&self.plan, &self.work, embedder)?;
+            // Reading an earlier run's vectors back is work of its own (gigabytes for a million memories): shown.
+            let loaded = embedder.disk_cache().map(|d| d.stats().loaded).unwrap_or(0);
+            if loaded > 0 {
+                self.report.stages.push(t.stage(
+                    "open cache",
+                    loaded,
+                    "vectors of earlier runs read back",
+                ));
             }
         }
         // A rewrite's memory delta compares with the hashes of the bundle it replaces (a layer knows its own).
@@ -1514,18 +1535,8 @@ async fn run_bundle(
     record_plan(&ctx.plan, &ctx.opts)?;
     let mut delta = None;
     let r = async {
-        let t = Timer::start();
-        let e = embedder(&ctx.plan, &ctx.opts, &ctx.work)?;
-        // Reading an earlier run's vectors back is work of its own (gigabytes for a million memories): shown.
-        let loaded = e.disk_cache().map(|d| d.stats().loaded).unwrap_or(0);
-        if loaded > 0 {
-            ctx.report.stages.push(t.stage(
-                "open cache",
-                loaded,
-                "vectors of earlier runs read back",
-            ));
-        }
-        ctx.embedder = Some(e);
+        // Made first, so a bad provider (model directory, URL, key) fails before the long stages.
+        ctx.embedder = Some(embedder(&ctx.plan, &ctx.opts)?);
         if ctx.incremental() {
             ctx.begin_incremental(bundle_dir)?;
         }
