@@ -56,6 +56,10 @@ pub struct SchemaRecord {
     /// run's, not one a later, unfinished run left.
     #[serde(default)]
     pub checksums: std::collections::BTreeMap<String, String>,
+    /// Whether the run validated its bundle (and passed: a run that fails validation records nothing). An
+    /// incremental run re-reads only its own layer when the layers below it were validated.
+    #[serde(default)]
+    pub validated: bool,
 }
 
 impl SchemaRecord {
@@ -87,6 +91,7 @@ impl SchemaRecord {
                 .iter()
                 .map(|t| (t.info.name.clone(), t.checksum.clone()))
                 .collect(),
+            validated: false,
         }
     }
 
@@ -795,6 +800,7 @@ mod tests {
             include: vec![],
             exclude: vec![],
             checksums: Default::default(),
+            validated: false,
             tables: tables
                 .iter()
                 .map(|(t, cols)| TableShape {

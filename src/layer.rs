@@ -97,6 +97,11 @@ pub async fn prepare(i: Inputs<'_>) -> Result<Decision> {
     if base.embedding.provider != i.provider {
         return full("the embedding provider changed");
     }
+    if base.embedding.existing_vectors > 0 {
+        // The bundle counts the memories whose vector came from the source; which of them a layer removes is
+        // not recorded, so the count would drift.
+        return full("the source has vectors of its own");
+    }
     if base.top_layer() >= MAX_LAYERS {
         return full("the bundle has the most layers it may have (compaction)");
     }
@@ -114,14 +119,23 @@ pub async fn prepare(i: Inputs<'_>) -> Result<Decision> {
             return full(&format!("no row delta for table {name}"));
         };
         let memories = !links.contains(name);
-        if d.is_unchanged() || !memories {
-            changed.insert(name.clone(), vec![]);
-            continue;
-        }
         let Some(old) = i.old.table(name) else {
             return full(&format!("table {name} is new"));
         };
-        let (batches, expected, keys) = if delta::own_key(t).is_empty() {
+        let keyless = delta::own_key(t).is_empty();
+        // A keyless table's memories are keyed by a row number (a SQLite rowid, a PostgreSQL ctid) that can
+        // change while every row's content stays (VACUUM, an UPDATE that writes the same values): its rows
+        // compare equal as a multiset, but its ids are the staged table's, whose checksum covers the number.
+        let unchanged = if keyless {
+            d.is_unchanged() && old.checksum == t.checksum
+        } else {
+            d.is_unchanged()
+        };
+        if unchanged || !memories {
+            changed.insert(name.clone(), vec![]);
+            continue;
+        }
+        let (batches, expected, keys) = if keyless {
             // Its memories are keyed by a row number, not by content: the whole table is mapped again.
             if t.info.primary_key.is_empty() || old.info.primary_key != t.info.primary_key {
                 return full(&format!("table {name} changed and has no key"));

@@ -462,6 +462,15 @@ impl Ctx {
     /// are while an earlier delta has not reached its live target.
     fn baseline(&mut self, bundle_dir: &Path) -> Result<()> {
         let w = self.plan.work_dir.clone();
+        // No bundle (a run killed while moving its new bundle into place): nothing to compare with; the memory
+        // delta is then unknown and a live target is sent the whole bundle.
+        if !bundle_dir.join(bundle::BUNDLE_FILE).is_file() {
+            let stale = w.previous_memories();
+            if stale.exists() && !w.undelivered().exists() {
+                fs::remove_file(&stale).map_err(Error::io("remove", &stale))?;
+            }
+            return Ok(());
+        }
         if !w.undelivered().exists() {
             let t = Timer::start();
             // The bundle's writer recorded its hashes; only a part it has no record of is read and hashed.
@@ -583,8 +592,11 @@ impl Ctx {
     /// A completed run: its schema becomes the next run's baseline, and an incremental run's old snapshot goes.
     fn complete_run(&mut self, manifest: &Manifest) -> Result<()> {
         let (include, exclude) = self.filters();
-        crate::delta::SchemaRecord::of(manifest, &self.report.run_id, &include, &exclude)
-            .save(&self.plan.work_dir.schema_record())?;
+        let mut record =
+            crate::delta::SchemaRecord::of(manifest, &self.report.run_id, &include, &exclude);
+        // Only a run whose checks passed gets here with a validation plan.
+        record.validated = self.plan.validate.is_some();
+        record.save(&self.plan.work_dir.schema_record())?;
         let prev = self.plan.work_dir.previous_snapshot();
         if prev.exists() {
             fs::remove_dir_all(&prev).map_err(Error::io("remove", &prev))?;
@@ -820,10 +832,19 @@ impl Ctx {
                 .await?
             }
         };
+        let validated_run = crate::delta::SchemaRecord::load(&self.plan.work_dir.schema_record())?
+            .filter(|r| r.validated);
         let input = match decision {
             crate::layer::Decision::Layer(input) => input,
             crate::layer::Decision::Complete { orphans, layers } => {
-                self.verified_below_layer = layers;
+                // Validated by the run that made it only if that run completed with its checks passed (a run
+                // that failed validation leaves its bundle in place: its re-run must check it all).
+                if validated_run
+                    .as_ref()
+                    .is_some_and(|r| r.is_snapshot_of(manifest))
+                {
+                    self.verified_below_layer = layers;
+                }
                 self.report.incremental_mode = Some("unchanged".into());
                 self.report.orphans = orphans;
                 self.report.stages.push(t.stage(
@@ -878,7 +899,11 @@ impl Ctx {
             note,
         ));
         self.layer = Some(input.base);
-        self.verified_below_layer = layer;
+        // The layers below were validated by the runs that wrote them (with validation off, they were not:
+        // this run reads them all).
+        if validated_run.is_some() {
+            self.verified_below_layer = layer;
+        }
         Ok(Some(summary))
     }
 

@@ -701,7 +701,11 @@ fn register_integrity(
             } else {
                 &removed
             };
-            let actual = if object.starts_with("bundle ") && object.contains(" memories") {
+            // Space ids have no spaces: "bundle <space> memories[ written by this run]" names memories only.
+            let memories = object.starts_with("bundle ")
+                && (object.ends_with(" memories")
+                    || object.ends_with(" memories written by this run"));
+            let actual = if memories {
                 // The live rows of the space's parts (a layered bundle's checksum sums those).
                 let live: Vec<&crate::bundle::MemoryPart> = parts
                     .iter()

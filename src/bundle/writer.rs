@@ -266,6 +266,15 @@ pub fn write(
             }
             _ => PartSet::from_files(mem_files)?,
         };
+        let edges = PartSet::from_files(edge_files)?;
+        if opts.base.is_some() && memories.rows == 0 && edges.rows == 0 {
+            // Every memory of the space removed and no edge left: a full run of this input has no such space.
+            let dir = partial.join("spaces").join(space);
+            if dir.exists() {
+                fs::remove_dir_all(&dir).map_err(Error::io("remove", &dir))?;
+            }
+            continue;
+        }
         spaces.push(SpaceEntry {
             label: summary.labels.get(space).cloned().or_else(|| {
                 let base = opts.base.as_ref()?;
@@ -274,7 +283,7 @@ pub fn write(
             }),
             space: space.clone(),
             memories,
-            edges: PartSet::from_files(edge_files)?,
+            edges,
         });
     }
     let mut orphan_files = vec![];
