@@ -234,14 +234,33 @@ async fn text_choices(
     engine: &crate::engine::Engine,
     dir: &Path,
     manifest: &Manifest,
+    remember: bool,
 ) -> Result<Vec<transform::generic::TextChoice>> {
     let Some(MappingPlan::Generic(m)) = &plan.mapping else {
         return Ok(vec![]);
     };
     check_mapping_names(m, manifest)?;
+    // The choice is deterministic for a snapshot and options (counting the texts of 10M rows takes seconds):
+    // kept in the work directory under their key, so a resumed run starts where it stopped.
+    let mut key = serde_json::to_string(m)?;
+    for t in &manifest.tables {
+        key.push_str(&format!("\n{}:{}:{}", t.info.name, t.rows, t.checksum));
+    }
+    let key = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(key.as_bytes()));
+    let path = plan.work_dir.text_choices();
+    let saved: Option<(String, Vec<transform::generic::TextChoice>)> = fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some((_, choices)) = saved.filter(|(k, _)| *k == key) {
+        return Ok(choices);
+    }
     let ctx = engine.session().await?;
     transform::register_snapshot(&ctx, dir, manifest).await?;
-    transform::generic::choose_texts(&ctx, manifest, m).await
+    let choices = transform::generic::choose_texts(&ctx, manifest, m).await?;
+    if remember {
+        crate::parquet_io::write_atomic(&path, &serde_json::to_vec_pretty(&(key, &choices))?)?;
+    }
+    Ok(choices)
 }
 
 /// The plan's embedding provider; the API key (never in the plan) comes from the options.
@@ -693,7 +712,7 @@ impl Ctx {
     ) -> Result<(TransformSummary, String, String)> {
         let t = Timer::start();
         let dim = self.embedding_dim()?;
-        let texts = text_choices(&self.plan, &engine(&self.plan), dir, manifest).await?;
+        let texts = text_choices(&self.plan, &engine(&self.plan), dir, manifest, true).await?;
         for t in texts.iter().filter(|t| !t.added.is_empty()) {
             tracing::info!(
                 table = %t.table,
@@ -1445,7 +1464,7 @@ pub async fn validate_cmd(opts: Options) -> Result<()> {
             .mapping
             .clone()
             .ok_or_else(|| Error::usage("--source is required to validate"))?;
-        let texts = text_choices(&ctx.plan, &engine(&ctx.plan), &dir, &manifest).await?;
+        let texts = text_choices(&ctx.plan, &engine(&ctx.plan), &dir, &manifest, true).await?;
         let (sql, origin) = mapping_sql(&mapping, &manifest, &ctx.work, dim, &texts)?;
         ctx.report.source = manifest.source.clone();
         ctx.report.mapping = origin.clone();
@@ -1757,7 +1776,8 @@ async fn plan_prediction(plan: &RunPlan, opts: &Options, src: &mut dyn Source) -
         spec: crate::engine::EngineSpec::Local,
         ..engine(plan)
     };
-    let texts = text_choices(plan, &local, dir, &manifest).await?;
+    // Read a saved choice, never write one: `plan` writes nothing.
+    let texts = text_choices(plan, &local, dir, &manifest, false).await?;
     if !texts.is_empty() {
         println!("text embedded per table (from the snapshot):");
         for t in &texts {

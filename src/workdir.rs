@@ -81,6 +81,11 @@ impl WorkDir {
     pub fn mapping_sql(&self) -> PathBuf {
         self.root.join("mapping.sql")
     }
+    /// The generated mapping's text columns as chosen from a snapshot's data, with the key of that snapshot and
+    /// those options: a resumed run or a later command on the same snapshot does not count its texts again.
+    pub fn text_choices(&self) -> PathBuf {
+        self.root.join("text-choices.json")
+    }
     pub fn transform(&self) -> PathBuf {
         self.root.join("transform")
     }

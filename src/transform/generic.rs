@@ -169,7 +169,7 @@ fn text_expr(t: &TableEntry, opts: &MappingOptions, alias: &str) -> String {
 }
 
 /// What a table's memories embed, and how many distinct texts that gives: shown by `plan`, kept in the report.
-#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct TextChoice {
     pub table: String,
     pub columns: Vec<String>,
