@@ -300,6 +300,72 @@ pub fn own_key(entry: &TableEntry) -> Vec<String> {
     entry.info.primary_key.clone()
 }
 
+/// Every batch of a table's staged files, with the file it came from (for errors).
+fn each_staged_batch(
+    dir: &Path,
+    entry: &TableEntry,
+    batch_rows: usize,
+    mut f: impl FnMut(&Path, RecordBatch) -> Result<()>,
+) -> Result<()> {
+    for file in table_files(dir, entry) {
+        for batch in parquet_io::open_reader(&file, batch_rows)? {
+            let batch =
+                batch.map_err(|e| Error::source_err(file.display().to_string(), e.to_string()))?;
+            f(&file, batch)?;
+        }
+    }
+    Ok(())
+}
+
+/// The positions of `names` in a staged batch of `entry`; a missing one names the table, column and file.
+fn indices(
+    batch: &RecordBatch,
+    names: &[String],
+    file: &Path,
+    entry: &TableEntry,
+) -> Result<Vec<usize>> {
+    let schema = batch.schema();
+    names
+        .iter()
+        .map(|n| {
+            schema.index_of(n).map_err(|_| {
+                Error::source_err(
+                    file.display().to_string(),
+                    format!(
+                        "table {}: the staged file has no column {n:?}",
+                        entry.info.name
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// `batch` with only `columns`, when given.
+fn projected(
+    batch: RecordBatch,
+    columns: Option<&[String]>,
+    file: &Path,
+    entry: &TableEntry,
+) -> Result<RecordBatch> {
+    match columns {
+        Some(cols) => Ok(batch.project(&indices(&batch, cols, file, entry)?)?),
+        None => Ok(batch),
+    }
+}
+
+/// A hasher of the `names` columns of a staged batch, and their positions.
+fn hasher_of(
+    batch: &RecordBatch,
+    names: &[String],
+    file: &Path,
+    entry: &TableEntry,
+) -> Result<(Vec<usize>, Hasher)> {
+    let idx = indices(batch, names, file, entry)?;
+    let h = Hasher::new(&Arc::new(batch.schema().project(&idx)?))?;
+    Ok((idx, h))
+}
+
 /// Reads a table's staged rows as (key hash, row hash) pairs; the key hash is the row hash when there is no key.
 /// Synthetic columns are left out of the row hash: they number rows, they are not their content.
 fn row_hashes(
@@ -316,50 +382,30 @@ fn row_hashes(
         .filter(|c| !c.synthetic)
         .map(|c| c.name.clone())
         .collect();
-    // (key columns, content columns) and their hashers, from the first batch's schema.
-    let mut hashers: Option<(Vec<usize>, Vec<usize>, Hasher, Hasher)> = None;
-    for file in table_files(dir, entry) {
-        for batch in parquet_io::open_reader(&file, batch_rows)? {
-            let batch =
-                batch.map_err(|e| Error::source_err(file.display().to_string(), e.to_string()))?;
-            if hashers.is_none() {
-                let schema = batch.schema();
-                let index = |names: &[String]| -> Result<Vec<usize>> {
-                    names
-                        .iter()
-                        .map(|n| {
-                            schema.index_of(n).map_err(|_| {
-                                Error::source_err(
-                                    file.display().to_string(),
-                                    format!(
-                                        "table {}: the staged file has no column {n:?}",
-                                        entry.info.name
-                                    ),
-                                )
-                            })
-                        })
-                        .collect()
-                };
-                let (ki, ci) = (index(key)?, index(&content)?);
-                let hasher = |idx: &[usize]| Hasher::new(&Arc::new(schema.project(idx)?));
-                let (kh, ch) = (hasher(&ki)?, hasher(&ci)?);
-                hashers = Some((ki, ci, kh, ch));
+    // The key's and the content's hashers, from the first batch's schema.
+    type Hashers = ((Vec<usize>, Hasher), (Vec<usize>, Hasher));
+    let mut hashers: Option<Hashers> = None;
+    each_staged_batch(dir, entry, batch_rows, |file, batch| {
+        let ((ki, kh), (ci, ch)) = match &hashers {
+            Some(h) => h,
+            None => hashers.insert((
+                hasher_of(&batch, key, file, entry)?,
+                hasher_of(&batch, &content, file, entry)?,
+            )),
+        };
+        let content_hashes = ch.row_hashes(&batch.project(ci)?)?;
+        if key.is_empty() {
+            for h in content_hashes {
+                each(h, h);
             }
-            let (ki, ci, kh, ch) = hashers.as_ref().expect("set above");
-            let content_hashes = ch.row_hashes(&batch.project(ci)?)?;
-            if key.is_empty() {
-                for h in content_hashes {
-                    each(h, h);
-                }
-            } else {
-                let key_hashes = kh.row_hashes(&batch.project(ki)?)?;
-                for (k, h) in key_hashes.into_iter().zip(content_hashes) {
-                    each(k, h);
-                }
+        } else {
+            let key_hashes = kh.row_hashes(&batch.project(ki)?)?;
+            for (k, h) in key_hashes.into_iter().zip(content_hashes) {
+                each(k, h);
             }
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// The rows of a staged table whose key hashes (as `table_delta` computes them) are in `wanted`, with only
@@ -377,51 +423,22 @@ pub fn rows_with_keys(
         return Ok(out);
     }
     let mut hasher: Option<(Vec<usize>, Hasher)> = None;
-    for file in table_files(dir, entry) {
-        for batch in parquet_io::open_reader(&file, batch_rows)? {
-            let batch =
-                batch.map_err(|e| Error::source_err(file.display().to_string(), e.to_string()))?;
-            if hasher.is_none() {
-                let schema = batch.schema();
-                let ki = key
-                    .iter()
-                    .map(|n| {
-                        schema.index_of(n).map_err(|_| {
-                            Error::source_err(
-                                file.display().to_string(),
-                                format!(
-                                    "table {}: the staged file has no column {n:?}",
-                                    entry.info.name
-                                ),
-                            )
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let h = Hasher::new(&Arc::new(schema.project(&ki)?))?;
-                hasher = Some((ki, h));
-            }
-            let (ki, h) = hasher.as_ref().expect("set above");
-            let keep: arrow::array::BooleanArray = h
-                .row_hashes(&batch.project(ki)?)?
-                .iter()
-                .map(|k| Some(wanted.contains(k)))
-                .collect();
-            if keep.true_count() == 0 {
-                continue;
-            }
-            let batch = match columns {
-                Some(cols) => {
-                    let idx = cols
-                        .iter()
-                        .map(|c| batch.schema().index_of(c))
-                        .collect::<std::result::Result<Vec<_>, _>>()?;
-                    batch.project(&idx)?
-                }
-                None => batch,
-            };
+    each_staged_batch(dir, entry, batch_rows, |file, batch| {
+        let (ki, h) = match &hasher {
+            Some(h) => h,
+            None => hasher.insert(hasher_of(&batch, &key, file, entry)?),
+        };
+        let keep: arrow::array::BooleanArray = h
+            .row_hashes(&batch.project(ki)?)?
+            .iter()
+            .map(|k| Some(wanted.contains(k)))
+            .collect();
+        if keep.true_count() > 0 {
+            let batch = projected(batch, columns, file, entry)?;
             out.push(arrow::compute::filter_record_batch(&batch, &keep)?);
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -433,22 +450,10 @@ pub fn all_rows(
     batch_rows: usize,
 ) -> Result<Vec<RecordBatch>> {
     let mut out = vec![];
-    for file in table_files(dir, entry) {
-        for batch in parquet_io::open_reader(&file, batch_rows)? {
-            let batch =
-                batch.map_err(|e| Error::source_err(file.display().to_string(), e.to_string()))?;
-            out.push(match columns {
-                Some(cols) => {
-                    let idx = cols
-                        .iter()
-                        .map(|c| batch.schema().index_of(c))
-                        .collect::<std::result::Result<Vec<_>, _>>()?;
-                    batch.project(&idx)?
-                }
-                None => batch,
-            });
-        }
-    }
+    each_staged_batch(dir, entry, batch_rows, |file, batch| {
+        out.push(projected(batch, columns, file, entry)?);
+        Ok(())
+    })?;
     Ok(out)
 }
 

@@ -34,7 +34,7 @@ pub struct LayerInput {
     pub key: String,
     pub changed: ChangedRows,
     pub base: Base,
-    /// Rows mapped into memories, memories removed.
+    /// The changed rows mapped into memories.
     pub rows: u64,
 }
 

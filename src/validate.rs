@@ -448,21 +448,14 @@ async fn register_bundle_memories(
     }
     let parts = bundle.memory_parts(bundle_dir);
     let layers: std::collections::BTreeSet<u32> = parts.iter().map(|p| p.file.layer).collect();
+    // One row per removed (space, id), with the highest layer that removed it: a row of layer l is live unless
+    // that layer is above l (see `bundle::Removed`).
+    let gone = crate::bundle::Removed::load(bundle_dir, bundle)?;
     let (mut spaces, mut ids, mut by) = (vec![], vec![], vec![]);
-    for r in &bundle.removed {
-        for b in parquet_io::read_all(&bundle_dir.join(&r.file))? {
-            let col = |n: &str| {
-                b.column_by_name(n)
-                    .and_then(|c| c.as_string_opt::<i32>().cloned())
-                    .ok_or_else(|| Error::Internal(format!("{}: not a removal file", r.file)))
-            };
-            let (space, id) = (col("space")?, col("id")?);
-            for i in 0..b.num_rows() {
-                spaces.push(Some(space.value(i).to_string()));
-                ids.push(Some(id.value(i).to_string()));
-                by.push(r.layer as i64);
-            }
-        }
+    for (space, id, layer) in gone.iter() {
+        spaces.push(Some(space.to_string()));
+        ids.push(Some(id.to_string()));
+        by.push(layer as i64);
     }
     let removed_schema = Arc::new(Schema::new(vec![
         Field::new("space", DataType::Utf8, true),

@@ -255,6 +255,14 @@ impl Removed {
         self.by_space.is_empty()
     }
 
+    /// Every removed (space, id) with the highest layer that removed it.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, u32)> {
+        self.by_space.iter().flat_map(|(space, ids)| {
+            ids.iter()
+                .map(move |(id, layer)| (space.as_str(), id.as_str(), *layer))
+        })
+    }
+
     /// Whether the memory (space, id) of a part in layer `layer` is still part of the bundle.
     pub fn is_live(&self, space: &str, id: &str, layer: u32) -> bool {
         self.by_space

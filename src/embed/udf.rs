@@ -220,30 +220,18 @@ mod tests {
         let got = got.as_primitive::<arrow::datatypes::Float32Type>();
         assert_eq!(got.values().to_vec(), want);
 
-        let e = collect(
-            &ctx,
-            &format!("SELECT embed_text('x', 'hashing', {}) AS v", dim + 1),
-            "test",
-        )
-        .await
-        .unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("every executor needs the same model"),
-            "{e}"
-        );
-        let e = collect(
-            &ctx,
-            &format!("SELECT embed_text('x', 'hashing', {dim}, 'hashing-v0') AS v"),
-            "test",
-        )
-        .await
-        .unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("every executor needs the same model"),
-            "{e}"
-        );
+        // Another dimension, another provider name: refused.
+        for sql in [
+            format!("SELECT embed_text('x', 'hashing', {}) AS v", dim + 1),
+            format!("SELECT embed_text('x', 'hashing', {dim}, 'hashing-v0') AS v"),
+        ] {
+            let e = collect(&ctx, &sql, "test").await.unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("every executor needs the same model"),
+                "{sql}: {e}"
+            );
+        }
         let b = collect(
             &ctx,
             &format!("SELECT embed_text('x', 'hashing', {dim}, 'hashing-v1') AS v"),

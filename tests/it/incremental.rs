@@ -77,7 +77,13 @@ fn sql(db: &Path, s: &str) {
         .unwrap();
 }
 
-fn migrate(source: &str, target: &Path, work: &Path, extra: &[&str]) -> Output {
+/// `run` of `source` into `target` with the work directory `work`, then `extra`.
+fn migrate_args<'a>(
+    source: &'a str,
+    target: &'a Path,
+    work: &'a Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
     let mut a = vec![
         "run",
         "--source",
@@ -90,11 +96,22 @@ fn migrate(source: &str, target: &Path, work: &Path, extra: &[&str]) -> Output {
     // The persistent cache keeps the vectors of unchanged memories (hashing turns it off by default).
     a.extend_from_slice(&["--embedding-cache-mb", "64"]);
     a.extend_from_slice(extra);
-    run(&a)
+    a
+}
+
+fn migrate(source: &str, target: &Path, work: &Path, extra: &[&str]) -> Output {
+    run(&migrate_args(source, target, work, extra))
 }
 
 fn ok(out: &Output) {
     assert_eq!(code(out), 0, "{}", stderr(out));
+}
+
+/// The command exited with `exit` and said `said` on stderr.
+fn fails(out: &Output, exit: i32, said: &str) {
+    let e = stderr(out);
+    assert_eq!(code(out), exit, "{e}");
+    assert!(e.contains(said), "expected {said:?} in: {e}");
 }
 
 fn delta_of(report: &serde_json::Value, table: &str) -> (u64, u64, u64, u64) {
@@ -288,12 +305,7 @@ fn layers_stack_and_each_equals_a_full_run() {
         p(&target),
         "--overwrite",
     ]);
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("incremental run's layer"),
-        "{}",
-        stderr(&out)
-    );
+    fails(&out, 2, "incremental run's layer");
     assert_eq!(space_checksums(&target), before);
 
     // The whole layered bundle into a fresh live target.
@@ -331,12 +343,7 @@ fn incremental_needs_an_earlier_run_and_a_database() {
     let db = source_db(tmp.path());
     let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
     let out = migrate(p(&db), &target, &work, &["--incremental"]);
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("needs an earlier completed run"),
-        "{}",
-        stderr(&out)
-    );
+    fails(&out, 2, "needs an earlier completed run");
     assert!(!target.exists(), "nothing written");
     ok(&migrate(p(&db), &target, &work, &[]));
     let out = run(&[
@@ -347,12 +354,7 @@ fn incremental_needs_an_earlier_run_and_a_database() {
         p(&work),
         "--incremental",
     ]);
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("--incremental is a flag of `run`"),
-        "{}",
-        stderr(&out)
-    );
+    fails(&out, 2, "--incremental is a flag of `run`");
 }
 
 #[test]
@@ -424,12 +426,7 @@ fn schema_drift_stops_each_kind_of_change_and_allow_proceeds() {
     );
     // An incremental run now refuses: the work directory's snapshot is the stopped run's, not the bundle's.
     let out = migrate(p(&db), &target, &work, &["--incremental"]);
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("is not the one the last completed run"),
-        "{}",
-        stderr(&out)
-    );
+    fails(&out, 2, "is not the one the last completed run");
 
     let out = again(&["--allow-schema-drift"]);
     ok(&out);
@@ -766,8 +763,7 @@ fn engram_source_errors_name_the_server() {
         "--target",
         "/tmp/x",
     ]);
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("engram+http://"), "{}", stderr(&out));
+    fails(&out, 2, "engram+http://");
 }
 
 // ---------------------------------------------------------------------------------- PostgreSQL and Redis
@@ -1134,18 +1130,7 @@ fn a_layer_killed_while_written_resumes_to_the_same_bundle() {
         &db,
         "UPDATE children SET note = 'changed ' || id WHERE id % 5 = 0; DELETE FROM children WHERE id % 97 = 0;",
     );
-    let args = [
-        "run",
-        "--source",
-        p(&db),
-        "--target",
-        p(&target),
-        "--work-dir",
-        p(&work),
-        "--embedding-cache-mb",
-        "64",
-        "--incremental",
-    ];
+    let args = migrate_args(p(&db), &target, &work, &["--incremental"]);
     let partial = tmp.path().join("b.partial");
     let marker = || {
         std::fs::read_dir(partial.join("spaces/children/memories"))
