@@ -285,8 +285,8 @@ pub struct Options {
     #[arg(long)]
     pub max_file_rows: Option<u64>,
 
-    /// Memory for SQL joins, aggregations and sorts in MiB; aggregations and sorts spill to <work-dir>/spill
-    /// beyond it [default: 2048].
+    /// Memory for SQL joins, aggregations and sorts in MiB; beyond it they spill to <work-dir>/spill (a quarter
+    /// is kept for operators that cannot spill) [default: 256].
     #[arg(long)]
     pub memory_limit_mb: Option<u64>,
 

@@ -6,32 +6,23 @@ use engram_migrate::config::Options;
 use engram_migrate::error::exit;
 use engram_migrate::pipeline;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-// mimalloc's option setter (in the library the `mimalloc` crate links; its Rust bindings lack this option).
-extern "C" {
-    fn mi_option_set(option: std::os::raw::c_int, value: std::os::raw::c_long);
-    fn mi_option_get(option: std::os::raw::c_int) -> std::os::raw::c_long;
-}
-/// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (libmimalloc-sys 0.1.49, pinned in Cargo.toml).
-const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
-
-/// mimalloc (v3) returns freed memory to the system a second after it is freed. The load stage frees several
-/// megabytes of Arrow buffers per batch, many batches a second, so a run's peak RSS carried hundreds of
-/// megabytes of freed memory (about 590 MB at 1.1M rows, of ~200 MB live). After a tenth of a second the peak
-/// is about 510 MB for 1-2 s more; sooner costs much more time (docs/benchmarks.md). `MIMALLOC_PURGE_DELAY`
-/// still decides when it is set.
+/// glibc's malloc, limited to two arenas (`MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` still decide when set). By
+/// default glibc gives each thread that allocates concurrently an arena of its own (up to 8 per core), and Arrow
+/// buffers are allocated on one thread (a reader, a tokio worker) and freed on another: freed memory stayed
+/// spread over many arenas. Measured (docs/benchmarks.md): validation at 3.3M rows held 365 MB resident for
+/// ~120 MB live with the default arenas, 221 MB with two; mimalloc (this binary's allocator until then) held 568
+/// MB, and the whole 1.1M run peaked at 390-470 MB with two arenas against ~510 MB with mimalloc, at the same
+/// speed.
 fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: a plain setter of a global option, valid at any time.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 100) };
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let tuned = std::env::var_os("MALLOC_ARENA_MAX").is_some()
+            || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
+        if !tuned {
+            // SAFETY: called first thing in main, before any other thread exists; mallopt only sets a parameter.
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+        }
     }
-    debug_assert!(
-        std::env::var_os("MIMALLOC_PURGE_DELAY").is_some()
-            // SAFETY: a plain getter.
-            || unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) } == 100
-    );
 }
 
 #[derive(Parser)]

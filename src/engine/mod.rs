@@ -10,6 +10,7 @@
 
 #[cfg(feature = "distributed")]
 pub mod ballista;
+mod memory;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::datasource::MemTable;
+use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::{Deserialize, Serialize};
 
@@ -206,9 +208,10 @@ pub fn process_job_name() -> String {
     .clone()
 }
 
-/// A local DataFusion session with the tool's functions registered and its memory bounded: aggregations and
-/// sorts spill to `spill_dir` past the limit (a hash join's build side cannot spill; past the limit it fails with
-/// a message naming the limit flag).
+/// A local DataFusion session with the tool's functions registered and its memory bounded: aggregations, sorts
+/// and the sort-merge joins spill to `spill_dir` past their part of the limit (`memory::HeadroomPool`: a quarter
+/// is kept for what cannot spill); a query that needs more than the limit anyway fails with a message naming the
+/// limit flag.
 pub fn local_session(
     target_partitions: usize,
     batch_size: usize,
@@ -218,7 +221,10 @@ pub fn local_session(
     fs::create_dir_all(&memory.spill_dir)
         .map_err(Error::io("create directory", &memory.spill_dir))?;
     let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-        .with_memory_limit(memory.limit_bytes, 1.0)
+        .with_memory_pool(Arc::new(TrackConsumersPool::new(
+            memory::HeadroomPool::new(memory.limit_bytes),
+            std::num::NonZeroUsize::new(5).expect("5 is not zero"),
+        )))
         .with_temp_file_path(&memory.spill_dir)
         .build_arc()
         .map_err(|e| Error::Internal(e.to_string()))?;
@@ -240,6 +246,11 @@ pub(crate) fn session_config(target_partitions: usize, batch_size: usize) -> Ses
 /// Plain Utf8/Binary rather than the view types: the memory and edge schemas use them, and user mappings should
 /// not need casts to get there.
 pub(crate) fn with_tool_options(config: &mut SessionConfig) {
+    // Joins by sorting both sides rather than hashing one: a hash join holds its build side in memory and cannot
+    // spill, and which side it builds is chosen from whole-table sizes (all columns, not the joined ones): at 10M
+    // rows the generated mapping's orphans built the 10M-row child table (880 MB). A sort-merge join's sorts
+    // and buffers spill under the memory limit, whatever the tables' sizes or the join's order.
+    config.options_mut().optimizer.prefer_hash_join = false;
     config.options_mut().sql_parser.map_string_types_to_utf8view = false;
     config
         .options_mut()
