@@ -285,7 +285,7 @@ pub struct Options {
     #[arg(long)]
     pub max_file_rows: Option<u64>,
 
-    /// Memory for SQL joins, aggregations and sorts in MiB; beyond it they spill to <work-dir>/spill (a quarter
+    /// Memory for SQL joins, aggregations and sorts in MiB; beyond it they spill to <work-dir>/spill (half
     /// is kept for operators that cannot spill) [default: 256].
     #[arg(long)]
     pub memory_limit_mb: Option<u64>,

@@ -209,7 +209,7 @@ pub fn process_job_name() -> String {
 }
 
 /// A local DataFusion session with the tool's functions registered and its memory bounded: aggregations, sorts
-/// and the sort-merge joins spill to `spill_dir` past their part of the limit (`memory::HeadroomPool`: a quarter
+/// and the sort-merge joins spill to `spill_dir` past their part of the limit (`memory::HeadroomPool`: half of it
 /// is kept for what cannot spill); a query that needs more than the limit anyway fails with a message naming the
 /// limit flag.
 pub fn local_session(
