@@ -137,6 +137,7 @@ pub async fn run(
 ) -> Result<Vec<CheckResult>> {
     let bundle = BundleManifest::load(bundle_dir)?;
     let ctx = opts.engine.session().await?;
+    crate::engine::prefer_hash_joins(&ctx);
     transform::register_snapshot(&ctx, snapshot_dir, manifest).await?;
     transform::run_statements(&ctx, mapping_sql, mapping_origin).await?;
 

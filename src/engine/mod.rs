@@ -233,6 +233,19 @@ pub fn local_session(
     Ok(ctx)
 }
 
+/// Switches `ctx` to hash joins, for queries whose joins have a small side (validation's: the bundle's removed
+/// memories, the sample, the counts), where sorting the large side for a sort-merge join cost more than the join
+/// (validation after an incremental layer: 1.5 -> 2.9 s at 1.1M memories). The large aggregations there spill
+/// either way; the mapping's joins over whole source tables stay sort-merge joins.
+pub fn prefer_hash_joins(ctx: &SessionContext) {
+    ctx.state_ref()
+        .write()
+        .config_mut()
+        .options_mut()
+        .optimizer
+        .prefer_hash_join = true;
+}
+
 /// The options every session has, local or on a cluster (a cluster's scheduler receives them with each query).
 pub(crate) fn session_config(target_partitions: usize, batch_size: usize) -> SessionConfig {
     let mut config = SessionConfig::new()
