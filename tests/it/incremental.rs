@@ -125,6 +125,14 @@ fn delta_of(report: &serde_json::Value, table: &str) -> (u64, u64, u64, u64) {
     (n("added"), n("changed"), n("deleted"), n("unchanged"))
 }
 
+/// The source database in `dir` and a completed full run of it: (database, bundle, work directory).
+fn first_run(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let db = source_db(dir);
+    let (target, work) = (dir.join("b"), dir.join("w"));
+    ok(&migrate(p(&db), &target, &work, &[]));
+    (db, target, work)
+}
+
 /// The bundle a fresh full run of `db` (copied, so nothing is shared) writes.
 fn full_run(dir: &Path, db: &Path) -> PathBuf {
     let copy = dir.join("full.sqlite");
@@ -137,9 +145,7 @@ fn full_run(dir: &Path, db: &Path) -> PathBuf {
 #[test]
 fn sqlite_incremental_reports_the_exact_delta_and_equals_a_full_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = source_db(tmp.path());
-    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
-    ok(&migrate(p(&db), &target, &work, &[]));
+    let (db, target, work) = first_run(tmp.path());
     let first = json(&work.join("report.json"));
     assert!(first["delta"].is_null(), "a first run has no delta");
 
@@ -242,9 +248,7 @@ fn sqlite_incremental_reports_the_exact_delta_and_equals_a_full_run() {
 #[test]
 fn layers_stack_and_each_equals_a_full_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = source_db(tmp.path());
-    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
-    ok(&migrate(p(&db), &target, &work, &[]));
+    let (db, target, work) = first_run(tmp.path());
     let steps = [
         "UPDATE children SET note = 'once' WHERE id = 11; INSERT INTO children VALUES (1001, 3, 'new', 0.1);
          DELETE FROM children WHERE id IN (20, 21);",
@@ -360,9 +364,7 @@ fn incremental_needs_an_earlier_run_and_a_database() {
 #[test]
 fn a_killed_incremental_run_resumes_against_its_baseline() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = source_db(tmp.path());
-    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
-    ok(&migrate(p(&db), &target, &work, &[]));
+    let (db, target, work) = first_run(tmp.path());
     sql(
         &db,
         "DELETE FROM children WHERE id <= 50; UPDATE parents SET score = NULL WHERE id = 1;",
@@ -404,9 +406,7 @@ fn drift_stops(out: &Output, said: &[&str]) {
 #[test]
 fn schema_drift_stops_each_kind_of_change_and_allow_proceeds() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = source_db(tmp.path());
-    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
-    ok(&migrate(p(&db), &target, &work, &[]));
+    let (db, target, work) = first_run(tmp.path());
     let again = |extra: &[&str]| {
         let mut a = vec!["--fresh", "--overwrite"];
         a.extend_from_slice(extra);
@@ -481,9 +481,7 @@ fn schema_drift_stops_each_kind_of_change_and_allow_proceeds() {
 #[test]
 fn an_incremental_run_stops_on_drift_and_proceeds_when_allowed() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = source_db(tmp.path());
-    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
-    ok(&migrate(p(&db), &target, &work, &[]));
+    let (db, target, work) = first_run(tmp.path());
     sql(
         &db,
         "ALTER TABLE parents ADD COLUMN motto TEXT; UPDATE parents SET motto = 'm' WHERE id = 1;",
@@ -1085,9 +1083,7 @@ fn the_delta_goes_to_a_bolt_target_with_deletes_and_stale_relationships() {
 #[test]
 fn the_bundle_writer_records_the_hashes_an_incremental_run_reads() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = source_db(tmp.path());
-    let (bundle, work) = (tmp.path().join("b"), tmp.path().join("w"));
-    ok(&migrate(p(&db), &bundle, &work, &[]));
+    let (_db, bundle, work) = first_run(tmp.path());
     let recorded = work.join("delta/bundle-hashes");
     let files: Vec<_> = std::fs::read_dir(recorded.join("children"))
         .unwrap()
@@ -1161,9 +1157,7 @@ fn a_layer_killed_while_written_resumes_to_the_same_bundle() {
 #[test]
 fn a_rerun_after_failed_checks_validates_the_whole_bundle() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = source_db(tmp.path());
-    let (target, work) = (tmp.path().join("b"), tmp.path().join("w"));
-    ok(&migrate(p(&db), &target, &work, &[]));
+    let (db, target, work) = first_run(tmp.path());
     let checks = tmp.path().join("checks");
     std::fs::create_dir_all(&checks).unwrap();
     std::fs::write(
