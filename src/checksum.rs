@@ -47,6 +47,18 @@ impl Checksum {
     }
 }
 
+/// The checksum scheme this binary writes, recorded as `checksum_scheme` in snapshot manifests and
+/// `bundle.json`. 2: vectors by their floats' bytes (above). 1: every column, vectors too, through the row
+/// format; the same checksums for tables without vectors. Files written before the scheme was recorded (0 in a
+/// manifest) may be under either: validation tries 2, then 1 for a table with vectors (see [`legacy_scheme`]).
+pub const SCHEME: u32 = 2;
+
+/// The older scheme a checksum recorded without a scheme may be under, if any differs from [`SCHEME`] for this
+/// schema: 1 for a table with vectors, none otherwise.
+pub fn legacy_scheme(recorded_scheme: u32, schema: &SchemaRef) -> Option<u32> {
+    (recorded_scheme == 0 && schema.fields().iter().any(|f| is_vector(f.data_type()))).then_some(1)
+}
+
 /// Whether a column is hashed by its floats' bytes rather than through the row format.
 fn is_vector(t: &DataType) -> bool {
     matches!(t, DataType::FixedSizeList(f, _) if f.data_type() == &DataType::Float32)
@@ -63,8 +75,13 @@ pub struct Hasher {
 
 impl Hasher {
     pub fn new(schema: &SchemaRef) -> Result<Self> {
-        let (vectors, rest): (Vec<usize>, Vec<usize>) =
-            (0..schema.fields().len()).partition(|&i| is_vector(schema.field(i).data_type()));
+        Self::with_scheme(schema, SCHEME)
+    }
+
+    /// A hasher of an earlier scheme (1: no column is a vector), to verify files written under it.
+    pub fn with_scheme(schema: &SchemaRef, scheme: u32) -> Result<Self> {
+        let (vectors, rest): (Vec<usize>, Vec<usize>) = (0..schema.fields().len())
+            .partition(|&i| scheme >= 2 && is_vector(schema.field(i).data_type()));
         let converter = if rest.is_empty() {
             None
         } else {
@@ -266,5 +283,30 @@ mod tests {
         let z = h(&vectors(&[Some(vec![Some(0.0), Some(1.0)])]))[0];
         let nz = h(&vectors(&[Some(vec![Some(-0.0), Some(1.0)])]))[0];
         assert_ne!(z, nz);
+    }
+
+    #[test]
+    fn the_older_scheme_differs_only_for_tables_with_vectors() {
+        let plain = batch(&[1, 2], &["a", "b"]);
+        let v = vectors(&[Some(vec![Some(1.0), Some(2.0)]), None]);
+        let sum = |b: &RecordBatch, scheme| {
+            let mut h = Hasher::with_scheme(&b.schema(), scheme).unwrap();
+            h.update(b).unwrap();
+            h.finish()
+        };
+        assert_eq!(sum(&plain, 1), sum(&plain, SCHEME));
+        assert_ne!(sum(&v, 1), sum(&v, SCHEME));
+        assert_eq!(sum(&v, SCHEME), of_batches(&v.schema(), [&v]).unwrap());
+        assert_eq!(legacy_scheme(0, &v.schema()), Some(1));
+        assert_eq!(
+            legacy_scheme(SCHEME, &v.schema()),
+            None,
+            "recorded: no fallback"
+        );
+        assert_eq!(
+            legacy_scheme(0, &plain.schema()),
+            None,
+            "no vectors: one scheme"
+        );
     }
 }

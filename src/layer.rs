@@ -102,6 +102,10 @@ pub async fn prepare(i: Inputs<'_>) -> Result<Decision> {
         // not recorded, so the count would drift.
         return full("the source has vectors of its own");
     }
+    if base.checksum_scheme != crate::checksum::SCHEME {
+        // A layer's checksums would be summed with the earlier layers' under another scheme.
+        return full("the earlier bundle's checksums are of an older scheme");
+    }
     if base.top_layer() >= MAX_LAYERS {
         return full("the bundle has the most layers it may have (compaction)");
     }

@@ -364,10 +364,15 @@ pub fn read_schema(path: &Path) -> Result<SchemaRef> {
 
 /// Recomputes the checksum and row count of part files (in parallel across files: validation reads everything).
 pub fn checksum_parts(paths: &[PathBuf]) -> Result<Checksum> {
+    checksum_parts_with(paths, crate::checksum::SCHEME)
+}
+
+/// [`checksum_parts`] under a given checksum scheme (see [`crate::checksum::SCHEME`]).
+pub fn checksum_parts_with(paths: &[PathBuf], scheme: u32) -> Result<Checksum> {
     use rayon::prelude::*;
     let sums: Vec<Checksum> = paths
         .par_iter()
-        .map(|p| checksum_file(p))
+        .map(|p| checksum_file(p, scheme))
         .collect::<Result<_>>()?;
     let mut total = Checksum::default();
     for s in sums {
@@ -376,13 +381,13 @@ pub fn checksum_parts(paths: &[PathBuf]) -> Result<Checksum> {
     Ok(total)
 }
 
-fn checksum_file(p: &Path) -> Result<Checksum> {
+fn checksum_file(p: &Path, scheme: u32) -> Result<Checksum> {
     let mut hasher: Option<Hasher> = None;
     for b in open_reader(p, 8192)? {
         let b = b.map_err(|e| Error::Internal(format!("reading {}: {e}", p.display())))?;
         let h = match &mut hasher {
             Some(h) => h,
-            None => hasher.insert(Hasher::new(&b.schema())?),
+            None => hasher.insert(Hasher::with_scheme(&b.schema(), scheme)?),
         };
         h.update(&b)?;
     }

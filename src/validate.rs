@@ -686,45 +686,71 @@ fn register_integrity(
     let removed = crate::bundle::Removed::load(bundle_dir, bundle)?;
     let none_removed = crate::bundle::Removed::default();
     let parts = bundle.memory_parts(bundle_dir);
-    let mut check =
-        |object: String, recorded_rows: u64, recorded: &str, files: Vec<PathBuf>| -> Result<()> {
-            let existing: Vec<PathBuf> = files.iter().filter(|f| f.is_file()).cloned().collect();
-            // A space's memories are its live rows; the parts a run wrote, their rows as written.
-            let removed = if object.ends_with("written by this run") {
-                &none_removed
-            } else {
-                &removed
-            };
-            // Space ids have no spaces: "bundle <space> memories[ written by this run]" names memories only.
-            let memories = object.starts_with("bundle ")
-                && (object.ends_with(" memories")
-                    || object.ends_with(" memories written by this run"));
-            let actual = if memories {
-                // The live rows of the space's parts (a layered bundle's checksum sums those).
-                let live: Vec<&crate::bundle::MemoryPart> = parts
-                    .iter()
-                    .filter(|p| existing.contains(&p.path))
-                    .collect();
-                let (sum, stats) = memory_parts_pass(&live, &removed, bundle.embedding.dimension)?;
-                vectors.extend(stats);
-                sum
-            } else {
-                parquet_io::checksum_parts(&existing)?
-            };
-            let actual_sum = if existing.len() == files.len() {
-                actual.to_hex()
-            } else {
-                format!("{} file(s) missing", files.len() - existing.len())
-            };
-            rows.push((
-                object,
-                recorded_rows,
-                recorded.to_string(),
-                actual.rows,
-                actual_sum,
-            ));
-            Ok(())
+    let mut check = |object: String,
+                     recorded_rows: u64,
+                     recorded: &str,
+                     files: Vec<PathBuf>|
+     -> Result<()> {
+        let existing: Vec<PathBuf> = files.iter().filter(|f| f.is_file()).cloned().collect();
+        // A space's memories are its live rows; the parts a run wrote, their rows as written.
+        let removed = if object.ends_with("written by this run") {
+            &none_removed
+        } else {
+            &removed
         };
+        // Space ids have no spaces: "bundle <space> memories[ written by this run]" names memories only.
+        let memories = object.starts_with("bundle ")
+            && (object.ends_with(" memories") || object.ends_with(" memories written by this run"));
+        // The live rows of the space's parts (a layered bundle's checksum sums those).
+        let live: Vec<&crate::bundle::MemoryPart> = parts
+            .iter()
+            .filter(|p| existing.contains(&p.path))
+            .collect();
+        let dim = bundle.embedding.dimension;
+        let mut actual = if memories {
+            let (sum, stats) = memory_parts_pass(&live, removed, dim, crate::checksum::SCHEME)?;
+            vectors.extend(stats);
+            sum
+        } else {
+            parquet_io::checksum_parts(&existing)?
+        };
+        // Files written before manifests recorded their checksum scheme may be under an older one: a
+        // mismatch there is checked again under it before it is reported (a false alarm otherwise).
+        let recorded_scheme = if object.starts_with("snapshot ") {
+            manifest.checksum_scheme
+        } else {
+            bundle.checksum_scheme
+        };
+        if actual.to_hex() != recorded && !existing.is_empty() {
+            let schema = parquet_io::read_schema(&existing[0])?;
+            if let Some(old) = crate::checksum::legacy_scheme(recorded_scheme, &schema) {
+                let again = if memories {
+                    memory_parts_pass(&live, removed, dim, old)?.0
+                } else {
+                    parquet_io::checksum_parts_with(&existing, old)?
+                };
+                if again.to_hex() == recorded {
+                    tracing::info!(
+                            "{object}: checksummed under scheme {old} (written before engram-migrate recorded its checksum scheme)"
+                        );
+                    actual = again;
+                }
+            }
+        }
+        let actual_sum = if existing.len() == files.len() {
+            actual.to_hex()
+        } else {
+            format!("{} file(s) missing", files.len() - existing.len())
+        };
+        rows.push((
+            object,
+            recorded_rows,
+            recorded.to_string(),
+            actual.rows,
+            actual_sum,
+        ));
+        Ok(())
+    };
     for t in &manifest.tables {
         check(
             format!("snapshot table {}", t.info.name),
@@ -818,11 +844,12 @@ fn memory_parts_pass(
     parts: &[&crate::bundle::MemoryPart],
     removed: &crate::bundle::Removed,
     dim: usize,
+    scheme: u32,
 ) -> Result<(crate::checksum::Checksum, Vec<RecordBatch>)> {
     use rayon::prelude::*;
     let per_file: Vec<(crate::checksum::Checksum, Vec<RecordBatch>)> = parts
         .par_iter()
-        .map(|p| memory_file_pass(p, removed, dim))
+        .map(|p| memory_file_pass(p, removed, dim, scheme))
         .collect::<Result<_>>()?;
     let mut total = crate::checksum::Checksum::default();
     let mut stats = vec![];
@@ -837,6 +864,7 @@ fn memory_file_pass(
     part: &crate::bundle::MemoryPart,
     removed: &crate::bundle::Removed,
     dim: usize,
+    scheme: u32,
 ) -> Result<(crate::checksum::Checksum, Vec<RecordBatch>)> {
     use arrow::array::{BooleanArray, Float64Array, Int64Array};
     let mut hasher: Option<crate::checksum::Hasher> = None;
@@ -848,7 +876,7 @@ fn memory_file_pass(
         let b = b?;
         let h = match &mut hasher {
             Some(h) => h,
-            None => hasher.insert(crate::checksum::Hasher::new(&b.schema())?),
+            None => hasher.insert(crate::checksum::Hasher::with_scheme(&b.schema(), scheme)?),
         };
         h.update(&b)?;
         let (Some(space), Some(id), Some(emb)) = (

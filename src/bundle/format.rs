@@ -80,6 +80,9 @@ pub struct BundleManifest {
     pub spaces: Vec<SpaceEntry>,
     pub orphans: PartSet,
     pub totals: BTreeMap<String, u64>,
+    /// How the parts' checksums were computed ([`crate::checksum::SCHEME`]); 0: not recorded (older bundles).
+    #[serde(default)]
+    pub checksum_scheme: u32,
     /// Memories an incremental run removed from the layers below its own (see [`Removed`]); empty for a
     /// bundle one full run wrote.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -333,6 +333,7 @@ pub fn write(
         spaces,
         orphans,
         totals,
+        checksum_scheme: crate::checksum::SCHEME,
     };
     parquet_io::write_atomic(
         &partial.join(BUNDLE_FILE),

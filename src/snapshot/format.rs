@@ -67,6 +67,9 @@ pub struct Manifest {
     #[serde(default)]
     pub read_up_to: Value,
     pub complete: bool,
+    /// How the tables' checksums were computed ([`crate::checksum::SCHEME`]); 0: not recorded (older snapshots).
+    #[serde(default)]
+    pub checksum_scheme: u32,
     pub cycles: Vec<Vec<String>>,
     pub skipped: Vec<(String, String)>,
     pub tables: Vec<TableEntry>,

@@ -140,6 +140,7 @@ pub fn take(source: &mut dyn Source, dir: &Path, opts: &SnapshotOptions) -> Resu
             completed_at: None,
             read_up_to: Value::Null,
             complete: false,
+            checksum_scheme: crate::checksum::SCHEME,
             cycles: catalog.cycles,
             skipped: catalog.skipped,
             tables,

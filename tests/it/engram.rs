@@ -174,6 +174,7 @@ pub fn write_bundle(dir: &Path, spaces: &[(&str, Vec<TestMemory>)], dim: i32) ->
         spaces: entries,
         orphans: PartSet::from_files(vec![]).unwrap(),
         totals,
+        checksum_scheme: engram_migrate::checksum::SCHEME,
         removed: vec![],
     };
     std::fs::write(

@@ -241,3 +241,47 @@ fn changed_file_is_caught_by_checksums_and_source_change_by_counts() {
 
 #[allow(dead_code)]
 fn _uses(_: &dyn Array) {}
+
+/// A bundle written before manifests recorded their checksum scheme (no `checksum_scheme`, memories
+/// checksummed under scheme 1, vectors through the row format) passes `checksums`: the mismatch under today's
+/// scheme is checked again under the old one. The same checksums in a bundle that says it is of today's scheme
+/// fail: the fallback is only for bundles that do not say.
+#[test]
+fn bundle_of_the_older_checksum_scheme_passes_and_a_wrong_scheme_fails() {
+    let g = good_bundle();
+    let path = g.target.join("bundle.json");
+    let mut m: serde_json::Value = json(&path);
+    assert_eq!(m["checksum_scheme"], engram_migrate::checksum::SCHEME);
+    for s in m["spaces"].as_array_mut().unwrap() {
+        let dir = g
+            .target
+            .join("spaces")
+            .join(s["space"].as_str().unwrap())
+            .join("memories");
+        let files: Vec<PathBuf> = s["memories"]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| dir.join(f["file"].as_str().unwrap()))
+            .collect();
+        let old = engram_migrate::parquet_io::checksum_parts_with(&files, 1).unwrap();
+        assert_ne!(
+            old.to_hex(),
+            s["memories"]["checksum"],
+            "schemes differ for vectors"
+        );
+        s["memories"]["checksum"] = old.to_hex().into();
+    }
+    let write = |m: &serde_json::Value| {
+        std::fs::write(&path, serde_json::to_vec_pretty(m).unwrap()).unwrap()
+    };
+    write(&m);
+    let (c, r) = validate(&g);
+    assert_eq!(c, 5, "recorded as scheme 2, checksummed under 1");
+    assert_eq!(failed(&r), vec!["checksums".to_string()]);
+
+    m.as_object_mut().unwrap().remove("checksum_scheme");
+    write(&m);
+    let (c, r) = validate(&g);
+    assert_eq!(c, 0, "{:?}", failed(&r));
+}
