@@ -366,22 +366,248 @@ fn hasher_of(
     Ok((idx, h))
 }
 
-/// Reads a table's staged rows as (key hash, row hash) pairs; the key hash is the row hash when there is no key.
-/// Synthetic columns are left out of the row hash: they number rows, they are not their content.
-fn row_hashes(
-    dir: &Path,
-    entry: &TableEntry,
-    key: &[String],
-    batch_rows: usize,
-    mut each: impl FnMut(u128, u128),
-) -> Result<()> {
-    let content: Vec<String> = entry
+/// The columns a row's content hash covers: all but the synthetic ones, which number rows, they are not their
+/// content.
+fn content_columns(entry: &TableEntry) -> Vec<String> {
+    entry
         .info
         .columns
         .iter()
         .filter(|c| !c.synthetic)
         .map(|c| c.name.clone())
-        .collect();
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Row records: the row delta's input, recorded by the snapshot writer while it writes
+
+/// Records the (key hash, content hash) of every row of a staged part, in the part's row order, while the
+/// snapshot writer writes it: `<snapshot>/row-hashes/<folder>/<part checksum>.parquet` (see
+/// `Manifest::row_hash_dir`). The next incremental run's row delta reads these (32 bytes a row) instead of
+/// decoding both snapshots and hashing every row again (a second of a 1.1M-row re-run's seven). The content hash
+/// is most often the checksum's row hash the writer computed anyway (`RollingWriter::write_hashed`); only the key
+/// is hashed on its own. A record is a cache: one that is missing or does not match its part is recomputed from
+/// the part.
+pub struct RowRecorder {
+    dir: std::path::PathBuf,
+    key: Option<(Vec<usize>, Hasher)>,
+    /// None: the content is every column, so the content hash is the checksum's row hash.
+    content: Option<(Vec<usize>, Hasher)>,
+    /// Names the temporary file, so the workers of a partitioned read record side by side.
+    tag: String,
+    open: Option<(
+        std::path::PathBuf,
+        parquet::arrow::ArrowWriter<std::fs::File>,
+    )>,
+}
+
+impl Drop for RowRecorder {
+    fn drop(&mut self) {
+        // An abandoned record (error, widened column) is never renamed into place.
+        if let Some((tmp, _)) = self.open.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+fn row_record_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::FixedSizeBinary(16), false),
+        Field::new("content", DataType::FixedSizeBinary(16), false),
+    ]))
+}
+
+fn hash_array(hashes: &[u128]) -> Result<FixedSizeBinaryArray> {
+    let bytes: Vec<u8> = hashes.iter().flat_map(|h| h.to_le_bytes()).collect();
+    FixedSizeBinaryArray::try_new(16, arrow::buffer::Buffer::from(bytes), None)
+        .map_err(|e| Error::Internal(format!("row hashes: {e}")))
+}
+
+impl RowRecorder {
+    /// A recorder for the parts of `entry` written with `schema` (the staged schema); `tag` tells apart the
+    /// recorders writing one table at once (a partitioned read's workers).
+    pub fn new(
+        snapshot_dir: &Path,
+        entry: &TableEntry,
+        schema: &arrow::datatypes::SchemaRef,
+        tag: &str,
+    ) -> Result<RowRecorder> {
+        let position = |names: &[String]| -> Result<(Vec<usize>, Hasher)> {
+            let idx = names
+                .iter()
+                .map(|n| {
+                    schema.index_of(n).map_err(|_| {
+                        Error::Internal(format!(
+                            "table {}: the staged schema has no column {n:?}",
+                            entry.info.name
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<usize>>>()?;
+            let h = Hasher::new(&Arc::new(schema.project(&idx)?))?;
+            Ok((idx, h))
+        };
+        let key = own_key(entry);
+        let content = content_columns(entry);
+        let whole_row = content.len() == schema.fields().len()
+            && content
+                .iter()
+                .zip(schema.fields())
+                .all(|(c, f)| c == f.name());
+        Ok(RowRecorder {
+            dir: crate::snapshot::format::Manifest::row_hash_dir(snapshot_dir, entry),
+            key: if key.is_empty() {
+                None
+            } else {
+                Some(position(&key)?)
+            },
+            content: if whole_row {
+                None
+            } else {
+                Some(position(&content)?)
+            },
+            tag: tag.to_string(),
+            open: None,
+        })
+    }
+
+    /// Records the rows of `batch`, whose checksum row hashes are `row_hashes`, in the part being written.
+    pub fn add(&mut self, batch: &RecordBatch, row_hashes: &[u128]) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let content = match &self.content {
+            None => row_hashes.to_vec(),
+            Some((idx, h)) => h.row_hashes(&batch.project(idx)?)?,
+        };
+        let key = match &self.key {
+            None => content.clone(),
+            Some((idx, h)) => h.row_hashes(&batch.project(idx)?)?,
+        };
+        let out = RecordBatch::try_new(
+            row_record_schema(),
+            vec![Arc::new(hash_array(&key)?), Arc::new(hash_array(&content)?)],
+        )?;
+        if self.open.is_none() {
+            std::fs::create_dir_all(&self.dir).map_err(Error::io("create directory", &self.dir))?;
+            let tmp = self.dir.join(format!(".open{}.tmp", self.tag));
+            let file = std::fs::File::create(&tmp).map_err(Error::io("create", &tmp))?;
+            // Hashes do not compress and never repeat: plain, without statistics.
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_dictionary_enabled(false)
+                .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None)
+                .set_max_row_group_size(65_536)
+                .build();
+            let w = parquet::arrow::ArrowWriter::try_new(file, row_record_schema(), Some(props))?;
+            self.open = Some((tmp, w));
+        }
+        let (_, w) = self.open.as_mut().expect("just opened");
+        w.write(&out)?;
+        Ok(())
+    }
+
+    /// The part whose rows were recorded since the last commit was committed as `part`: its record takes the
+    /// part's checksum as its name. Called after the part's rename and before the manifest lists it, so a listed
+    /// part has its record (a crash in between leaves a record no part names, which nothing reads).
+    pub fn commit(&mut self, part: &crate::parquet_io::PartFile) -> Result<()> {
+        let Some((tmp, w)) = self.open.take() else {
+            return Ok(());
+        };
+        w.close()?;
+        let path = self.dir.join(format!("{}.parquet", part.checksum));
+        std::fs::rename(&tmp, &path).map_err(Error::io("rename into place", &path))?;
+        Ok(())
+    }
+}
+
+/// Removes the row records no listed part of `entry` names (those of parts a restarted table wrote before).
+pub fn remove_unlisted_records(snapshot_dir: &Path, entry: &TableEntry) -> Result<()> {
+    let rdir = Manifest::row_hash_dir(snapshot_dir, entry);
+    let Ok(list) = std::fs::read_dir(&rdir) else {
+        return Ok(());
+    };
+    for e in list.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !entry
+            .files
+            .iter()
+            .any(|f| name == format!("{}.parquet", f.checksum))
+        {
+            std::fs::remove_file(e.path()).map_err(Error::io("remove", e.path()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The recorded (key hash, content hash) pairs of every part of a staged table, in file order, if the snapshot
+/// writer recorded them for every part (see [`RowRecorder`]); None when any is missing or does not match its
+/// part, and the caller hashes the parts themselves.
+fn recorded_row_hashes(
+    dir: &Path,
+    manifest: &Manifest,
+    entry: &TableEntry,
+) -> Option<Vec<(u128, u128)>> {
+    if manifest.checksum_scheme != crate::checksum::SCHEME {
+        return None;
+    }
+    let rdir = Manifest::row_hash_dir(dir, entry);
+    let mut out = Vec::with_capacity(entry.rows as usize);
+    for f in &entry.files {
+        if f.rows == 0 {
+            continue;
+        }
+        let path = rdir.join(format!("{}.parquet", f.checksum));
+        if !path.is_file() {
+            return None;
+        }
+        let before = out.len();
+        for batch in parquet_io::open_reader(&path, 65_536).ok()? {
+            let batch = batch.ok()?;
+            let k = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<FixedSizeBinaryArray>()?;
+            let c = batch
+                .column(1)
+                .as_any()
+                .downcast_ref::<FixedSizeBinaryArray>()?;
+            let (kv, cv) = (k.value_data(), c.value_data());
+            if kv.len() != 16 * batch.num_rows() || cv.len() != 16 * batch.num_rows() {
+                return None;
+            }
+            for r in 0..batch.num_rows() {
+                let at =
+                    |v: &[u8]| u128::from_le_bytes(v[r * 16..r * 16 + 16].try_into().expect("16"));
+                out.push((at(kv), at(cv)));
+            }
+        }
+        if (out.len() - before) as u64 != f.rows {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// Reads a table's staged rows as (key hash, row hash) pairs; the key hash is the row hash when there is no key.
+/// Synthetic columns are left out of the row hash: they number rows, they are not their content. From the
+/// snapshot writer's records when it kept them (and the key is the one they were recorded with).
+fn row_hashes(
+    dir: &Path,
+    manifest: &Manifest,
+    entry: &TableEntry,
+    key: &[String],
+    batch_rows: usize,
+    mut each: impl FnMut(u128, u128),
+) -> Result<()> {
+    if key == own_key(entry).as_slice() {
+        if let Some(pairs) = recorded_row_hashes(dir, manifest, entry) {
+            for (k, c) in pairs {
+                each(k, c);
+            }
+            return Ok(());
+        }
+    }
+    let content = content_columns(entry);
     // The key's and the content's hashers, from the first batch's schema.
     type Hashers = ((Vec<usize>, Hasher), (Vec<usize>, Hasher));
     let mut hashers: Option<Hashers> = None;
@@ -457,21 +683,42 @@ pub fn all_rows(
     Ok(out)
 }
 
+/// A hasher for keys that are XXH3 hashes already: their low 64 bits index the map (SipHash over them again was
+/// most of a million-row delta's map work).
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
+type ByHash<V> = HashMap<u128, V, std::hash::BuildHasherDefault<Prehashed>>;
+
 /// How `new` differs from `old` (None: the table is new). A table only in the old snapshot is all deleted: see
 /// `removed_table`.
 pub fn table_delta(
-    old: Option<(&Path, &TableEntry)>,
-    new: (&Path, &TableEntry),
+    old: Option<(&Path, &Manifest, &TableEntry)>,
+    new: (&Path, &Manifest, &TableEntry),
     batch_rows: usize,
 ) -> Result<TableDelta> {
-    let (new_dir, new_entry) = new;
+    let (new_dir, new_manifest, new_entry) = new;
     let key = own_key(new_entry);
     let mut d = TableDelta {
         table: new_entry.info.name.clone(),
         key: key.clone(),
         ..Default::default()
     };
-    let Some((old_dir, old_entry)) = old else {
+    let Some((old_dir, old_manifest, old_entry)) = old else {
         d.added = new_entry.rows;
         return Ok(d);
     };
@@ -484,28 +731,51 @@ pub fn table_delta(
     d.key = key.clone();
     if key.is_empty() {
         // A multiset of whole-row hashes: a row is unchanged when an equal row was there before.
-        let mut before: HashMap<u128, u64> = HashMap::new();
-        row_hashes(old_dir, old_entry, &key, batch_rows, |_, r| {
-            *before.entry(r).or_default() += 1
-        })?;
-        row_hashes(new_dir, new_entry, &key, batch_rows, |_, r| {
-            match before.get_mut(&r) {
+        let mut before: ByHash<u64> = ByHash::default();
+        row_hashes(
+            old_dir,
+            old_manifest,
+            old_entry,
+            &key,
+            batch_rows,
+            |_, r| *before.entry(r).or_default() += 1,
+        )?;
+        row_hashes(
+            new_dir,
+            new_manifest,
+            new_entry,
+            &key,
+            batch_rows,
+            |_, r| match before.get_mut(&r) {
                 Some(n) if *n > 0 => {
                     *n -= 1;
                     d.unchanged += 1;
                 }
                 _ => d.added += 1,
-            }
-        })?;
+            },
+        )?;
         d.deleted = before.values().sum();
         return Ok(d);
     }
-    let mut before: HashMap<u128, u128> = HashMap::with_capacity(old_entry.rows as usize);
-    row_hashes(old_dir, old_entry, &key, batch_rows, |k, r| {
-        before.insert(k, r);
-    })?;
-    row_hashes(new_dir, new_entry, &key, batch_rows, |k, r| {
-        match before.remove(&k) {
+    let mut before: ByHash<u128> =
+        ByHash::with_capacity_and_hasher(old_entry.rows as usize, Default::default());
+    row_hashes(
+        old_dir,
+        old_manifest,
+        old_entry,
+        &key,
+        batch_rows,
+        |k, r| {
+            before.insert(k, r);
+        },
+    )?;
+    row_hashes(
+        new_dir,
+        new_manifest,
+        new_entry,
+        &key,
+        batch_rows,
+        |k, r| match before.remove(&k) {
             None => {
                 d.added += 1;
                 d.upserted.insert(k);
@@ -516,8 +786,8 @@ pub fn table_delta(
                 d.upserted.insert(k);
                 d.gone.insert(k);
             }
-        }
-    })?;
+        },
+    )?;
     d.deleted = before.len() as u64;
     d.gone.extend(before.into_keys());
     Ok(d)
@@ -543,8 +813,8 @@ pub fn snapshot_delta(
 ) -> Result<Delta> {
     let mut tables = vec![];
     for t in &new.tables {
-        let before = old.table(&t.info.name).map(|o| (old_dir, o));
-        tables.push(table_delta(before, (new_dir, t), batch_rows)?);
+        let before = old.table(&t.info.name).map(|o| (old_dir, old, o));
+        tables.push(table_delta(before, (new_dir, new, t), batch_rows)?);
     }
     for o in old
         .tables
@@ -872,8 +1142,14 @@ mod tests {
         assert!(schema_drift(&last, &now, included).is_empty());
     }
 
-    /// A table of (id, value) rows written as one part, with its manifest entry.
-    fn table(dir: &Path, rows: &[(i64, f64)], keyed: bool) -> TableEntry {
+    /// A table of (id, value) rows written as one part, with its manifest entry, and with the row records of
+    /// the snapshot writer when `recorded`.
+    fn table(
+        dir: &Path,
+        rows: &[(i64, f64)],
+        keyed: bool,
+        recorded: bool,
+    ) -> (Manifest, TableEntry) {
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
             Field::new("v", DataType::Float64, true),
@@ -899,32 +1175,70 @@ mod tests {
             "resume_after": null, "rows": rows.len(), "checksum": "0", "read_up_to": null, "complete": true
         }))
         .unwrap();
+        let mut entry = entry;
         let tdir = Manifest::table_dir(dir, &entry);
-        std::fs::create_dir_all(&tdir).unwrap();
-        parquet_io::write_batch_atomic(&tdir.join("part-00000.parquet"), &batch).unwrap();
-        entry
+        let mut w = parquet_io::RollingWriter::new(
+            &tdir,
+            batch.schema(),
+            parquet_io::PartLimits::default(),
+            0,
+        )
+        .unwrap();
+        let mut rec = RowRecorder::new(dir, &entry, &batch.schema(), "").unwrap();
+        // Two batches, so a record spans batches as the writer's do.
+        for b in [batch.slice(0, 1), batch.slice(1, batch.num_rows() - 1)] {
+            let (_, hashes) = w.write_hashed(&b).unwrap();
+            rec.add(&b, &hashes).unwrap();
+        }
+        let part = w.finish(true).unwrap().unwrap();
+        if recorded {
+            rec.commit(&part).unwrap();
+        }
+        entry.checksum = part.checksum.clone();
+        entry.files = vec![part];
+        let manifest: Manifest = serde_json::from_value(serde_json::json!({
+            "format": "t", "source": {}, "source_fingerprint": {}, "started_at": "t", "completed_at": "t",
+            "complete": true, "checksum_scheme": crate::checksum::SCHEME, "cycles": [], "skipped": [],
+            "tables": [entry],
+        }))
+        .unwrap();
+        (manifest, entry)
+    }
+
+    /// The delta of two tables, computed from the snapshot writer's row records and from the parts themselves:
+    /// both must agree.
+    fn delta_of(old: &[(i64, f64)], new: &[(i64, f64)], keyed: bool) -> TableDelta {
+        let mut seen: Vec<TableDelta> = vec![];
+        for recorded in [false, true] {
+            let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (om, o) = table(a.path(), old, keyed, recorded);
+            let (nm, n) = table(b.path(), new, keyed, recorded);
+            assert_eq!(recorded_row_hashes(b.path(), &nm, &n).is_some(), recorded);
+            seen.push(table_delta(Some((a.path(), &om, &o)), (b.path(), &nm, &n), 2).unwrap());
+        }
+        assert_eq!(
+            seen[0], seen[1],
+            "recorded and recomputed row hashes differ"
+        );
+        assert_eq!(seen[0].upserted, seen[1].upserted);
+        assert_eq!(seen[0].gone, seen[1].gone);
+        seen.pop().unwrap()
     }
 
     #[test]
     fn keyed_rows_are_added_changed_deleted_or_unchanged() {
-        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         // 17 significant digits: a change of one unit in the last place is a change.
         let x: f64 = 0.1 + 0.2;
         let next = f64::from_bits(x.to_bits() + 1);
-        let old = table(a.path(), &[(1, 0.1), (2, x), (3, 3.0), (4, f64::NAN)], true);
-        let new = table(
-            b.path(),
-            &[(1, 0.1), (2, next), (4, f64::NAN), (5, 5.0)],
-            true,
-        );
-        let d = table_delta(Some((a.path(), &old)), (b.path(), &new), 2).unwrap();
+        let old = [(1, 0.1), (2, x), (3, 3.0), (4, f64::NAN)];
+        let d = delta_of(&old, &[(1, 0.1), (2, next), (4, f64::NAN), (5, 5.0)], true);
         assert_eq!(
             (d.added, d.changed, d.deleted, d.unchanged),
             (1, 1, 1, 2),
             "{d:?}"
         );
         assert_eq!(d.key, vec!["id".to_string()]);
-        let same = table_delta(Some((a.path(), &old)), (a.path(), &old), 3).unwrap();
+        let same = delta_of(&old, &old, true);
         assert_eq!(
             (same.added, same.changed, same.deleted, same.unchanged),
             (0, 0, 0, 4)
@@ -933,11 +1247,12 @@ mod tests {
 
     #[test]
     fn rows_without_a_key_of_their_own_compare_by_content_as_a_multiset() {
-        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         // The synthetic rowid renumbers: it must not count; a duplicate row is two rows.
-        let old = table(a.path(), &[(1, 1.0), (2, 1.0), (3, 2.0)], false);
-        let new = table(b.path(), &[(7, 1.0), (8, 2.5), (9, 2.0)], false);
-        let d = table_delta(Some((a.path(), &old)), (b.path(), &new), 10).unwrap();
+        let d = delta_of(
+            &[(1, 1.0), (2, 1.0), (3, 2.0)],
+            &[(7, 1.0), (8, 2.5), (9, 2.0)],
+            false,
+        );
         assert!(d.key.is_empty());
         assert_eq!(
             (d.added, d.changed, d.deleted, d.unchanged),

@@ -106,6 +106,12 @@ impl Manifest {
         dir.join("tables").join(&entry.folder)
     }
 
+    /// Where the snapshot writer records each part's row hashes for the next run's row delta
+    /// (`delta::RowRecorder`): beside the tables, so no reader of a table's folder sees them.
+    pub fn row_hash_dir(dir: &Path, entry: &TableEntry) -> PathBuf {
+        dir.join("row-hashes").join(&entry.folder)
+    }
+
     pub fn total_rows(&self) -> u64 {
         self.tables.iter().map(|t| t.rows).sum()
     }

@@ -223,6 +223,7 @@ fn snapshot_table(
             entry.files.clear();
         }
         remove_unlisted(&tdir, &entry.files)?;
+        crate::delta::remove_unlisted_records(dir, entry)?;
         let schema = source.schema(&entry.info)?;
         entry.schema = schema_entries(&schema);
         let info = entry.info.clone();
@@ -236,12 +237,16 @@ fn snapshot_table(
             "rows",
         );
         pb.set_position(done_rows);
+        let mut recorder = crate::delta::RowRecorder::new(dir, entry, &schema, "")?;
         let mut writer = RollingWriter::new(&tdir, schema, opts.limits, first_index)?;
         let mut last_pos: Option<i64> = None;
         let mut emit = |batch: arrow::array::RecordBatch, pos: Option<i64>| -> Result<()> {
             last_pos = pos;
             pb.inc(batch.num_rows() as u64);
-            if let Some(part) = writer.write(&batch)? {
+            let (part, hashes) = writer.write_hashed(&batch)?;
+            recorder.add(&batch, &hashes)?;
+            if let Some(part) = part {
+                recorder.commit(&part)?;
                 let entry = &mut manifest.tables[i];
                 entry.files.push(part);
                 entry.resume_after = last_pos;
@@ -264,6 +269,9 @@ fn snapshot_table(
             }
             ReadEnd::Done { read_up_to, .. } => {
                 let last = writer.finish(true)?;
+                if let Some(part) = &last {
+                    recorder.commit(part)?;
+                }
                 pb.finish_and_clear();
                 let entry = &mut manifest.tables[i];
                 if let Some(part) = last {
@@ -337,6 +345,7 @@ fn snapshot_partitions(
     let tdir = Manifest::table_dir(dir, entry);
     fs::create_dir_all(&tdir).map_err(Error::io("create directory", &tdir))?;
     remove_unlisted(&tdir, &entry.files)?;
+    crate::delta::remove_unlisted_records(dir, entry)?;
     let info = entry.info.clone();
     let pending: Vec<usize> = (0..entry.partitions.len())
         .filter(|&k| !entry.partitions[k].done)
@@ -358,6 +367,7 @@ fn snapshot_partitions(
         .iter()
         .map(|p| p.partition.clone())
         .collect();
+    let entry_now = manifest.tables[i].clone();
     let queue = Mutex::new(pending.into_iter());
     let stop = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel::<(usize, Result<PartOutcome>)>();
@@ -366,6 +376,7 @@ fn snapshot_partitions(
     std::thread::scope(|scope| {
         for _ in 0..opts.workers.max(1) {
             let tx = tx.clone();
+            let entry_now = &entry_now;
             let (queue, stop, info, schema, tdir, pb, parts) = (
                 &queue,
                 &stop,
@@ -383,13 +394,22 @@ fn snapshot_partitions(
                 let Some(k) = next else { return };
                 let part = parts[k].clone();
                 let outcome = (|| -> Result<PartOutcome> {
+                    let mut recorder = crate::delta::RowRecorder::new(
+                        dir,
+                        entry_now,
+                        &schema,
+                        &format!("p{k:05}"),
+                    )?;
                     let mut writer = RollingWriter::new(tdir, schema.clone(), opts.limits, 0)?
                         .with_prefix(format!("p{k:05}-"));
                     let mut files = vec![];
                     let mut emit =
                         |batch: arrow::array::RecordBatch, _pos: Option<i64>| -> Result<()> {
                             pb.inc(batch.num_rows() as u64);
-                            if let Some(f) = writer.write(&batch)? {
+                            let (f, hashes) = writer.write_hashed(&batch)?;
+                            recorder.add(&batch, &hashes)?;
+                            if let Some(f) = f {
+                                recorder.commit(&f)?;
                                 files.push(f);
                             }
                             Ok(())
@@ -398,6 +418,7 @@ fn snapshot_partitions(
                         ReadEnd::Widen { column, reason } => Ok(PartOutcome::Widen(column, reason)),
                         ReadEnd::Done { rows, .. } => {
                             if let Some(f) = writer.finish(false)? {
+                                recorder.commit(&f)?;
                                 files.push(f);
                             }
                             Ok(PartOutcome::Done(files, rows))
