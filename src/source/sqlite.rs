@@ -530,10 +530,66 @@ fn fits(t: ColType, v: ValueRef<'_>) -> bool {
     }
 }
 
+/// `YYYY-MM-DD`, `YYYY-MM-DD[ T]HH:MM` and `YYYY-MM-DD[ T]HH:MM:SS[.f]` (1 to 9 digits), two digits a field:
+/// the shapes SQLite's own date functions write, parsed without chrono's format strings (which chrono parses
+/// again for every value: nearly half of a SQLite snapshot's time with a timestamp column). Anything else
+/// (offsets, one-digit fields, leap seconds) is None and goes the general way, which gives the same result for
+/// all these shapes (unit-tested against it).
+fn iso_fast(s: &str) -> Option<chrono::NaiveDateTime> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let d = b.get(r)?;
+        d.iter().try_fold(0u32, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let date = chrono::NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    if b.len() == 10 {
+        return date.and_hms_opt(0, 0, 0);
+    }
+    if b.len() < 16 || !(b[10] == b' ' || b[10] == b'T') || b[13] != b':' {
+        return None;
+    }
+    let (h, m) = (num(11..13)?, num(14..16)?);
+    if b.len() == 16 {
+        return date.and_hms_opt(h, m, 0);
+    }
+    if b.len() < 19 || b[16] != b':' {
+        return None;
+    }
+    let sec = num(17..19)?;
+    if sec > 59 {
+        return None;
+    }
+    let nanos = match b.len() {
+        19 => 0,
+        20 => return None,
+        n if b[19] == b'.' && n <= 29 => num(20..n)? * 10u32.pow((29 - n) as u32),
+        _ => return None,
+    };
+    date.and_hms_nano_opt(h, m, sec, nanos)
+}
+
 /// ISO-8601 text to microseconds since the epoch (UTC). Sub-microsecond digits do not fit (no silent truncation).
 pub fn parse_timestamp(s: &str) -> Option<i64> {
-    use chrono::{DateTime, NaiveDate, NaiveDateTime};
     let s = s.trim();
+    let dt = match iso_fast(s) {
+        Some(dt) => dt,
+        None => parse_datetime_general(s)?,
+    };
+    let utc = dt.and_utc();
+    if utc.timestamp_subsec_nanos() % 1000 != 0 {
+        return None;
+    }
+    Some(utc.timestamp_micros())
+}
+
+/// Every form `parse_timestamp` accepts, through chrono's parsers (offsets are applied: the result is UTC).
+fn parse_datetime_general(s: &str) -> Option<chrono::NaiveDateTime> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime};
     let dt = if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         dt.naive_utc()
     } else if let Some(dt) = [
@@ -560,15 +616,15 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
             .ok()?
             .and_hms_opt(0, 0, 0)?
     };
-    let utc = dt.and_utc();
-    if utc.timestamp_subsec_nanos() % 1000 != 0 {
-        return None;
-    }
-    Some(utc.timestamp_micros())
+    Some(dt)
 }
 
 pub fn parse_date(s: &str) -> Option<i32> {
-    let d = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok()?;
+    let s = s.trim();
+    let d = match iso_fast(s).filter(|_| s.len() == 10) {
+        Some(dt) => dt.date(),
+        None => chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?,
+    };
     let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
     i32::try_from((d - epoch).num_days()).ok()
 }

@@ -245,3 +245,66 @@ fn not_a_database_and_missing_file_are_clear_errors() {
         "{e}"
     );
 }
+
+/// The fast parser of the common ISO shapes agrees with chrono's general parsers wherever it answers, and
+/// leaves the rest to them (offsets, one-digit fields, leap seconds, impossible dates, odd fractions).
+#[test]
+fn fast_iso_timestamps_agree_with_the_general_parser() {
+    let general = |s: &str| parse_datetime_general(s);
+    let mut answered = 0;
+    let mut cases: Vec<String> = vec![];
+    for date in [
+        "2024-02-29",
+        "2023-02-29",
+        "1969-12-31",
+        "0001-01-01",
+        "9999-12-31",
+        "2024-13-01",
+        "2024-1-05",
+    ] {
+        cases.push(date.to_string());
+        for sep in [" ", "T"] {
+            for time in [
+                "00:00",
+                "23:59",
+                "24:00",
+                "12:34:56",
+                "23:59:59",
+                "23:59:60",
+                "12:34:5",
+                "1:02:03",
+                "12:34:56.",
+                "12:34:56.1",
+                "12:34:56.123456",
+                "12:34:56.123456789",
+                "12:34:56.1234567891",
+                "12:34:56Z",
+                "12:34:56+02:00",
+                "12:34:56.5-0130",
+                "12:34:56 ",
+            ] {
+                cases.push(format!("{date}{sep}{time}"));
+            }
+        }
+    }
+    for c in &cases {
+        if let Some(fast) = iso_fast(c) {
+            answered += 1;
+            assert_eq!(Some(fast), general(c), "{c}");
+        }
+        // Whichever way it goes, the public parsers give the general parser's answer.
+        let micros = general(c.trim()).and_then(|dt| {
+            let u = dt.and_utc();
+            (u.timestamp_subsec_nanos() % 1000 == 0).then(|| u.timestamp_micros())
+        });
+        assert_eq!(parse_timestamp(c), micros, "{c}");
+    }
+    assert!(
+        answered > 40,
+        "the fast path answered only {answered} of {}",
+        cases.len()
+    );
+    assert_eq!(parse_date("2024-02-29"), Some(19782));
+    assert_eq!(parse_date("2023-02-29"), None);
+    assert_eq!(parse_date(" 1969-12-31 "), Some(-1));
+}
