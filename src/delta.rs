@@ -550,42 +550,48 @@ fn recorded_row_hashes(
     if manifest.checksum_scheme != crate::checksum::SCHEME {
         return None;
     }
-    let rdir = Manifest::row_hash_dir(dir, entry);
     let mut out = Vec::with_capacity(entry.rows as usize);
     for f in &entry.files {
-        if f.rows == 0 {
-            continue;
-        }
-        let path = rdir.join(format!("{}.parquet", f.checksum));
-        if !path.is_file() {
-            return None;
-        }
-        let before = out.len();
-        for batch in parquet_io::open_reader(&path, 65_536).ok()? {
-            let batch = batch.ok()?;
-            let k = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<FixedSizeBinaryArray>()?;
-            let c = batch
-                .column(1)
-                .as_any()
-                .downcast_ref::<FixedSizeBinaryArray>()?;
-            let (kv, cv) = (k.value_data(), c.value_data());
-            if kv.len() != 16 * batch.num_rows() || cv.len() != 16 * batch.num_rows() {
-                return None;
-            }
-            for r in 0..batch.num_rows() {
-                let at =
-                    |v: &[u8]| u128::from_le_bytes(v[r * 16..r * 16 + 16].try_into().expect("16"));
-                out.push((at(kv), at(cv)));
-            }
-        }
-        if (out.len() - before) as u64 != f.rows {
-            return None;
-        }
+        out.extend(recorded_part(dir, entry, f)?);
     }
     Some(out)
+}
+
+/// The recorded (key hash, content hash) pairs of one part, in its row order (see [`recorded_row_hashes`]; the
+/// caller checks the manifest's checksum scheme).
+fn recorded_part(
+    dir: &Path,
+    entry: &TableEntry,
+    f: &crate::parquet_io::PartFile,
+) -> Option<Vec<(u128, u128)>> {
+    if f.rows == 0 {
+        return Some(vec![]);
+    }
+    let path = Manifest::row_hash_dir(dir, entry).join(format!("{}.parquet", f.checksum));
+    if !path.is_file() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(f.rows as usize);
+    for batch in parquet_io::open_reader(&path, 65_536).ok()? {
+        let batch = batch.ok()?;
+        let k = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<FixedSizeBinaryArray>()?;
+        let c = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<FixedSizeBinaryArray>()?;
+        let (kv, cv) = (k.value_data(), c.value_data());
+        if kv.len() != 16 * batch.num_rows() || cv.len() != 16 * batch.num_rows() {
+            return None;
+        }
+        for r in 0..batch.num_rows() {
+            let at = |v: &[u8]| u128::from_le_bytes(v[r * 16..r * 16 + 16].try_into().expect("16"));
+            out.push((at(kv), at(cv)));
+        }
+    }
+    (out.len() as u64 == f.rows).then_some(out)
 }
 
 /// Reads a table's staged rows as (key hash, row hash) pairs; the key hash is the row hash when there is no key.
@@ -638,6 +644,7 @@ fn row_hashes(
 /// `columns` when given: an incremental run's changed rows, and the keys of those gone.
 pub fn rows_with_keys(
     dir: &Path,
+    manifest: &Manifest,
     entry: &TableEntry,
     wanted: &HashSet<u128>,
     columns: Option<&[String]>,
@@ -647,6 +654,11 @@ pub fn rows_with_keys(
     let mut out = vec![];
     if wanted.is_empty() || key.is_empty() {
         return Ok(out);
+    }
+    if manifest.checksum_scheme == crate::checksum::SCHEME {
+        if let Some(rows) = rows_by_record(dir, entry, wanted, columns, batch_rows)? {
+            return Ok(rows);
+        }
     }
     let mut hasher: Option<(Vec<usize>, Hasher)> = None;
     each_staged_batch(dir, entry, batch_rows, |file, batch| {
@@ -666,6 +678,57 @@ pub fn rows_with_keys(
         Ok(())
     })?;
     Ok(out)
+}
+
+/// `rows_with_keys` by the snapshot writer's records: the rows' positions come from the recorded key hashes,
+/// and each part is read with a row selection of those positions (a 1% delta materializes 1% of the rows and
+/// hashes no key). None when a part has no record.
+fn rows_by_record(
+    dir: &Path,
+    entry: &TableEntry,
+    wanted: &HashSet<u128>,
+    columns: Option<&[String]>,
+    batch_rows: usize,
+) -> Result<Option<Vec<RecordBatch>>> {
+    use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
+    let mut positions = vec![];
+    for f in &entry.files {
+        let Some(pairs) = recorded_part(dir, entry, f) else {
+            return Ok(None);
+        };
+        positions.push(
+            pairs
+                .iter()
+                .enumerate()
+                .filter(|(_, (k, _))| wanted.contains(k))
+                .map(|(r, _)| r)
+                .collect::<Vec<usize>>(),
+        );
+    }
+    let mut out = vec![];
+    let files = table_files(dir, entry);
+    for ((file, part), rows) in files.iter().zip(&entry.files).zip(positions) {
+        if rows.is_empty() {
+            continue;
+        }
+        let err = |e: String| Error::source_err(file.display().to_string(), e);
+        let selection = RowSelection::from_consecutive_ranges(
+            rows.iter().map(|&r| r..r + 1),
+            part.rows as usize,
+        );
+        let handle = std::fs::File::open(file).map_err(Error::io("open", file))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(handle)
+            .map_err(|e| err(e.to_string()))?
+            .with_batch_size(batch_rows)
+            .with_row_selection(selection)
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| err(e.to_string()))?;
+            out.push(projected(batch, columns, file, entry)?);
+        }
+    }
+    Ok(Some(out))
 }
 
 /// Every row of a staged table, with only `columns` when given.
@@ -1243,6 +1306,50 @@ mod tests {
             (same.added, same.changed, same.deleted, same.unchanged),
             (0, 0, 0, 4)
         );
+    }
+
+    #[test]
+    fn changed_rows_are_found_again_by_record_and_by_reading() {
+        let rows: Vec<(i64, f64)> = (0..1000).map(|i| (i, i as f64 / 3.0)).collect();
+        let key_schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let wanted_ids = [0i64, 499, 500, 999];
+        let keys = RecordBatch::try_new(
+            key_schema.clone(),
+            vec![Arc::new(Int64Array::from(wanted_ids.to_vec()))],
+        )
+        .unwrap();
+        let wanted: HashSet<u128> = Hasher::new(&key_schema)
+            .unwrap()
+            .row_hashes(&keys)
+            .unwrap()
+            .into_iter()
+            .collect();
+        for recorded in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (m, t) = table(dir.path(), &rows, true, recorded);
+            assert_eq!(
+                rows_by_record(dir.path(), &t, &wanted, None, 7)
+                    .unwrap()
+                    .is_some(),
+                recorded
+            );
+            let got = rows_with_keys(dir.path(), &m, &t, &wanted, None, 7).unwrap();
+            let mut ids: Vec<i64> = got
+                .iter()
+                .flat_map(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap()
+                        .values()
+                        .to_vec()
+                })
+                .collect();
+            ids.sort();
+            assert_eq!(ids, wanted_ids, "recorded: {recorded}");
+            let v: usize = got.iter().map(|b| b.num_columns()).max().unwrap();
+            assert_eq!(v, 2, "every column");
+        }
     }
 
     #[test]

@@ -153,9 +153,9 @@ pub async fn prepare(i: Inputs<'_>) -> Result<Decision> {
         } else {
             let key = delta::own_key(old);
             (
-                delta::rows_with_keys(i.new_dir, t, &d.upserted, None, i.batch_rows)?,
+                delta::rows_with_keys(i.new_dir, i.new, t, &d.upserted, None, i.batch_rows)?,
                 d.added + d.changed,
-                delta::rows_with_keys(i.old_dir, old, &d.gone, Some(&key), i.batch_rows)?,
+                delta::rows_with_keys(i.old_dir, i.old, old, &d.gone, Some(&key), i.batch_rows)?,
             )
         };
         let n: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();

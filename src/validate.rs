@@ -142,6 +142,7 @@ pub async fn run(
     transform::run_statements(&ctx, mapping_sql, mapping_origin).await?;
 
     register_bundle_memories(&ctx, bundle_dir, &bundle).await?;
+    register_id_candidates(&ctx, &bundle, opts.verified_below_layer).await?;
     register_files(
         &ctx,
         "bundle_edges",
@@ -428,6 +429,47 @@ pub async fn check_target(
     crate::engine::remove_shared_tables(&ctx);
     pb.finish_and_clear();
     results
+}
+
+/// `bundle_id_candidates` (space, id): the live memories whose ids `duplicate_ids` must count. Every memory,
+/// unless the layers below `verified_below` were validated by the runs that wrote them (an incremental run's
+/// validation): their live memories had unique ids then, and a later layer only takes memories away from them,
+/// so a duplicate now has a copy in a layer this run wrote; the memories whose id is among those layers' ids
+/// are the candidates (by id alone, which covers the per-space rule and the one across spaces). At 1.1M
+/// memories and a 1% layer this counts 20,000 ids instead of 1.1M.
+async fn register_id_candidates(
+    ctx: &SessionContext,
+    bundle: &BundleManifest,
+    verified_below: u32,
+) -> Result<()> {
+    let sql = if verified_below == 0 || !bundle.is_layered() {
+        "SELECT space, id FROM bundle_memories".to_string()
+    } else {
+        let new: std::collections::BTreeSet<u32> = bundle
+            .spaces
+            .iter()
+            .flat_map(|s| s.memories.files.iter().map(|f| f.layer))
+            .filter(|l| *l >= verified_below)
+            .collect();
+        if new.is_empty() {
+            "SELECT space, id FROM bundle_memories WHERE false".to_string()
+        } else {
+            let ids: Vec<String> = new
+                .iter()
+                .map(|l| format!("SELECT id FROM bundle_memories_layer_{l}"))
+                .collect();
+            format!(
+                "SELECT space, id FROM bundle_memories WHERE id IN ({})",
+                ids.join(" UNION ALL ")
+            )
+        }
+    };
+    transform::run_statements(
+        ctx,
+        &format!("CREATE VIEW bundle_id_candidates AS {sql};"),
+        "the ids duplicate_ids counts",
+    )
+    .await
 }
 
 /// `bundle_memories`: the bundle's live memories. A layered bundle (an incremental run's) is a view: the
@@ -1338,6 +1380,84 @@ mod tests {
         }
     }
 
+    /// duplicate_ids over `bundle_id_candidates`: after a validated layer 0, only ids that layer 1 wrote are
+    /// counted, and a copy layer 1 added of a live layer-0 memory is still found (per space and across spaces);
+    /// a full validation counts every id.
+    #[tokio::test]
+    async fn duplicate_ids_counts_the_ids_of_the_new_layers_and_still_finds_their_copies() {
+        let check = BUILTIN_CHECKS
+            .iter()
+            .find(|(n, _)| *n == "duplicate_ids")
+            .unwrap()
+            .1;
+        let bundle: BundleManifest = serde_json::from_value(serde_json::json!({
+            "format": "t", "run_id": "t", "created_at": "t", "source": {}, "mapping": "t", "transform_key": "t",
+            "embedding": {"provider": "t", "dimension": 2, "native_dimension": 2},
+            "spaces": [{"space": "s", "memories": {"rows": 0, "checksum": "0", "files": [
+                {"file": "a", "rows": 0, "bytes": 0, "checksum": "0"},
+                {"file": "b", "rows": 0, "bytes": 0, "checksum": "0", "layer": 1}]},
+              "edges": {"rows": 0, "checksum": "0", "files": []}}],
+            "orphans": {"rows": 0, "checksum": "0", "files": []}, "totals": {},
+            "removed": [{"layer": 1, "file": "r", "rows": 0}],
+        }))
+        .unwrap();
+        let rows = |ids: &[(&str, &str)]| {
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    Field::new("space", DataType::Utf8, false),
+                    Field::new("id", DataType::Utf8, false),
+                ])),
+                vec![
+                    utf8(ids.iter().map(|r| Some(r.0.to_string())).collect()),
+                    utf8(ids.iter().map(|r| Some(r.1.to_string())).collect()),
+                ],
+            )
+            .unwrap()
+        };
+        // Layer 0 holds a duplicate of its own ("old", validated then, so not counted again); layer 1 adds a
+        // second "x" in space s and a "y" in space t that space s also has.
+        let layer0 = rows(&[
+            ("s", "x"),
+            ("s", "y"),
+            ("s", "old"),
+            ("s", "old"),
+            ("s", "z"),
+        ]);
+        let layer1 = rows(&[("s", "x"), ("t", "y"), ("s", "w")]);
+        let found = |verified_below: u32, scope: IdScope| {
+            let (check, bundle, layer0, layer1) = (check, &bundle, layer0.clone(), layer1.clone());
+            async move {
+                let ctx = SessionContext::new();
+                mem_table(&ctx, "bundle_memories_layer_0", layer0.clone()).unwrap();
+                mem_table(&ctx, "bundle_memories_layer_1", layer1.clone()).unwrap();
+                transform::run_statements(
+                    &ctx,
+                    "CREATE VIEW bundle_memories AS SELECT * FROM bundle_memories_layer_0                      UNION ALL SELECT * FROM bundle_memories_layer_1;",
+                    "test",
+                )
+                .await
+                .unwrap();
+                register_target_rules(&ctx, scope, 2).unwrap();
+                register_id_candidates(&ctx, bundle, verified_below)
+                    .await
+                    .unwrap();
+                let out = transform::collect(&ctx, check.trim().trim_end_matches(';'), "test")
+                    .await
+                    .unwrap();
+                let mut ids = vec![];
+                for b in &out {
+                    let id = b.column_by_name("id").unwrap().as_string::<i32>();
+                    ids.extend((0..b.num_rows()).map(|r| id.value(r).to_string()));
+                }
+                ids
+            }
+        };
+        assert_eq!(found(1, IdScope::PerSpace).await, vec!["x"]);
+        assert_eq!(found(1, IdScope::Global).await, vec!["x", "y"]);
+        assert_eq!(found(0, IdScope::PerSpace).await, vec!["old", "x"]);
+        assert_eq!(found(2, IdScope::PerSpace).await, Vec::<String>::new());
+    }
+
     /// sorted_set_order passes a chain in score order and names each way a chain can break.
     #[tokio::test]
     async fn sorted_set_order_finds_broken_chains() {
@@ -1484,6 +1604,13 @@ mod tests {
             .unwrap();
             mem_table(&ctx, "bundle_memories", batch).unwrap();
             register_target_rules(&ctx, scope, 768).unwrap();
+            transform::run_statements(
+                &ctx,
+                "CREATE VIEW bundle_id_candidates AS SELECT space, id FROM bundle_memories;",
+                "test",
+            )
+            .await
+            .unwrap();
             let out = transform::collect(&ctx, check.trim().trim_end_matches(';'), "duplicate_ids")
                 .await
                 .unwrap();
