@@ -154,6 +154,7 @@ fn write_bundle(dir: &Path, n: u64, per_space: u64) -> PathBuf {
         spaces: entries,
         orphans: PartSet::from_files(vec![]).unwrap(),
         totals,
+        checksum_scheme: engram_migrate::checksum::SCHEME,
         removed: vec![],
     };
     std::fs::write(dir.join("bundle.json"), serde_json::to_vec(&m).unwrap()).unwrap();

@@ -171,20 +171,30 @@ pub async fn run(
     .await?;
     register_target_rules(&ctx, opts.id_scope, bundle.embedding.dimension)?;
     // What the bundle holds per source table, counted once for the checks that compare it (counts_bundle,
-    // counts_derived). Edges count with orphans: a reference whose parent is missing is kept, not lost.
-    transform::run_statements(
+    // counts_derived): a table of a few rows, not a view each of them would count again. Edges count with
+    // orphans: a reference whose parent is missing is kept, not lost.
+    let counts = transform::collect(
         &ctx,
-        "CREATE VIEW bundle_counts AS
-         SELECT source_name, 'memories' AS kind, '' AS name, count(*) AS actual
+        "SELECT source_name, 'memories' AS kind, '' AS name, count(*) AS actual
          FROM bundle_memories GROUP BY source_name
          UNION ALL
          SELECT source_name, 'edges' AS kind, edge_type AS name, count(*) AS actual
          FROM (SELECT source_name, edge_type FROM bundle_edges
                UNION ALL SELECT source_name, edge_type FROM bundle_orphans) e
-         GROUP BY source_name, edge_type;",
+         GROUP BY source_name, edge_type",
         "the bundle's counts",
     )
     .await?;
+    let counts_schema = match counts.first() {
+        Some(b) => b.schema(),
+        None => Arc::new(Schema::new(vec![
+            Field::new("source_name", DataType::Utf8, true),
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("actual", DataType::Int64, false),
+        ])),
+    };
+    crate::engine::register_batches(&ctx, "bundle_counts", counts_schema, counts)?;
     let derived = opts.derived_counts.clone().unwrap_or_else(|| {
         "SELECT CAST(NULL AS VARCHAR) AS source_name, CAST(NULL AS VARCHAR) AS kind, \
          CAST(NULL AS VARCHAR) AS name, CAST(NULL AS BIGINT) AS derived WHERE false"
