@@ -185,15 +185,26 @@ pub async fn run(
         "the bundle's counts",
     )
     .await?;
-    let counts_schema = match counts.first() {
-        Some(b) => b.schema(),
-        None => Arc::new(Schema::new(vec![
+    // The branches of the union differ in which columns may be NULL, and so do their batches: one schema with
+    // every column nullable holds them all.
+    let counts_schema = Arc::new(Schema::new(match counts.first() {
+        Some(b) => b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<Field>>(),
+        None => vec![
             Field::new("source_name", DataType::Utf8, true),
-            Field::new("kind", DataType::Utf8, false),
+            Field::new("kind", DataType::Utf8, true),
             Field::new("name", DataType::Utf8, true),
-            Field::new("actual", DataType::Int64, false),
-        ])),
-    };
+            Field::new("actual", DataType::Int64, true),
+        ],
+    }));
+    let counts = counts
+        .into_iter()
+        .map(|b| RecordBatch::try_new(counts_schema.clone(), b.columns().to_vec()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     crate::engine::register_batches(&ctx, "bundle_counts", counts_schema, counts)?;
     let derived = opts.derived_counts.clone().unwrap_or_else(|| {
         "SELECT CAST(NULL AS VARCHAR) AS source_name, CAST(NULL AS VARCHAR) AS kind, \

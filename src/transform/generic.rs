@@ -281,7 +281,9 @@ async fn distinct_texts(
         text_of(t, columns, "c"),
         table_ref(&t.info.name)
     );
+    let started = std::time::Instant::now();
     let b = super::collect(ctx, &sql, "the text choice of the generated mapping").await?;
+    tracing::debug!(table = %t.info.name, seconds = started.elapsed().as_secs_f64(), ?columns, "distinct texts counted");
     let get = |i: usize| -> u64 {
         b.first()
             .and_then(|b| {
@@ -310,7 +312,9 @@ async fn column_distinct(
         exprs.join(", "),
         table_ref(&t.info.name)
     );
+    let started = std::time::Instant::now();
     let b = super::collect(ctx, &sql, "the text choice of the generated mapping").await?;
+    tracing::debug!(table = %t.info.name, seconds = started.elapsed().as_secs_f64(), ?columns, "distinct values per column estimated");
     Ok((0..columns.len())
         .map(|i| {
             b.first()
