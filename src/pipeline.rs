@@ -1588,13 +1588,17 @@ async fn run_bundle(
             // Until the delivery succeeds, the target's state is this run's business: see `begin_incremental`.
             crate::parquet_io::write_atomic(&ctx.plan.work_dir.undelivered(), b"")?;
         }
+        // Between stages, what the last one freed goes back to the system (see `return_freed_memory`).
         let (dir, manifest) = ctx.snapshot()?;
+        crate::engine::memory::return_freed_memory();
         ctx.check_schema_drift(&manifest)?;
         if ctx.incremental() {
             ctx.row_delta(&dir, &manifest)?;
         }
         let (summary, sql, origin) = ctx.transform(&dir, &manifest).await?;
+        crate::engine::memory::return_freed_memory();
         ctx.load(&summary, &origin)?;
+        crate::engine::memory::return_freed_memory();
         // A live target's delta, or a rewritten bundle's counts (a layer counted its own).
         let counted = ctx
             .report

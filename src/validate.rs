@@ -332,6 +332,7 @@ async fn run_checks(
             }
             let query = sql.trim().trim_end_matches(';').to_string();
             let batches = transform::collect(ctx, &query, &origin).await?;
+            crate::engine::memory::return_freed_memory();
             let seconds = started.elapsed().as_secs_f64();
             Ok::<_, Error>((name, sql, batches, seconds, String::new()))
         }))

@@ -249,6 +249,8 @@ pub fn write(
             checkpoint.state.parts.insert(rel, written.clone());
             checkpoint.save(&opts.checkpoint_file)?;
             mem_files.push(written);
+            // A part's batches were allocated on one thread and freed on the other (see `return_freed_memory`).
+            crate::engine::memory::return_freed_memory();
         }
         // Edges carry no embedding: the staged parts are copied as they are.
         let mut edge_files = vec![];

@@ -10,7 +10,7 @@
 
 #[cfg(feature = "distributed")]
 pub mod ballista;
-mod memory;
+pub mod memory;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -384,6 +384,7 @@ pub async fn run(
         |n| pb.inc(n),
     )
     .await?;
+    crate::engine::memory::return_freed_memory();
     summary.edges = stage_by_space(
         &ctx,
         "edges",
@@ -394,6 +395,7 @@ pub async fn run(
         |_| {},
     )
     .await?;
+    crate::engine::memory::return_freed_memory();
     summary.orphans = stage(
         &ctx,
         "SELECT * FROM orphans",
