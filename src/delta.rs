@@ -317,14 +317,13 @@ fn each_staged_batch(
     Ok(())
 }
 
-/// The positions of `names` in a staged batch of `entry`; a missing one names the table, column and file.
+/// The positions of `names` in a staged schema of `entry`; a missing one names the table, column and file.
 fn indices(
-    batch: &RecordBatch,
+    schema: &Schema,
     names: &[String],
     file: &Path,
     entry: &TableEntry,
 ) -> Result<Vec<usize>> {
-    let schema = batch.schema();
     names
         .iter()
         .map(|n| {
@@ -349,7 +348,7 @@ fn projected(
     entry: &TableEntry,
 ) -> Result<RecordBatch> {
     match columns {
-        Some(cols) => Ok(batch.project(&indices(&batch, cols, file, entry)?)?),
+        Some(cols) => Ok(batch.project(&indices(&batch.schema(), cols, file, entry)?)?),
         None => Ok(batch),
     }
 }
@@ -361,7 +360,7 @@ fn hasher_of(
     file: &Path,
     entry: &TableEntry,
 ) -> Result<(Vec<usize>, Hasher)> {
-    let idx = indices(batch, names, file, entry)?;
+    let idx = indices(&batch.schema(), names, file, entry)?;
     let h = Hasher::new(&Arc::new(batch.schema().project(&idx)?))?;
     Ok((idx, h))
 }
@@ -432,18 +431,9 @@ impl RowRecorder {
         schema: &arrow::datatypes::SchemaRef,
         tag: &str,
     ) -> Result<RowRecorder> {
+        let table_dir = Manifest::table_dir(snapshot_dir, entry);
         let position = |names: &[String]| -> Result<(Vec<usize>, Hasher)> {
-            let idx = names
-                .iter()
-                .map(|n| {
-                    schema.index_of(n).map_err(|_| {
-                        Error::Internal(format!(
-                            "table {}: the staged schema has no column {n:?}",
-                            entry.info.name
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<usize>>>()?;
+            let idx = indices(schema, names, &table_dir, entry)?;
             let h = Hasher::new(&Arc::new(schema.project(&idx)?))?;
             Ok((idx, h))
         };
@@ -539,79 +529,79 @@ pub fn remove_unlisted_records(snapshot_dir: &Path, entry: &TableEntry) -> Resul
     Ok(())
 }
 
-/// The recorded (key hash, content hash) pairs of every part of a staged table, in file order, if the snapshot
-/// writer recorded them for every part (see [`RowRecorder`]); None when any is missing or does not match its
-/// part, and the caller hashes the parts themselves.
-fn recorded_row_hashes(
-    dir: &Path,
-    manifest: &Manifest,
-    entry: &TableEntry,
-) -> Option<Vec<(u128, u128)>> {
-    if manifest.checksum_scheme != crate::checksum::SCHEME {
-        return None;
-    }
-    let mut out = Vec::with_capacity(entry.rows as usize);
-    for f in &entry.files {
-        out.extend(recorded_part(dir, entry, f)?);
-    }
-    Some(out)
+/// Whether the snapshot writer recorded every part of a staged table (see [`RowRecorder`]): each record there,
+/// of its part's row count (read from its footer), under this binary's checksum scheme. When not, the caller
+/// hashes the parts themselves.
+fn has_records(dir: &Path, manifest: &Manifest, entry: &TableEntry) -> bool {
+    manifest.checksum_scheme == crate::checksum::SCHEME
+        && entry.files.iter().all(|f| {
+            f.rows == 0
+                || parquet_io::row_count(&record_path(dir, entry, f)).is_ok_and(|n| n == f.rows)
+        })
 }
 
-/// The recorded (key hash, content hash) pairs of one part, in its row order (see [`recorded_row_hashes`]; the
-/// caller checks the manifest's checksum scheme).
-fn recorded_part(
+fn record_path(
     dir: &Path,
     entry: &TableEntry,
     f: &crate::parquet_io::PartFile,
-) -> Option<Vec<(u128, u128)>> {
-    if f.rows == 0 {
-        return Some(vec![]);
-    }
-    let path = Manifest::row_hash_dir(dir, entry).join(format!("{}.parquet", f.checksum));
-    if !path.is_file() {
-        return None;
-    }
-    let mut out = Vec::with_capacity(f.rows as usize);
-    for batch in parquet_io::open_reader(&path, 65_536).ok()? {
-        let batch = batch.ok()?;
-        let k = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<FixedSizeBinaryArray>()?;
-        let c = batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<FixedSizeBinaryArray>()?;
-        let (kv, cv) = (k.value_data(), c.value_data());
-        if kv.len() != 16 * batch.num_rows() || cv.len() != 16 * batch.num_rows() {
-            return None;
-        }
-        for r in 0..batch.num_rows() {
-            let at = |v: &[u8]| u128::from_le_bytes(v[r * 16..r * 16 + 16].try_into().expect("16"));
-            out.push((at(kv), at(cv)));
-        }
-    }
-    (out.len() as u64 == f.rows).then_some(out)
+) -> std::path::PathBuf {
+    Manifest::row_hash_dir(dir, entry).join(format!("{}.parquet", f.checksum))
 }
+
+/// Calls `each(key hash, content hash)` for the rows of one part's record, in the part's row order, a batch at a
+/// time (a table's records are 32 bytes a row: not held whole).
+fn each_recorded(
+    dir: &Path,
+    entry: &TableEntry,
+    f: &crate::parquet_io::PartFile,
+    mut each: impl FnMut(u128, u128),
+) -> Result<()> {
+    if f.rows == 0 {
+        return Ok(());
+    }
+    let path = record_path(dir, entry, f);
+    let bad = |what: String| Error::source_err(path.display().to_string(), what);
+    for batch in parquet_io::open_reader(&path, 65_536)? {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        let column = |i: usize| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<FixedSizeBinaryArray>()
+                .filter(|a| a.value_length() == 16)
+                .map(|a| a.value_data())
+                .ok_or_else(|| {
+                    bad("not a row record; remove the snapshot's row-hashes folder".into())
+                })
+        };
+        let (kv, cv) = (column(0)?, column(1)?);
+        let at = |v: &[u8], r: usize| {
+            u128::from_le_bytes(v[r * 16..r * 16 + 16].try_into().expect("16"))
+        };
+        for r in 0..batch.num_rows() {
+            each(at(kv, r), at(cv, r));
+        }
+    }
+    Ok(())
+}
+
+/// A staged table: its snapshot's folder, manifest and entry.
+type Staged<'a> = (&'a Path, &'a Manifest, &'a TableEntry);
 
 /// Reads a table's staged rows as (key hash, row hash) pairs; the key hash is the row hash when there is no key.
 /// Synthetic columns are left out of the row hash: they number rows, they are not their content. From the
 /// snapshot writer's records when it kept them (and the key is the one they were recorded with).
 fn row_hashes(
-    dir: &Path,
-    manifest: &Manifest,
-    entry: &TableEntry,
+    (dir, manifest, entry): Staged<'_>,
     key: &[String],
     batch_rows: usize,
     mut each: impl FnMut(u128, u128),
 ) -> Result<()> {
-    if key == own_key(entry).as_slice() {
-        if let Some(pairs) = recorded_row_hashes(dir, manifest, entry) {
-            for (k, c) in pairs {
-                each(k, c);
-            }
-            return Ok(());
+    if key == own_key(entry).as_slice() && has_records(dir, manifest, entry) {
+        for f in &entry.files {
+            each_recorded(dir, entry, f, &mut each)?;
         }
+        return Ok(());
     }
     let content = content_columns(entry);
     // The key's and the content's hashers, from the first batch's schema.
@@ -655,10 +645,8 @@ pub fn rows_with_keys(
     if wanted.is_empty() || key.is_empty() {
         return Ok(out);
     }
-    if manifest.checksum_scheme == crate::checksum::SCHEME {
-        if let Some(rows) = rows_by_record(dir, entry, wanted, columns, batch_rows)? {
-            return Ok(rows);
-        }
+    if has_records(dir, manifest, entry) {
+        return rows_by_record(dir, entry, wanted, columns, batch_rows);
     }
     let mut hasher: Option<(Vec<usize>, Hasher)> = None;
     each_staged_batch(dir, entry, batch_rows, |file, batch| {
@@ -680,34 +668,28 @@ pub fn rows_with_keys(
     Ok(out)
 }
 
-/// `rows_with_keys` by the snapshot writer's records: the rows' positions come from the recorded key hashes,
-/// and each part is read with a row selection of those positions (a 1% delta materializes 1% of the rows and
-/// hashes no key). None when a part has no record.
+/// `rows_with_keys` by the snapshot writer's records (the caller checked `has_records`): the rows' positions
+/// come from the recorded key hashes, and each part is read with a row selection of those positions (a 1% delta
+/// materializes 1% of the rows and hashes no key).
 fn rows_by_record(
     dir: &Path,
     entry: &TableEntry,
     wanted: &HashSet<u128>,
     columns: Option<&[String]>,
     batch_rows: usize,
-) -> Result<Option<Vec<RecordBatch>>> {
+) -> Result<Vec<RecordBatch>> {
     use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
-    let mut positions = vec![];
-    for f in &entry.files {
-        let Some(pairs) = recorded_part(dir, entry, f) else {
-            return Ok(None);
-        };
-        positions.push(
-            pairs
-                .iter()
-                .enumerate()
-                .filter(|(_, (k, _))| wanted.contains(k))
-                .map(|(r, _)| r)
-                .collect::<Vec<usize>>(),
-        );
-    }
     let mut out = vec![];
     let files = table_files(dir, entry);
-    for ((file, part), rows) in files.iter().zip(&entry.files).zip(positions) {
+    for (file, part) in files.iter().zip(&entry.files) {
+        let mut rows = vec![];
+        let mut r = 0usize;
+        each_recorded(dir, entry, part, |k, _| {
+            if wanted.contains(&k) {
+                rows.push(r);
+            }
+            r += 1;
+        })?;
         if rows.is_empty() {
             continue;
         }
@@ -728,7 +710,7 @@ fn rows_by_record(
             out.push(projected(batch, columns, file, entry)?);
         }
     }
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// Every row of a staged table, with only `columns` when given.
@@ -770,18 +752,18 @@ type ByHash<V> = HashMap<u128, V, std::hash::BuildHasherDefault<Prehashed>>;
 /// How `new` differs from `old` (None: the table is new). A table only in the old snapshot is all deleted: see
 /// `removed_table`.
 pub fn table_delta(
-    old: Option<(&Path, &Manifest, &TableEntry)>,
-    new: (&Path, &Manifest, &TableEntry),
+    old: Option<Staged<'_>>,
+    new: Staged<'_>,
     batch_rows: usize,
 ) -> Result<TableDelta> {
-    let (new_dir, new_manifest, new_entry) = new;
+    let (_, _, new_entry) = new;
     let key = own_key(new_entry);
     let mut d = TableDelta {
         table: new_entry.info.name.clone(),
         key: key.clone(),
         ..Default::default()
     };
-    let Some((old_dir, old_manifest, old_entry)) = old else {
+    let Some(old @ (_, _, old_entry)) = old else {
         d.added = new_entry.rows;
         return Ok(d);
     };
@@ -795,62 +777,36 @@ pub fn table_delta(
     if key.is_empty() {
         // A multiset of whole-row hashes: a row is unchanged when an equal row was there before.
         let mut before: ByHash<u64> = ByHash::default();
-        row_hashes(
-            old_dir,
-            old_manifest,
-            old_entry,
-            &key,
-            batch_rows,
-            |_, r| *before.entry(r).or_default() += 1,
-        )?;
-        row_hashes(
-            new_dir,
-            new_manifest,
-            new_entry,
-            &key,
-            batch_rows,
-            |_, r| match before.get_mut(&r) {
-                Some(n) if *n > 0 => {
-                    *n -= 1;
-                    d.unchanged += 1;
-                }
-                _ => d.added += 1,
-            },
-        )?;
+        row_hashes(old, &key, batch_rows, |_, r| {
+            *before.entry(r).or_default() += 1
+        })?;
+        row_hashes(new, &key, batch_rows, |_, r| match before.get_mut(&r) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                d.unchanged += 1;
+            }
+            _ => d.added += 1,
+        })?;
         d.deleted = before.values().sum();
         return Ok(d);
     }
     let mut before: ByHash<u128> =
         ByHash::with_capacity_and_hasher(old_entry.rows as usize, Default::default());
-    row_hashes(
-        old_dir,
-        old_manifest,
-        old_entry,
-        &key,
-        batch_rows,
-        |k, r| {
-            before.insert(k, r);
-        },
-    )?;
-    row_hashes(
-        new_dir,
-        new_manifest,
-        new_entry,
-        &key,
-        batch_rows,
-        |k, r| match before.remove(&k) {
-            None => {
-                d.added += 1;
-                d.upserted.insert(k);
-            }
-            Some(was) if was == r => d.unchanged += 1,
-            Some(_) => {
-                d.changed += 1;
-                d.upserted.insert(k);
-                d.gone.insert(k);
-            }
-        },
-    )?;
+    row_hashes(old, &key, batch_rows, |k, r| {
+        before.insert(k, r);
+    })?;
+    row_hashes(new, &key, batch_rows, |k, r| match before.remove(&k) {
+        None => {
+            d.added += 1;
+            d.upserted.insert(k);
+        }
+        Some(was) if was == r => d.unchanged += 1,
+        Some(_) => {
+            d.changed += 1;
+            d.upserted.insert(k);
+            d.gone.insert(k);
+        }
+    })?;
     d.deleted = before.len() as u64;
     d.gone.extend(before.into_keys());
     Ok(d)
@@ -1276,7 +1232,7 @@ mod tests {
             let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let (om, o) = table(a.path(), old, keyed, recorded);
             let (nm, n) = table(b.path(), new, keyed, recorded);
-            assert_eq!(recorded_row_hashes(b.path(), &nm, &n).is_some(), recorded);
+            assert_eq!(has_records(b.path(), &nm, &n), recorded);
             seen.push(table_delta(Some((a.path(), &om, &o)), (b.path(), &nm, &n), 2).unwrap());
         }
         assert_eq!(
@@ -1327,12 +1283,7 @@ mod tests {
         for recorded in [false, true] {
             let dir = tempfile::tempdir().unwrap();
             let (m, t) = table(dir.path(), &rows, true, recorded);
-            assert_eq!(
-                rows_by_record(dir.path(), &t, &wanted, None, 7)
-                    .unwrap()
-                    .is_some(),
-                recorded
-            );
+            assert_eq!(has_records(dir.path(), &m, &t), recorded);
             let got = rows_with_keys(dir.path(), &m, &t, &wanted, None, 7).unwrap();
             let mut ids: Vec<i64> = got
                 .iter()

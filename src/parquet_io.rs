@@ -354,6 +354,14 @@ pub fn read_all(path: &Path) -> Result<Vec<RecordBatch>> {
         .collect()
 }
 
+/// Rows of a Parquet file, from its footer.
+pub fn row_count(path: &Path) -> Result<u64> {
+    let file = File::open(path).map_err(Error::io("open", path))?;
+    let meta = parquet::arrow::arrow_reader::ArrowReaderMetadata::load(&file, Default::default())
+        .map_err(|e| Error::Internal(format!("reading {}: {e}", path.display())))?;
+    Ok(meta.metadata().file_metadata().num_rows() as u64)
+}
+
 /// Schema of a Parquet file without reading its data.
 pub fn read_schema(path: &Path) -> Result<SchemaRef> {
     let file = File::open(path).map_err(Error::io("open", path))?;

@@ -627,7 +627,7 @@ fn register_source_counts(
         recorded.push(Some(t.rows));
         let mut rows = 0u64;
         for f in snapshot::table_files(dir, t) {
-            rows += parquet_row_count(&f)?;
+            rows += parquet_io::row_count(&f)?;
         }
         actual.push(Some(rows));
     }
@@ -720,13 +720,6 @@ async fn register_group_counts(
         ],
     )?;
     mem_table(ctx, "group_counts", batch)
-}
-
-fn parquet_row_count(path: &Path) -> Result<u64> {
-    let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
-    let meta = parquet::arrow::arrow_reader::ArrowReaderMetadata::load(&file, Default::default())
-        .map_err(|e| Error::Internal(format!("reading {}: {e}", path.display())))?;
-    Ok(meta.metadata().file_metadata().num_rows() as u64)
 }
 
 /// `integrity` (recorded against recomputed checksums, for the snapshot's tables and the bundle's parts) and
